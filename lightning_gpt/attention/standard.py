@@ -1,0 +1,38 @@
+"""Standard attention: the explicit O(n^2 d) time, O(n^2) memory formulation of the seed."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_gpt.attention.base import AttentionCore, State, causal_mask, combine_masks, kv_cache_state, kv_cache_update
+
+
+class StandardAttention(AttentionCore):
+    """Scores matrix ``q k^T / sqrt(hs)``, causal mask with -inf, softmax, weighted sum of values."""
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, start_pos: int, key_mask: Optional[Tensor]) -> Tensor:
+        T_q, T_k = q.size(2), k.size(2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
+        allowed = combine_masks(causal_mask(T_q, T_k, start_pos, q.device), key_mask, start_pos)
+        att = att.masked_fill(~allowed, float("-inf"))
+        att = F.softmax(att, dim=-1)
+        if self.training and self.dropout_p > 0:
+            att = F.dropout(att, p=self.dropout_p)
+        return att @ v  # (B, nh, Tq, hs)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        return self._attend(q, k, v, 0, key_mask)
+
+    def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
+        return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
+
+    def step(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+    ) -> Tensor:
+        k_all, v_all = kv_cache_update(state, k, v, start_pos)
+        return self._attend(q, k_all, v_all, start_pos, key_mask)

@@ -1,0 +1,242 @@
+"""A decoder-only GPT in plain PyTorch (no Lightning import).
+
+Token + learned position embeddings -> n_layer pre-LN blocks (attention, MLP, residuals) -> final LayerNorm -> LM head.
+The attention core is chosen by name from ``lightning_gpt.attention``'s registry.
+
+Decoding protocol (used by ``lightning_gpt.generation``):
+
+* ``model.setup_cache(batch_size, max_seq_len)`` allocates each layer's decoding state (KV cache or recurrent state);
+* ``model(idx, start_pos=p)`` runs tokens at positions ``p..p+T-1`` through the caches;
+* ``model.reorder_cache(index)`` selects/reorders batch rows (beam search); ``model.clear_cache()`` frees the state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_gpt.attention import State, get_attention
+from lightning_gpt.config import GPTConfig
+
+__all__ = ["GPT", "Block", "MLP", "CausalSelfAttention"]
+
+
+class CausalSelfAttention(nn.Module):
+    """Projects q, k, v, runs the configured attention core, projects back. Owns the layer's decoding state.
+
+    Args:
+        config: the model config.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.core = get_attention(config.attention)(config)
+        self.state: Optional[State] = None
+
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, start_pos: Optional[int] = None) -> Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if start_pos is None:
+            y = self.core(q, k, v, key_mask=key_mask)
+        else:
+            if self.state is None:
+                raise RuntimeError("start_pos was given but no decoding cache is set up; call model.setup_cache().")
+            y = self.core.step(q, k, v, self.state, start_pos, key_mask=key_mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: Linear -> GELU -> Linear -> dropout.
+
+    Args:
+        config: the model config.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.approximate = "tanh" if config.activation == "gelu_tanh" else "none"
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``.
+
+    Args:
+        config: the model config.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, start_pos: Optional[int] = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), key_mask=key_mask, start_pos=start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """The GPT language model.
+
+    Args:
+        config: the architecture (a ``GPTConfig``).
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT expects a GPTConfig, got {type(config).__name__}.")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.embedding_scale = math.sqrt(config.n_embd) if config.scale_embeddings else 1.0
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), so the residual stream's variance does not grow
+        # with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, non_embedding: bool = True) -> int:
+        """Parameter count; by default without the position table (the usual convention for FLOP estimates)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Optional[Tensor] = None,
+        *,
+        attention_mask: Optional[Tensor] = None,
+        position_ids: Optional[Tensor] = None,
+        start_pos: Optional[int] = None,
+        ignore_index: int = -100,
+    ) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """Logits for every position, and the mean cross-entropy when ``targets`` are given.
+
+        Args:
+            idx: token ids ``(B, T)``.
+            targets: next-token ids ``(B, T)``; positions equal to ``ignore_index`` do not count in the loss.
+            attention_mask: ``(B, T_total)`` with 1 for real tokens and 0 for padding (left padding for batched
+                decoding). When decoding with ``start_pos``, it covers every position so far.
+            position_ids: ``(B, T)`` positions into the learned table; default ``start_pos + arange(T)``.
+            start_pos: decode through the layer caches (see ``setup_cache``), the tokens sitting at positions
+                ``start_pos .. start_pos + T - 1``.
+            ignore_index: target value excluded from the loss.
+
+        Returns:
+            ``logits`` of shape ``(B, T, vocab_size)``, or ``(logits, loss)`` when ``targets`` is given.
+        """
+        B, T = idx.size()
+        offset = 0 if start_pos is None else start_pos
+        if position_ids is None:
+            if offset + T > self.config.block_size:
+                raise ValueError(
+                    f"Sequence of length {offset + T} exceeds the model's context (block_size="
+                    f"{self.config.block_size}). Crop the input or train a model with a larger block_size."
+                )
+            pos = torch.arange(offset, offset + T, device=idx.device)[None]  # (1, T)
+        else:
+            pos = position_ids
+            if pos.numel() and int(pos.max()) >= self.config.block_size:
+                raise ValueError(
+                    f"Position {int(pos.max())} exceeds the model's context (block_size={self.config.block_size})."
+                )
+        key_mask = None if attention_mask is None else attention_mask.bool()
+        tok_emb = self.transformer.wte(idx)  # (B, T, C)
+        if self.embedding_scale != 1.0:
+            tok_emb = tok_emb * self.embedding_scale
+        x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, key_mask=key_mask, start_pos=start_pos)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=ignore_index
+        )
+        return logits, loss
+
+    # ------------------------------------------------------------------ decoding state (the cache protocol)
+
+    def setup_cache(
+        self,
+        batch_size: int,
+        max_seq_len: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        """Allocate every layer's decoding state.
+
+        Args:
+            batch_size: rows decoded together (beams included).
+            max_seq_len: longest sequence (prompt + new tokens); default ``block_size``.
+            device: default the model's device.
+            dtype: default the model's parameter dtype.
+        """
+        max_seq_len = self.config.block_size if max_seq_len is None else max_seq_len
+        if max_seq_len > self.config.block_size:
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds block_size={self.config.block_size}.")
+        param = self.lm_head.weight
+        device = param.device if device is None else device
+        dtype = param.dtype if dtype is None else dtype
+        for block in self.transformer.h:
+            block.attn.state = block.attn.core.init_state(batch_size, max_seq_len, device, dtype)
+
+    def clear_cache(self) -> None:
+        """Drop every layer's decoding state."""
+        for block in self.transformer.h:
+            block.attn.state = None
+
+    def reorder_cache(self, index: Tensor) -> None:
+        """Keep/reorder batch rows of every layer's state: row ``i`` becomes old row ``index[i]``."""
+        for block in self.transformer.h:
+            if block.attn.state is not None:
+                block.attn.state = {name: t.index_select(0, index) for name, t in block.attn.state.items()}
+
+    @property
+    def has_cache(self) -> bool:
+        """Whether decoding state is currently allocated."""
+        return all(block.attn.state is not None for block in self.transformer.h)
