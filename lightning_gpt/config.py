@@ -69,28 +69,19 @@ class GPTConfig:
     mlp_ratio: int = 4
 
     def __post_init__(self) -> None:
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}.")
-
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "linear_chunk_size"):
-            positive(name)
+            _check_int(self, name, minimum=1)
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by GPTConfig.n_head ({self.n_head}): each head "
                 f"gets n_embd / n_head dimensions. Pick, e.g., n_head={_divisor_hint(self.n_embd, self.n_head)}."
             )
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}.")
-        if isinstance(self.attention_window, bool) or not isinstance(self.attention_window, int) or self.attention_window < 1:
-            raise ValueError(f"GPTConfig.attention_window must be an integer >= 1, got {self.attention_window!r}.")
-        if self.attention_stride is not None and (
-            isinstance(self.attention_stride, bool) or not isinstance(self.attention_stride, int) or self.attention_stride < 1
-        ):
-            raise ValueError(f"GPTConfig.attention_stride must be None or an integer >= 1, got {self.attention_stride!r}.")
-        if isinstance(self.n_global_tokens, bool) or not isinstance(self.n_global_tokens, int) or self.n_global_tokens < 0:
-            raise ValueError(f"GPTConfig.n_global_tokens must be an integer >= 0, got {self.n_global_tokens!r}.")
+        _check_int(self, "attention_window", minimum=1)
+        if self.attention_stride is not None:
+            _check_int(self, "attention_stride", minimum=1)
+        _check_int(self, "n_global_tokens", minimum=0)
         if self.n_global_tokens > self.block_size:
             raise ValueError(
                 f"GPTConfig.n_global_tokens ({self.n_global_tokens}) cannot exceed block_size ({self.block_size})."
@@ -147,6 +138,12 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"Unknown GPTConfig field(s) {unknown}. Known fields: {sorted(known)}.")
         return cls(**data)
+
+
+def _check_int(config: GPTConfig, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"GPTConfig.{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def _divisor_hint(n_embd: int, n_head: int) -> int:

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import AttentionCore, State, causal_mask, combine_masks, kv_cache_state, kv_cache_update
+from lightning_gpt.attention.base import (
+    AttentionCore,
+    State,
+    causal_mask,
+    combine_masks,
+    kv_cache_state,
+    kv_cache_update,
+)
 
 FLASH_ATTN_AVAILABLE = importlib.util.find_spec("flash_attn") is not None
 

@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import AttentionCore, State, causal_mask, combine_masks, kv_cache_state, kv_cache_update
+from lightning_gpt.attention.base import (
+    AttentionCore,
+    State,
+    causal_mask,
+    combine_masks,
+    kv_cache_state,
+    kv_cache_update,
+)
 
 
 class StandardAttention(AttentionCore):
