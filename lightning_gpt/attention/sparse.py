@@ -1,0 +1,229 @@
+"""Sparse attention: a causal sliding window, optionally plus a few extra key positions every query may see.
+
+Patterns (``GPTConfig.sparse_pattern``), with window ``w = attention_window``:
+
+* ``local``: query ``i`` sees keys ``max(0, i - w + 1) .. i``. O(n w) time and memory.
+* ``strided`` (Sparse Transformer, Child et al. 2019): the local window plus the "summary" keys ``j <= i`` with
+  ``j % stride == stride - 1`` (``stride = attention_stride``, default ``w``). O(n (w + n / stride)), i.e.
+  O(n sqrt(n)) with ``w = stride ~ sqrt(n)``.
+* ``longformer``: the local window plus the first ``n_global_tokens`` positions, which every later token sees
+  (causally, so a global token itself sees only the tokens before it, all of which are global).
+
+No ``n x n`` matrix is ever built. Queries are cut into blocks of ``L = min(w, T)``; block ``n`` attends to a window of
+``L + w - 1`` keys taken as an overlapping ``unfold`` view of the (left-padded) keys, which gives a
+``(B, nh, T / L, L, L + w - 1)`` score tensor. The extra keys (summary or global positions) are gathered once and
+scored against every query ``(B, nh, T / L, L, M)``; a key already inside a query's window is masked out of the extra
+set so nothing is counted twice, and both score sets share one softmax.
+
+Decoding: ``local`` keeps a rolling key/value cache of ``w`` slots (position ``p`` in slot ``p % w``), so its memory
+is O(w) however long the sequence; ``strided`` and ``longformer`` keep a full key/value cache.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_gpt.attention.base import AttentionCore, State, kv_cache_state, kv_cache_update
+
+__all__ = ["SparseAttention", "sparse_attention", "extra_positions"]
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    *,
+    start_pos: int = 0,
+    k_prev: Optional[Tensor] = None,
+    v_prev: Optional[Tensor] = None,
+    key_mask: Optional[Tensor] = None,
+    extra_k: Optional[Tensor] = None,
+    extra_v: Optional[Tensor] = None,
+    extra_pos: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Sliding-window causal attention (plus optional extra keys) for queries at ``start_pos .. start_pos + T - 1``.
+
+    Args:
+        q, k, v: the new tokens ``(B, nh, T, hs)``.
+        window: each query sees itself and the ``window - 1`` keys before it.
+        start_pos: position of the first new token.
+        k_prev, v_prev: keys/values of the positions just before ``start_pos`` ``(B, nh, P, hs)``; at least
+            ``min(window - 1, start_pos)`` of them are needed (extra earlier ones are ignored).
+        key_mask: ``(B, start_pos + T)`` bool, False for padded positions; None for no padding.
+        extra_k, extra_v: keys/values ``(B, nh, M, hs)`` that every query may see when they are causal and outside
+            its window (the summary or global positions).
+        extra_pos: positions ``(M,)`` of the extra keys.
+        dropout_p: dropout on the attention weights.
+
+    Returns:
+        ``(B, nh, T, hs)``.
+    """
+    B, nh, T, hs = q.shape
+    device = q.device
+    scale = 1.0 / hs**0.5
+    W = min(window, start_pos + T)  # no key lies further back than position 0
+    P = W - 1  # keys of context needed before the first new token
+    Lq = min(window, T)  # query block
+    N = -(-T // Lq)
+    K = Lq + P  # keys in each block's window
+    tail = N * Lq - T
+
+    # Keys at positions start_pos - P .. start_pos + N * Lq - 1 (zeros where there is nothing).
+    have = 0 if k_prev is None else min(P, k_prev.size(2))
+    parts_k, parts_v = [], []
+    if P > have:
+        parts_k.append(k.new_zeros(B, nh, P - have, hs))
+        parts_v.append(v.new_zeros(B, nh, P - have, v.size(-1)))
+    if have:
+        parts_k.append(k_prev[:, :, k_prev.size(2) - have :])
+        parts_v.append(v_prev[:, :, v_prev.size(2) - have :])
+    parts_k.append(k)
+    parts_v.append(v)
+    if tail:
+        parts_k.append(k.new_zeros(B, nh, tail, hs))
+        parts_v.append(v.new_zeros(B, nh, tail, v.size(-1)))
+    k_full = torch.cat(parts_k, dim=2) if len(parts_k) > 1 else k  # (B, nh, P + N * Lq, hs)
+    v_full = torch.cat(parts_v, dim=2) if len(parts_v) > 1 else v  # (B, nh, P + N * Lq, hs)
+    kw = k_full.unfold(2, K, Lq)  # (B, nh, N, hs, K), a view: windows overlap
+    vw = v_full.unfold(2, K, Lq).transpose(-2, -1)  # (B, nh, N, K, hs)
+    qb = (F.pad(q, (0, 0, 0, tail)) if tail else q).view(B, nh, N, Lq, hs)  # (B, nh, N, Lq, hs)
+
+    q_pos = start_pos + torch.arange(N * Lq, device=device).view(N, Lq)  # (N, Lq)
+    k_pos = start_pos - P + torch.arange(N * Lq + P, device=device).unfold(0, K, Lq)  # (N, K)
+    rel = q_pos[:, :, None] - k_pos[:, None, :]  # (N, Lq, K): query position minus key position
+    allowed = (rel >= 0) & (rel < window) & (k_pos[:, None, :] >= 0)  # (N, Lq, K)
+    if key_mask is not None:
+        flat = torch.arange(start_pos - P, start_pos + N * Lq, device=device)
+        in_range = (flat >= 0) & (flat < start_pos + T)
+        km = key_mask[:, flat.clamp(0, start_pos + T - 1)].bool() & in_range  # (B, P + N * Lq)
+        km = km.unfold(1, K, Lq)  # (B, N, K)
+        # A query always keeps itself, so padded rows stay finite.
+        allowed = (allowed[None] & km[:, :, None, :]) | (rel == 0)[None]  # (B, N, Lq, K)
+    else:
+        allowed = allowed[None]  # (1, N, Lq, K)
+
+    scores = (qb @ kw) * scale  # (B, nh, N, Lq, K)
+    M = 0 if extra_k is None else extra_k.size(2)
+    if M:
+        extra_scores = (qb @ extra_k.transpose(-2, -1)[:, :, None]) * scale  # (B, nh, N, Lq, M)
+        # Causal and outside the window (keys inside it are already in the local set).
+        extra_allowed = extra_pos[None, None, :] <= q_pos[:, :, None] - window  # (N, Lq, M)
+        if key_mask is not None:
+            extra_allowed = extra_allowed[None] & key_mask[:, extra_pos].bool()[:, None, None, :]  # (B, N, Lq, M)
+        else:
+            extra_allowed = extra_allowed[None]
+        scores = torch.cat([scores, extra_scores], dim=-1)  # (B, nh, N, Lq, K + M)
+        allowed = torch.cat([allowed.expand(extra_allowed.size(0), -1, -1, -1), extra_allowed], dim=-1)
+    att = scores.masked_fill(~allowed[:, None], float("-inf"))
+    att = F.softmax(att, dim=-1)
+    if dropout_p > 0:
+        att = F.dropout(att, p=dropout_p)
+    y = att[..., :K] @ vw  # (B, nh, N, Lq, hs)
+    if M:
+        y = y + att[..., K:] @ extra_v[:, :, None]  # (B, nh, N, Lq, hs)
+    return y.reshape(B, nh, N * Lq, -1)[:, :, :T]  # (B, nh, T, hs)
+
+
+def extra_positions(pattern: str, window: int, stride: int, n_global: int, last_pos: int, device) -> Tensor:
+    """Positions of the non-window keys a pattern adds, limited to those some query ``<= last_pos`` can see.
+
+    Args:
+        pattern: ``local``, ``strided`` or ``longformer``.
+        window: the local window.
+        stride: the summary stride (``strided``).
+        n_global: number of leading global positions (``longformer``).
+        last_pos: the position of the last query.
+        device: where to build the index.
+    """
+    limit = last_pos - window + 1  # extra keys at positions < limit can be outside some query's window
+    if pattern == "strided":
+        return torch.arange(stride - 1, max(limit, stride - 1), stride, device=device)
+    if pattern == "longformer":
+        return torch.arange(0, max(min(n_global, limit), 0), device=device)
+    return torch.arange(0, device=device)
+
+
+class SparseAttention(AttentionCore):
+    """Sliding-window sparse attention with the ``local``, ``strided`` and ``longformer`` patterns.
+
+    Reads ``sparse_pattern``, ``attention_window``, ``attention_stride`` and ``n_global_tokens`` from the config.
+
+    Args:
+        config: the model config.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        if config.sparse_pattern not in ("local", "strided", "longformer"):
+            raise ValueError(
+                f"Unknown sparse_pattern {config.sparse_pattern!r}; expected 'local', 'strided' or 'longformer'."
+            )
+        self.pattern = config.sparse_pattern
+        self.window = config.attention_window
+        self.stride = config.stride
+        self.n_global = config.n_global_tokens
+
+    def _extra(self, k: Tensor, v: Tensor, last_pos: int) -> tuple[Optional[Tensor], Optional[Tensor], Tensor]:
+        pos = extra_positions(self.pattern, self.window, self.stride, self.n_global, last_pos, k.device)
+        if pos.numel() == 0:
+            return None, None, pos
+        return k[:, :, pos], v[:, :, pos], pos  # (B, nh, M, hs)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        T = q.size(2)
+        extra_k, extra_v, pos = self._extra(k, v, T - 1)
+        p = self.dropout_p if self.training else 0.0
+        return sparse_attention(
+            q, k, v, self.window, key_mask=key_mask, extra_k=extra_k, extra_v=extra_v, extra_pos=pos, dropout_p=p
+        )
+
+    def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
+        if self.pattern == "local":
+            # Rolling cache: the last `window` positions only.
+            slots = min(self.window, max_seq_len)
+            return kv_cache_state(batch_size, self.config.n_head, slots, self.head_size, device, dtype)
+        return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
+
+    def step(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+    ) -> Tensor:
+        T_new = q.size(2)
+        if self.pattern == "local":
+            return self._step_rolling(q, k, v, state, start_pos, key_mask)
+        k_all, v_all = kv_cache_update(state, k, v, start_pos)  # (B, nh, start_pos + T_new, hs)
+        extra_k, extra_v, pos = self._extra(k_all, v_all, start_pos + T_new - 1)
+        return sparse_attention(
+            q,
+            k,
+            v,
+            self.window,
+            start_pos=start_pos,
+            k_prev=k_all[:, :, max(0, start_pos - self.window + 1) : start_pos],
+            v_prev=v_all[:, :, max(0, start_pos - self.window + 1) : start_pos],
+            key_mask=key_mask,
+            extra_k=extra_k,
+            extra_v=extra_v,
+            extra_pos=pos,
+        )
+
+    def _step_rolling(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor]
+    ) -> Tensor:
+        T_new = q.size(2)
+        slots = state["k"].size(2)
+        # The previous (up to window - 1) positions, read from their slots before the new tokens overwrite any.
+        prev_pos = torch.arange(max(0, start_pos - self.window + 1), start_pos, device=q.device)
+        k_prev = state["k"][:, :, prev_pos % slots]  # (B, nh, P, hs)
+        v_prev = state["v"][:, :, prev_pos % slots]  # (B, nh, P, hs)
+        y = sparse_attention(q, k, v, self.window, start_pos=start_pos, k_prev=k_prev, v_prev=v_prev, key_mask=key_mask)
+        keep = min(T_new, slots)  # only the last `slots` new tokens can still be needed
+        new_pos = torch.arange(start_pos + T_new - keep, start_pos + T_new, device=q.device)
+        state["k"].index_copy_(2, new_pos % slots, k[:, :, T_new - keep :])
+        state["v"].index_copy_(2, new_pos % slots, v[:, :, T_new - keep :])
+        return y
