@@ -1,0 +1,182 @@
+"""The decoding state (prefill, decode one token) and the greedy/sampling loop, gpt-fast style.
+
+``DecodeState`` owns the growing token buffer (preallocated), the padding mask, the positions and the model's cache.
+With ``use_cache=True`` the prompt is prefilled in one call at ``start_pos=0`` and every later step feeds one token per
+row through each layer's cache or recurrent state; with ``use_cache=False`` every step reruns the whole sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from lightning_gpt.generation.processors import process_logits, sample_from_logits
+from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
+
+__all__ = ["DecodeState", "sample_steps"]
+
+
+class DecodeState:
+    """Token buffer, mask, positions and cache of a batch being decoded.
+
+    Args:
+        model: a model following the cache protocol (``setup_cache``, ``model(idx, start_pos=...)``,
+            ``reorder_cache``, ``clear_cache``) and returning logits ``(B, T, V)``.
+        input_ids: ``(B, T0)`` left-padded prompts.
+        attention_mask: ``(B, T0)`` 1 for real tokens, 0 for padding; ``None`` when there is no padding.
+        max_new_tokens: room to reserve after the prompt.
+        use_cache: decode through the caches (True) or rerun the full sequence each step (False).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: Tensor,
+        attention_mask: Optional[Tensor],
+        max_new_tokens: int,
+        use_cache: bool = True,
+    ) -> None:
+        self.model = model
+        self.use_cache = use_cache
+        B, T0 = input_ids.shape
+        self.batch_size, self.prompt_len = B, T0
+        self.max_len = T0 + max_new_tokens
+        device = input_ids.device
+        self.tokens = torch.zeros(B, self.max_len, dtype=torch.long, device=device)  # (B, T0 + max_new)
+        self.length = T0
+        if attention_mask is None:
+            self.tokens[:, :T0] = input_ids
+            self.mask: Optional[Tensor] = None
+            self.positions: Optional[Tensor] = None
+        else:
+            # Padding ids may be anything (even out of vocabulary): feed 0 there, the mask hides it.
+            self.tokens[:, :T0] = input_ids.masked_fill(attention_mask == 0, 0)
+            self.mask = torch.ones(B, self.max_len, dtype=torch.long, device=device)
+            self.mask[:, :T0] = attention_mask
+            # Hugging Face convention: positions count real tokens only; padding sits at position 0.
+            self.positions = torch.zeros(B, self.max_len, dtype=torch.long, device=device)
+            prompt_pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0)
+            self.positions[:, :T0] = prompt_pos
+            self.positions[:, T0:] = prompt_pos[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)
+        self.prompt_valid = None if attention_mask is None else attention_mask.bool()
+        if use_cache:
+            model.setup_cache(B, self.max_len, device=device)
+
+    @property
+    def new_tokens(self) -> Tensor:
+        """``(B, n)`` ids generated so far."""
+        return self.tokens[:, self.prompt_len : self.length]
+
+    def valid(self) -> Optional[Tensor]:
+        """``(B, length)`` bool, False at padding; ``None`` when there is no padding."""
+        return None if self.mask is None else self.mask[:, : self.length].bool()
+
+    def _logits(self, idx: Tensor, start: int, end: int) -> Tensor:
+        mask = None if self.mask is None else self.mask[:, :end]
+        pos = None if self.positions is None else self.positions[:, start:end]
+        logits = self.model(idx, attention_mask=mask, position_ids=pos, start_pos=start if self.use_cache else None)
+        return logits[:, -1].float()  # (B, V)
+
+    def prefill(self) -> Tensor:
+        """Run the prompt (one call, ``start_pos=0``); return the next-token logits ``(B, V)`` in float32."""
+        return self._logits(self.tokens[:, : self.length], 0, self.length)
+
+    def append(self, next_tokens: Tensor) -> None:
+        """Write ``(B,)`` new ids at the end of every row."""
+        if self.length >= self.max_len:
+            raise RuntimeError("DecodeState is full: max_new_tokens tokens were already appended.")
+        self.tokens[:, self.length] = next_tokens
+        self.length += 1
+
+    def decode_one_token(self) -> Tensor:
+        """Feed the last appended token (or, without cache, the whole sequence); return logits ``(B, V)``."""
+        end = self.length
+        if self.use_cache:
+            return self._logits(self.tokens[:, end - 1 : end], end - 1, end)
+        return self._logits(self.tokens[:, :end], 0, end)
+
+    def reorder(self, index: Tensor) -> None:
+        """Row ``i`` becomes old row ``index[i]`` (beam search); the model's cache follows."""
+        self.tokens = self.tokens.index_select(0, index)
+        if self.mask is not None:
+            self.mask = self.mask.index_select(0, index)
+            self.positions = self.positions.index_select(0, index)
+            self.prompt_valid = self.prompt_valid.index_select(0, index)
+        if self.use_cache:
+            self.model.reorder_cache(index)
+
+    def close(self) -> None:
+        """Free the model's decoding state."""
+        if self.use_cache:
+            self.model.clear_cache()
+
+
+def sample_steps(
+    state: DecodeState,
+    *,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_k: Optional[int],
+    top_p: Optional[float],
+    min_p: Optional[float],
+    repetition_penalty: float,
+    stop: StopCriteria,
+    pad_token_id: int,
+    generator: Optional[torch.Generator],
+    reasons: Tensor,
+    lengths: Tensor,
+) -> Iterator[Tensor]:
+    """Greedy or sampling loop: yields the ``(B,)`` next ids each step; finished rows get ``pad_token_id``.
+
+    ``reasons`` (``(B,)`` long, all ``NOT_STOPPED`` at the start) is filled in place with each row's stop code, and
+    ``lengths`` (``(B,)`` long, ``max_new_tokens`` at the start) with the generated length of each row that stopped.
+
+    Args:
+        state: a fresh ``DecodeState`` (prefill not run yet).
+        max_new_tokens: most tokens to generate per row.
+        do_sample: sample (True) or take the argmax (False).
+        temperature: see ``processors.apply_temperature``.
+        top_k: see ``processors.apply_top_k``.
+        top_p: see ``processors.apply_top_p``.
+        min_p: see ``processors.apply_min_p``.
+        repetition_penalty: see ``processors.apply_repetition_penalty``.
+        stop: EOS / stop-sequence rules.
+        pad_token_id: filler for finished rows.
+        generator: RNG for sampling.
+        reasons: output buffer for the stop codes.
+        lengths: output buffer for the generated lengths.
+    """
+    logits = state.prefill()
+    unfinished = torch.ones(state.batch_size, dtype=torch.bool, device=logits.device)
+    for step in range(max_new_tokens):
+        scores = process_logits(
+            logits,
+            previous_ids=state.tokens[:, : state.length] if repetition_penalty != 1.0 else None,
+            previous_valid=state.valid(),
+            repetition_penalty=repetition_penalty,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+        )
+        next_tokens = sample_from_logits(scores, generator) if do_sample else scores.argmax(dim=-1)  # (B,)
+        if stop.active:
+            next_tokens = torch.where(unfinished, next_tokens, pad_token_id)
+        state.append(next_tokens)
+        yield next_tokens
+        if stop.active:
+            rows = unfinished.nonzero().flatten()
+            code = stop(state.new_tokens.index_select(0, rows))
+            hit = code != NOT_STOPPED
+            if bool(hit.any()):
+                reasons[rows[hit]] = code[hit]
+                lengths[rows[hit]] = step + 1
+                unfinished[rows[hit]] = False
+                if not bool(unfinished.any()):
+                    return
+        if step + 1 < max_new_tokens:
+            logits = state.decode_one_token()

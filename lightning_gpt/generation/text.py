@@ -1,0 +1,185 @@
+"""Text-level helpers: prompts in, completions out, through a tokenizer (``encode``/``decode``, ``eos_id``...)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightning_gpt.generation.decode import generate, stream_generate
+
+__all__ = ["encode_prompts", "generate_text", "stream_text"]
+
+_UNSET: Any = object()
+
+
+def _encode_one(tokenizer: Any, prompt: str) -> list[int]:
+    if not isinstance(prompt, str):
+        raise ValueError(f"Prompts must be strings, got {type(prompt).__name__}: {prompt!r}.")
+    ids = list(tokenizer.encode(prompt))
+    if not ids:
+        bos = getattr(tokenizer, "bos_id", None)
+        if bos is None:
+            raise ValueError(
+                f"The prompt {prompt!r} encodes to no tokens and the tokenizer has no BOS id to start from: give a "
+                "non-empty prompt."
+            )
+        ids = [bos]  # unconditional generation starts from BOS
+    return ids
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], pad_id: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """Encode prompts and left-pad them into a batch.
+
+    An empty prompt becomes the tokenizer's BOS token when it has one (unconditional generation), else a ``ValueError``.
+
+    Args:
+        tokenizer: with ``encode(text) -> list[int]`` (and optionally ``bos_id``, ``pad_id``).
+        prompts: the texts.
+        pad_id: filler id; default the tokenizer's ``pad_id`` or 0 (the mask hides it either way).
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, both ``(B, T_max)`` LongTensors, padding on the left.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings; wrap a single prompt as [prompt].")
+    if len(prompts) == 0:
+        raise ValueError("prompts is empty: give at least one prompt.")
+    encoded = [_encode_one(tokenizer, p) for p in prompts]
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "pad_id", None)
+        pad_id = 0 if pad_id is None else pad_id
+    T = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), T), dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        input_ids[i, T - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        mask[i, T - len(ids) :] = 1
+    return input_ids, mask
+
+
+def _text_kwargs(tokenizer: Any, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+    kwargs = dict(gen_kwargs)
+    if kwargs.get("eos_token_id", _UNSET) is _UNSET:
+        kwargs["eos_token_id"] = getattr(tokenizer, "eos_id", None)
+    if kwargs.get("pad_token_id") is None:
+        kwargs["pad_token_id"] = getattr(tokenizer, "pad_id", None)
+    if kwargs.get("stop") is not None:
+        kwargs.setdefault("tokenizer", tokenizer)
+    return kwargs
+
+
+def _stop_strings(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    return [s for s in stop if isinstance(s, str)]
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def generate_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    batch_size: Optional[int] = None,
+    **gen_kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Complete text prompts; one result dict per returned sequence.
+
+    Defaults taken from the tokenizer: ``eos_token_id`` (its ``eos_id``; pass ``eos_token_id=None`` to ignore EOS)
+    and ``pad_token_id`` (its ``pad_id``). String stop sequences are matched on the decoded completion and cut from
+    it (the completion ends before the stop string; ``tokens`` still holds every generated id).
+
+    Args:
+        model: a ``GPT`` (see ``generate``).
+        tokenizer: with ``encode``, ``decode``, ``eos_id``, ``bos_id``, ``pad_id`` (``lightning_gpt.data.Tokenizer``).
+        prompts: the texts to continue.
+        batch_size: prompts decoded together (left-padded); default all at once.
+        gen_kwargs: keyword arguments of ``generate`` (``max_new_tokens`` is required).
+
+    Returns:
+        ``len(prompts) * num_return_sequences`` dicts with keys ``prompt``, ``completion`` (decoded new text),
+        ``tokens`` (new token ids, EOS included when generated) and ``finish_reason`` (``"length"``, ``"eos"`` or
+        ``"stop"``).
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings; wrap a single prompt as [prompt].")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}.")
+    kwargs = _text_kwargs(tokenizer, gen_kwargs)
+    kwargs.pop("return_dict", None)
+    stops = _stop_strings(kwargs.get("stop"))
+    n_ret = kwargs.get("num_return_sequences", 1)
+    chunk = batch_size or max(len(prompts), 1)
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(prompts), chunk):
+        batch = list(prompts[start : start + chunk])
+        input_ids, mask = encode_prompts(tokenizer, batch, kwargs.get("pad_token_id"))
+        out = generate(model, input_ids, attention_mask=mask, return_dict=True, **kwargs)
+        for i, (tokens, reason) in enumerate(zip(out.new_tokens, out.finish_reasons)):
+            completion, stopped = _cut_at_stop(tokenizer.decode(tokens), stops)
+            results.append(
+                {
+                    "prompt": batch[i // n_ret],
+                    "completion": completion,
+                    "tokens": tokens,
+                    "finish_reason": "stop" if stopped and reason != "eos" else reason,
+                }
+            )
+    return results
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of ``text`` that could still grow into a stop string."""
+    hold = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:n]):
+                hold = n
+                break
+    return hold
+
+
+def stream_text(model: nn.Module, tokenizer: Any, prompt: str, **gen_kwargs: Any) -> Iterator[str]:
+    """Yield the completion of one prompt as text pieces, as the tokens are produced.
+
+    Incomplete UTF-8 (a trailing replacement character) and text that may be the start of a stop string are held
+    back until resolved; the stream ends before a stop string. Greedy or sampling only (no beams).
+
+    Args:
+        model: a ``GPT`` (see ``generate``).
+        tokenizer: as for ``generate_text``.
+        prompt: the text to continue.
+        gen_kwargs: keyword arguments of ``generate`` (``max_new_tokens`` is required).
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"stream_text takes one prompt string, got {type(prompt).__name__}; see generate_text.")
+    kwargs = _text_kwargs(tokenizer, gen_kwargs)
+    if kwargs.get("num_return_sequences", 1) != 1:
+        raise ValueError("stream_text streams one sequence: num_return_sequences must be 1.")
+    stops = _stop_strings(kwargs.get("stop"))
+    input_ids = torch.tensor([_encode_one(tokenizer, prompt)], dtype=torch.long)
+    tokens: list[int] = []
+    emitted = 0
+    text = ""
+    for next_ids in stream_generate(model, input_ids, **kwargs):
+        tokens.append(int(next_ids[0]))
+        text = tokenizer.decode(tokens)
+        text, stopped = _cut_at_stop(text, stops)
+        if stopped:
+            break
+        safe = len(text) - _held_back(text, stops)
+        while safe > emitted and text[safe - 1] == "\ufffd":
+            safe -= 1
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    if len(text) > emitted:
+        yield text[emitted:]
