@@ -1,0 +1,104 @@
+"""A seeded, DDP-sharded sampler that can resume mid-epoch.
+
+It subclasses ``torch.utils.data.DistributedSampler`` so Lightning keeps it as is (Lightning only swaps in its own
+distributed sampler when the loader's sampler is not already one), whatever ``use_distributed_sampler`` says.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DistributedSampler
+
+__all__ = ["ResumableSampler"]
+
+
+class ResumableSampler(DistributedSampler):
+    """Indices of a per-epoch seeded permutation, split across ranks, optionally starting at a saved position.
+
+    Every rank draws the same permutation (``seed + epoch``) and takes ``perm[rank::num_replicas]``, so the ranks'
+    shards are disjoint. With ``drop_last`` the tail that does not divide evenly is dropped (every rank gets the same
+    count, so DDP never waits on a rank with an extra batch); otherwise the permutation is wrapped around to pad it.
+
+    Args:
+        num_samples: length of the dataset.
+        num_replicas: world size.
+        rank: this process's rank.
+        shuffle: permute each epoch (``False``: dataset order).
+        seed: base seed of the permutation.
+        drop_last: drop the uneven tail instead of padding it.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"ResumableSampler: need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}."
+            )
+        # Deliberately not calling DistributedSampler.__init__: it needs a dataset and may query torch.distributed.
+        self.dataset_len = num_samples
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start_index = 0  # position (in this rank's shard) to resume from ...
+        self.start_epoch = -1  # ... in this epoch only
+        if drop_last:
+            self.num_samples = num_samples // num_replicas
+        else:
+            self.num_samples = math.ceil(num_samples / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation (Lightning calls this at each epoch start)."""
+        self.epoch = int(epoch)
+
+    def set_start(self, epoch: int, index: int) -> None:
+        """Resume: in ``epoch``, skip the first ``index`` indices of this rank's shard (full length is unchanged).
+
+        Args:
+            epoch: the epoch the saved position belongs to (becomes the current epoch).
+            index: how many of this rank's samples were already consumed in that epoch.
+        """
+        self.epoch = int(epoch)
+        self.start_epoch = int(epoch)
+        self.start_index = max(0, int(index))
+
+    def shard(self, epoch: int) -> list[int]:
+        """This rank's full index list for ``epoch``."""
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + epoch)
+            order = torch.randperm(self.dataset_len, generator=g).tolist()
+        else:
+            order = list(range(self.dataset_len))
+        if self.drop_last:
+            order = order[: self.total_size]
+        elif order:
+            order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.shard(self.epoch)
+        if self.epoch == self.start_epoch:
+            indices = indices[self.start_index :]
+        return iter(indices)
+
+    def __len__(self) -> int:
+        # The full shard length, also when resuming: Lightning counts the already-consumed batches itself.
+        return self.num_samples
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's settings and current epoch (the consumed position is tracked by the data module)."""
+        return {"epoch": self.epoch, "seed": self.seed, "num_replicas": self.num_replicas, "rank": self.rank}

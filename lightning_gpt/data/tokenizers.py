@@ -1,0 +1,478 @@
+"""Tokenizers that travel with the checkpoint.
+
+Every tokenizer is deterministic (the char vocabulary is sorted, never read from an unordered set; the ``tokenizers``
+trainers are seeded by the corpus order only) and serializes to a self-contained, JSON-serializable ``state_dict()``
+(trained vocabulary and merges included), so ``tokenizer_from_state_dict(tok.state_dict())`` decodes exactly as
+training encoded, in any process, under any ``PYTHONHASHSEED``.
+
+Kinds (``build_tokenizer(kind, ...)``):
+
+- ``char``: one id per character seen in the corpus (sorted by code point), then ``<|bos|>``, ``<|eos|>``,
+  ``<|pad|>``, ``<|unk|>`` (characters never seen map to ``<|unk|>``).
+- ``bpe``: byte-level BPE trained with the ``tokenizers`` library to a requested vocab size (lossless).
+- ``unigram``: SentencePiece-style unigram model trained with ``tokenizers`` over byte-level pieces (lossless).
+- a path to a ``tokenizer.json`` or a Hugging Face tokenizer id: a pretrained ``tokenizers`` tokenizer.
+- ``tiktoken:<encoding>`` (e.g. ``tiktoken:gpt2``): a tiktoken encoding, when its file is available offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "BOS",
+    "EOS",
+    "PAD",
+    "UNK",
+    "CharTokenizer",
+    "HFTokenizer",
+    "TiktokenTokenizer",
+    "Tokenizer",
+    "build_tokenizer",
+    "tokenizer_from_state_dict",
+]
+
+BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
+SPECIALS = (BOS, EOS, PAD, UNK)
+TRAINABLE = ("char", "bpe", "unigram")
+# Names pretrained tokenizers commonly use for their special tokens (first match wins).
+_BOS_NAMES = (BOS, "<|endoftext|>", "<s>", "[CLS]", "<bos>", "<|begin_of_text|>")
+_EOS_NAMES = (EOS, "<|endoftext|>", "</s>", "[SEP]", "<eos>", "<|end_of_text|>")
+_PAD_NAMES = (PAD, "<pad>", "[PAD]", "<|padding|>")
+
+
+class Tokenizer:
+    """Base class of every tokenizer: text <-> token ids, with explicit special tokens.
+
+    Attributes:
+        vocab_size: number of ids (every id is in ``[0, vocab_size)``).
+        bos_id: id of the beginning-of-sequence token, or ``None``.
+        eos_id: id of the end-of-sequence token, or ``None``.
+        pad_id: id of the padding token, or ``None``.
+    """
+
+    kind: str = "base"
+    vocab_size: int
+    bos_id: Optional[int]
+    eos_id: Optional[int]
+    pad_id: Optional[int]
+
+    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+        """Encode ``text`` to ids; special-token strings inside ``text`` are treated as plain text where possible.
+
+        Args:
+            text: the text.
+            bos: prepend ``bos_id``.
+            eos: append ``eos_id``.
+        """
+        return self._wrap(self._encode(text), bos, eos)
+
+    def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
+        """Encode several texts (faster than a loop for the library-backed kinds).
+
+        Args:
+            texts: the texts.
+            bos: prepend ``bos_id`` to each.
+            eos: append ``eos_id`` to each.
+        """
+        return [self.encode(t, bos=bos, eos=eos) for t in texts]
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+        """Decode ids to text.
+
+        Args:
+            ids: token ids (a list, tuple, numpy array or 1-D tensor).
+            skip_special: drop BOS/EOS/PAD (and UNK) ids instead of rendering them as their token strings.
+        """
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-serializable, self-contained description; ``tokenizer_from_state_dict`` rebuilds the tokenizer."""
+        raise NotImplementedError
+
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of the special tokens (BOS, EOS, PAD, and UNK where present)."""
+        return {i for i in (self.bos_id, self.eos_id, self.pad_id, getattr(self, "unk_id", None)) if i is not None}
+
+    def fingerprint(self) -> str:
+        """A stable hash of ``state_dict()``: equal fingerprints encode and decode identically."""
+        blob = json.dumps(self.state_dict(), sort_keys=True, ensure_ascii=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def check_compatible(self, other: "Tokenizer | dict[str, Any]") -> None:
+        """Raise ``ValueError`` unless ``other`` (a tokenizer or its ``state_dict``) encodes exactly like this one.
+
+        Args:
+            other: the tokenizer (or state) to compare with, e.g. ``checkpoint["tokenizer"]``.
+        """
+        other_tok = tokenizer_from_state_dict(other) if isinstance(other, dict) else other
+        if other_tok.fingerprint() == self.fingerprint():
+            return
+        raise ValueError(
+            f"Tokenizer mismatch: this tokenizer is {self.describe()} but the other (e.g. the checkpoint's) is "
+            f"{other_tok.describe()}; ids would mean different text. Use the checkpoint's tokenizer "
+            "(TextDataModule(tokenizer='path/to/model.ckpt')) or train from scratch."
+        )
+
+    def describe(self) -> str:
+        """A one-line human description (kind, vocab size, fingerprint)."""
+        return f"{self.kind!r} (vocab_size={self.vocab_size}, fingerprint={self.fingerprint()})"
+
+    def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+        if bos:
+            if self.bos_id is None:
+                raise ValueError(f"{self.describe()} has no BOS token; call encode(..., bos=False).")
+            ids = [self.bos_id, *ids]
+        if eos:
+            if self.eos_id is None:
+                raise ValueError(f"{self.describe()} has no EOS token; call encode(..., eos=False).")
+            ids = [*ids, self.eos_id]
+        return ids
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
+            f"pad_id={self.pad_id})"
+        )
+
+
+def _ids_list(ids: Iterable[int]) -> list[int]:
+    if hasattr(ids, "tolist"):
+        ids = ids.tolist()  # numpy array or tensor
+    return [int(i) for i in ids]
+
+
+class CharTokenizer(Tokenizer):
+    """One id per character (sorted by code point), then ``<|bos|>``, ``<|eos|>``, ``<|pad|>``, ``<|unk|>``.
+
+    Args:
+        chars: the vocabulary characters; sorted and de-duplicated here, so any order gives the same tokenizer.
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        chars = sorted(set(chars))
+        if any(len(c) != 1 for c in chars):
+            raise ValueError("CharTokenizer: every vocabulary entry must be a single character.")
+        self.chars: list[str] = chars
+        n = len(chars)
+        self.bos_id, self.eos_id, self.pad_id, self.unk_id = n, n + 1, n + 2, n + 3
+        self.vocab_size = n + len(SPECIALS)
+        self._codepoints = np.array([ord(c) for c in chars], dtype=np.uint32)
+        self._itos = chars + list(SPECIALS)
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> "CharTokenizer":
+        """Build the vocabulary from every character of ``texts`` (sorted; independent of text order).
+
+        Args:
+            texts: the corpus documents.
+        """
+        seen: set[int] = set()
+        for text in texts:
+            seen.update(np.unique(np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)).tolist())
+        if not seen:
+            raise ValueError("CharTokenizer.train: the corpus is empty; give a source with some text.")
+        return cls(chr(c) for c in sorted(seen))
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Encode to a numpy int64 array (vectorized: a sorted-code-point lookup).
+
+        Args:
+            text: the text.
+        """
+        cps = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        if len(self._codepoints) == 0:
+            return np.full(len(cps), self.unk_id, dtype=np.int64)
+        pos = np.searchsorted(self._codepoints, cps)
+        pos_clipped = np.minimum(pos, len(self._codepoints) - 1)
+        known = self._codepoints[pos_clipped] == cps
+        return np.where(known, pos_clipped, self.unk_id).astype(np.int64)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+        n = len(self.chars)
+        out = []
+        for i in _ids_list(ids):
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"CharTokenizer.decode: id {i} is outside the vocabulary [0, {self.vocab_size}).")
+            if i >= n and skip_special:
+                continue
+            out.append(self._itos[i])
+        return "".join(out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "char", "chars": "".join(self.chars), "specials": list(SPECIALS)}
+
+
+class HFTokenizer(Tokenizer):
+    """A ``tokenizers.Tokenizer`` (trained BPE/unigram or a pretrained ``tokenizer.json``) with explicit specials.
+
+    Args:
+        tokenizer_json: the serialized tokenizer (``tokenizers.Tokenizer.to_str()``).
+        kind: ``bpe``, ``unigram`` or ``pretrained`` (informational; saved in the state).
+        bos_token: BOS token string; ``None`` detects a common name (``<|bos|>``, ``<|endoftext|>``, ``<s>``, ...).
+        eos_token: EOS token string; ``None`` detects a common name.
+        pad_token: PAD token string; ``None`` detects a common name (may stay unset).
+    """
+
+    def __init__(
+        self,
+        tokenizer_json: str,
+        kind: str = "pretrained",
+        bos_token: Optional[str] = None,
+        eos_token: Optional[str] = None,
+        pad_token: Optional[str] = None,
+    ) -> None:
+        from tokenizers import Tokenizer as _RustTokenizer
+
+        self.kind = kind
+        self._json = tokenizer_json
+        self._tok = _RustTokenizer.from_str(tokenizer_json)
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.bos_token = self._find(bos_token, _BOS_NAMES, "bos_token")
+        self.eos_token = self._find(eos_token, _EOS_NAMES, "eos_token")
+        self.pad_token = self._find(pad_token, _PAD_NAMES, "pad_token")
+        self.bos_id = None if self.bos_token is None else self._tok.token_to_id(self.bos_token)
+        self.eos_id = None if self.eos_token is None else self._tok.token_to_id(self.eos_token)
+        self.pad_id = None if self.pad_token is None else self._tok.token_to_id(self.pad_token)
+        self.unk_id = self._tok.token_to_id(UNK)
+
+    def _find(self, explicit: Optional[str], names: Sequence[str], field: str) -> Optional[str]:
+        if explicit is not None:
+            if self._tok.token_to_id(explicit) is None:
+                raise ValueError(f"{field}={explicit!r} is not in the tokenizer's vocabulary; pick an existing token.")
+            return explicit
+        return next((n for n in names if self._tok.token_to_id(n) is not None), None)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], kind: str, vocab_size: int) -> "HFTokenizer":
+        """Train a byte-level ``bpe`` or ``unigram`` tokenizer with BOS/EOS/PAD specials (and UNK for unigram).
+
+        Args:
+            texts: the corpus documents (iterated once, in order).
+            kind: ``bpe`` or ``unigram``.
+            vocab_size: requested vocabulary size, specials included (at least 256 bytes + the specials).
+        """
+        from tokenizers import Tokenizer as _RustTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        specials = [BOS, EOS, PAD] if kind == "bpe" else list(SPECIALS)
+        minimum = 256 + len(specials)
+        if vocab_size < minimum:
+            raise ValueError(
+                f"tokenizer_vocab_size={vocab_size} is too small for a byte-level {kind} tokenizer: it needs the 256 "
+                f"byte symbols plus {len(specials)} special tokens; use tokenizer_vocab_size >= {minimum}."
+            )
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        if kind == "bpe":
+            tok = _RustTokenizer(models.BPE())
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+            )
+        elif kind == "unigram":
+            tok = _RustTokenizer(models.Unigram())
+            trainer = trainers.UnigramTrainer(
+                vocab_size=vocab_size,
+                special_tokens=specials,
+                unk_token=UNK,
+                initial_alphabet=alphabet,
+                show_progress=False,
+            )
+        else:
+            raise ValueError(f"HFTokenizer.train: kind must be 'bpe' or 'unigram', got {kind!r}.")
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok.to_str(), kind=kind, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
+        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [self._wrap(e.ids, bos, eos) for e in encs]
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+        ids = _ids_list(ids)
+        if skip_special:
+            special = self.special_ids
+            ids = [i for i in ids if i not in special]
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "tokenizer_json": self._json,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+        }
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A ``tiktoken`` encoding; its ranks are embedded in the state so a checkpoint decodes without the file.
+
+    Args:
+        name: encoding name (``gpt2``, ``r50k_base``, ``cl100k_base``, ...).
+        pat_str: the pre-tokenization regex; ``None`` loads the named encoding through ``tiktoken.get_encoding``.
+        mergeable_ranks: bytes -> rank; required with ``pat_str``.
+        special_tokens: special token -> id; the EOS/BOS is ``<|endoftext|>`` when present.
+    """
+
+    kind = "tiktoken"
+
+    def __init__(
+        self,
+        name: str,
+        pat_str: Optional[str] = None,
+        mergeable_ranks: Optional[dict[bytes, int]] = None,
+        special_tokens: Optional[dict[str, int]] = None,
+    ) -> None:
+        try:
+            import tiktoken
+        except ImportError as err:  # pragma: no cover - tiktoken is an optional extra
+            raise ImportError(
+                "tokenizer='tiktoken:...' needs tiktoken: pip install 'lightning-gpt[tiktoken]'."
+            ) from err
+        if pat_str is None:
+            try:
+                enc = tiktoken.get_encoding(name)
+            except Exception as err:
+                raise ValueError(
+                    f"tiktoken encoding {name!r} could not be loaded ({type(err).__name__}: {err}). tiktoken downloads "
+                    "encoding files on first use: run once with network access, or point TIKTOKEN_CACHE_DIR at a "
+                    "directory that holds the cached file, or use tokenizer='bpe'."
+                ) from err
+            pat_str, mergeable_ranks, special_tokens = enc._pat_str, enc._mergeable_ranks, enc._special_tokens
+        if mergeable_ranks is None:
+            raise ValueError("TiktokenTokenizer: mergeable_ranks is required when pat_str is given.")
+        self.name = name
+        self._pat_str = pat_str
+        self._ranks = dict(mergeable_ranks)
+        self._specials = dict(special_tokens or {})
+        self._enc = tiktoken.Encoding(
+            name=f"lightning_gpt_{name}", pat_str=pat_str, mergeable_ranks=self._ranks, special_tokens=self._specials
+        )
+        self.vocab_size = self._enc.n_vocab
+        eot = self._specials.get("<|endoftext|>")
+        self.bos_id = self._specials.get(BOS, eot)
+        self.eos_id = self._specials.get(EOS, eot)
+        self.pad_id = self._specials.get(PAD)
+
+    def _encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
+        return [self._wrap(ids, bos, eos) for ids in self._enc.encode_ordinary_batch(list(texts))]
+
+    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
+        ids = _ids_list(ids)
+        if skip_special:
+            special = set(self._specials.values())
+            ids = [i for i in ids if i not in special]
+        return self._enc.decode(ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        ranks = sorted(self._ranks.items(), key=lambda kv: kv[1])
+        return {
+            "kind": "tiktoken",
+            "name": self.name,
+            "pat_str": self._pat_str,
+            "mergeable_ranks": [[base64.b64encode(b).decode("ascii"), r] for b, r in ranks],
+            "special_tokens": dict(sorted(self._specials.items())),
+        }
+
+
+def tokenizer_from_state_dict(state: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its ``state_dict()`` (e.g. ``checkpoint["tokenizer"]``).
+
+    Args:
+        state: the dict a ``Tokenizer.state_dict()`` returned (possibly after a JSON round trip).
+    """
+    if not isinstance(state, dict) or "kind" not in state:
+        raise ValueError(
+            "tokenizer_from_state_dict: expected a dict with a 'kind' key, as Tokenizer.state_dict() gives."
+        )
+    kind = state["kind"]
+    if kind == "char":
+        return CharTokenizer(state["chars"])
+    if kind in ("bpe", "unigram", "pretrained"):
+        return HFTokenizer(
+            state["tokenizer_json"],
+            kind=kind,
+            bos_token=state.get("bos_token"),
+            eos_token=state.get("eos_token"),
+            pad_token=state.get("pad_token"),
+        )
+    if kind == "tiktoken":
+        ranks = {base64.b64decode(b): int(r) for b, r in state["mergeable_ranks"]}
+        return TiktokenTokenizer(state["name"], state["pat_str"], ranks, state.get("special_tokens"))
+    raise ValueError(f"tokenizer_from_state_dict: unknown tokenizer kind {kind!r}.")
+
+
+def build_tokenizer(
+    kind: str,
+    texts: Optional[Iterable[str]] = None,
+    *,
+    vocab_size: int = 4096,
+) -> Tokenizer:
+    """Build a tokenizer: train one on ``texts`` or load a pretrained one.
+
+    Args:
+        kind: ``char``, ``bpe`` or ``unigram`` (trained on ``texts``); ``tiktoken:<encoding>``; a path to a
+            ``tokenizer.json``; a path to a Lightning ``.ckpt`` holding ``checkpoint["tokenizer"]``; or a Hugging Face
+            tokenizer id (``hf:<id>`` or a bare id such as ``gpt2``, loaded through ``Tokenizer.from_pretrained``).
+        texts: the corpus documents, required for the trained kinds.
+        vocab_size: vocabulary size of ``bpe``/``unigram`` (specials included); ignored otherwise.
+    """
+    if kind in TRAINABLE:
+        if texts is None:
+            raise ValueError(f"build_tokenizer({kind!r}) trains on a corpus: pass texts=<iterable of documents>.")
+        if kind == "char":
+            return CharTokenizer.train(texts)
+        return HFTokenizer.train(texts, kind, vocab_size)
+    if kind.startswith("tiktoken:"):
+        return TiktokenTokenizer(kind.split(":", 1)[1])
+    path = os.path.expanduser(kind)
+    if path.endswith(".ckpt"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer={kind!r}: checkpoint file not found.")
+        import torch
+
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if "tokenizer" not in ckpt:
+            raise ValueError(f"tokenizer={kind!r}: the checkpoint has no 'tokenizer' entry to reuse.")
+        return tokenizer_from_state_dict(ckpt["tokenizer"])
+    if path.endswith(".json") or os.path.isdir(path):
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"tokenizer={kind!r}: no tokenizer.json found at {file!r}.")
+        with open(file, encoding="utf-8") as f:
+            return HFTokenizer(f.read(), kind="pretrained")
+    from tokenizers import Tokenizer as _RustTokenizer
+
+    hub_id = kind[3:] if kind.startswith("hf:") else kind
+    try:
+        tok = _RustTokenizer.from_pretrained(hub_id)
+    except Exception as err:
+        raise ValueError(
+            f"tokenizer={kind!r} is not a known kind ({', '.join(TRAINABLE)}, tiktoken:<encoding>), not an existing "
+            f"tokenizer.json/.ckpt path, and could not be loaded as a Hugging Face tokenizer id ({err})."
+        ) from err
+    return HFTokenizer(tok.to_str(), kind="pretrained")
