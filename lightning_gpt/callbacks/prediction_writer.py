@@ -1,0 +1,116 @@
+"""``JSONLPredictionWriter``: writes ``predict`` results (prompt, completion, tokens, finish_reason) as JSONL."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from typing_extensions import override
+
+__all__ = ["JSONLPredictionWriter"]
+
+
+def _records(prediction: Any) -> list[dict[str, Any]]:
+    if prediction is None:
+        return []
+    if isinstance(prediction, dict):
+        return [prediction]
+    if isinstance(prediction, (list, tuple)) and all(isinstance(r, dict) for r in prediction):
+        return list(prediction)
+    raise ValueError(
+        "JSONLPredictionWriter expects predict_step to return a dict or a list of dicts (prompt, completion, tokens, "
+        f"finish_reason), got {type(prediction).__name__}."
+    )
+
+
+class JSONLPredictionWriter(BasePredictionWriter):
+    """Write one JSON object per completion to ``output_path``, atomically.
+
+    Records are appended to ``<output_path>.tmp`` batch by batch (nothing is held in memory) and the file is moved into
+    place with ``os.replace`` when prediction ends, so a crashed run never leaves a truncated result file. With several
+    processes each rank writes ``<stem>.rank<r><suffix>``.
+
+    Args:
+        output_path: the ``.jsonl`` file to write; parent directories are created.
+        fields: keys to keep from each record, in this order (others are dropped); ``None`` keeps every key.
+    """
+
+    def __init__(
+        self,
+        output_path: str = "predictions.jsonl",
+        fields: Optional[Sequence[str]] = ("prompt", "completion", "tokens", "finish_reason"),
+    ) -> None:
+        super().__init__(write_interval="batch")
+        if not output_path:
+            raise ValueError("JSONLPredictionWriter.output_path must be a file path, e.g. predictions.jsonl.")
+        self.output_path = str(output_path)
+        self.fields = list(fields) if fields is not None else None
+        self._file: Optional[Any] = None
+        self._target: Optional[Path] = None
+        self.num_written = 0
+
+    def _path_for(self, trainer: Trainer) -> Path:
+        path = Path(self.output_path)
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        return path
+
+    @property
+    def path(self) -> Optional[Path]:
+        """Where the results of the current (or last) run go."""
+        return self._target
+
+    @override
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._target = self._path_for(trainer)
+        self._target.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._target.with_name(self._target.name + ".tmp"), "w", encoding="utf-8")
+        self.num_written = 0
+
+    @override
+    def write_on_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        prediction: Any,
+        batch_indices: Optional[Sequence[int]],
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        if self._file is None:
+            raise RuntimeError("JSONLPredictionWriter: write_on_batch_end called before on_predict_start.")
+        for record in _records(prediction):
+            if self.fields is not None:
+                record = {k: record[k] for k in self.fields if k in record}
+            self._file.write(json.dumps(record, ensure_ascii=False, default=_to_json) + "\n")
+            self.num_written += 1
+        self._file.flush()
+
+    @override
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._file is None or self._target is None:
+            return
+        tmp = Path(self._file.name)
+        self._file.close()
+        self._file = None
+        os.replace(tmp, self._target)
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        # Leave no partial result behind; the previous results file (if any) is untouched.
+        if self._file is not None:
+            tmp = Path(self._file.name)
+            self._file.close()
+            self._file = None
+            tmp.unlink(missing_ok=True)
+
+
+def _to_json(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

@@ -1,0 +1,101 @@
+"""``PromptDataModule``: batches of prompt strings for ``Trainer.predict`` / ``lightning-gpt predict``.
+
+This is the one Lightning-dependent module of ``lightning_gpt.generation``; the package ``__init__`` does not import
+it, so ``lightning_gpt.generation`` itself stays plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+__all__ = ["PromptDataModule", "read_prompts"]
+
+
+def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
+    """Read prompts from a file: JSONL (one object per line with a ``field`` key) or plain text (one per line).
+
+    The format is JSONL when the file name ends in ``.jsonl``/``.ndjson`` or its first non-blank line starts with
+    ``{``. In plain text, blank lines are skipped and a literal ``\\n`` inside a line stands for a newline.
+
+    Args:
+        path: the prompts file.
+        field: the key holding the prompt in JSONL records.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Prompts file {str(path)!r} does not exist (expected one prompt per line, or JSONL).")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    first = next((line for line in lines if line.strip()), "")
+    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson") or first.lstrip().startswith("{")
+    prompts: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            prompts.append(line.replace("\\n", "\n"))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number} is not valid JSON ({err.msg}): one object per line.") from err
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise ValueError(f'{path}:{number}: each JSONL record needs a string "{field}" field, got {line[:80]!r}.')
+        prompts.append(record[field])
+    if not prompts:
+        raise ValueError(f"Prompts file {str(path)!r} holds no prompts.")
+    return prompts
+
+
+def _collate(batch: list[str]) -> list[str]:
+    return list(batch)
+
+
+class PromptDataModule(LightningDataModule):
+    """Serves prompt strings to ``predict_step`` in batches (lists of ``str``).
+
+    Args:
+        path: prompts file: one prompt per line, or JSONL with a ``field`` key per record.
+        prompts: prompts given directly instead of ``path``.
+        batch_size: prompts per batch (decoded together, left-padded).
+        field: the JSONL key holding the prompt.
+    """
+
+    def __init__(
+        self,
+        path: Optional[str] = None,
+        prompts: Optional[list[str]] = None,
+        batch_size: int = 8,
+        field: str = "prompt",
+    ) -> None:
+        super().__init__()
+        if (path is None) == (prompts is None):
+            raise ValueError("PromptDataModule needs exactly one of path (a prompts file) or prompts (a list of str).")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"PromptDataModule.batch_size must be a positive integer, got {batch_size!r}.")
+        if prompts is not None:
+            if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or not prompts:
+                raise ValueError("PromptDataModule.prompts must be a non-empty list of strings.")
+        self.path = path
+        self.batch_size = batch_size
+        self.field = field
+        self._prompts: Optional[list[str]] = list(prompts) if prompts is not None else None
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts, read from ``path`` on first use."""
+        if self._prompts is None:
+            self._prompts = read_prompts(self.path, self.field)
+        return self._prompts
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Read the prompts file (fails early with a clear message when it is missing or malformed)."""
+        _ = self.prompts
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        """Batches of prompt strings in file order."""
+        return DataLoader(self.prompts, batch_size=self.batch_size, shuffle=False, collate_fn=_collate)
