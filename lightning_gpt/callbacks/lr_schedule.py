@@ -1,0 +1,128 @@
+"""Learning-rate schedule as a pure function of the global step: warmup, then cosine/linear decay to a floor."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+__all__ = ["LRSchedule", "lr_at"]
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def lr_at(
+    step: int,
+    *,
+    base_lr: float,
+    warmup_steps: int,
+    decay_steps: int,
+    min_lr: float,
+    schedule: str = "cosine",
+) -> float:
+    """The learning rate at optimizer step ``step`` (0-based).
+
+    Linear warmup ``base_lr * (step + 1) / (warmup_steps + 1)`` for ``step < warmup_steps`` (as nanoGPT), then
+    ``cosine`` or ``linear`` decay from ``base_lr`` to ``min_lr`` at ``decay_steps`` and ``min_lr`` after it; or
+    ``constant`` ``base_lr`` after the warmup.
+
+    Args:
+        step: the optimizer step about to be taken.
+        base_lr: the peak learning rate.
+        warmup_steps: length of the linear warmup.
+        decay_steps: the step at which the decay reaches ``min_lr`` (counted from 0, warmup included).
+        min_lr: the floor.
+        schedule: ``cosine``, ``linear`` or ``constant``.
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return base_lr
+    if step >= decay_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio)) if schedule == "cosine" else 1.0 - ratio
+    return min_lr + coeff * (base_lr - min_lr)
+
+
+class LRSchedule(Callback):
+    """Set every optimizer param group's learning rate from ``trainer.global_step`` before each batch.
+
+    The rate depends only on the step, so a resumed run follows the schedule exactly. The peak rate of a group is its
+    initial ``lr`` (``GPTModule.learning_rate``), stored once as ``initial_lr`` in the group (which the optimizer's
+    state dict, hence the checkpoint, keeps). Works with ``LearningRateMonitor``; also logs ``train/lr``.
+
+    Args:
+        warmup_steps: steps of linear warmup.
+        decay_steps: step where the decay reaches the floor; ``None`` uses ``Trainer(max_steps)``.
+        min_lr: the floor (absolute, for the group with the module's ``learning_rate``; other groups scale alike).
+            ``None`` uses ``min_lr_ratio``.
+        min_lr_ratio: the floor as a fraction of the peak rate when ``min_lr`` is not given.
+        schedule: ``cosine``, ``linear`` (decay after the warmup) or ``constant``.
+        log: log the rate of the first group as ``train/lr``.
+    """
+
+    def __init__(
+        self,
+        warmup_steps: int = 100,
+        decay_steps: Optional[int] = None,
+        min_lr: Optional[float] = None,
+        min_lr_ratio: float = 0.1,
+        schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        log: bool = True,
+    ) -> None:
+        if schedule not in SCHEDULES:
+            raise ValueError(f"LRSchedule.schedule must be one of {SCHEDULES}, got {schedule!r}.")
+        if warmup_steps < 0:
+            raise ValueError(f"LRSchedule.warmup_steps must be >= 0, got {warmup_steps!r}.")
+        if decay_steps is not None and decay_steps < warmup_steps:
+            raise ValueError(
+                f"LRSchedule.decay_steps ({decay_steps}) must be >= warmup_steps ({warmup_steps}): the decay starts "
+                "after the warmup."
+            )
+        if min_lr is not None and min_lr < 0:
+            raise ValueError(f"LRSchedule.min_lr must be >= 0, got {min_lr!r}.")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"LRSchedule.min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}.")
+        self.warmup_steps = warmup_steps
+        self.decay_steps = decay_steps
+        self.min_lr = min_lr
+        self.min_lr_ratio = min_lr_ratio
+        self.schedule = schedule
+        self.log = log
+
+    def _decay_steps(self, trainer: "pl.Trainer") -> int:
+        if self.decay_steps is not None:
+            return self.decay_steps
+        if self.schedule == "constant":
+            return self.warmup_steps
+        if trainer.max_steps is None or trainer.max_steps < 0:
+            raise ValueError(
+                "LRSchedule(decay_steps=None) takes the decay length from Trainer(max_steps), which is not set. Set "
+                "LRSchedule(decay_steps=...) or Trainer(max_steps=...)."
+            )
+        return max(trainer.max_steps, self.warmup_steps)
+
+    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch, batch_idx) -> None:
+        decay_steps = self._decay_steps(trainer)
+        reference = getattr(pl_module, "learning_rate", None)
+        first_lr = None
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                base = group.setdefault("initial_lr", group["lr"])
+                ratio = self.min_lr_ratio
+                if self.min_lr is not None:
+                    ratio = self.min_lr / (reference if reference else base)
+                group["lr"] = lr_at(
+                    trainer.global_step,
+                    base_lr=base,
+                    warmup_steps=self.warmup_steps,
+                    decay_steps=decay_steps,
+                    min_lr=base * ratio,
+                    schedule=self.schedule,
+                )
+                first_lr = group["lr"] if first_lr is None else first_lr
+        if self.log and first_lr is not None:
+            pl_module.log("train/lr", first_lr)

@@ -1,0 +1,131 @@
+"""Periodic sample generation during training: decode a few prompts, print them, send them to the loggers."""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+__all__ = ["SampleGeneration"]
+
+
+class SampleGeneration(Callback):
+    """Every ``every_n_steps`` optimizer steps, decode ``prompts`` with the module's tokenizer and show the text.
+
+    Runs on rank zero only (all ranks decode together when the model is FSDP-sharded, since every forward pass needs
+    them; rank zero reports). Samples are printed with ``rank_zero_info``, added to TensorBoard as text
+    (``samples/<i>``), and appended to ``samples.csv`` in the log directory of CSV loggers; loggers with a
+    ``log_text`` method (e.g. W&B) get a table. Decoding uses a dedicated, seeded ``torch.Generator`` and restores
+    torch's RNG state and the model's train mode, so the training run is unchanged by it (same losses with or without).
+
+    Args:
+        every_n_steps: decode after every this many optimizer steps.
+        prompts: the texts to continue (an empty string means "from BOS" when the tokenizer has one).
+        max_new_tokens: tokens generated per prompt.
+        do_sample: sample (``True``) or decode greedily (``False``).
+        temperature: softmax temperature when sampling.
+        top_k: keep the k most likely tokens when sampling.
+        top_p: nucleus sampling threshold.
+        seed: seed of the sampling generator (same samples at the same step of a resumed run).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        prompts: Optional[list[str]] = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = True,
+        temperature: float = 0.8,
+        top_k: Optional[int] = 200,
+        top_p: Optional[float] = None,
+        seed: int = 1234,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"SampleGeneration.every_n_steps must be >= 1, got {every_n_steps!r}.")
+        if max_new_tokens < 1:
+            raise ValueError(f"SampleGeneration.max_new_tokens must be >= 1, got {max_new_tokens!r}.")
+        self.every_n_steps = every_n_steps
+        self.prompts = list(prompts) if prompts is not None else ["\n"]
+        self.max_new_tokens = max_new_tokens
+        self.do_sample = do_sample
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.seed = seed
+        self._last_step = -1
+        self.last_samples: list[dict[str, Any]] = []
+
+    def on_train_batch_end(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps != 0 or step == self._last_step:
+            return
+        self._last_step = step
+        self.sample(trainer, pl_module)
+
+    def sample(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> list[dict[str, Any]]:
+        """Decode the prompts now and report them; returns the result dicts (empty on ranks that do not decode)."""
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        model = getattr(pl_module, "model", None)
+        if tokenizer is None or model is None:
+            rank_zero_info("SampleGeneration: the module has no tokenizer or model yet; skipping samples.")
+            return []
+        sharded = getattr(model, "_lightning_gpt_sharded", False)
+        if not (trainer.is_global_zero or sharded):
+            return []
+        from lightning_gpt.generation.text import generate_text
+
+        device = pl_module.device
+        generator = torch.Generator(device=device).manual_seed(self.seed + trainer.global_step)
+        kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, generator=generator)
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        was_training = model.training
+        fork_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):
+            try:
+                model.eval()
+                max_new = min(self.max_new_tokens, model.config.block_size - 1)
+                kwargs["max_new_tokens"] = max_new
+                results = generate_text(model, tokenizer, self.prompts, **kwargs)
+            finally:
+                if hasattr(model, "clear_cache"):
+                    model.clear_cache()
+                model.train(was_training)
+        self.last_samples = results
+        if trainer.is_global_zero:
+            self._report(trainer, results)
+        return results
+
+    def _report(self, trainer: "pl.Trainer", results: list[dict[str, Any]]) -> None:
+        step = trainer.global_step
+        lines = [f"--- samples at step {step} ---"]
+        for r in results:
+            lines.append(f"[{r['prompt']!r}] -> {r['prompt']}{r['completion']}")
+        rank_zero_info("\n".join(lines))
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):  # TensorBoard
+                for i, r in enumerate(results):
+                    experiment.add_text(f"samples/{i}", f"**{r['prompt']}**{r['completion']}", global_step=step)
+            elif type(logger).__name__ == "CSVLogger" and logger.log_dir:
+                path = os.path.join(logger.log_dir, "samples.csv")
+                os.makedirs(logger.log_dir, exist_ok=True)
+                new = not os.path.exists(path)
+                with open(path, "a", newline="", encoding="utf-8") as f:
+                    writer = csv.writer(f)
+                    if new:
+                        writer.writerow(["step", "prompt", "completion"])
+                    writer.writerows([step, r["prompt"], r["completion"]] for r in results)
+            elif hasattr(logger, "log_text"):
+                logger.log_text(
+                    key="samples",
+                    columns=["step", "prompt", "completion"],
+                    data=[[step, r["prompt"], r["completion"]] for r in results],
+                )

@@ -1,0 +1,166 @@
+"""Load a trained GPT (and its tokenizer) from a checkpoint, and write checkpoints atomically.
+
+``load_checkpoint`` needs no Lightning objects: a checkpoint saved by ``GPTModule`` holds the model config
+(``gpt_config``), the tokenizer (``tokenizer``) and the weights (``state_dict``, keys prefixed ``model.``).
+
+``AtomicCheckpointIO`` is a Lightning ``CheckpointIO`` plugin: it writes to a temporary file in the target directory,
+fsyncs it and renames it into place, so a process killed mid-save (even by SIGKILL) leaves the previous checkpoint
+readable and never a truncated one under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lightning_gpt.config import GPTConfig
+from lightning_gpt.model import GPT
+
+__all__ = ["load_checkpoint", "read_checkpoint", "model_state_dict", "AtomicCheckpointIO"]
+
+_PREFIXES = ("model.", "_orig_mod.", "module.")
+
+
+def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load`` a checkpoint file with clear errors for a missing, unreadable or foreign file.
+
+    Loads with ``weights_only=True`` (no arbitrary code runs); falls back to a full unpickle only for checkpoints that
+    need it (e.g. saved by older code with objects in the hyperparameters), which you should do only for trusted files.
+
+    Args:
+        path: the ``.ckpt`` file.
+        map_location: where tensors go (``"cpu"`` by default).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a directory, not a checkpoint file. A sharded (distributed) checkpoint must be consolidated "
+            "first: save with the strategy's save_distributed_checkpoint=False, or convert the folder with "
+            "torch.distributed.checkpoint.format_utils.dcp_to_torch_save."
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}. Check the path (e.g. --ckpt_path).")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): the file is empty.")
+    try:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
+                raise
+            return torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {err}. If a save was "
+            "interrupted, use the previous checkpoint (saves are atomic, so it is intact)."
+        ) from err
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The bare ``GPT`` weights of a checkpoint: ``model.`` / ``_orig_mod.`` (torch.compile) / ``module.`` stripped."""
+    state = checkpoint.get("state_dict", checkpoint)
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        stripped = key
+        while stripped.startswith(_PREFIXES):
+            stripped = stripped.split(".", 1)[1]
+        stripped = stripped.replace("._orig_mod.", ".")
+        if key.startswith("model.") or "state_dict" not in checkpoint:
+            out[stripped] = value
+    return out
+
+
+def load_checkpoint(
+    path: Union[str, Path], map_location: Any = "cpu", strict: bool = True
+) -> tuple[GPT, Optional[Any]]:
+    """Build the ``GPT`` saved in a checkpoint and its tokenizer.
+
+    Args:
+        path: a ``.ckpt`` file saved by ``GPTModule`` (Lightning ``ModelCheckpoint`` or ``trainer.save_checkpoint``).
+        map_location: device of the loaded weights.
+        strict: require the weights to match the model exactly.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode; the tokenizer, or ``None`` when the checkpoint holds none.
+    """
+    checkpoint = read_checkpoint(path, map_location=map_location)
+    if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
+        raise ValueError(
+            f"{path} has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. For Hugging Face "
+            "GPT-2 weights use lightning_gpt.convert; for a bare state dict build GPT(config) and call load_state_dict."
+        )
+    config = GPTConfig.from_dict(checkpoint["gpt_config"])
+    model = GPT(config)
+    state = model_state_dict(checkpoint)
+    if config.tie_weights and "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        raise ValueError(f"The weights in {path} do not fit its gpt_config ({config}): {err}") from err
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    model.eval()
+    tokenizer = None
+    if checkpoint.get("tokenizer") is not None:
+        from lightning_gpt.data import tokenizer_from_state_dict
+
+        tokenizer = tokenizer_from_state_dict(checkpoint["tokenizer"])
+    return model, tokenizer
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to ``<path>.tmp-<pid>``, fsync it, then ``os.replace`` it onto ``<path>``.
+
+    The rename is atomic on POSIX and Windows, so the file under the final name is always a complete checkpoint: a
+    crash or SIGKILL mid-save leaves the previous file (and at worst a stray ``.tmp-<pid>`` file, removed on the next
+    successful save of the same path). Remote filesystems (``s3://``...) fall back to the plain write.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                "`Trainer.save_checkpoint(..., storage_options=...)` with `storage_options` arg"
+                f" is not supported for `{self.__class__.__name__}`."
+            )
+        fs = get_filesystem(path)
+        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            super().save_checkpoint(checkpoint, path)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f"{path.name}.tmp-*"):  # left by an earlier crash
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Make the rename itself durable (POSIX); not possible on every platform.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,191 @@
+"""GPTModule: loss goes down, optimizer groups, checkpoint contents, load_checkpoint, predict round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gpt import GPT, GPTConfig
+from lightning_gpt.checkpoint import load_checkpoint
+from lightning_gpt.data import CharTokenizer
+from lightning_gpt.module import GPTModule
+
+TINY = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+def ToyTokenizer():
+    """The package's character tokenizer over a small alphabet (ids 0..28 for chars, then 4 specials)."""
+    return CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
+
+
+class ToyData(pl.LightningDataModule):
+    def __init__(self, n: int = 64, T: int = 16, vocab: int = 32, batch_size: int = 8, tokenizer=None) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.tokens = torch.randint(0, vocab, (n, T + 1), generator=g)
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:]), batch_size=self.batch_size)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(self.tokens[:16, :-1], self.tokens[:16, 1:]), batch_size=self.batch_size)
+
+
+def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+class LossRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_loss_decreases_on_a_repeated_batch(tmp_path):
+    torch.manual_seed(0)
+    data = ToyData(n=8, batch_size=8)
+    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0)
+    rec = LossRecorder()
+    trainer(tmp_path, max_steps=20, callbacks=[rec]).fit(module, data)
+    assert len(rec.losses) == 20
+    assert rec.losses[-1] < 0.75 * rec.losses[0], rec.losses
+    assert int(module.tokens_seen) == 20 * 8 * 16
+
+
+def test_optimizer_groups_are_exact():
+    module = GPTModule(GPTConfig(**TINY), weight_decay=0.1)
+    module.configure_model()
+    opt = module.configure_optimizers()
+    names = {id(p): n for n, p in module.named_parameters()}
+    decay = {names[id(p)] for p in opt.param_groups[0]["params"]}
+    no_decay = {names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert not decay & no_decay
+    assert decay | no_decay == set(names.values())  # every parameter once (the tied lm_head is wte)
+    assert "model.transformer.wte.weight" in no_decay and "model.transformer.wpe.weight" in no_decay
+    assert all(n.endswith("bias") or ".ln_" in n or "wte" in n or "wpe" in n for n in no_decay)
+    assert all(n.endswith("weight") and ".ln_" not in n and "wte" not in n and "wpe" not in n for n in decay)
+    assert len(decay) == 4 * TINY["n_layer"]  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
+    n_params = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_params == sum(p.numel() for p in module.model.parameters())
+
+
+def test_untied_head_decays_and_fused_flag():
+    module = GPTModule(GPTConfig(**{**TINY, "tie_weights": False}), fused=False)
+    module.configure_model()
+    opt = module.configure_optimizers()
+    decay_ids = {id(p) for p in opt.param_groups[0]["params"]}
+    assert id(module.model.lm_head.weight) in decay_ids
+    assert not opt.defaults.get("fused")
+
+
+def test_checkpoint_holds_config_and_tokenizer_and_loads(tmp_path):
+    torch.manual_seed(0)
+    tok = ToyTokenizer()
+    data = ToyData(n=16, vocab=tok.vocab_size, tokenizer=tok)
+    module = GPTModule(GPTConfig(**TINY))  # vocab_size 40 is replaced by the tokenizer's 32
+    tr = trainer(tmp_path, max_steps=3)
+    tr.fit(module, data)
+    assert module.config.vocab_size == tok.vocab_size and module.model.config.vocab_size == tok.vocab_size
+    path = tmp_path / "m.ckpt"
+    tr.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)  # plain contents: loadable without unpickling classes
+    assert ckpt["gpt_config"] == module.config.to_dict()
+    assert ckpt["tokenizer"] == tok.state_dict()
+    assert ckpt["tokens_seen"] == 3 * 8 * 16
+
+    model, tokenizer = load_checkpoint(path)
+    assert isinstance(model, GPT) and not model.training
+    assert tokenizer.state_dict() == tok.state_dict() and tokenizer.encode("hi z") == tok.encode("hi z")
+    x = torch.randint(0, tok.vocab_size, (2, 10))
+    module.model.eval()
+    torch.testing.assert_close(model(x), module.model(x), rtol=0, atol=0)
+
+    restored = GPTModule.load_from_checkpoint(path, weights_only=True)
+    assert restored.config == module.config
+    torch.testing.assert_close(restored.model(x), module.model(x), rtol=0, atol=0)
+
+
+def test_resume_with_a_different_explicit_config_is_a_clear_error(tmp_path):
+    torch.manual_seed(0)
+    tr = trainer(tmp_path, max_steps=1)
+    tr.fit(GPTModule(GPTConfig(**TINY)), ToyData())
+    tr.save_checkpoint(tmp_path / "a.ckpt")
+    other = GPTModule(GPTConfig(**{**TINY, "n_layer": 3}))
+    with pytest.raises(ValueError, match=r"n_layer: checkpoint 2 vs given 3"):
+        trainer(tmp_path, max_steps=2).fit(other, ToyData(), ckpt_path=tmp_path / "a.ckpt")
+
+
+def test_checkpoint_config_is_adopted_when_none_is_given(tmp_path):
+    torch.manual_seed(0)
+    tr = trainer(tmp_path, max_steps=1)
+    module = GPTModule(GPTConfig(**TINY))
+    tr.fit(module, ToyData())
+    tr.save_checkpoint(tmp_path / "a.ckpt")
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    fresh = GPTModule(GPTConfig.from_name("tiny"))
+    fresh._config_given = False  # as if built with config=None (avoid building the 124M default)
+    fresh.configure_model()
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"])
+    assert fresh.config == module.config and fresh.model.config == module.config
+
+
+def test_predict_step_round_trip(tmp_path):
+    torch.manual_seed(0)
+    tok = ToyTokenizer()
+    module = GPTModule(GPTConfig(**{**TINY, "vocab_size": tok.vocab_size}), generation={"max_new_tokens": 5})
+    module.configure_model()
+    module.tokenizer = tok
+    loader = DataLoader(["ab", "hello", "z"], batch_size=2, collate_fn=list)
+    out = trainer(tmp_path).predict(module, loader)
+    rows = [r for batch in out for r in batch]
+    assert [r["prompt"] for r in rows] == ["ab", "hello", "z"]
+    for r in rows:
+        assert len(r["tokens"]) <= 5 and r["finish_reason"] in ("length", "eos")
+        assert r["completion"] == tok.decode(r["tokens"])
+    # greedy predict equals greedy decoding of the same model directly
+    from lightning_gpt.generation import generate
+
+    ids = torch.tensor([tok.encode("hello")])
+    direct = generate(module.model, ids, max_new_tokens=5, eos_token_id=tok.eos_id)[0, ids.size(1) :].tolist()
+    assert rows[1]["tokens"] == direct[: len(rows[1]["tokens"])]
+
+
+def test_bad_batch_and_missing_tokenizer_errors():
+    with pytest.raises(ValueError, match="cannot read a batch"):
+        GPTModule.split_batch(42)
+    with pytest.raises(ValueError, match="needs 'input_ids' and 'targets'"):
+        GPTModule.split_batch({"x": 1})
+    module = GPTModule(GPTConfig(**TINY))
+    module.configure_model()
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        module.predict_step(["a"], 0)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        GPTModule(learning_rate=0.0)
+
+
+def test_vocab_from_tokenizer_and_hparams_are_plain():
+    module = GPTModule(GPTConfig(**TINY))
+    assert module.hparams["config"] == GPTConfig(**TINY).to_dict()
+    assert isinstance(module.hparams["generation"], dict)
+    cfg = dataclasses.replace(GPTConfig(**TINY), vocab_size=77)
+    assert GPTModule(cfg.to_dict()).config == cfg  # a dict config (as in a checkpoint's hparams) works
