@@ -1,0 +1,243 @@
+"""Callbacks: LR schedule values, clipping, the non-finite guard, sample generation, FLOPs per token."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gpt import GPT, GPTConfig
+from lightning_gpt.callbacks import (
+    GradientClipping,
+    LRSchedule,
+    ModelCheckpoint,
+    NonFiniteError,
+    NonFiniteGuard,
+    SampleGeneration,
+    flops_per_token,
+    lr_at,
+    num_parameters,
+)
+from lightning_gpt.data import CharTokenizer
+from lightning_gpt.module import GPTModule
+
+TINY = dict(vocab_size=33, block_size=16, n_layer=2, n_head=2, n_embd=32)
+
+
+class ToyData(pl.LightningDataModule):
+    def __init__(self, n: int = 64, T: int = 16, vocab: int = 29, batch_size: int = 4, tokenizer=None) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.tokens = torch.randint(0, vocab, (n, T + 1), generator=g)
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(1)
+        ds = TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:])
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g)
+
+
+def make_trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        max_steps=6,
+    )
+    return pl.Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
+
+
+class Recorder(pl.Callback):
+    """Records losses, the lr used and the gradient norm seen (after the callbacks listed before it)."""
+
+    def __init__(self) -> None:
+        self.losses, self.lrs, self.grad_norms = [], [], []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.nn.utils.get_total_norm(grads)) if grads else None)
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+class NaNAtStep(GPTModule):
+    """Injects a non-finite loss at one global step."""
+
+    def __init__(self, *args, nan_step: int = 3, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_step = nan_step
+
+    def compute_loss(self, logits, targets):
+        loss = super().compute_loss(logits, targets)
+        if self.training and self.trainer.global_step == self.nan_step:
+            loss = loss * float("nan")
+        return loss
+
+
+# ---------------------------------------------------------------------------------------------- LR schedule
+
+
+def test_lr_schedule_values():
+    kw = dict(base_lr=1e-3, warmup_steps=10, decay_steps=110, min_lr=1e-4)
+    assert lr_at(0, **kw) == pytest.approx(1e-3 / 11)
+    assert lr_at(9, **kw) == pytest.approx(1e-3 * 10 / 11)
+    assert lr_at(10, **kw) == pytest.approx(1e-3)  # peak right after warmup
+    assert lr_at(60, **kw) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))  # cosine half-way
+    assert lr_at(110, **kw) == pytest.approx(1e-4) and lr_at(10_000, **kw) == pytest.approx(1e-4)  # the floor
+    assert lr_at(60, **kw, schedule="linear") == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+    assert lr_at(35, **kw, schedule="linear") == pytest.approx(1e-4 + 0.75 * (1e-3 - 1e-4))
+    assert lr_at(500, **kw, schedule="constant") == pytest.approx(1e-3)
+    values = [lr_at(s, **kw) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # monotone decay
+
+
+def test_lr_schedule_sets_the_optimizer_each_step(tmp_path):
+    torch.manual_seed(0)
+    rec = Recorder()
+    sched = LRSchedule(warmup_steps=2, decay_steps=6, min_lr_ratio=0.1)
+    make_trainer(tmp_path, [sched, rec], max_steps=8).fit(GPTModule(GPTConfig(**TINY), learning_rate=1e-3), ToyData())
+    expected = [lr_at(s, base_lr=1e-3, warmup_steps=2, decay_steps=6, min_lr=1e-4) for s in range(8)]
+    assert rec.lrs == pytest.approx(expected)
+
+
+def test_lr_schedule_errors():
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        LRSchedule(schedule="exp")
+    with pytest.raises(ValueError, match=r"decay_steps \(5\) must be >= warmup_steps \(10\)"):
+        LRSchedule(warmup_steps=10, decay_steps=5)
+
+
+# ---------------------------------------------------------------------------------------------- clipping
+
+
+def test_clipping_logs_pre_clip_norm_and_clips(tmp_path):
+    torch.manual_seed(0)
+    before, after = Recorder(), Recorder()
+    logged = []
+
+    class Grab(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            logged.append(float(trainer.callback_metrics["train/grad_norm"]))
+
+    clip = GradientClipping(max_norm=0.05)
+    make_trainer(tmp_path, [before, clip, after, Grab()], max_steps=4).fit(GPTModule(GPTConfig(**TINY)), ToyData())
+    assert all(n > 0.05 for n in before.grad_norms)  # the test really clips
+    assert logged == pytest.approx(before.grad_norms, rel=1e-5)  # logged value is the norm before clipping
+    assert all(n <= 0.05 * (1 + 1e-4) for n in after.grad_norms)
+    assert after.grad_norms == pytest.approx([0.05] * 4, rel=1e-3)
+
+
+def test_clipping_refuses_trainer_gradient_clip_val(tmp_path):
+    with pytest.raises(ValueError, match="clipped twice"):
+        make_trainer(tmp_path, [GradientClipping()], gradient_clip_val=1.0).fit(GPTModule(GPTConfig(**TINY)), ToyData())
+
+
+# ---------------------------------------------------------------------------------------------- non-finite guard
+
+
+def test_nonfinite_stop_names_the_step_and_keeps_checkpoints_finite(tmp_path):
+    torch.manual_seed(0)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, save_last=True)
+    module = NaNAtStep(GPTConfig(**TINY), nan_step=3)
+    trainer = make_trainer(tmp_path, [NonFiniteGuard(), ckpt], max_steps=6, enable_checkpointing=True)
+    with pytest.raises(NonFiniteError, match=r"Non-finite loss at training step 3 \(epoch 0\)"):
+        trainer.fit(module, ToyData())
+    assert trainer.global_step == 3  # the failing step was not taken
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    saved = sorted((tmp_path / "ckpt").glob("*.ckpt"))
+    assert saved, "the good checkpoints before the NaN step exist"
+    for path in saved:
+        state = torch.load(path, weights_only=True)
+        assert state["global_step"] <= 3
+        assert all(torch.isfinite(t).all() for t in state["state_dict"].values() if t.is_floating_point())
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_nonfinite_skip_policy_skips_the_update(tmp_path):
+    torch.manual_seed(0)
+    guard = NonFiniteGuard(policy="skip")
+    snapshots = {}
+
+    class Snap(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            snapshots[trainer.global_step] = [p.detach().clone() for p in pl_module.parameters()]
+
+    module = NaNAtStep(GPTConfig(**TINY), nan_step=2)
+    rec = Recorder()
+    with pytest.warns(UserWarning, match="skipped this optimizer step"):
+        make_trainer(tmp_path, [guard, Snap(), rec], max_steps=5).fit(module, ToyData())
+    assert guard.skipped_steps == 1
+    assert math.isnan(rec.losses[2]) and all(math.isfinite(x) for i, x in enumerate(rec.losses) if i != 2)
+    # the NaN step (global step 2) changed no weight: its "after" equals its "before"
+    for a, b in zip(snapshots[2], snapshots[3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(snapshots[1], snapshots[2]):  # while a normal step does change them
+        if not torch.equal(a, b):
+            break
+    else:
+        pytest.fail("a normal step changed nothing")
+
+
+def test_guard_refuses_to_save_nan_weights(tmp_path):
+    torch.manual_seed(0)
+    trainer = make_trainer(tmp_path, [NonFiniteGuard()], max_steps=1)
+    module = GPTModule(GPTConfig(**TINY))
+    trainer.fit(module, ToyData())
+    with torch.no_grad():
+        module.model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match="Refusing to save a checkpoint: weight 'model.transformer.h.0.mlp"):
+        trainer.save_checkpoint(tmp_path / "bad.ckpt")
+    assert not (tmp_path / "bad.ckpt").exists()
+
+
+def test_guard_policy_error():
+    with pytest.raises(ValueError, match="policy must be one of"):
+        NonFiniteGuard(policy="ignore")
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+@pytest.mark.slow
+def test_sample_generation_runs_and_does_not_change_training(tmp_path):
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
+    losses = []
+    for with_samples in (False, True):
+        torch.manual_seed(0)
+        rec = Recorder()
+        sampler = SampleGeneration(every_n_steps=2, prompts=["ab", "the "], max_new_tokens=6, top_k=5)
+        callbacks = [sampler, rec] if with_samples else [rec]
+        logger = CSVLogger(tmp_path / f"logs{with_samples}")
+        make_trainer(tmp_path, callbacks, max_steps=5, logger=logger).fit(
+            GPTModule(GPTConfig(**TINY, dropout=0.1)), ToyData(tokenizer=tok)
+        )
+        losses.append(rec.losses)
+    assert losses[0] == losses[1]  # bit-identical training with or without sampling
+    assert len(sampler.last_samples) == 2 and sampler.last_samples[1]["prompt"] == "the "
+    csv_text = (tmp_path / "logsTrue" / "lightning_logs" / "version_0" / "samples.csv").read_text()
+    assert csv_text.startswith("step,prompt,completion") and csv_text.count("\n4,") == 2  # steps 2 and 4
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+
+def test_flops_per_token_matches_nanogpt_estimate():
+    cfg = GPTConfig.from_name("gpt2")
+    n = num_parameters(cfg)
+    assert n == 123_653_376  # nanoGPT: "number of parameters: 123.65M" (position table excluded)
+    assert flops_per_token(cfg) == 6 * n + 12 * 12 * 1024 * 768 == 855_166_464
+    tiny = GPTConfig(**{**TINY, "bias": False, "tie_weights": False})
+    assert num_parameters(tiny) == GPT(tiny).num_parameters()
+    assert num_parameters(tiny, non_embedding=False) == GPT(tiny).num_parameters(non_embedding=False)
