@@ -1,6 +1,11 @@
-"""Data: text sources, tokenizers, the on-disk token cache, packed/padded datasets, and ``TextDataModule``."""
+"""Data: text sources, tokenizers, the on-disk token cache, packed/padded datasets, and ``TextDataModule``.
 
-from lightning_gpt.data.datamodule import TextDataModule
+``TextDataModule`` is imported lazily, so ``from lightning_gpt.data import Tokenizer`` (e.g. for decoding) does not
+import Lightning.
+"""
+
+from typing import Any
+
 from lightning_gpt.data.sources import HFSource, LocalSource, StdlibSource, TextSource, resolve_source
 from lightning_gpt.data.tokenizers import (
     CharTokenizer,
@@ -25,3 +30,11 @@ __all__ = [
     "resolve_source",
     "tokenizer_from_state_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TextDataModule":
+        from lightning_gpt.data.datamodule import TextDataModule
+
+        return TextDataModule
+    raise AttributeError(f"module 'lightning_gpt.data' has no attribute {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -26,6 +26,30 @@ from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer, build_tokenizer
 __all__ = ["TextDataModule"]
 
 log = logging.getLogger(__name__)
+
+
+def _nonempty(src: TextSource) -> Iterator[str]:
+    """``src.documents()``, raising a clear error at the end if there were none."""
+    n = 0
+    for doc in src.documents():
+        n += 1
+        yield doc
+    if n == 0:
+        raise ValueError(
+            f"source {src.name!r} has no text (it is empty or only whitespace); point source at a corpus with "
+            "some text."
+        )
+
+
+class _PositionedLoader(DataLoader):
+    """A DataLoader that tells Lightning it is resumable: its position is saved and restored by the data module
+    (``TextDataModule.state_dict``), so Lightning has nothing to store here."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -166,7 +190,7 @@ class TextDataModule(pl.LightningDataModule):
                 }
                 size = self.hparams.tokenizer_vocab_size
                 self._tokenizer = cached_tokenizer(
-                    self.cache_dir, key, lambda: build_tokenizer(kind, src.documents(), vocab_size=size)
+                    self.cache_dir, key, lambda: build_tokenizer(kind, _nonempty(src), vocab_size=size)
                 )
                 log.info("tokenizer %s for %s", self._tokenizer.describe(), src.name)
             else:
@@ -276,7 +300,7 @@ class TextDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, sampler: ResumableSampler) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(
+        return _PositionedLoader(
             dataset,
             batch_size=self.hparams.batch_size,
             sampler=sampler,

@@ -1,0 +1,157 @@
+"""Packing, padding, the token cache, the sampler (sharding, seeding, resume offsets) and worker processes."""
+
+import json
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_gpt.data.cache import build_token_cache, load_token_cache
+from lightning_gpt.data.datamodule import TextDataModule
+from lightning_gpt.data.datasets import IGNORE_INDEX, PackedDataset, PaddedDataset
+from lightning_gpt.data.sampler import ResumableSampler
+from lightning_gpt.data.tokenizers import build_tokenizer
+
+
+def make_dm(tmp_path, docs, **kw):
+    (tmp_path / "corpus").mkdir(exist_ok=True)
+    path = tmp_path / "corpus" / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    kw.setdefault("cache_dir", str(tmp_path / "cache"))
+    return TextDataModule(source=str(path), **kw)
+
+
+def test_pack_mode_windows_shift_and_eos(tmp_path):
+    docs = ["abcdef", "ghij", "klmnopq"]
+    dm = make_dm(tmp_path, docs, block_size=4, batch_size=2, val_fraction=0.0)
+    dm.setup("fit")
+    tok = dm.tokenizer
+    stream = []
+    for d in docs:
+        stream += tok.encode(d, eos=True)
+    ds = dm.train_dataset
+    assert isinstance(ds, PackedDataset) and len(ds) == (len(stream) - 1) // 4
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.dtype == y.dtype == torch.long and x.shape == y.shape == (4,)
+        assert x.tolist() == stream[i * 4 : i * 4 + 4] and y.tolist() == stream[i * 4 + 1 : i * 4 + 5]
+    assert tok.decode(ds[1][0], skip_special=False) == "ef<|eos|>g"
+
+
+def test_pack_mode_with_bos(tmp_path):
+    dm = make_dm(tmp_path, ["ab", "cd"], block_size=3, val_fraction=0.0, add_bos=True)
+    dm.setup("fit")
+    tok = dm.tokenizer
+    x, y = dm.train_dataset[0]
+    assert x.tolist() == [tok.bos_id, *tok.encode("ab")] and y.tolist() == [*tok.encode("ab"), tok.eos_id]
+
+
+def test_pad_mode_rows_truncation_and_ignored_targets(tmp_path):
+    docs = ["ab", "abcdefghij"]
+    dm = make_dm(tmp_path, docs, block_size=6, mode="pad", val_fraction=0.0)
+    dm.setup("fit")
+    tok = dm.tokenizer
+    ds = dm.train_dataset
+    assert isinstance(ds, PaddedDataset) and len(ds) == 2
+    x, y = ds[0]  # "ab" EOS -> inputs a b, targets b EOS
+    assert x.tolist() == tok.encode("ab") + [tok.pad_id] * 4
+    assert y.tolist() == tok.encode("b") + [tok.eos_id] + [IGNORE_INDEX] * 4
+    x, y = ds[1]  # truncated to block_size + 1 tokens
+    assert x.tolist() == tok.encode("abcdef") and y.tolist() == tok.encode("bcdefg")
+    xb, yb = next(iter(dm.train_dataloader()))
+    assert xb.shape == yb.shape == (2, 6)
+
+
+def test_val_split_is_the_tail_and_disjoint(tmp_path):
+    dm = make_dm(tmp_path, ["x" * 50 + "y" * 50], block_size=8, val_fraction=0.25)
+    dm.setup("fit")
+    n_train, n_val = len(dm.train_dataset), len(dm.val_dataset)
+    assert n_train + n_val == 100 // 8 and n_val == round(12 * 0.25)
+    assert dm.val_dataset.first_window == n_train
+    x, _ = dm.val_dataset[n_val - 1]
+    assert set(dm.tokenizer.decode(x)) == {"y"}
+
+
+def test_explicit_val_source(tmp_path):
+    val = tmp_path / "val.txt"
+    val.write_text("zzzzzzzzzzzzzzzzzzzz")
+    dm = make_dm(tmp_path, ["a" * 40], block_size=4, val_source=str(val))
+    dm.setup("fit")
+    assert len(dm.train_dataset) == (41 - 1) // 4 and len(dm.val_dataset) == (21 - 1) // 4
+    # The tokenizer is trained on the train source only: the unseen 'z' maps to UNK.
+    assert dm.val_dataset[0][0].tolist() == [dm.tokenizer.unk_id] * 4
+
+
+def test_token_cache_reused_atomic_and_dtype(tmp_path):
+    tok = build_tokenizer("char", ["hello world"])
+    calls = []
+
+    def docs():
+        calls.append(1)
+        yield "hello"
+        yield "world"
+
+    key = {"k": 1}
+    p1 = build_token_cache(str(tmp_path), key, docs(), tok)
+    p2 = build_token_cache(str(tmp_path), key, docs(), tok)
+    assert p1 == p2 and len(calls) == 1  # second call never read the documents
+    cache = load_token_cache(p1)
+    assert cache.tokens.dtype == np.uint16 and cache.n_docs == 2
+    assert cache.tokens.tolist() == tok.encode("hello", eos=True) + tok.encode("world", eos=True)
+    assert cache.offsets.tolist() == [0, 6, 12]
+    assert [f for f in os.listdir(tmp_path / "tokens") if f.startswith(".tmp")] == []
+    with pytest.raises(ValueError, match="no text"):
+        build_token_cache(str(tmp_path), {"k": 2}, iter([]), tok, description="empty")
+    assert sorted(os.listdir(tmp_path / "tokens")) == [os.path.basename(p1)]  # nothing half-written
+
+
+def test_sampler_shards_are_disjoint_and_cover():
+    n = 103
+    shards = [ResumableSampler(n, num_replicas=2, rank=r, seed=7) for r in range(2)]
+    a, b = (list(s) for s in shards)
+    assert len(a) == len(b) == 51 and not set(a) & set(b)
+    assert len(set(a) | set(b)) == 102
+    for s in shards:
+        s.set_epoch(1)
+    a1 = list(shards[0])
+    assert a1 != a and not set(a1) & set(shards[1])
+    assert list(ResumableSampler(n, 2, 0, seed=7)) == a  # seeded: same order every time
+    padded = [list(ResumableSampler(n, 2, r, shuffle=False, drop_last=False)) for r in range(2)]
+    assert len(padded[0]) == len(padded[1]) == 52 and set(padded[0]) | set(padded[1]) == set(range(n))
+
+
+def test_sampler_resume_offset_applies_to_its_epoch_only():
+    s = ResumableSampler(10, seed=3)
+    full0 = list(s)
+    s.set_start(epoch=0, index=4)
+    assert list(s) == full0[4:] and len(s) == 10
+    s.set_epoch(1)
+    assert len(list(s)) == 10
+
+
+def test_two_ranks_datamodule_see_disjoint_windows(tmp_path):
+    rng = random.Random(0)
+    docs = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(40)) for _ in range(10)]
+    seen = []
+    for rank in range(2):
+        dm = make_dm(tmp_path, docs, block_size=8, batch_size=4, val_fraction=0.0)
+        dm._rank_world = lambda rank=rank: (rank, 2)  # simulate two DDP ranks
+        loader = dm.train_dataloader()
+        assert isinstance(loader.sampler, ResumableSampler) and loader.sampler.rank == rank
+        seen.append([tuple(x.tolist()) for xb, _ in loader for x in xb])
+    assert len(seen[0]) == len(seen[1]) == 410 // 8 // 2
+    assert len(set(seen[0] + seen[1])) == len(seen[0]) + len(seen[1])  # no window on both ranks
+
+
+@pytest.mark.slow
+def test_workers_give_the_same_batches(tmp_path):
+    torch.manual_seed(0)
+    docs = ["".join(chr(97 + (i * 5 + j) % 26) for j in range(30)) for i in range(20)]
+    batches = []
+    for workers in (0, 2):
+        dm = make_dm(tmp_path, docs, block_size=8, batch_size=4, val_fraction=0.0, num_workers=workers)
+        batches.append([x for x, _ in dm.train_dataloader()])
+    assert len(batches[0]) == len(batches[1]) > 3
+    assert all(torch.equal(a, b) for a, b in zip(*batches))
