@@ -286,13 +286,11 @@ class HFTokenizer(Tokenizer):
                 vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
             )
         elif kind == "unigram":
-            tok = _RustTokenizer(models.Unigram())
-            trainer = trainers.UnigramTrainer(
-                vocab_size=vocab_size,
-                special_tokens=specials,
-                unk_token=UNK,
-                initial_alphabet=alphabet,
-                show_progress=False,
+            from lightning_gpt.data.unigram import train_unigram
+
+            # tokenizers' UnigramTrainer is not reproducible across processes; this trainer is.
+            return cls(
+                train_unigram(texts, vocab_size, specials, UNK), kind=kind, bos_token=BOS, eos_token=EOS, pad_token=PAD
             )
         else:
             raise ValueError(f"HFTokenizer.train: kind must be 'bpe' or 'unigram', got {kind!r}.")
