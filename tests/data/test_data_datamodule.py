@@ -39,9 +39,9 @@ class Recorder(pl.LightningModule):
 
 
 def trainer(tmp_path, max_steps, **kw):
+    kw.setdefault("devices", 1)
     return pl.Trainer(
         accelerator="cpu",
-        devices=1,
         max_steps=max_steps,
         logger=False,
         enable_progress_bar=False,
@@ -89,7 +89,8 @@ def test_block_size_unknown_standalone_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_mid_epoch_sees_the_same_batches(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_mid_epoch_sees_the_same_batches(tmp_path, num_workers):
     torch.manual_seed(0)
     # 136 chars + EOS -> 17 windows of 8: val_fraction 0 -> 17 train windows -> 5 batches/epoch (last one partial).
     ref_model = Recorder()
@@ -100,15 +101,29 @@ def test_resume_mid_epoch_sees_the_same_batches(tmp_path):
     ckpt_dir = tmp_path / "ckpts"
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", every_n_train_steps=1, save_top_k=-1)
     first = Recorder()
-    trainer(tmp_path / "a", 8, callbacks=[ckpt]).fit(first, datamodule=make_dm(tmp_path))
+    trainer(tmp_path / "a", 8, callbacks=[ckpt]).fit(first, datamodule=make_dm(tmp_path, num_workers=num_workers))
     assert all(torch.equal(a, b) for a, b in zip(first.seen, reference[:8]))
 
     for step in (2, 5, 7):  # mid epoch 0, at the end of epoch 0, mid epoch 1
         resumed = Recorder()
-        dm = make_dm(tmp_path)
+        dm = make_dm(tmp_path, num_workers=num_workers)
         trainer(tmp_path / f"r{step}", 12).fit(resumed, datamodule=dm, ckpt_path=str(ckpt_dir / f"step={step}.ckpt"))
         assert len(resumed.seen) == 12 - step, step
         assert all(torch.equal(a, b) for a, b in zip(resumed.seen, reference[step:])), step
+
+
+def test_lightning_keeps_the_sharded_sampler_under_ddp(tmp_path):
+    from lightning.pytorch.trainer.states import RunningStage
+
+    from lightning_gpt.data.sampler import ResumableSampler
+
+    dm = make_dm(tmp_path, block_size=8)
+    ddp = trainer(tmp_path, 1, strategy="ddp", devices=2, use_distributed_sampler=True)  # not launched: no processes
+    dm.trainer = ddp
+    loader = dm.train_dataloader()
+    prepared = ddp._data_connector._prepare_dataloader(loader, shuffle=True, mode=RunningStage.TRAINING)
+    assert prepared.sampler is loader.sampler and isinstance(prepared.sampler, ResumableSampler)
+    assert (prepared.sampler.num_replicas, prepared.sampler.rank) == (2, 0)
 
 
 def test_state_dict_round_trip_and_tokenizer_mismatch(tmp_path):
@@ -196,3 +211,18 @@ def test_tinyshakespeare_char(tmp_path):
     assert dm.vocab_size == 65 + 4
     n = len(dm.train_dataset) + len(dm.val_dataset)
     assert n == (os.path.getsize(SHAKESPEARE) + 1 - 1) // 64
+
+
+def test_hf_source_with_val_split_and_pad_mode(tmp_path):
+    data = tmp_path / "ds"
+    data.mkdir()
+    rows = [{"text": f"doc number {i}"} for i in range(8)]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "validation.jsonl").write_text(json.dumps({"text": "code number"}) + "\n")
+    dm = make_dm(tmp_path, source=f"hf://{data}", val_split="validation", mode="pad", block_size=16)
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 8 and len(dm.val_dataset) == 1
+    x, y = dm.val_dataset[0]
+    assert dm.tokenizer.decode(x) == "code number" and (y == -100).sum() == 16 - len("code number")
+    with pytest.raises(ValueError, match="val_split selects a Hugging Face split"):
+        TextDataModule(source="python-stdlib", val_split="validation")
