@@ -36,6 +36,15 @@ KINDS = {
 ATOL = 1e-5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # These tensors are tiny: on a busy 2-core machine extra intra-op threads only spin and wait (10x slower here).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(**overrides) -> GPTConfig:
     base = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     return GPTConfig(**{**base, **overrides})

@@ -19,13 +19,16 @@ Notes:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_gpt.attention.base import AttentionCore, State
+
+if TYPE_CHECKING:
+    from lightning_gpt.config import GPTConfig
 
 __all__ = ["LinearAttention", "feature_map", "chunked_linear_attention"]
 
@@ -86,36 +89,33 @@ def chunked_linear_attention(
     if pad:
         # Zero features at the end: they are later than every real query, so they change nothing.
         qf, kf, v = (F.pad(t, (0, 0, 0, pad)) for t in (qf, kf, v))
+    # A ones column appended to v makes the denominator ride along with the numerator: column hv of every product
+    # below is the phi(q) . z term, and column hv of the state is z.
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, nh, N * C, hv + 1)
     qc = qf.view(B, nh, N, C, hs)  # (B, nh, N, C, hs)
     kc = kf.view(B, nh, N, C, hs)  # (B, nh, N, C, hs)
-    vc = v.view(B, nh, N, C, hv)  # (B, nh, N, C, hv)
+    vc = v1.view(B, nh, N, C, hv + 1)  # (B, nh, N, C, hv + 1)
 
     # Inside each chunk: exact causal sum with the kernel weights.
     tril = torch.ones(C, C, dtype=torch.bool, device=qf.device).tril()
     A = (qc @ kc.transpose(-2, -1)).masked_fill(~tril, 0.0)  # (B, nh, N, C, C)
-    num = A @ vc  # (B, nh, N, C, hv)
-    den = A.sum(-1)  # (B, nh, N, C)
 
     # Across chunks: state of everything before each chunk (exclusive prefix sum over chunks, not over tokens).
-    kv = kc.transpose(-2, -1) @ vc  # (B, nh, N, hs, hv)
-    ks = kc.sum(-2)  # (B, nh, N, hs)
-    S_incl = kv.cumsum(2)  # (B, nh, N, hs, hv)
-    z_incl = ks.cumsum(2)  # (B, nh, N, hs)
-    S_prev = torch.cat([torch.zeros_like(kv[:, :, :1]), S_incl[:, :, :-1]], dim=2)  # (B, nh, N, hs, hv)
-    z_prev = torch.cat([torch.zeros_like(ks[:, :, :1]), z_incl[:, :, :-1]], dim=2)  # (B, nh, N, hs)
-    S_end, z_end = S_incl[:, :, -1], z_incl[:, :, -1]  # (B, nh, hs, hv), (B, nh, hs)
-    if S0 is not None:
-        S_prev = S_prev + S0[:, :, None]
-        S_end = S_end + S0
-    if z0 is not None:
-        z_prev = z_prev + z0[:, :, None]
-        z_end = z_end + z0
-    num = num + qc @ S_prev  # (B, nh, N, C, hv)
-    den = den + (qc @ z_prev.unsqueeze(-1)).squeeze(-1)  # (B, nh, N, C)
+    kv = kc.transpose(-2, -1) @ vc  # (B, nh, N, hs, hv + 1)
+    S_incl = kv.cumsum(2)  # (B, nh, N, hs, hv + 1)
+    S_prev = torch.cat([torch.zeros_like(kv[:, :, :1]), S_incl[:, :, :-1]], dim=2)  # (B, nh, N, hs, hv + 1)
+    S_end = S_incl[:, :, -1]  # (B, nh, hs, hv + 1)
+    if S0 is not None or z0 is not None:
+        S0 = qf.new_zeros(B, nh, hs, hv) if S0 is None else S0
+        z0 = qf.new_zeros(B, nh, hs) if z0 is None else z0
+        Sz0 = torch.cat([S0, z0.unsqueeze(-1)], dim=-1)  # (B, nh, hs, hv + 1)
+        S_prev = S_prev + Sz0[:, :, None]
+        S_end = S_end + Sz0
+    num = A @ vc + qc @ S_prev  # (B, nh, N, C, hv + 1)
 
-    y = num / _safe_denominator(den, eps).unsqueeze(-1)  # (B, nh, N, C, hv)
+    y = num[..., :hv] / _safe_denominator(num[..., hv:], eps)  # (B, nh, N, C, hv)
     y = y.reshape(B, nh, N * C, hv)[:, :, :T]  # (B, nh, T, hv)
-    return y, S_end, z_end
+    return y, S_end[..., :hv], S_end[..., hv]
 
 
 class LinearAttention(AttentionCore):
@@ -128,7 +128,7 @@ class LinearAttention(AttentionCore):
         config: the model config.
     """
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: "GPTConfig") -> None:
         super().__init__(config)
         self.feature_map = config.feature_map
         self.chunk_size = config.linear_chunk_size

@@ -21,13 +21,16 @@ is O(w) however long the sequence; ``strided`` and ``longformer`` keep a full ke
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_gpt.attention.base import AttentionCore, State, kv_cache_state, kv_cache_update
+
+if TYPE_CHECKING:
+    from lightning_gpt.config import GPTConfig
 
 __all__ = ["SparseAttention", "sparse_attention", "extra_positions"]
 
@@ -130,7 +133,9 @@ def sparse_attention(
     return y.reshape(B, nh, N * Lq, -1)[:, :, :T]  # (B, nh, T, hs)
 
 
-def extra_positions(pattern: str, window: int, stride: int, n_global: int, last_pos: int, device) -> Tensor:
+def extra_positions(
+    pattern: str, window: int, stride: int, n_global: int, last_pos: int, device: torch.device
+) -> Tensor:
     """Positions of the non-window keys a pattern adds, limited to those some query ``<= last_pos`` can see.
 
     Args:
@@ -158,7 +163,7 @@ class SparseAttention(AttentionCore):
         config: the model config.
     """
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: "GPTConfig") -> None:
         super().__init__(config)
         if config.sparse_pattern not in ("local", "strided", "longformer"):
             raise ValueError(
