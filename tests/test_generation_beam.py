@@ -28,11 +28,11 @@ def pair():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=None, eos_token_id=None,
-        attn_implementation="eager",
+        tie_word_embeddings=False, attn_implementation="eager",
     )  # fmt: skip
     hf = transformers.GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
-        hf.transformer.wte.weight.mul_(3.0)  # sharper distributions: beams diverge and EOS gets chosen
+        hf.lm_head.weight.mul_(6.0)  # peaked distributions: beams diverge and EOS gets chosen
     torch.manual_seed(1)
     prompt = torch.randint(0, VOCAB, (2, 6))
     return hf, from_hf_gpt2(hf).eval(), prompt
