@@ -1,0 +1,150 @@
+"""Resume exactness: 20 steps in one go == 10 steps, stop, resume from the checkpoint for 10 more.
+
+Same per-step losses and bit-identical final weights on CPU in float32, with dropout on and shuffled data, mid-epoch,
+with the whole callback stack (LR schedule, clipping, non-finite guard, sample generation) and validation runs.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_gpt import GPTConfig
+from lightning_gpt.callbacks import GradientClipping, LRSchedule, ModelCheckpoint, NonFiniteGuard, SampleGeneration
+from lightning_gpt.checkpoint import AtomicCheckpointIO
+from lightning_gpt.module import GPTModule
+
+CONFIG = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+
+
+class ResumableRandomTokens:
+    """An in-test resumable loader: shuffled (seeded per epoch) batches of random windows, with a saved position."""
+
+    def __init__(self, n: int = 40, T: int = 16, vocab: int = 50, batch_size: int = 4, seed: int = 7) -> None:
+        self.tokens = torch.randint(0, vocab, (n, T + 1), generator=torch.Generator().manual_seed(seed))
+        self.batch_size, self.seed = batch_size, seed
+        self.epoch, self.position = 0, 0  # batches of `epoch` consumed so far
+
+    def __len__(self) -> int:  # a sized loader: Lightning then does not prefetch ahead of training
+        return len(self.tokens) // self.batch_size
+
+    def __iter__(self):
+        # Lightning stops after len(self) batches without exhausting the generator, so the epoch advances here.
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        order = torch.randperm(len(self.tokens), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        while self.position < len(self):
+            idx = order[self.position * self.batch_size : (self.position + 1) * self.batch_size]
+            self.position += 1
+            yield self.tokens[idx, :-1], self.tokens[idx, 1:]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+class RandomTokenData(pl.LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loader = ResumableRandomTokens()
+
+    def train_dataloader(self):
+        return self.loader
+
+
+class Recorder(pl.Callback):
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step] = float(outputs["loss"])
+
+
+class StopAt(pl.Callback):
+    """Simulates an interruption: stop after the checkpoint of step ``step`` is written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def run(tmp_path, make_data, *, max_steps=20, stop_at=None, ckpt_path=None, samples=False, **trainer_kwargs):
+    pl.seed_everything(1234, verbose=False)
+    rec = Recorder()
+    callbacks = [
+        LRSchedule(warmup_steps=3, min_lr_ratio=0.1),
+        GradientClipping(max_norm=0.5),
+        NonFiniteGuard(),
+        ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1),
+        rec,
+    ]
+    if samples:
+        callbacks.insert(0, SampleGeneration(every_n_steps=4, prompts=["ab"], max_new_tokens=4))
+    if stop_at is not None:
+        callbacks.append(StopAt(stop_at))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+        **trainer_kwargs,
+    )
+    module = GPTModule(GPTConfig(**CONFIG), learning_rate=3e-3)
+    trainer.fit(module, make_data(), ckpt_path=ckpt_path)
+    return module, rec.losses, trainer
+
+
+def assert_exact_resume(tmp_path, make_data, **kwargs):
+    full_module, full_losses, _ = run(tmp_path / "full", make_data, **kwargs)
+    _, first_losses, t1 = run(tmp_path / "split", make_data, stop_at=10, **kwargs)
+    assert t1.global_step == 10 and sorted(first_losses) == list(range(1, 11))
+    ckpt = next((tmp_path / "split" / "ckpt").glob("*step=10.ckpt"))
+    resumed_module, resumed_losses, t2 = run(tmp_path / "split", make_data, ckpt_path=ckpt, **kwargs)
+    assert t2.global_step == 20 and sorted(resumed_losses) == list(range(11, 21))
+
+    assert {**first_losses, **resumed_losses} == full_losses  # identical per-step losses (exact float equality)
+    full_state, resumed_state = full_module.state_dict(), resumed_module.state_dict()
+    assert full_state.keys() == resumed_state.keys()
+    for name in full_state:
+        torch.testing.assert_close(resumed_state[name], full_state[name], rtol=0, atol=0, msg=name)
+    assert int(resumed_module.tokens_seen) == int(full_module.tokens_seen) > 0
+    return full_losses
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_a_resumable_in_test_loader(tmp_path):
+    # 10 batches per epoch: the interruption at step 10 falls on an epoch boundary, 20 steps span two epochs.
+    losses = assert_exact_resume(tmp_path, RandomTokenData)
+    assert len(set(losses.values())) == 20  # dropout and shuffling really vary the steps
+
+
+@pytest.mark.slow
+def test_resume_is_exact_mid_epoch_with_text_datamodule(tmp_path):
+    from lightning_gpt.data import TextDataModule
+
+    text_file = tmp_path / "corpus.txt"
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "cat"]
+    g = torch.Generator().manual_seed(0)
+    lines = [" ".join(words[i] for i in torch.randint(0, len(words), (8,), generator=g).tolist()) for i in range(24)]
+    text_file.write_text("\n".join(lines) + "\n")
+
+    def make_data():
+        return TextDataModule(
+            source=str(text_file), tokenizer="char", batch_size=4, val_fraction=0.1, cache_dir=str(tmp_path / "cache")
+        )
+
+    # ~7 batches per epoch: step 10 is mid-epoch; validation runs every 3 steps and at epoch ends.
+    losses = assert_exact_resume(tmp_path, make_data, samples=True, val_check_interval=3)
+    assert len(set(losses.values())) == 20
