@@ -317,6 +317,18 @@ def stream_generate(
         raise ValueError(f"Unknown stream_generate argument(s) {unknown}; known: {sorted(defaults)}.")
     args = {**defaults, **kwargs}
     prep = _prepare(model, input_ids, max_new_tokens=max_new_tokens, **args)
+    # Arguments are checked above, at call time; the steps run lazily as the caller iterates.
+    return _stream(model, prep, args, max_new_tokens, use_cache, generator)
+
+
+def _stream(
+    model: nn.Module,
+    prep: dict[str, Any],
+    args: dict[str, Any],
+    max_new_tokens: int,
+    use_cache: bool,
+    generator: Optional[torch.Generator],
+) -> Iterator[Tensor]:
     with _eval_mode(model):
         with torch.inference_mode():
             state = DecodeState(model, prep["input_ids"], prep["attention_mask"], max_new_tokens, use_cache)

@@ -151,7 +151,8 @@ def stream_text(model: nn.Module, tokenizer: Any, prompt: str, **gen_kwargs: Any
     """Yield the completion of one prompt as text pieces, as the tokens are produced.
 
     Incomplete UTF-8 (a trailing replacement character) and text that may be the start of a stop string are held
-    back until resolved; the stream ends before a stop string. Greedy or sampling only (no beams).
+    back until resolved; the stream ends before a stop string. Greedy or sampling only (no beams). Arguments are
+    checked when ``stream_text`` is called; decoding runs as the caller iterates.
 
     Args:
         model: a ``GPT`` (see ``generate``).
@@ -166,14 +167,19 @@ def stream_text(model: nn.Module, tokenizer: Any, prompt: str, **gen_kwargs: Any
         raise ValueError("stream_text streams one sequence: num_return_sequences must be 1.")
     stops = _stop_strings(kwargs.get("stop"))
     input_ids = torch.tensor([_encode_one(tokenizer, prompt)], dtype=torch.long)
+    return _text_pieces(stream_generate(model, input_ids, **kwargs), tokenizer, stops)
+
+
+def _text_pieces(steps: Iterator[Tensor], tokenizer: Any, stops: list[str]) -> Iterator[str]:
     tokens: list[int] = []
     emitted = 0
     text = ""
-    for next_ids in stream_generate(model, input_ids, **kwargs):
+    for next_ids in steps:
         tokens.append(int(next_ids[0]))
         text = tokenizer.decode(tokens)
         text, stopped = _cut_at_stop(text, stops)
         if stopped:
+            steps.close()
             break
         safe = len(text) - _held_back(text, stops)
         while safe > emitted and text[safe - 1] == "\ufffd":
