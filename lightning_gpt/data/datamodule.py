@@ -85,6 +85,8 @@ class TextDataModule(pl.LightningDataModule):
         streaming: stream the Hugging Face dataset instead of downloading it whole (combine with ``max_chars``).
         tokenizer_vocab_size: vocabulary size of a trained ``bpe``/``unigram`` tokenizer (special tokens included).
         add_bos: start every document with BOS (documents always end with EOS).
+        shift_windows: in ``pack`` mode, move the training window grid by a seeded random offset each epoch, so
+            repeated epochs see differently cut sequences (validation windows never move).
         seed: seed of the shuffling.
         num_workers: DataLoader worker processes.
         pin_memory: pin batches in page-locked memory (for GPU training).
@@ -110,6 +112,7 @@ class TextDataModule(pl.LightningDataModule):
         streaming: bool = False,
         tokenizer_vocab_size: int = 4096,
         add_bos: bool = False,
+        shift_windows: bool = True,
         seed: int = 1234,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -279,9 +282,9 @@ class TextDataModule(pl.LightningDataModule):
             if val is not None:
                 if PackedDataset.total_windows(val.n_tokens, bs) == 0:
                     raise self._too_short(val, self.val_source().name)
-                return PackedDataset(train, bs), PackedDataset(val, bs)
+                return PackedDataset(train, bs, shift_seed=self._shift_seed()), PackedDataset(val, bs)
             n_val = self._n_val(total, f"windows of block_size + 1 = {bs + 1} tokens")
-            train_ds = PackedDataset(train, bs, 0, total - n_val)
+            train_ds = PackedDataset(train, bs, 0, total - n_val, shift_seed=self._shift_seed())
             return train_ds, (PackedDataset(train, bs, total - n_val, n_val) if n_val else None)
         pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
         if val is not None:
@@ -290,6 +293,9 @@ class TextDataModule(pl.LightningDataModule):
         docs = np.arange(train.n_docs)
         val_ds = PaddedDataset(train, bs, pad_id, docs[train.n_docs - n_val :]) if n_val else None
         return PaddedDataset(train, bs, pad_id, docs[: train.n_docs - n_val]), val_ds
+
+    def _shift_seed(self) -> Optional[int]:
+        return self.hparams.seed if self.hparams.shift_windows else None
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
@@ -323,7 +329,10 @@ class TextDataModule(pl.LightningDataModule):
                 f"the training set has {len(self.train_dataset)} sequences, fewer than the {world} ranks; use more "
                 "data or a smaller block_size."
             )
-        self._sampler = ResumableSampler(len(self.train_dataset), world, rank, shuffle=True, seed=self.hparams.seed)
+        shifting = getattr(self.train_dataset, "shift_seed", None) is not None
+        self._sampler = ResumableSampler(
+            len(self.train_dataset), world, rank, shuffle=True, seed=self.hparams.seed, epoch_in_index=shifting
+        )
         if self._resume is not None:
             self._apply_resume(self._resume)
         return self._loader(self.train_dataset, self._sampler)

@@ -40,17 +40,30 @@ class _CachedTokens(Dataset):
 class PackedDataset(_CachedTokens):
     """Documents joined into one stream (they already end with EOS) and cut into windows of ``block_size + 1``.
 
-    Window ``i`` covers stream positions ``[start + i * block_size, start + (i + 1) * block_size + 1)``: consecutive
-    windows share one boundary token, so every token is a target exactly once.
+    Window ``i`` covers stream positions ``[shift + (first_window + i) * block_size, ... + block_size + 1)``:
+    consecutive windows share one boundary token, so every token is a target exactly once per epoch.
+
+    With ``shift_seed`` set, the grid moves by a seeded offset in ``[0, block_size)`` that changes with the epoch, so
+    later epochs see differently cut sequences (instead of the same windows again). The epoch is read from the index
+    (``index = epoch * len(self) + i``, as ``ResumableSampler(epoch_in_index=True)`` yields), which stays correct in
+    persistent worker processes. One window is given up so that shifted windows never reach past the exposed range.
 
     Args:
         cache: the tokenized corpus.
         block_size: the model's context length.
         first_window: index of the first window this dataset exposes (for a train/val split of the stream).
         num_windows: how many windows; ``None`` takes all from ``first_window`` on.
+        shift_seed: seed of the per-epoch grid offset; ``None`` keeps the grid fixed (offset 0).
     """
 
-    def __init__(self, cache: TokenArray, block_size: int, first_window: int = 0, num_windows: Optional[int] = None):
+    def __init__(
+        self,
+        cache: TokenArray,
+        block_size: int,
+        first_window: int = 0,
+        num_windows: Optional[int] = None,
+        shift_seed: Optional[int] = None,
+    ):
         super().__init__(cache)
         self.block_size = block_size
         total = self.total_windows(cache.n_tokens, block_size)
@@ -60,6 +73,15 @@ class PackedDataset(_CachedTokens):
             raise ValueError(
                 f"PackedDataset: windows [{first_window}, +{self.num_windows}) exceed the {total} available."
             )
+        self.shift_seed = shift_seed if self.num_windows > 1 else None
+        if self.shift_seed is not None:
+            self.num_windows -= 1  # room for the shift
+
+    def shift(self, epoch: int) -> int:
+        """The grid offset (in tokens) used in ``epoch``."""
+        if self.shift_seed is None:
+            return 0
+        return int(np.random.default_rng([self.shift_seed, epoch]).integers(self.block_size))
 
     @staticmethod
     def total_windows(n_tokens: int, block_size: int) -> int:
@@ -69,10 +91,11 @@ class PackedDataset(_CachedTokens):
     def __len__(self) -> int:
         return self.num_windows
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= i < self.num_windows:
-            raise IndexError(i)
-        start = (self.first_window + i) * self.block_size
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = divmod(int(index), self.num_windows) if self.num_windows else (0, index)
+        if index < 0 or self.num_windows == 0 or (self.shift_seed is None and epoch > 0):
+            raise IndexError(index)
+        start = self.shift(epoch) + (self.first_window + i) * self.block_size
         chunk = torch.from_numpy(self.cache.tokens[start : start + self.block_size + 1].astype(np.int64))
         return chunk[:-1], chunk[1:]  # (T,), (T,)
 

@@ -29,6 +29,8 @@ class ResumableSampler(DistributedSampler):
         shuffle: permute each epoch (``False``: dataset order).
         seed: base seed of the permutation.
         drop_last: drop the uneven tail instead of padding it.
+        epoch_in_index: yield ``epoch * num_samples + index`` so the dataset can vary with the epoch (the packed
+            dataset shifts its window grid) even inside persistent worker processes.
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class ResumableSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = True,
+        epoch_in_index: bool = False,
     ) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(
@@ -51,6 +54,7 @@ class ResumableSampler(DistributedSampler):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.epoch_in_index = epoch_in_index
         self.epoch = 0
         self.start_index = 0  # position (in this rank's shard) to resume from ...
         self.start_epoch = -1  # ... in this epoch only
@@ -93,6 +97,9 @@ class ResumableSampler(DistributedSampler):
         indices = self.shard(self.epoch)
         if self.epoch == self.start_epoch:
             indices = indices[self.start_index :]
+        if self.epoch_in_index:
+            base = self.epoch * self.dataset_len
+            indices = [base + i for i in indices]
         return iter(indices)
 
     def __len__(self) -> int:

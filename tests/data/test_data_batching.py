@@ -25,7 +25,7 @@ def make_dm(tmp_path, docs, **kw):
 
 def test_pack_mode_windows_shift_and_eos(tmp_path):
     docs = ["abcdef", "ghij", "klmnopq"]
-    dm = make_dm(tmp_path, docs, block_size=4, batch_size=2, val_fraction=0.0)
+    dm = make_dm(tmp_path, docs, block_size=4, batch_size=2, val_fraction=0.0, shift_windows=False)
     dm.setup("fit")
     tok = dm.tokenizer
     stream = []
@@ -41,7 +41,7 @@ def test_pack_mode_windows_shift_and_eos(tmp_path):
 
 
 def test_pack_mode_with_bos(tmp_path):
-    dm = make_dm(tmp_path, ["ab", "cd"], block_size=3, val_fraction=0.0, add_bos=True)
+    dm = make_dm(tmp_path, ["ab", "cd"], block_size=3, val_fraction=0.0, add_bos=True, shift_windows=False)
     dm.setup("fit")
     tok = dm.tokenizer
     x, y = dm.train_dataset[0]
@@ -65,7 +65,7 @@ def test_pad_mode_rows_truncation_and_ignored_targets(tmp_path):
 
 
 def test_val_split_is_the_tail_and_disjoint(tmp_path):
-    dm = make_dm(tmp_path, ["x" * 50 + "y" * 50], block_size=8, val_fraction=0.25)
+    dm = make_dm(tmp_path, ["x" * 50 + "y" * 50], block_size=8, val_fraction=0.25, shift_windows=False)
     dm.setup("fit")
     n_train, n_val = len(dm.train_dataset), len(dm.val_dataset)
     assert n_train + n_val == 100 // 8 and n_val == round(12 * 0.25)
@@ -79,9 +79,34 @@ def test_explicit_val_source(tmp_path):
     val.write_text("zzzzzzzzzzzzzzzzzzzz")
     dm = make_dm(tmp_path, ["a" * 40], block_size=4, val_source=str(val))
     dm.setup("fit")
-    assert len(dm.train_dataset) == (41 - 1) // 4 and len(dm.val_dataset) == (21 - 1) // 4
+    assert len(dm.train_dataset) == (41 - 1) // 4 - 1 and len(dm.val_dataset) == (21 - 1) // 4  # -1: shifting
     # The tokenizer is trained on the train source only: the unseen 'z' maps to UNK.
     assert dm.val_dataset[0][0].tolist() == [dm.tokenizer.unk_id] * 4
+
+
+def test_shifted_windows_move_per_epoch_and_stay_out_of_val(tmp_path):
+    text = "".join(chr(0x4E00 + i) for i in range(400))  # every token distinct: positions are recoverable
+    dm = make_dm(tmp_path, [text], block_size=8, batch_size=4, val_fraction=0.2, seed=3)
+    dm.setup("fit")
+    train, val = dm.train_dataset, dm.val_dataset
+    total = 400 // 8
+    assert len(val) == 10 and len(train) == total - 10 - 1  # one window given up for the shift
+    val_start = val.first_window * 8
+    shifts = set()
+    for epoch in range(4):
+        s = train.shift(epoch)
+        shifts.add(s)
+        assert 0 <= s < 8
+        for i in range(len(train)):
+            x, y = train[epoch * len(train) + i]
+            first = int(x[0]) - dm.tokenizer.encode(text[0])[0]
+            assert first == s + i * 8 and torch.equal(x[1:], y[:-1])
+            assert first + 8 <= val_start  # the last target stays before the validation tokens
+    assert len(shifts) > 1 and train.shift(1) == dm.train_dataset.shift(1)
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    starts = sorted(int(x[0]) - dm.tokenizer.encode(text[0])[0] for xb, _ in loader for x in xb)
+    assert starts == [train.shift(2) + 8 * i for i in range(len(train))]
 
 
 def test_token_cache_reused_atomic_and_dtype(tmp_path):

@@ -92,21 +92,25 @@ def test_block_size_unknown_standalone_errors(tmp_path):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_mid_epoch_sees_the_same_batches(tmp_path, num_workers):
     torch.manual_seed(0)
-    # 136 chars + EOS -> 17 windows of 8: val_fraction 0 -> 17 train windows -> 5 batches/epoch (last one partial).
+    # 144 chars + EOS -> 18 windows of 8, one given up for the per-epoch shift -> 17 train windows -> 5 batches/epoch
+    # (the last one partial); the window grid moves every epoch.
+    source = corpus(tmp_path, 18 * 8, "resume.txt")
     ref_model = Recorder()
-    trainer(tmp_path / "ref", 12).fit(ref_model, datamodule=make_dm(tmp_path))
+    trainer(tmp_path / "ref", 12).fit(ref_model, datamodule=make_dm(tmp_path, source=source))
     reference = ref_model.seen
     assert len(reference) == 12 and reference[5].shape[0] == 4 and reference[4].shape[0] == 1
 
     ckpt_dir = tmp_path / "ckpts"
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", every_n_train_steps=1, save_top_k=-1)
     first = Recorder()
-    trainer(tmp_path / "a", 8, callbacks=[ckpt]).fit(first, datamodule=make_dm(tmp_path, num_workers=num_workers))
+    trainer(tmp_path / "a", 8, callbacks=[ckpt]).fit(
+        first, datamodule=make_dm(tmp_path, source=source, num_workers=num_workers)
+    )
     assert all(torch.equal(a, b) for a, b in zip(first.seen, reference[:8]))
 
     for step in (2, 5, 7):  # mid epoch 0, at the end of epoch 0, mid epoch 1
         resumed = Recorder()
-        dm = make_dm(tmp_path, num_workers=num_workers)
+        dm = make_dm(tmp_path, source=source, num_workers=num_workers)
         trainer(tmp_path / f"r{step}", 12).fit(resumed, datamodule=dm, ckpt_path=str(ckpt_dir / f"step={step}.ckpt"))
         assert len(resumed.seen) == 12 - step, step
         assert all(torch.equal(a, b) for a, b in zip(resumed.seen, reference[step:])), step
@@ -209,7 +213,7 @@ def test_tinyshakespeare_char(tmp_path):
     dm = TextDataModule(source=str(SHAKESPEARE), block_size=64, batch_size=8, cache_dir=str(tmp_path / "c"))
     dm.setup("fit")
     assert dm.vocab_size == 65 + 4
-    n = len(dm.train_dataset) + len(dm.val_dataset)
+    n = len(dm.train_dataset) + 1 + len(dm.val_dataset)  # + 1: the window given up for the per-epoch shift
     assert n == (os.path.getsize(SHAKESPEARE) + 1 - 1) // 64
 
 
