@@ -7,10 +7,10 @@ import Lightning.
 from typing import Any
 
 from lightning_gpt.data.sources import HFSource, LocalSource, StdlibSource, TextSource, resolve_source
+from lightning_gpt.data.tiktoken_tokenizer import TiktokenTokenizer
 from lightning_gpt.data.tokenizers import (
     CharTokenizer,
     HFTokenizer,
-    TiktokenTokenizer,
     Tokenizer,
     build_tokenizer,
     tokenizer_from_state_dict,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lightning_gpt.data import TiktokenTokenizer
 from lightning_gpt.data.tokenizers import (
     BOS,
     EOS,
@@ -16,7 +17,6 @@ from lightning_gpt.data.tokenizers import (
     UNK,
     CharTokenizer,
     HFTokenizer,
-    TiktokenTokenizer,
     build_tokenizer,
     tokenizer_from_state_dict,
 )
