@@ -453,3 +453,44 @@ def test_builtin_kinds_are_registered():
 def test_bad_attention_config_raises(overrides, field):
     with pytest.raises(ValueError, match=field):
         tiny_config(**overrides)
+
+
+# ------------------------------------------------------------------------------------------------------- benchmark
+
+
+def load_benchmark():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_scaling.py"
+    if not path.exists():
+        pytest.skip("benchmarks/attention_scaling.py not present")
+    spec = importlib.util.spec_from_file_location("attention_scaling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_saved_memory_scales_as_claimed():
+    # Memory saved for backward is deterministic, so the complexity claims can be checked exactly on small sizes.
+    bench = load_benchmark()
+    args = bench.argparse.Namespace(width=32, heads=1, window=32, chunk=32)
+    lengths = [256, 512, 1024]
+    slopes = {}
+    for kind in ("standard", "flash", "linear", "sparse-local", "sparse-strided"):
+        mem = [bench.Case(bench.build_core(kind, args, n), n, args, torch.device("cpu")).memory_mb() for n in lengths]
+        slopes[kind] = bench.slope(lengths, mem)
+    assert slopes["standard"] > 1.7, slopes
+    for kind in ("flash", "linear", "sparse-local"):
+        assert slopes[kind] < 1.15, slopes
+    assert slopes["sparse-strided"] < 1.6, slopes  # O(n (w + n / stride)) with a fixed stride
+
+
+@pytest.mark.slow
+def test_benchmark_script_writes_table_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    bench = load_benchmark()
+    bench.main(["--lengths", "32", "64", "--width", "16", "--window", "8", "--reps", "1", "--out", str(tmp_path)])
+    table = (tmp_path / "attention_scaling.md").read_text()
+    assert "| 64 |" in table and "memory exponent" in table
+    assert (tmp_path / "attention_scaling.png").stat().st_size > 0
