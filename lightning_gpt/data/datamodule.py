@@ -145,6 +145,7 @@ class TextDataModule(pl.LightningDataModule):
         self.cache_dir = cache_dir or default_cache_dir()
         self._tokenizer: Optional[Tokenizer] = None
         self._train_src: Optional[TextSource] = None
+        self._val_src: Optional[TextSource] = None
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
         self._sampler: Optional[ResumableSampler] = None
@@ -159,11 +160,12 @@ class TextDataModule(pl.LightningDataModule):
 
     def val_source(self) -> Optional[TextSource]:
         """The explicit validation source (``val_source`` / ``val_split``), or ``None`` (split by ``val_fraction``)."""
-        if self.hparams.val_split is not None:
-            return self._resolve(self.source, self.hparams.val_split)
-        if self.hparams.val_source is not None:
-            return self._resolve(self.hparams.val_source, self.hparams.split)
-        return None
+        if self._val_src is None:
+            if self.hparams.val_split is not None:
+                self._val_src = self._resolve(self.source, self.hparams.val_split)
+            elif self.hparams.val_source is not None:
+                self._val_src = self._resolve(self.hparams.val_source, self.hparams.split)
+        return self._val_src
 
     def _resolve(self, source: str, split: str) -> TextSource:
         hp = self.hparams
