@@ -66,7 +66,8 @@ class TextDataModule(pl.LightningDataModule):
     Args:
         source: ``python-stdlib`` (the embedded default: the running Python's standard library, offline everywhere),
             ``hf://<dataset id or path>``, or a local ``.txt`` / ``.jsonl`` / ``.parquet`` file, directory or glob.
-        tokenizer: ``char``, ``bpe`` or ``unigram`` (trained on ``source`` and cached), ``tiktoken:<encoding>``, a
+        tokenizer: ``char``, ``bpe`` or ``unigram`` (trained on all of ``source``, the ``val_fraction`` tail included,
+            and cached), ``tiktoken:<encoding>``, a
             ``tokenizer.json`` path, a ``.ckpt`` path (reuse that checkpoint's tokenizer), or a Hugging Face
             tokenizer id.
         block_size: context length; leave ``None`` to take it from the model's config (an explicit value must agree).

@@ -242,6 +242,9 @@ class HFTokenizer(Tokenizer):
         self._tok = _RustTokenizer.from_str(tokenizer_json)
         self._tok.no_padding()
         self._tok.no_truncation()
+        # Special-token strings inside a text are plain text: a corpus that contains "<|endoftext|>" must not inject
+        # EOS ids (BOS/EOS are added explicitly through encode(..., bos=, eos=)).
+        self._tok.encode_special_tokens = True
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_token = self._find(bos_token, _BOS_NAMES, "bos_token")
         self.eos_token = self._find(eos_token, _EOS_NAMES, "eos_token")

@@ -68,8 +68,10 @@ def test_trained_tokenizers_round_trip(kind):
     assert tok.encode_batch([SAMPLE, "x"], eos=True) == [tok.encode(SAMPLE, eos=True), tok.encode("x", eos=True)]
     again = json_round_trip(tok)
     assert again.encode(SAMPLE) == tok.encode(SAMPLE) and again.fingerprint() == tok.fingerprint()
-    # The special-token strings are recognized as single tokens by the vocab.
-    assert tok.decode([tok.eos_id], skip_special=False) in (EOS, "")
+    # Special-token strings inside a text are plain text, never the special ids.
+    literal = f"a{EOS}b"
+    assert tok.eos_id not in tok.encode(literal) and tok.decode(tok.encode(literal)) == literal
+    assert tok.decode([tok.eos_id], skip_special=False) == EOS
 
 
 def test_bpe_compresses_better_than_bytes():
