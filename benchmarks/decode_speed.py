@@ -1,0 +1,222 @@
+"""Decoding speed: ``lightning_gpt.generation.generate`` against Hugging Face ``generate`` on the same weights.
+
+Three measurements, all greedy, in one process:
+
+1. **vs Hugging Face**: tokens/s for ``--new_tokens`` (256) new tokens at batch 1 and 8, our ``generate`` (``standard``
+   and ``flash`` cores) and ``GPT2LMHeadModel.generate`` (its default ``sdpa`` attention) on the same random GPT-2
+   weights (converted with ``from_hf_gpt2``). Runs interleave (HF, ours, HF, ours, ...) and the median of
+   ``--rounds`` is reported; the outputs are checked to be equal token for token.
+2. **cache vs no cache**: time to generate a sequence of ``--cache_len`` (512) tokens (16-token prompt) with
+   ``use_cache=True`` and ``use_cache=False`` (which reruns the whole sequence every step).
+3. **per-token time vs context length**: ``standard`` vs ``linear`` cores: ms per decoded token after a prompt of
+   length L (``stream_generate``; the prefill and first token are not timed, the next N - 1 steps are), for L in
+   ``--contexts``.
+
+Prints markdown tables and writes them to ``<out>/decode_speed.md``.
+
+Usage::
+
+    python benchmarks/decode_speed.py --threads 1 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lightning_gpt import GPT, GPTConfig
+from lightning_gpt.convert import from_hf_gpt2
+from lightning_gpt.generation import generate, stream_generate
+
+# The clock: process CPU time by default. On a shared, overloaded machine wall time mostly measures waiting for a core;
+# with one intra-op thread, CPU time is the work done (``--clock wall`` switches to wall-clock time).
+CLOCK: Callable[[], float] = time.process_time
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = CLOCK()
+    fn()
+    return CLOCK() - start
+
+
+def hf_model(args: argparse.Namespace):
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=args.vocab,
+        n_positions=1024,
+        n_embd=args.width,
+        n_layer=args.layers,
+        n_head=args.heads,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def bench_vs_hf(args: argparse.Namespace) -> list[str]:
+    hf = hf_model(args)
+    ours = {kind: from_hf_gpt2(hf, attention=kind).eval() for kind in ("standard", "flash")}
+    rows = []
+    for batch in args.batches:
+        torch.manual_seed(1)
+        prompt = torch.randint(0, args.vocab, (batch, args.prompt_len))
+        n = args.new_tokens
+
+        def run_hf(prompt: torch.Tensor = prompt, n: int = n) -> torch.Tensor:
+            with torch.inference_mode():
+                return hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+        runs: dict[str, Callable[[], torch.Tensor]] = {"hf": run_hf}
+        for kind, model in ours.items():
+            runs[kind] = lambda model=model, prompt=prompt, n=n: generate(model, prompt, max_new_tokens=n)
+        outs = {name: fn() for name, fn in runs.items()}  # warm-up, and the equality check
+        same = all(torch.equal(outs["hf"], out) for out in outs.values())
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, fn in runs.items():
+                times[name].append(timed(fn))
+        tps = {name: batch * n / statistics.median(t) for name, t in times.items()}
+        rows.append(
+            f"| {batch} | {n} | {tps['hf']:.0f} | {tps['standard']:.0f} | {tps['flash']:.0f} | "
+            f"{tps['standard'] / tps['hf']:.2f}x | {tps['flash'] / tps['hf']:.2f}x | {'yes' if same else 'NO'} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def small_model(attention: str, block_size: int, args: argparse.Namespace) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=args.small_vocab,
+        block_size=block_size,
+        n_layer=args.small_layers,
+        n_head=args.small_heads,
+        n_embd=args.small_width,
+        attention=attention,
+    )
+    return GPT(config).eval()
+
+
+def bench_cache(args: argparse.Namespace) -> list[str]:
+    model = small_model("standard", args.cache_len, args)
+    prompt = torch.randint(0, args.small_vocab, (1, 16))
+    n = args.cache_len - 16
+    cached = generate(model, prompt, max_new_tokens=n)
+    uncached = generate(model, prompt, max_new_tokens=n, use_cache=False)
+    t_cached = statistics.median(timed(lambda: generate(model, prompt, max_new_tokens=n)) for _ in range(3))
+    t_uncached = timed(lambda: generate(model, prompt, max_new_tokens=n, use_cache=False))
+    row = (
+        f"| {args.cache_len} | {t_cached:.2f} | {t_uncached:.2f} | {t_uncached / t_cached:.1f}x | "
+        f"{'yes' if torch.equal(cached, uncached) else 'NO'} |"
+    )
+    print(row, flush=True)
+    return [row]
+
+
+def bench_context(args: argparse.Namespace) -> list[str]:
+    block = max(args.contexts) + args.context_steps + 1
+    models = {kind: small_model(kind, block, args) for kind in ("standard", "linear")}
+    rows = []
+    per_token: dict[str, dict[int, float]] = {kind: {} for kind in models}
+    for L in args.contexts:
+        prompt = torch.randint(0, args.small_vocab, (1, L))
+        for kind, model in models.items():
+            samples = []
+            for _ in range(args.context_rounds):
+                steps = stream_generate(model, prompt, max_new_tokens=args.context_steps)
+                next(steps)  # prefill + first token: not timed
+                samples.append(timed(lambda steps=steps: [None for _ in steps]) / (args.context_steps - 1))
+            per_token[kind][L] = 1000 * statistics.median(samples)
+        rows.append(f"| {L} | {per_token['standard'][L]:.2f} | {per_token['linear'][L]:.2f} |")
+        print(rows[-1], flush=True)
+    first, last = min(args.contexts), max(args.contexts)
+    growth = {k: v[last] / v[first] for k, v in per_token.items()}
+    rows.append(f"| growth {first} -> {last} | {growth['standard']:.2f}x | {growth['linear']:.2f}x |")
+    print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--width", type=int, default=384)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--vocab", type=int, default=50257)
+    parser.add_argument("--prompt_len", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cache_len", type=int, default=512)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[128, 512, 1024, 2048, 4096])
+    parser.add_argument("--context_steps", type=int, default=33)
+    parser.add_argument("--context_rounds", type=int, default=3)
+    parser.add_argument("--small_layers", type=int, default=4)
+    parser.add_argument("--small_width", type=int, default=256)
+    parser.add_argument("--small_heads", type=int, default=4)
+    parser.add_argument("--small_vocab", type=int, default=4096)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["hf", "cache", "context"])
+    parser.add_argument("--out", default=None, help="directory for decode_speed.md")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    command = "python benchmarks/decode_speed.py " + " ".join(sys.argv[1:])
+    device = (
+        f"cpu ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or 'unknown processor'}); clock: {args.clock} time"
+    )
+    lines = ["# Decoding speed", "", f"Command: `{command}`", "", f"Device: {device}.", ""]
+    if "hf" not in args.skip:
+        lines += [
+            f"## vs Hugging Face `generate` (greedy, {args.layers} layers, {args.width} wide, {args.heads} heads, "
+            f"vocab {args.vocab}; prompt {args.prompt_len} tokens; median of {args.rounds} interleaved rounds)",
+            "",
+            "| batch | new tokens | HF tok/s | ours standard tok/s | ours flash tok/s | standard / HF | flash / HF "
+            "| same tokens |",
+            "|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        print("\n".join(lines[-4:]), flush=True)
+        lines += bench_vs_hf(args) + [""]
+    small = f"{args.small_layers} layers, {args.small_width} wide, {args.small_heads} heads, vocab {args.small_vocab}"
+    if "cache" not in args.skip:
+        lines += [
+            f"## KV cache vs no cache (standard attention, {small}; batch 1, 16-token prompt)",
+            "",
+            "| total tokens | cached s | uncached s | speedup | same tokens |",
+            "|---:|---:|---:|---:|---|",
+        ]
+        print("\n".join(lines[-4:]), flush=True)
+        lines += bench_cache(args) + [""]
+    if "context" not in args.skip:
+        lines += [
+            f"## Per-token decode time vs context length ({small}; batch 1; ms/token over "
+            f"{args.context_steps - 1} steps)",
+            "",
+            "| context L | standard ms/token | linear ms/token |",
+            "|---:|---:|---:|",
+        ]
+        print("\n".join(lines[-4:]), flush=True)
+        lines += bench_context(args) + [""]
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "decode_speed.md").write_text("\n".join(lines), encoding="utf-8")
+        print(f"wrote {out / 'decode_speed.md'}")
+
+
+if __name__ == "__main__":
+    main()
