@@ -82,6 +82,8 @@ def test_bad_masks_and_shapes(model):
         generate(model, torch.tensor([[1, 2, 3]]), attention_mask=torch.tensor([[1, 1, 0]]), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"attention_mask shape \(1, 2\) must equal input_ids shape \(1, 3\)"):
         generate(model, PROMPT, attention_mask=torch.ones(1, 2), max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"input_ids must be a LongTensor of shape \(B, T\), got list"):
+        generate(model, [[1, 2, 3]], max_new_tokens=2)
     with pytest.raises(ValueError, match=r"integer token ids"):
         generate(model, PROMPT.float(), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"shape \(B, T\)"):

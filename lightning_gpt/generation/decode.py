@@ -101,8 +101,10 @@ def _prepare(
         pad_token_id=pad_token_id,
         vocab_size=vocab_size,
     )
+    input_ids, attention_mask = validate_prompt(input_ids, attention_mask, vocab_size)
     device = next(model.parameters()).device
-    input_ids, attention_mask = validate_prompt(input_ids.to(device), attention_mask, vocab_size)
+    input_ids = input_ids.to(device)
+    attention_mask = None if attention_mask is None else attention_mask.to(device)
     T0 = input_ids.size(1)
     if T0 + max_new_tokens > block_size:
         raise ValueError(

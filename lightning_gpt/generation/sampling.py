@@ -152,10 +152,11 @@ def sample_steps(
     logits = state.prefill()
     unfinished = torch.ones(state.batch_size, dtype=torch.bool, device=logits.device)
     for step in range(max_new_tokens):
+        penalize = repetition_penalty != 1.0
         scores = process_logits(
             logits,
-            previous_ids=state.tokens[:, : state.length] if repetition_penalty != 1.0 else None,
-            previous_valid=state.valid(),
+            previous_ids=state.tokens[:, : state.length] if penalize else None,
+            previous_valid=state.valid() if penalize else None,
             repetition_penalty=repetition_penalty,
             do_sample=do_sample,
             temperature=temperature,
