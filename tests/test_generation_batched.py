@@ -13,15 +13,6 @@ from lightning_gpt.generation import generate, stream_generate
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add overhead (and stall badly on a shared, busy CPU).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(attention: str = "standard", seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     config = GPTConfig(

@@ -14,15 +14,6 @@ from lightning_gpt.generation import generate  # noqa: E402
 VOCAB = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add overhead (and stall badly on a shared, busy CPU).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def pair():
     torch.manual_seed(0)

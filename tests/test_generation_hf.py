@@ -14,15 +14,6 @@ from lightning_gpt.generation import generate  # noqa: E402
 VOCAB = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add overhead (and stall badly on a shared, busy CPU).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def hf_pair(seed: int = 0, scale: float = 10.0, attention: str = "standard"):
     """A tiny random GPT2LMHeadModel and the same weights as a lightning_gpt GPT.
 

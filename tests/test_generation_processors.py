@@ -18,15 +18,6 @@ from lightning_gpt.generation.processors import (
 logits_process = pytest.importorskip("transformers.generation.logits_process")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: intra-op threads only add overhead (and stall badly on a shared, busy CPU).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_logits(seed: int = 0, B: int = 4, V: int = 50) -> torch.Tensor:
     torch.manual_seed(seed)
     return torch.randn(B, V) * 3

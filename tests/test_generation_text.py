@@ -14,14 +14,6 @@ from lightning_gpt.generation import encode_prompts, generate_text, stream_text
 PROMPTS = ["to be", "or not", "a", "the question\n"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return CharTokenizer("abcdefghijklmnopqrstuvwxyz \n.,")
