@@ -240,7 +240,9 @@ class HFSource(TextSource):
         dataset_config: the configuration name, if the dataset has several.
         split: which split to read.
         text_column: the column holding the text.
-        streaming: iterate without downloading the whole dataset first (only ``max_chars`` of it is tokenized).
+        streaming: iterate without downloading the whole dataset first (only ``max_chars`` of it is tokenized). A
+            streamed dataset has no fingerprint, so its cache key is name/config/split/column/``max_chars``: delete
+            the cache entry (or change ``max_chars``) if the remote data changes.
         max_chars: cap on the total characters; ``None`` keeps everything.
         data_files: forwarded to ``load_dataset`` (for builder names such as ``json``).
     """
