@@ -1,0 +1,134 @@
+"""Shared pieces of the reliability suite: a tiny corpus, a tiny run config, the CLI called in-process, a checkpoint."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = "the quick brown fox jumps over a lazy dog and the cat runs to its house".split()
+
+
+def write_corpus(path: Path, n_lines: int = 200, seed: int = 0) -> Path:
+    """A small deterministic plain-text corpus (about 12 KB)."""
+    rng = random.Random(seed)
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_lines)) + "\n")
+    return path
+
+
+def tiny_config(root: Path, source: Path, cache_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A CLI config for a 2-layer, 32-wide GPT on ``source``, writing into ``root`` (no logger, no samples)."""
+    cfg: dict[str, Any] = {
+        "seed_everything": 1337,
+        "trainer": {
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
+        },
+        "model": {"config": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}, "learning_rate": 1e-3},
+        "data": {"source": str(source), "tokenizer": "char", "batch_size": 4, "cache_dir": str(cache_dir)},
+        "sampling": {"every_n_steps": 100000},
+    }
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return cfg
+
+
+def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class CLIResult:
+    """Exit code and captured output of one ``lightning-gpt`` call."""
+
+    def __init__(self, code: Optional[int], out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CLIResult(code={self.code!r}, err=...{self.err[-800:]!r})"
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch) -> Callable[..., CLIResult]:
+    """Run ``lightning_gpt.cli.main(argv)`` in this process (no interpreter start-up cost); return code and output."""
+    monkeypatch.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt"])  # LightningCLI warns when args and sys.argv both look given
+
+    def run(*argv: str) -> CLIResult:
+        from lightning_gpt.cli import main
+
+        capsys.readouterr()
+        code: Optional[int] = 0
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CLIResult(code, captured.out, captured.err)
+
+    return run
+
+
+def last_error_line(err: str) -> str:
+    """The ``error: ...`` part of a CLI message (argparse prints the usage first)."""
+    idx = err.rfind("error:")
+    return err[idx:] if idx >= 0 else err
+
+
+def assert_no_partial_files(folder: Path) -> None:
+    """Nothing half-written under ``folder``: no ``*.tmp*`` files (atomic writes rename them into place)."""
+    leftovers = [p for p in folder.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, f"partial files left behind: {leftovers}"
+
+
+def python_env() -> dict[str, str]:
+    """Environment for a child ``python -m lightning_gpt`` process: one thread, offline, no traceback override."""
+    env = dict(os.environ)
+    env.pop("LIGHTNING_GPT_TRACEBACK", None)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, corpus) -> dict[str, Path]:
+    """A tiny run trained for 2 steps with the CLI: its directory, ``last.ckpt`` and token cache."""
+    import pytest as _pytest
+
+    from lightning_gpt.cli import main
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("trained")
+    cfg = write_yaml(base / "run.yaml", tiny_config(base / "run", corpus, base / "cache", **{"trainer.max_steps": 2}))
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
+        mp.setattr(sys, "argv", ["lightning-gpt"])
+        main(["fit", "--config", str(cfg)])
+    ckpt = base / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return {"root": base / "run", "ckpt": ckpt, "config": cfg, "cache": base / "cache"}
