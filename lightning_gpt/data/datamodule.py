@@ -370,7 +370,10 @@ class TextDataModule(pl.LightningDataModule):
         if self._sampler is not None and trainer is not None:
             epoch = self._sampler.epoch
             consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            if consumed >= self._batches_per_epoch():
+            per_epoch = trainer.num_training_batches  # honours limit_train_batches
+            if not isinstance(per_epoch, int) or per_epoch <= 0:
+                per_epoch = self._batches_per_epoch()
+            if consumed >= per_epoch:  # the epoch is over: the next one starts at its beginning
                 epoch, consumed = epoch + 1, 0
         _, world = self._rank_world()
         return {

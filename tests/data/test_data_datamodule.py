@@ -116,6 +116,30 @@ def test_resume_mid_epoch_sees_the_same_batches(tmp_path, num_workers):
         assert all(torch.equal(a, b) for a, b in zip(resumed.seen, reference[step:])), step
 
 
+@pytest.mark.slow
+def test_resume_at_a_limited_epoch_end_with_workers(tmp_path):
+    # limit_train_batches ends each epoch after 3 of the 5 batches; the checkpoint after step 3 must start epoch 1
+    # (worker processes prefetch before Lightning sets the sampler's epoch, so the saved epoch has to be right).
+    torch.manual_seed(0)
+    source = corpus(tmp_path, 18 * 8, "limited.txt")
+    ref = Recorder()
+    trainer(tmp_path / "ref", 7, limit_train_batches=3).fit(ref, datamodule=make_dm(tmp_path, source=source))
+    ckpt = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ck", filename="{step}", every_n_train_steps=1, save_top_k=-1
+    )
+    trainer(tmp_path / "a", 4, limit_train_batches=3, callbacks=[ckpt]).fit(
+        Recorder(), datamodule=make_dm(tmp_path, source=source, num_workers=2)
+    )
+    for step in (3, 4):
+        resumed = Recorder()
+        dm = make_dm(tmp_path, source=source, num_workers=2)
+        trainer(tmp_path / f"r{step}", 7, limit_train_batches=3).fit(
+            resumed, datamodule=dm, ckpt_path=str(tmp_path / "ck" / f"step={step}.ckpt")
+        )
+        assert len(resumed.seen) == 7 - step
+        assert all(torch.equal(a, b) for a, b in zip(resumed.seen, ref.seen[step:])), step
+
+
 def test_lightning_keeps_the_sharded_sampler_under_ddp(tmp_path):
     from lightning.pytorch.trainer.states import RunningStage
 
