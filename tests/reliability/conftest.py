@@ -89,7 +89,8 @@ def cli(capsys, monkeypatch) -> Callable[..., CLIResult]:
 
 def last_error_line(err: str) -> str:
     """The ``error: ...`` part of a CLI message (argparse prints the usage first)."""
-    idx = err.rfind("error:")
+    idx = err.rfind("lightning-gpt: error:")
+    idx = idx if idx >= 0 else err.rfind("error:")
     return err[idx:] if idx >= 0 else err
 
 
