@@ -1,0 +1,425 @@
+"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI) and ``generate``.
+
+```bash
+lightning-gpt fit --config recipes/quickstart.yaml                    # train (runs/quickstart/checkpoints)
+lightning-gpt fit --config recipes/quickstart.yaml --ckpt_path last   # resume from the newest complete checkpoint
+lightning-gpt generate --ckpt_path runs/quickstart --prompt "def "     # stream one completion to the terminal
+lightning-gpt predict --ckpt_path runs/quickstart/checkpoints/last.ckpt --data.path prompts.txt \\
+    --writer.output_path predictions.jsonl                            # batch decoding to JSONL
+lightning-gpt fit --help                                             # every option, documented
+```
+
+What the CLI adds on top of Lightning's: default callbacks (gradient clipping, LR schedule, periodic samples,
+non-finite guard, ``ModelCheckpoint(save_last=True)`` in ``<default_root_dir>/checkpoints``, a learning-rate monitor
+when a logger is on, a Ctrl-C checkpoint), atomic checkpoint writes, the model config and tokenizer of ``predict``
+taken from the checkpoint, and readable one-paragraph errors (exit status 2) instead of tracebacks for bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any, Optional
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+__all__ = ["GPTLightningCLI", "InterruptCheckpoint", "main"]
+
+log = logging.getLogger(__name__)
+
+# Exceptions that mean "the user asked for something impossible": shown as one message, not a traceback.
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+class InterruptCheckpoint(Callback):
+    """Ctrl-C during ``fit`` saves a resumable checkpoint, then stops.
+
+    The first SIGINT only sets a flag; at the end of the current optimizer step (a consistent state: weights, optimizer,
+    loop counters, sampler position and RNG all agree) every rank saves ``<checkpoint dir>/last.ckpt`` and training
+    stops with ``KeyboardInterrupt``. ``lightning-gpt fit ... --ckpt_path last`` then continues exactly from there.
+    A second Ctrl-C interrupts immediately, without a checkpoint.
+
+    Args:
+        filename: file name of the checkpoint inside the ``ModelCheckpoint`` directory; ``last.ckpt`` is what
+            ``--ckpt_path last`` picks up.
+    """
+
+    def __init__(self, filename: str = "last.ckpt") -> None:
+        self.filename = filename
+        self._requested = False
+        self._previous_handler: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._requested:  # second Ctrl-C: give up on the graceful path
+            self._restore()
+            raise KeyboardInterrupt
+        self._requested = True
+        rank_zero_info("Ctrl-C: finishing the current step, then saving a checkpoint (Ctrl-C again to abort).")
+
+    def _restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._requested = False
+        try:
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread (e.g. a notebook worker): keep Lightning's default behaviour
+            self._previous_handler = None
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        requested = self._requested
+        if trainer.world_size > 1:  # every rank must agree, or the collective save would hang
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if not requested:
+            return
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        rank_zero_info(
+            f"Interrupted at step {trainer.global_step}: saved {path}. Resume with the same command plus "
+            "--ckpt_path last."
+        )
+        self._restore()
+        raise KeyboardInterrupt
+
+    def checkpoint_path(self, trainer: Trainer) -> str:
+        """Where the interrupt checkpoint goes: next to the ``ModelCheckpoint`` files."""
+        callback = trainer.checkpoint_callback
+        folder = getattr(callback, "dirpath", None) or os.path.join(trainer.default_root_dir, "checkpoints")
+        return os.path.join(str(folder), self.filename)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+
+class GPTLightningCLI(LightningCLI):
+    """``LightningCLI`` for ``GPTModule`` with ``TextDataModule`` (fit/validate/test) or ``PromptDataModule`` (predict).
+
+    Args:
+        args: arguments to parse instead of ``sys.argv[1:]`` (a list of strings or a dict).
+        run: whether to run the subcommand (``False`` only builds the classes).
+        kwargs: forwarded to ``LightningCLI``.
+    """
+
+    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+        from lightning_gpt.data import TextDataModule
+        from lightning_gpt.module import GPTModule
+
+        self._building: Optional[str] = None
+        kwargs.setdefault("subclass_mode_model", False)
+        kwargs.setdefault("seed_everything_default", 1337)
+        kwargs.setdefault("auto_configure_optimizers", False)  # GPTModule builds AdamW; the schedule is a callback
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", _trainer_defaults())
+        kwargs.setdefault(
+            "parser_kwargs",
+            {"description": "Train GPT language models and decode text from them (lightning-gpt)."},
+        )
+        super().__init__(GPTModule, TextDataModule, args=args, run=run, **kwargs)
+
+    # -- parser ------------------------------------------------------------------------------------------------------
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        # Remember which subcommand is being built: predict gets a different data module and a prediction writer.
+        self._building = subcommand
+        try:
+            return super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        finally:
+            self._building = None
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Trainer and model as usual; ``data`` is the ``PromptDataModule`` for ``predict``."""
+        if self._building != "predict":
+            super().add_core_arguments_to_parser(parser)
+            return
+        from lightning_gpt.generation.prompts import PromptDataModule
+
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(PromptDataModule, "data")
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Configurable default callbacks (``clip.*``, ``lr_schedule.*``, ``sampling.*``, ``nonfinite.*``,
+        ``checkpoint.*``) and, for ``predict``, the JSONL writer (``writer.*``)."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from lightning_gpt.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
+
+        if self._building == "predict":
+            from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
+
+            parser.add_lightning_class_args(JSONLPredictionWriter, "writer")
+            return
+        parser.add_lightning_class_args(GradientClipping, "clip")
+        parser.add_lightning_class_args(LRSchedule, "lr_schedule")
+        parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
+        parser.add_lightning_class_args(SampleGeneration, "sampling")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+
+    # -- checkpoint hyperparameters ----------------------------------------------------------------------------------
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the model's arguments from the checkpoint, but let the ones given explicitly on the command line (or
+        in a ``--config``) win: Lightning's own version lets the checkpoint override everything."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path and os.path.isdir(ckpt_path) and subcommand != "fit":
+            ckpt_path = self.config[subcommand]["ckpt_path"] = find_checkpoint(ckpt_path)
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc") or not os.path.isfile(ckpt_path):
+            if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not os.path.exists(ckpt_path):
+                raise FileNotFoundError(
+                    f"--ckpt_path {ckpt_path!r} does not exist. Pass a .ckpt file, a run directory, or 'last' (fit: "
+                    "resume from the newest checkpoint of this run)."
+                )
+            return
+        parser = self._parser(subcommand)
+        defaults = parser.get_defaults()
+        explicit = {
+            key: value
+            for key, value in self.config[subcommand].items()
+            if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
+        }
+        try:
+            super()._parse_ckpt_path()
+        except SystemExit:
+            raise
+        except Exception as err:  # noqa: BLE001 - corrupt files surface as many exception types
+            raise ValueError(
+                f"--ckpt_path {ckpt_path!r} is not a readable checkpoint (truncated or corrupt?): {err}. Point it at "
+                "a complete .ckpt file, e.g. <run>/checkpoints/last.ckpt."
+            ) from None
+        for key, value in explicit.items():
+            self.config[subcommand][key] = value
+
+    # -- trainer ------------------------------------------------------------------------------------------------------
+
+    def before_instantiate_classes(self) -> None:
+        """Checkpoints go to ``<default_root_dir>/checkpoints`` (not a per-version logger folder), so that
+        ``--ckpt_path last`` finds them from a new process."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "predict":
+            self.save_config_callback = None  # nothing to reproduce; do not drop a config.yaml in the working dir
+            return
+        if cfg.get("checkpoint.dirpath") is None:
+            root = cfg.get("trainer.default_root_dir") or os.getcwd()
+            cfg["checkpoint.dirpath"] = os.path.join(str(root), "checkpoints")
+
+    def after_instantiate_classes(self) -> None:
+        """Lightning refuses to log hyperparameters when the module and the data module share a key with different
+        values (both have a ``seed``); log the module's only in that case rather than fail."""
+        model_hp = getattr(self.model, "hparams", {})
+        data_hp = getattr(self.datamodule, "hparams", {})
+        if any(k in model_hp and model_hp[k] != v for k, v in data_hp.items()):
+            self.datamodule._log_hyperparams = False
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Add the atomic checkpoint IO plugin and, when a logger is on, a ``LearningRateMonitor``."""
+        from lightning.fabric.plugins import CheckpointIO
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        from lightning_gpt.checkpoint import AtomicCheckpointIO
+
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        plugins = trainer_cfg.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
+            trainer.callbacks.insert(0, LearningRateMonitor(logging_interval="step"))
+        return trainer
+
+
+def _trainer_defaults() -> dict[str, Any]:
+    # TextDataModule's samplers are DistributedSamplers (rank-sharded, resumable), which Lightning keeps as they are,
+    # so use_distributed_sampler stays at its default. LRSchedule decays over trainer.max_steps unless told otherwise.
+    return {"callbacks": [InterruptCheckpoint()]}
+
+
+_MISSING = object()
+
+
+def _get_or_missing(namespace: Any, key: str) -> Any:
+    try:
+        return namespace[key]
+    except (KeyError, TypeError):
+        return _MISSING
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if b is _MISSING:
+        return a is not None
+    try:
+        return bool(a != b)
+    except Exception:  # noqa: BLE001 - tensors and exotic objects
+        return True
+
+
+def find_checkpoint(path: str) -> str:
+    """Resolve a run directory to its newest checkpoint (``last.ckpt`` first), or return a file path unchanged.
+
+    Args:
+        path: a ``.ckpt`` file, a run directory (``runs/quickstart``) or its ``checkpoints`` folder.
+    """
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"Checkpoint {path!r} does not exist. Pass a .ckpt file or a run directory such as runs/quickstart "
+            "(train one with: lightning-gpt fit --config recipes/quickstart.yaml)."
+        )
+    for folder in (os.path.join(path, "checkpoints"), path):
+        if not os.path.isdir(folder):
+            continue
+        ckpts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
+        ckpts = [c for c in ckpts if os.path.isfile(c)]
+        if ckpts:
+            lasts = [c for c in ckpts if os.path.basename(c).startswith("last")]
+            return max(lasts or ckpts, key=os.path.getmtime)
+    raise FileNotFoundError(
+        f"No .ckpt file in {path!r} or {os.path.join(path, 'checkpoints')!r}. Train first (lightning-gpt fit ...) or "
+        "pass the checkpoint file itself."
+    )
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _generate_parser() -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-gpt generate",
+        description="Stream a completion of one prompt from a checkpoint to the terminal. The model config and the "
+        "tokenizer come from the checkpoint. Sampling by default (temperature 0 or --do_sample false: greedy).",
+    )
+    add = parser.add_argument
+    add("--ckpt_path", required=True, help="a .ckpt file, or a run directory (its checkpoints/last.ckpt is used)")
+    add("--prompt", required=True, help="the prompt text; '-' reads it from stdin")
+    add("--max_new_tokens", type=int, default=200, help="number of tokens to generate (default 200)")
+    add("--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default 0.8)")
+    add("--top_k", type=int, default=None, help="keep only the k most likely tokens")
+    add("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set reaching probability p")
+    add("--min_p", type=float, default=None, help="drop tokens below min_p times the top probability")
+    add("--repetition_penalty", type=float, default=1.0, help="penalty > 1 discourages repeated tokens")
+    add("--do_sample", type=_bool, default=None, help="true/false; default: sample unless greedy or beam search")
+    add("--num_beams", type=int, default=1, help="beam search width (output printed at the end, not streamed)")
+    add("--length_penalty", type=float, default=1.0, help="beam search length penalty")
+    add("--num_return_sequences", type=int, default=1, help="sequences to print (<= num_beams with beam search)")
+    add("--stop", action="append", default=None, help="stop string (repeatable)")
+    add("--seed", type=int, default=None, help="seed of the sampling generator (reproducible output)")
+    add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add("--echo", type=_bool, default=True, help="print the prompt before the completion (default true)")
+    return parser
+
+
+def generate_command(argv: list[str]) -> None:
+    """``lightning-gpt generate``: load a checkpoint and stream one completion to stdout.
+
+    Args:
+        argv: the arguments after ``generate`` (see ``lightning-gpt generate --help``).
+    """
+    opts = _generate_parser().parse_args(argv)
+    import torch
+
+    from lightning_gpt.checkpoint import load_checkpoint
+
+    prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
+    path = find_checkpoint(opts.ckpt_path)
+    device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_checkpoint(path, map_location="cpu")
+    if tokenizer is None:
+        raise ValueError(
+            f"Checkpoint {path!r} holds no tokenizer, so text cannot be encoded. Use a checkpoint written by "
+            "lightning-gpt fit (it stores the tokenizer), or call lightning_gpt.generation.generate on token ids."
+        )
+    model = model.to(device).eval()
+    do_sample = opts.do_sample
+    if do_sample is None:
+        do_sample = opts.temperature > 0 and opts.num_beams == 1
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=opts.max_new_tokens,
+        temperature=opts.temperature if do_sample else 1.0,
+        top_k=opts.top_k,
+        top_p=opts.top_p,
+        min_p=opts.min_p,
+        repetition_penalty=opts.repetition_penalty,
+        do_sample=do_sample,
+        stop=opts.stop,
+    )
+    if opts.seed is not None:
+        kwargs["generator"] = torch.Generator(device=device).manual_seed(opts.seed)
+    out = sys.stdout
+    if opts.num_beams > 1 or opts.num_return_sequences > 1:
+        from lightning_gpt.generation.text import generate_text
+
+        kwargs.update(
+            num_beams=opts.num_beams,
+            length_penalty=opts.length_penalty,
+            num_return_sequences=opts.num_return_sequences,
+        )
+        for i, row in enumerate(generate_text(model, tokenizer, [prompt], **kwargs)):
+            if i:
+                out.write("\n---\n")
+            out.write((prompt if opts.echo else "") + row["completion"])
+        out.write("\n")
+        out.flush()
+        return
+    from lightning_gpt.generation.text import stream_text
+
+    if opts.echo:
+        out.write(prompt)
+        out.flush()
+    for piece in stream_text(model, tokenizer, prompt, **kwargs):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    out.flush()
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"lightning-gpt: error: {message}\n")
+    raise SystemExit(2)
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Entry point of the ``lightning-gpt`` console script (and of ``python -m lightning_gpt``).
+
+    Args:
+        args: command line arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    show_traceback = os.environ.get("LIGHTNING_GPT_TRACEBACK", "") not in ("", "0")
+    try:
+        if argv and argv[0] == "generate":
+            generate_command(argv[1:])
+            return
+        GPTLightningCLI(args=None if args is None else argv)
+    except _USER_ERRORS as err:
+        if show_traceback:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        _fail(f"{message}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
+
+
+if __name__ == "__main__":
+    main()
