@@ -333,11 +333,15 @@ class TextDataModule(pl.LightningDataModule):
                 "data or a smaller block_size."
             )
         shifting = getattr(self.train_dataset, "shift_seed", None) is not None
+        previous = self._sampler
         self._sampler = ResumableSampler(
             len(self.train_dataset), world, rank, shuffle=True, seed=self.hparams.seed, epoch_in_index=shifting
         )
-        if self._resume is not None:
+        if self._resume is not None:  # a restored position is used once, by the first loader built after it
             self._apply_resume(self._resume)
+            self._resume = None
+        elif previous is not None:  # rebuilt (e.g. reload_dataloaders_every_n_epochs): keep the current epoch
+            self._sampler.set_epoch(previous.epoch)
         return self._loader(self.train_dataset, self._sampler)
 
     def val_dataloader(self) -> Any:
@@ -364,10 +368,10 @@ class TextDataModule(pl.LightningDataModule):
         training when workers prefetch).
         """
         epoch, consumed = 0, 0
-        if self._resume is not None:
-            epoch, consumed = self._resume["epoch"], self._resume["batches_consumed"]
         trainer = self.trainer
-        if self._sampler is not None and trainer is not None:
+        if self._resume is not None:  # restored but not yet used
+            epoch, consumed = self._resume["epoch"], self._resume["batches_consumed"]
+        elif self._sampler is not None and trainer is not None:
             epoch = self._sampler.epoch
             consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
             per_epoch = trainer.num_training_batches  # honours limit_train_batches
@@ -375,6 +379,8 @@ class TextDataModule(pl.LightningDataModule):
                 per_epoch = self._batches_per_epoch()
             if consumed >= per_epoch:  # the epoch is over: the next one starts at its beginning
                 epoch, consumed = epoch + 1, 0
+        elif self._sampler is not None:
+            epoch = self._sampler.epoch
         _, world = self._rank_world()
         return {
             "epoch": int(epoch),
@@ -398,15 +404,13 @@ class TextDataModule(pl.LightningDataModule):
                 f"module's {self.tokenizer.describe()}; resume with the same source/tokenizer settings, or pass "
                 "tokenizer='<the checkpoint path>' to reuse the checkpoint's tokenizer."
             )
-        for name in ("batch_size", "world_size", "seed"):
-            now = self.hparams.seed if name == "seed" else self.hparams.batch_size if name == "batch_size" else None
-            if name == "world_size":
-                now = self._rank_world()[1]
-            if state_dict.get(name) is not None and state_dict[name] != now:
+        now = {"batch_size": self.hparams.batch_size, "world_size": self._rank_world()[1], "seed": self.hparams.seed}
+        for name, value in now.items():
+            if state_dict.get(name) is not None and state_dict[name] != value:
                 log.warning(
                     "resuming with %s=%s but the checkpoint used %s: the data order will differ from the original run",
                     name,
-                    now,
+                    value,
                     state_dict[name],
                 )
         self._resume = {"epoch": int(state_dict["epoch"]), "batches_consumed": int(state_dict["batches_consumed"])}
