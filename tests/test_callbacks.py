@@ -132,11 +132,28 @@ def test_clipping_logs_pre_clip_norm_and_clips(tmp_path):
             logged.append(float(trainer.callback_metrics["train/grad_norm"]))
 
     clip = GradientClipping(max_norm=0.05)
-    make_trainer(tmp_path, [before, clip, after, Grab()], max_steps=4).fit(GPTModule(GPTConfig(**TINY)), ToyData())
+    make_trainer(tmp_path, [before, clip, after, Grab()], max_steps=4, log_every_n_steps=1).fit(
+        GPTModule(GPTConfig(**TINY)), ToyData()
+    )
     assert all(n > 0.05 for n in before.grad_norms)  # the test really clips
     assert logged == pytest.approx(before.grad_norms, rel=1e-5)  # logged value is the norm before clipping
     assert all(n <= 0.05 * (1 + 1e-4) for n in after.grad_norms)
     assert after.grad_norms == pytest.approx([0.05] * 4, rel=1e-3)
+
+
+def test_metrics_are_logged_on_logging_steps_only(tmp_path):
+    torch.manual_seed(0)
+    seen = []
+
+    class Grab(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append((trainer.global_step, sorted(trainer.callback_metrics)))
+
+    callbacks = [LRSchedule(warmup_steps=1), GradientClipping(), Grab()]
+    make_trainer(tmp_path, callbacks, max_steps=4, log_every_n_steps=2).fit(GPTModule(GPTConfig(**TINY)), ToyData())
+    expected = ["train/grad_norm", "train/loss", "train/lr", "train/ppl", "train/tokens_seen"]
+    assert seen[0] == (1, []) and seen[1] == (2, expected)  # step 2 is a logging step
+    assert seen[3] == (4, expected)
 
 
 def test_clipping_refuses_trainer_gradient_clip_val(tmp_path):

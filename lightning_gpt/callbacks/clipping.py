@@ -6,6 +6,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_gpt.module import is_logging_step
+
 __all__ = ["GradientClipping", "clip_grad_norm"]
 
 
@@ -40,7 +42,7 @@ class GradientClipping(Callback):
     Args:
         max_norm: the largest allowed global gradient norm.
         norm_type: the p of the p-norm (2.0 is the usual L2 norm; ``inf`` for the max norm).
-        log: log the pre-clip norm as ``train/grad_norm``.
+        log: log the pre-clip norm as ``train/grad_norm`` (on logging steps, see ``Trainer(log_every_n_steps)``).
     """
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0, log: bool = True) -> None:
@@ -65,5 +67,5 @@ class GradientClipping(Callback):
     ) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         norm = clip_grad_norm(params, self.max_norm, self.norm_type)
-        if self.log:
+        if self.log and is_logging_step(trainer):
             pl_module.log("train/grad_norm", norm.detach())

@@ -8,6 +8,8 @@ from typing import Literal, Optional
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lightning_gpt.module import is_logging_step
+
 __all__ = ["LRSchedule", "lr_at"]
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -52,7 +54,8 @@ class LRSchedule(Callback):
 
     The rate depends only on the step, so a resumed run follows the schedule exactly. The peak rate of a group is its
     initial ``lr`` (``GPTModule.learning_rate``), stored once as ``initial_lr`` in the group (which the optimizer's
-    state dict, hence the checkpoint, keeps). Works with ``LearningRateMonitor``; also logs ``train/lr``.
+    state dict, hence the checkpoint, keeps). Works with ``LearningRateMonitor``; also logs ``train/lr`` (on logging
+    steps).
 
     Args:
         warmup_steps: steps of linear warmup.
@@ -124,5 +127,5 @@ class LRSchedule(Callback):
                     schedule=self.schedule,
                 )
                 first_lr = group["lr"] if first_lr is None else first_lr
-        if self.log and first_lr is not None:
+        if self.log and first_lr is not None and is_logging_step(trainer):
             pl_module.log("train/lr", first_lr)
