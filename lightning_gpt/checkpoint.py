@@ -10,6 +10,7 @@ readable and never a truncated one under the final name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import zipfile
@@ -23,9 +24,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
 
-__all__ = ["load_checkpoint", "read_checkpoint", "model_state_dict", "AtomicCheckpointIO"]
+__all__ = ["load_checkpoint", "read_checkpoint", "model_state_dict", "resolve_checkpoint_config", "AtomicCheckpointIO"]
 
 _PREFIXES = ("model.", "_orig_mod.", "module.")
+# Fields that may differ between a checkpoint and an explicitly given config: they change no parameter shape.
+NON_ARCH_FIELDS = ("dropout",)
 
 
 def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[str, Any]:
@@ -77,6 +80,30 @@ def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
         if key.startswith("model.") or "state_dict" not in checkpoint:
             out[stripped] = value
     return out
+
+
+def resolve_checkpoint_config(saved: dict[str, Any], given: Optional[GPTConfig] = None) -> GPTConfig:
+    """The config to restore a checkpoint with: the checkpoint's, checked against an explicitly given one.
+
+    Args:
+        saved: ``checkpoint["gpt_config"]``.
+        given: the config the user asked for, or ``None`` to take the checkpoint's. Every architectural field must
+            match; ``dropout`` may differ (the given value wins, e.g. to fine-tune with other dropout).
+    """
+    config = GPTConfig.from_dict(saved)
+    if given is None:
+        return config
+    diff = [
+        f"{f.name}: checkpoint {getattr(config, f.name)!r} vs given {getattr(given, f.name)!r}"
+        for f in dataclasses.fields(GPTConfig)
+        if f.name not in NON_ARCH_FIELDS and getattr(config, f.name) != getattr(given, f.name)
+    ]
+    if diff:
+        raise ValueError(
+            f"The checkpoint's model config does not match the given config ({', '.join(diff)}). Remove those fields "
+            "from your model config (the checkpoint's are used when none is given) or use a matching checkpoint."
+        )
+    return dataclasses.replace(config, **{k: getattr(given, k) for k in NON_ARCH_FIELDS})
 
 
 def load_checkpoint(

@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lightning_gpt.checkpoint import resolve_checkpoint_config
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT, Block
 
@@ -31,8 +32,6 @@ __all__ = ["GPTModule", "GenerationConfig", "IGNORE_INDEX", "is_logging_step"]
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-# Fields that may differ between a checkpoint and an explicitly given config: they change no parameter shape.
-_NON_ARCH_FIELDS = ("dropout",)
 
 
 @dataclass
@@ -399,23 +398,7 @@ class GPTModule(LightningModule):
                 "This checkpoint has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. Load "
                 "plain weights into a GPT yourself, or convert Hugging Face weights with lightning_gpt.convert."
             )
-        saved = GPTConfig.from_dict(checkpoint["gpt_config"])
-        if self._config_given:
-            diff = {
-                f.name: (getattr(saved, f.name), getattr(self.config, f.name))
-                for f in dataclasses.fields(GPTConfig)
-                if f.name not in _NON_ARCH_FIELDS and getattr(saved, f.name) != getattr(self.config, f.name)
-            }
-            if diff:
-                detail = ", ".join(
-                    f"{k}: checkpoint {a!r} vs given {b!r}" for k, a, b in ((k, *v) for k, v in diff.items())
-                )
-                raise ValueError(
-                    f"The checkpoint's model config does not match the given config ({detail}). Remove those fields "
-                    "from your model config (the checkpoint's are used when none is given) or use a matching "
-                    "checkpoint."
-                )
-            saved = dataclasses.replace(saved, **{k: getattr(self.config, k) for k in _NON_ARCH_FIELDS})
+        saved = resolve_checkpoint_config(checkpoint["gpt_config"], self.config if self._config_given else None)
         self._adopt_config(saved)
         self._restore_tokenizer(checkpoint.get("tokenizer"))
         self.tokens_seen.fill_(int(checkpoint.get("tokens_seen", 0)))

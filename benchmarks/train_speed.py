@@ -1,0 +1,266 @@
+"""Training step time: lightning-gpt (GPTModule + Trainer) vs a plain PyTorch loop vs Hugging Face GPT2LMHeadModel.
+
+The shakespeare-char configuration (4 layers, 4 heads, 128 wide, context 64, batch 12, no bias, exact GELU, as
+``recipes/shakespeare-char.yaml``), on character-level tiny Shakespeare when ``../shared/data/tinyshakespeare.txt``
+(or ``--data``) exists, else on random tokens. The three run side by side in one process, in interleaved rounds, on
+the same pre-drawn batches, each with AdamW (decay on matrices), gradient clipping at 1.0 and a per-step LR schedule
+(the recipe's training stack). The step time is the wall time between consecutive steps (data, forward, backward,
+clip, optimizer, loop/logging overhead): for Lightning, between consecutive ``on_train_batch_end`` calls.
+
+    python benchmarks/train_speed.py --rounds 5 --steps 30 --out benchmarks/results/train_speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lightning_gpt import GPT, GPTConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "tinyshakespeare.txt"
+B, T = 12, 64
+LR, MIN_LR, WARMUP = 1e-3, 1e-4, 100
+
+
+def load_tokens(path: Path) -> tuple[torch.Tensor, int, str]:
+    if path.exists():
+        text = path.read_text(encoding="utf-8")
+        chars = sorted(set(text))
+        lut = {c: i for i, c in enumerate(chars)}
+        return (
+            torch.tensor([lut[c] for c in text], dtype=torch.long),
+            len(chars),
+            f"tinyshakespeare ({len(text)} chars)",
+        )
+    return torch.randint(0, 65, (200_000,), generator=torch.Generator().manual_seed(0)), 65, "random tokens (no data)"
+
+
+def make_batches(tokens: torch.Tensor, n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ix = torch.randint(len(tokens) - T - 1, (B,), generator=g)
+        w = torch.stack([tokens[i : i + T + 1] for i in ix.tolist()])  # (B, T + 1)
+        out.append((w[:, :-1].contiguous(), w[:, 1:].contiguous()))
+    return out
+
+
+def lr_for(step: int, max_steps: int = 2000) -> float:
+    from lightning_gpt.callbacks import lr_at
+
+    return lr_at(step, base_lr=LR, warmup_steps=WARMUP, decay_steps=max_steps, min_lr=MIN_LR)
+
+
+def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in emb]
+    no_decay = [p for p in params if p.dim() < 2 or id(p) in emb]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.99))
+
+
+class PlainLoop:
+    """The hand-written loop nanoGPT uses (without torch.compile)."""
+
+    name = "plain PyTorch loop"
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.model = GPT(config)
+        self.opt = adamw(self.model)
+        self.step = 0
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model(x, y)[1]
+
+    def run(self, batches: list) -> list[float]:
+        self.model.train()
+        times, last = [], time.perf_counter()
+        for x, y in batches:
+            for group in self.opt.param_groups:
+                group["lr"] = lr_for(self.step)
+            loss = self.loss(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.step += 1
+            now = time.perf_counter()
+            times.append(now - last)
+            last = now
+        return times[1:]  # the first interval includes the round's start-up
+
+
+class HFLoop(PlainLoop):
+    """The same loop over ``transformers.GPT2LMHeadModel`` of the same size (GPT-2 always has biases)."""
+
+    name = "HF GPT2LMHeadModel loop"
+
+    def __init__(self, config: GPTConfig) -> None:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hf_config = GPT2Config(
+            vocab_size=config.vocab_size,
+            n_positions=config.block_size,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+        self.model = GPT2LMHeadModel(hf_config)
+        self.opt = adamw(self.model)
+        self.step = 0
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self.model(input_ids=x).logits  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+class LightningRun:
+    """``GPTModule`` in a ``Trainer`` with the recipe's callbacks; no logger, progress bar or checkpointing."""
+
+    name = "lightning-gpt (GPTModule + Trainer)"
+
+    def __init__(self, config: GPTConfig) -> None:
+        from lightning_gpt.module import GPTModule
+
+        self.module = GPTModule(config, learning_rate=LR, weight_decay=0.1, betas=(0.9, 0.99))
+
+    def run(self, batches: list) -> list[float]:
+        import lightning.pytorch as pl
+
+        from lightning_gpt.callbacks import GradientClipping, LRSchedule
+
+        times: list[float] = []
+
+        class Clock(pl.Callback):
+            last = None
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                now = time.perf_counter()
+                if self.last is not None:
+                    times.append(now - self.last)
+                self.last = now
+
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=len(batches),
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[
+                LRSchedule(warmup_steps=WARMUP, decay_steps=2000, min_lr=MIN_LR),
+                GradientClipping(1.0),
+                Clock(),
+            ],
+        )
+        trainer.fit(self.module, torch.utils.data.DataLoader(batches, batch_size=None))
+        return times
+
+
+def measure(runners: list, batches: list, rounds: int, steps: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {r.name: [] for r in runners}
+    for r in runners:  # warm-up round, discarded
+        r.run(batches[: min(steps, 10)])
+    for i in range(rounds):
+        order = runners if i % 2 == 0 else runners[::-1]  # interleave, alternating who goes first
+        for r in order:
+            chunk = batches[(i * steps) % len(batches) :][:steps]
+            results[r.name].extend(r.run(chunk))
+    return results
+
+
+def table(results: dict[str, list[float]], ref: str) -> str:
+    ref_median = statistics.median(results[ref])
+    lines = [
+        "| implementation | median step (ms) | p25 (ms) | p75 (ms) | steps timed | vs plain loop |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, ts in results.items():
+        q = statistics.quantiles(ts, n=4)
+        med = statistics.median(ts)
+        lines.append(
+            f"| {name} | {med * 1e3:.2f} | {q[0] * 1e3:.2f} | {q[2] * 1e3:.2f} | {len(ts)} | {med / ref_median:.3f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30, help="steps per implementation per round")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--attention", default="standard")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=None, help="write a markdown report here")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokens, vocab, data_desc = load_tokens(args.data)
+    config = GPTConfig(
+        vocab_size=vocab,
+        block_size=T,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        dropout=0.0,
+        bias=False,
+        activation="gelu",
+        attention=args.attention,
+    )
+    batches = make_batches(tokens, max(args.steps * args.rounds, 10))
+    runners = [LightningRun(config), PlainLoop(config), HFLoop(config)]
+    start = time.perf_counter()
+    results = measure(runners, batches, args.rounds, args.steps)
+    elapsed = time.perf_counter() - start
+    body = table(results, PlainLoop.name)
+    lightning_med = statistics.median(results[LightningRun.name])
+    ratio_plain = lightning_med / statistics.median(results[PlainLoop.name])
+    ratio_hf = lightning_med / statistics.median(results[HFLoop.name])
+    verdict = (
+        f"lightning-gpt / plain loop = {ratio_plain:.3f} "
+        f"(target <= 1.1: {'met' if ratio_plain <= 1.1 else 'NOT met'}); "
+        f"lightning-gpt / HF = {ratio_hf:.3f} (target <= 1.0: {'met' if ratio_hf <= 1.0 else 'NOT met'})"
+    )
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "n/a"
+    env = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"python {platform.python_version()}; load average at the end: {load}; data: {data_desc}; "
+        f"config: 4 layers, 4 heads, 128 wide, context {T}, batch {B}, vocab {vocab}, attention {args.attention}; "
+        f"{args.rounds} interleaved rounds x {args.steps} steps each; total {elapsed:.0f} s"
+    )
+    report = f"{body}\n\n{verdict}\n\n{env}\n"
+    print(report)
+    if args.out is not None:
+        cmd = "python benchmarks/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            f"# Training step time (shakespeare-char configuration)\n\nCommand: `{cmd.strip()}`\n\n{report}"
+        )
+    return report
+
+
+if __name__ == "__main__":
+    main()
