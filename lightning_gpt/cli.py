@@ -41,7 +41,8 @@ class InterruptCheckpoint(Callback):
     The first SIGINT only sets a flag; at the end of the current optimizer step (a consistent state: weights, optimizer,
     loop counters, sampler position and RNG all agree) every rank saves ``<checkpoint dir>/last.ckpt`` and training
     stops with ``KeyboardInterrupt``. ``lightning-gpt fit ... --ckpt_path last`` then continues exactly from there.
-    A second Ctrl-C interrupts immediately, without a checkpoint.
+    A second Ctrl-C interrupts immediately, without a checkpoint. When ``fit`` ends (``max_steps``) after the last
+    periodic checkpoint, ``last.ckpt`` is brought up to the final step as well (saved at the last batch's end).
 
     Args:
         filename: file name of the checkpoint inside the ``ModelCheckpoint`` directory; ``last.ckpt`` is what
@@ -73,6 +74,10 @@ class InterruptCheckpoint(Callback):
             self._previous_handler = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if self._final_step_unsaved(trainer):
+            # fit is about to stop at max_steps; save here (mid-epoch state Lightning resumes exactly), not at
+            # on_train_end (where the epoch already counts as finished).
+            trainer.save_checkpoint(self.checkpoint_path(trainer))
         requested = self._requested
         if trainer.world_size > 1:  # every rank must agree, or the collective save would hang
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
@@ -86,6 +91,17 @@ class InterruptCheckpoint(Callback):
         )
         self._restore()
         raise KeyboardInterrupt
+
+    @staticmethod
+    def _final_step_unsaved(trainer: Trainer) -> bool:
+        callback = trainer.checkpoint_callback
+        saved = getattr(callback, "_last_global_step_saved", None)
+        return (
+            getattr(callback, "save_last", False)
+            and saved is not None
+            and 0 < trainer.max_steps <= trainer.global_step
+            and saved < trainer.global_step
+        )
 
     def checkpoint_path(self, trainer: Trainer) -> str:
         """Where the interrupt checkpoint goes: next to the ``ModelCheckpoint`` files."""
