@@ -219,6 +219,7 @@ class GPTModule(LightningModule):
             reduce_dtype=dtype(getattr(strategy, "reduce_dtype", None)),
         )
         activation_checkpointing = bool(getattr(strategy, "activation_checkpointing", False))
+        reshard = bool(getattr(strategy, "reshard_after_forward", True))
         for module in self.model.modules():
             if isinstance(module, Block):
                 if activation_checkpointing:
@@ -226,7 +227,7 @@ class GPTModule(LightningModule):
                     from torch.distributed._composable import checkpoint
 
                     checkpoint(module)
-                fully_shard(module, mesh=mesh, mp_policy=policy)
+                fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
         fully_shard(self.model, mesh=mesh, mp_policy=policy)
         self.model._lightning_gpt_sharded = True
 
