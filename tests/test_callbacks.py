@@ -18,6 +18,7 @@ from lightning_gpt.callbacks import (
     NonFiniteError,
     NonFiniteGuard,
     SampleGeneration,
+    clip_grad_norm,
     flops_per_token,
     lr_at,
     num_parameters,
@@ -258,3 +259,26 @@ def test_flops_per_token_matches_nanogpt_estimate():
     tiny = GPTConfig(**{**TINY, "bias": False, "tie_weights": False})
     assert num_parameters(tiny) == GPT(tiny).num_parameters()
     assert num_parameters(tiny, non_embedding=False) == GPT(tiny).num_parameters(non_embedding=False)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_clipping_unscales_fp16_gradients_first(fused):
+    """Under fp16 AMP a fused optimizer's grads reach the hook still scaled; the clip must see true units."""
+    from types import SimpleNamespace
+
+    from lightning_gpt.callbacks.clipping import _ensure_unscaled
+
+    results = []
+    for scaled in (True, False):
+        p = torch.nn.Parameter(torch.ones(4))
+        opt = torch.optim.AdamW([p], lr=0.1, fused=fused)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=scaled)
+        scaler.scale((p * 2).sum()).backward()
+        trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler if scaled else None))
+        _ensure_unscaled(trainer, opt)
+        _ensure_unscaled(trainer, opt)  # idempotent
+        assert float(clip_grad_norm([p], 1.0)) == pytest.approx(4.0)  # true norm of grad 2 * ones(4)
+        scaler.step(opt)
+        scaler.update()
+        results.append(p.detach().clone())
+    torch.testing.assert_close(results[0], results[1])  # same update with or without the scaler

@@ -36,7 +36,8 @@ class GradientClipping(Callback):
     """Clip gradients to a global norm before each optimizer step and log ``train/grad_norm`` (before clipping).
 
     Runs in ``on_before_optimizer_step``: Lightning calls it after the backward pass and, with fp16 mixed precision,
-    after the ``GradScaler`` has unscaled the gradients, so the norm is in true units. Use this callback *instead of*
+    after the ``GradScaler`` has unscaled the gradients (this callback unscales them itself for fused optimizers, which
+    Lightning leaves scaled), so the norm is in true units. Use this callback *instead of*
     ``Trainer(gradient_clip_val=...)``, not both (the Trainer would clip a second time; this callback refuses).
 
     Args:
@@ -65,7 +66,22 @@ class GradientClipping(Callback):
     def on_before_optimizer_step(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
+        _ensure_unscaled(trainer, optimizer)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         norm = clip_grad_norm(params, self.max_norm, self.norm_type)
         if self.log and is_logging_step(trainer):
             pl_module.log("train/grad_norm", norm.detach())
+
+
+def _ensure_unscaled(trainer: "pl.Trainer", optimizer: torch.optim.Optimizer) -> None:
+    # Lightning's fp16 AMP unscales before this hook, except for optimizers that unscale inside their step (fused
+    # AdamW, which GPTModule picks on CUDA): unscale those here, or the norm would be in scaled units. GradScaler then
+    # knows the gradients are unscaled and steps the fused optimizer accordingly.
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    if scaler is None:
+        return
+    from torch.amp.grad_scaler import OptState
+
+    state = scaler._per_optimizer_states[id(optimizer)]
+    if state["stage"] is OptState.READY:
+        scaler.unscale_(optimizer)
