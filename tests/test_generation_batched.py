@@ -189,3 +189,17 @@ def test_1d_prompt_is_accepted():
     a = generate(model, torch.tensor([5, 6, 7]), max_new_tokens=4)
     b = generate(model, torch.tensor([[5, 6, 7]]), max_new_tokens=4)
     assert torch.equal(a, b)
+
+
+def test_beam_search_stops_on_stop_sequences_and_eos():
+    model = tiny()
+    prompt = torch.tensor([[2, 4, 6, 8]])
+    best = generate(model, prompt, max_new_tokens=10, num_beams=3)[0, 4:].tolist()
+    # length_penalty=0: a hypothesis that ends early keeps a higher (less negative) log-probability sum.
+    out = generate(model, prompt, max_new_tokens=10, num_beams=3, length_penalty=0.0, stop=[best[1:3]],
+                   return_dict=True)  # fmt: skip
+    assert out.finish_reasons == ["stop"]
+    assert out.new_tokens[0] == best[:3]
+    out = generate(model, prompt, max_new_tokens=10, num_beams=3, length_penalty=0.0, eos_token_id=best[2],
+                   return_dict=True)  # fmt: skip
+    assert out.finish_reasons == ["eos"] and out.new_tokens[0][-1] == best[2] and len(out.new_tokens[0]) <= 3
