@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -282,3 +283,26 @@ def test_clipping_unscales_fp16_gradients_first(fused):
         scaler.update()
         results.append(p.detach().clone())
     torch.testing.assert_close(results[0], results[1])  # same update with or without the scaler
+
+
+def test_throughput_monitor_logs_tokens_and_flops(tmp_path):
+    import csv
+
+    from lightning_gpt.callbacks import GPTThroughputMonitor
+
+    torch.manual_seed(0)
+    module = GPTModule(GPTConfig(**TINY))
+    logger = CSVLogger(tmp_path)
+    make_trainer(tmp_path, [GPTThroughputMonitor(window_size=2)], max_steps=4, log_every_n_steps=1, logger=logger).fit(
+        module, ToyData()
+    )
+    assert module.flops_per_batch == flops_per_token(module.config, seq_len=16) * 4 * 16
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
+    assert rows, "throughput metrics were logged"
+    for r in rows:
+        assert int(r["train/lengths"]) == int(r["train/samples"]) * 16  # items are tokens: 16 per row
+        items, samples = float(r["train/device/items_per_sec"]), float(r["train/device/samples_per_sec"])
+        assert items == pytest.approx(16 * samples)
+        flops, batches = float(r["train/device/flops_per_sec"]), float(r["train/device/batches_per_sec"])
+        assert flops == pytest.approx(module.flops_per_batch * batches, rel=1e-6)
