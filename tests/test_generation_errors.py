@@ -28,7 +28,6 @@ PROMPT = torch.tensor([[1, 2, 3]])
         (dict(min_p=2.0), r"min_p must be in \[0, 1\]"),
         (dict(repetition_penalty=0.0), r"repetition_penalty must be > 0"),
         (dict(num_beams=2, num_return_sequences=3), r"num_return_sequences \(3\) cannot exceed num_beams \(2\)"),
-        (dict(num_beams=3, do_sample=True), r"Beam search combined with sampling .* is not supported"),
         (dict(num_return_sequences=2), r"with greedy decoding would return 2 identical rows"),
         (dict(num_beams=0), r"num_beams must be an integer >= 1"),
         (dict(early_stopping="sometimes"), r"early_stopping must be True, False or 'never'"),

@@ -11,13 +11,19 @@ the most favourable length (``max_new_tokens`` when ``length_penalty > 0``), whi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.generation.processors import apply_repetition_penalty
+from lightning_gpt.generation.processors import (
+    apply_min_p,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+)
 from lightning_gpt.generation.sampling import DecodeState
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
@@ -62,6 +68,12 @@ def beam_search(
     repetition_penalty: float,
     stop: StopCriteria,
     pad_token_id: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    min_p: Optional[float] = None,
+    generator: Optional[torch.Generator] = None,
 ) -> BeamResult:
     """Run beam search on a ``DecodeState`` whose rows are the prompts repeated ``num_beams`` times each.
 
@@ -76,6 +88,13 @@ def beam_search(
         repetition_penalty: applied to the log-probabilities, as Hugging Face does in beam search.
         stop: EOS and stop-sequence rules.
         pad_token_id: filler after a hypothesis ends.
+        do_sample: beam sampling: the ``K`` continuations are drawn without replacement from
+            ``softmax(accumulated processed log-probs)`` instead of taken as the top ``K`` (Hugging Face's beam sample).
+        temperature: beam sampling: divides the log-probabilities.
+        top_k: beam sampling: top-k filter on the log-probabilities (keeps at least ``n_eos + 1`` tokens).
+        top_p: beam sampling: top-p filter (keeps at least ``n_eos + 1`` tokens).
+        min_p: beam sampling: min-p filter (keeps at least ``n_eos + 1`` tokens).
+        generator: beam sampling: the RNG.
     """
     B, nb, M = batch_size, num_beams, max_new_tokens
     n_eos = len(stop.eos_token_ids)
@@ -102,8 +121,22 @@ def beam_search(
             log_probs = apply_repetition_penalty(
                 log_probs, state.tokens[:, : state.length], repetition_penalty, state.valid()
             )
+        if do_sample:
+            # Hugging Face's warpers, applied to log-probabilities; each keeps at least one non-EOS token.
+            keep = n_eos + 1 if n_eos else 2
+            if temperature != 1.0:
+                log_probs = apply_temperature(log_probs, temperature)
+            log_probs = apply_top_k(log_probs, top_k, keep)
+            log_probs = apply_top_p(log_probs, top_p, keep)
+            log_probs = apply_min_p(log_probs, min_p, keep)
         log_probs = log_probs.view(B, nb, V) + running_scores[:, :, None]
-        topk_scores, topk_idx = torch.topk(log_probs.view(B, nb * V), K)  # (B, K)
+        if do_sample:
+            flat = log_probs.view(B, nb * V)
+            topk_idx = torch.multinomial(flat.softmax(dim=-1), K, generator=generator)  # (B, K) without replacement
+            topk_scores, order = torch.gather(flat, 1, topk_idx).sort(dim=-1, descending=True)
+            topk_idx = topk_idx.gather(1, order)
+        else:
+            topk_scores, topk_idx = torch.topk(log_probs.view(B, nb * V), K)  # (B, K)
         topk_beam = topk_idx // V
         topk_ids = topk_idx % V
         topk_seqs = _gather(running, topk_beam)  # (B, K, M)

@@ -160,9 +160,10 @@ def generate(
 
     Strategies: greedy (``do_sample=False``, the default, as in Hugging Face); sampling (``do_sample=True``) from
     ``softmax(processed logits)`` with one ``torch.multinomial`` draw per row and step (``temperature=0`` means greedy);
-    beam search (``num_beams > 1``). Logits go through repetition penalty -> temperature -> top-k -> top-p -> min-p
-    (the last four only when sampling). The prompt is prefilled in one call and every further step feeds one token
-    per row through each layer's cache (``use_cache=False`` reruns the whole sequence each step, same tokens).
+    beam search (``num_beams > 1``), and beam sampling (``num_beams > 1`` with ``do_sample=True``). Logits go through
+    repetition penalty -> temperature -> top-k -> top-p -> min-p (the last four only when sampling). The prompt is
+    prefilled in one call and every further step feeds one token per row through each layer's cache
+    (``use_cache=False`` reruns the whole sequence each step, same tokens).
 
     Context policy: the (padded) prompt length plus ``max_new_tokens`` must fit in ``model.config.block_size``,
     otherwise a ``ValueError`` says how much to crop; nothing is cropped silently.
@@ -179,7 +180,8 @@ def generate(
         min_p: drop tokens less likely than ``min_p`` x the top probability; None/0 disables.
         repetition_penalty: > 0; seen tokens' logits divided (if > 0) or multiplied (if < 0) by it; 1 disables.
         do_sample: sample instead of greedy/beam search. Default False (Hugging Face's default).
-        num_beams: beam width; 1 means no beam search. Beam sampling is not supported.
+        num_beams: beam width; 1 means no beam search. With ``do_sample=True`` it is Hugging Face's beam sampling
+            (continuations drawn from the processed distribution instead of taken greedily).
         length_penalty: beam search: a finished hypothesis scores ``sum(log p) / generated_length ** length_penalty``.
         early_stopping: beam search stopping rule: True, False (heuristic) or ``"never"`` (see ``beam.py``).
         num_return_sequences: rows returned per prompt (beams, or independent samples when sampling).
@@ -233,6 +235,12 @@ def generate(
                     repetition_penalty=float(repetition_penalty),
                     stop=prep["stop"],
                     pad_token_id=prep["pad"],
+                    do_sample=prep["sampling"],
+                    temperature=float(temperature),
+                    top_k=top_k,
+                    top_p=top_p,
+                    min_p=min_p,
+                    generator=generator,
                 )
                 keep = torch.arange(prep["batch_size"], device=prompt.device).repeat_interleave(num_return_sequences)
                 sequences = torch.cat([prompt[keep * num_beams], res.new_tokens], dim=1)

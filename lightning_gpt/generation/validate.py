@@ -83,18 +83,13 @@ def validate_generate_args(
             f"num_return_sequences={num_return_sequences} with greedy decoding would return {num_return_sequences} "
             "identical rows. Pass do_sample=True to draw different samples, or num_beams >= num_return_sequences."
         )
-    if num_beams > 1 and do_sample:
-        raise ValueError(
-            "Beam search combined with sampling (num_beams > 1 and do_sample=True) is not supported. Use num_beams=1 "
-            "with do_sample=True to sample, or do_sample=False for beam search."
-        )
     if not isinstance(length_penalty, (int, float)):
         raise ValueError(f"length_penalty must be a number, got {length_penalty!r}.")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}.")
     if pad_token_id is not None and (not _is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
         raise ValueError(f"pad_token_id={pad_token_id!r} must be None or an integer in [0, {vocab_size}).")
-    if not do_sample and num_beams == 1:
+    if not do_sample:
         ignored = [
             name
             for name, value, neutral in (
