@@ -106,8 +106,8 @@ class SampleGeneration(Callback):
     def _report(self, trainer: "pl.Trainer", results: list[dict[str, Any]]) -> None:
         step = trainer.global_step
         lines = [f"--- samples at step {step} ---"]
-        for r in results:
-            lines.append(f"[{r['prompt']!r}] -> {r['prompt']}{r['completion']}")
+        for i, r in enumerate(results):
+            lines.append(f"[{i}] {r['prompt']}{r['completion']}")
         rank_zero_info("\n".join(lines))
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
