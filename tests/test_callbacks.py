@@ -306,3 +306,21 @@ def test_throughput_monitor_logs_tokens_and_flops(tmp_path):
         assert items == pytest.approx(16 * samples)
         flops, batches = float(r["train/device/flops_per_sec"]), float(r["train/device/batches_per_sec"])
         assert flops == pytest.approx(module.flops_per_batch * batches, rel=1e-6)
+
+
+def test_samples_go_to_tensorboard_as_text(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    torch.manual_seed(0)
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
+    logger = TensorBoardLogger(tmp_path)
+    sampler = SampleGeneration(every_n_steps=2, prompts=["ab"], max_new_tokens=3, do_sample=False)
+    make_trainer(tmp_path, [sampler], max_steps=2, logger=logger).fit(
+        GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok)
+    )
+    logger.experiment.flush()
+    events = EventAccumulator(logger.log_dir, size_guidance={"tensors": 0}).Reload()
+    texts = events.Tensors("samples/0/text_summary")
+    assert len(texts) == 1 and texts[0].step == 2
+    assert texts[0].tensor_proto.string_val[0].decode().startswith("**ab**")
