@@ -287,6 +287,7 @@ def test_out_of_range_top_p_on_the_command_line(cli, trained):
 @pytest.mark.parametrize(
     "kwargs,needles",
     [
+        (dict(do_sample=True, temperature=-0.5), ["temperature must be a number >= 0, got -0.5", "temperature=0"]),
         (dict(do_sample=True, top_p=0.0), ["top_p must be in (0, 1]", "got 0.0", "1 disables it"]),
         (dict(do_sample=True, top_p=1.5), ["top_p must be in (0, 1]", "got 1.5"]),
         (dict(do_sample=True, top_k=-1), ["top_k must be None or an integer >= 0", "got -1", "0 disables it"]),

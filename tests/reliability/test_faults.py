@@ -11,7 +11,9 @@ a Ctrl-C ends with the weights of the uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -84,16 +86,26 @@ def start_fit(config: Path, *extra: str, log: Path) -> subprocess.Popen:
         )
 
 
-def wait_for_checkpoint_after(folder: Path, step: int, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    """Block until the child has written checkpoints two steps past ``step`` (so it is training and saving)."""
+def wait_for_checkpoint_after(
+    folder: Path, step: int, proc: subprocess.Popen, log: Path, timeout: float = 240
+) -> float:
+    """Block until the child has written checkpoints two steps past ``step`` (so it is training and saving).
+
+    Returns the seconds per training step the child is taking (checkpoint write included).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = [int(p.stem.rsplit("step=", 1)[1]) for p in folder.glob("epoch=*-step=*.ckpt")]
-        if steps and max(steps) > step + 1:  # step + 1 is complete, so last.ckpt is at least at step + 1
-            return
+        # epoch=E-step=S.ckpt; a resumed run that saves a step again writes epoch=E-step=S-v1.ckpt beside it
+        found = {int(re.search(r"step=(\d+)", p.name).group(1)): p for p in folder.glob("epoch=*-step=*.ckpt")}
+        newest = sorted(s for s in found if s > step)
+        if len(newest) >= 2:  # step + 1 is complete, so last.ckpt is at least at step + 1
+            with contextlib.suppress(OSError):
+                a, b = found[newest[-2]].stat().st_mtime, found[newest[-1]].stat().st_mtime
+                return max(b - a, 0.005) / (newest[-1] - newest[-2])
+            return 0.05
         if proc.poll() is not None:
             pytest.fail(f"fit exited early ({proc.returncode}):\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.kill()
     pytest.fail(f"no new checkpoint within {timeout} s:\n{log.read_text()[-3000:]}")
 
@@ -117,6 +129,17 @@ def reference(tmp_path_factory, corpus) -> dict[str, Path]:
     return {"last": last, "cache": cache}
 
 
+def kill_while_writing(folder: Path, proc: subprocess.Popen, give_up_after: float) -> bool:
+    """SIGKILL ``proc`` the moment a checkpoint is being written (its temporary file exists); True if caught so."""
+    deadline = time.monotonic() + give_up_after
+    while time.monotonic() < deadline and proc.poll() is None:
+        with os.scandir(folder) as entries:
+            if any(".ckpt.tmp-" in e.name for e in entries):
+                proc.send_signal(signal.SIGKILL)
+                return True
+    return False  # not caught in the act this time: the kill below lands at an arbitrary moment instead
+
+
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -128,8 +151,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_last(tmp_path, corpus, reference, cli):
-    """Kill -9 a fit that checkpoints every step, at random moments, twice; every .ckpt left loads; resuming with
-    ``--ckpt_path last`` continues from the newest complete checkpoint and ends with the uninterrupted weights."""
+    """Kill -9 a fit that checkpoints every step twice: at a random moment, then while a checkpoint is being written.
+
+    Every .ckpt left loads; resuming with ``--ckpt_path last`` continues from the newest complete checkpoint and ends
+    with the weights of the uninterrupted run.
+    """
     rng = random.Random(20261124)
     config = fault_config(tmp_path, corpus, reference["cache"])
     ckpt_dir = tmp_path / "run" / "checkpoints"
@@ -137,8 +163,11 @@ def test_sigkill_at_random_moments_then_resume_last(tmp_path, corpus, reference,
     for round_ in range(2):
         log = tmp_path / f"round{round_}.log"
         proc = start_fit(config, *(["--ckpt_path", "last"] if round_ else []), log=log)
-        wait_for_checkpoint_after(ckpt_dir, last_step, proc, log)
-        time.sleep(rng.uniform(0.0, 1.0))  # a random moment: a step, or a checkpoint being written
+        per_step = wait_for_checkpoint_after(ckpt_dir, last_step, proc, log)
+        if round_ == 0:
+            time.sleep(rng.uniform(0.0, 4.0) * per_step)  # a random moment: in a step, or in a checkpoint write
+        else:
+            caught_mid_write = kill_while_writing(ckpt_dir, proc, give_up_after=max(20 * per_step, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
@@ -147,6 +176,8 @@ def test_sigkill_at_random_moments_then_resume_last(tmp_path, corpus, reference,
         assert step < MAX_STEPS, "killed before the end (else nothing was tested)"
         if round_:
             assert "Restoring states from the checkpoint path at" in log.read_text()
+            if caught_mid_write:  # the half-written file is still there, under a name nothing loads
+                assert list(ckpt_dir.glob("*.ckpt.tmp-*")), "killed mid-write, yet no temporary file is left"
         last_step = step
     # The recovery command: the same command plus --ckpt_path last (here in-process, to the end).
     with single_thread():
