@@ -191,7 +191,7 @@ class GPTLightningCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
-        if ckpt_path and os.path.isdir(ckpt_path) and subcommand != "fit":
+        if ckpt_path and os.path.isdir(ckpt_path) and not _is_sharded_checkpoint(ckpt_path):
             ckpt_path = self.config[subcommand]["ckpt_path"] = find_checkpoint(ckpt_path)
         if not ckpt_path or ckpt_path in ("last", "best", "hpc") or not os.path.isfile(ckpt_path):
             if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and not os.path.exists(ckpt_path):
@@ -268,6 +268,11 @@ def _trainer_defaults() -> dict[str, Any]:
 _MISSING = object()
 
 
+def _is_sharded_checkpoint(path: str) -> bool:
+    """A distributed (FSDP) checkpoint is a directory itself; a run directory only contains checkpoints."""
+    return any(os.path.exists(os.path.join(path, name)) for name in (".metadata", "meta.pt"))
+
+
 def _get_or_missing(namespace: Any, key: str) -> Any:
     try:
         return namespace[key]
@@ -331,7 +336,13 @@ def _generate_parser() -> Any:
     add = parser.add_argument
     add("--ckpt_path", required=True, help="a .ckpt file, or a run directory (its checkpoints/last.ckpt is used)")
     add("--prompt", required=True, help="the prompt text; '-' reads it from stdin")
-    add("--max_new_tokens", type=int, default=200, help="number of tokens to generate (default 200)")
+    add(
+        "--max_new_tokens",
+        type=int,
+        default=200,
+        help="tokens to generate (default 200); beyond the model's "
+        "context, generation continues from the last half of the context",
+    )
     add("--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default 0.8)")
     add("--top_k", type=int, default=None, help="keep only the k most likely tokens")
     add("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set reaching probability p")
@@ -373,7 +384,6 @@ def generate_command(argv: list[str]) -> None:
     if do_sample is None:
         do_sample = opts.temperature > 0 and opts.num_beams == 1
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=opts.max_new_tokens,
         temperature=opts.temperature if do_sample else 1.0,
         top_k=opts.top_k,
         top_p=opts.top_p,
@@ -389,6 +399,7 @@ def generate_command(argv: list[str]) -> None:
         from lightning_gpt.generation.text import generate_text
 
         kwargs.update(
+            max_new_tokens=opts.max_new_tokens,
             num_beams=opts.num_beams,
             length_penalty=opts.length_penalty,
             num_return_sequences=opts.num_return_sequences,
@@ -400,16 +411,39 @@ def generate_command(argv: list[str]) -> None:
         out.write("\n")
         out.flush()
         return
-    from lightning_gpt.generation.text import stream_text
-
     if opts.echo:
         out.write(prompt)
         out.flush()
-    for piece in stream_text(model, tokenizer, prompt, **kwargs):
+    for piece in _stream_windowed(model, tokenizer, prompt, opts.max_new_tokens, kwargs):
         out.write(piece)
         out.flush()
     out.write("\n")
     out.flush()
+
+
+def _stream_windowed(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, kwargs: dict) -> Any:
+    """``stream_text`` beyond the model's context: when the context is full, continue from its last half (as nanoGPT's
+    sampling crops to the last ``block_size`` tokens, but re-using the KV cache within each window)."""
+    from lightning_gpt.generation.text import stream_text
+
+    block = int(model.config.block_size)
+    context, remaining = prompt, int(max_new_tokens)
+    if remaining < 1:
+        raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}.")
+    while remaining > 0:
+        ids = tokenizer.encode(context)
+        if len(ids) >= block:
+            context = tokenizer.decode(ids[-(block // 2) :])
+            ids = tokenizer.encode(context)
+        n = min(remaining, block - len(ids))
+        chunk = ""
+        for piece in stream_text(model, tokenizer, context, max_new_tokens=n, **kwargs):
+            chunk += piece
+            yield piece
+        remaining -= n
+        if len(tokenizer.encode(chunk)) < n:  # EOS or a stop string ended the text
+            return
+        context += chunk
 
 
 def _fail(message: str) -> None:

@@ -214,6 +214,11 @@ def test_generate_streams_and_is_seeded(cli, run_yaml, tmp_path, monkeypatch):
     assert piped.code == 0 and not piped.out.startswith("a lazy")
     beams = cli("generate", "--ckpt_path", run_dir, "--prompt", "the ", "--max_new_tokens", "4", "--num_beams", "2")
     assert beams.code == 0 and beams.out.startswith("the ")
+    # Longer than the 16-token context: generation slides on from the last half of the context.
+    prompt = "a lazy dog " * 3
+    long = cli("generate", "--ckpt_path", run_dir, "--prompt", prompt, "--max_new_tokens", "40", "--seed", "1")
+    assert long.code == 0, long.err
+    assert long.out.startswith(prompt)
 
 
 @pytest.mark.parametrize(
@@ -315,3 +320,12 @@ def test_ctrl_c_saves_a_resumable_checkpoint(run_yaml, tmp_path):
     a, b = _weights(straight_root / "checkpoints" / "last.ckpt"), _weights(last)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_validate_and_test_from_a_run_directory(cli, run_yaml, tmp_path):
+    cfg = run_yaml()
+    assert cli("fit", "--config", cfg).code == 0
+    for sub in ("validate", "test"):
+        result = cli(sub, "--config", cfg, "--ckpt_path", tmp_path / "run")  # a run directory: its last.ckpt
+        assert result.code == 0, result.err
+        assert f"{'val' if sub == 'validate' else 'test'}/loss" in result.out
