@@ -215,9 +215,13 @@ def test_checkpoint_from_an_incompatible_tokenizer(cli, tmp_path, run_yaml, trai
     other = tmp_path / "other.txt"
     other.write_text("zebra quilt vexing jumbo " * 300)  # a different character set: a different char tokenizer
     path = run_yaml(**{"trainer.max_steps": 6, "data.source": str(other)})
-    message = _user_error(cli("fit", "--config", path, "--ckpt_path", trained["ckpt"]), "vocab_size")
+    message = _user_error(cli("fit", "--config", path, "--ckpt_path", trained["ckpt"]))
     ckpt_vocab = load_checkpoint(trained["ckpt"])[1].vocab_size
-    assert f"checkpoint {ckpt_vocab} vs given" in message
+    new_vocab = len(set(other.read_text())) + 4  # characters + bos/eos/pad/unk
+    # Today the mismatch surfaces as "vocab_size: checkpoint 32 vs given 22" (see the report: the message should
+    # name the tokenizer); either way both sizes are named.
+    assert "vocab_size" in message or "tokenizer" in message
+    assert str(ckpt_vocab) in message and str(new_vocab) in message
     _no_checkpoints(tmp_path)
 
 
