@@ -134,6 +134,20 @@ def test_resume_with_a_different_explicit_config_is_a_clear_error(tmp_path):
         trainer(tmp_path, max_steps=2).fit(other, ToyData(), ckpt_path=tmp_path / "a.ckpt")
 
 
+def test_resume_with_a_different_tokenizer_is_a_clear_error(tmp_path):
+    torch.manual_seed(0)
+    tok = ToyTokenizer()
+    tr = trainer(tmp_path, max_steps=1)
+    tr.fit(GPTModule(GPTConfig(**TINY)), ToyData(vocab=tok.vocab_size, tokenizer=tok))
+    tr.save_checkpoint(tmp_path / "a.ckpt")
+    other = CharTokenizer("ABCDEFGHIJKLMNOPQRSTUVWXYZ ,\n")  # same size, other characters
+    assert other.vocab_size == tok.vocab_size
+    with pytest.raises(ValueError, match="Tokenizer mismatch"):
+        trainer(tmp_path, max_steps=2).fit(
+            GPTModule(GPTConfig(**TINY)), ToyData(vocab=tok.vocab_size, tokenizer=other), ckpt_path=tmp_path / "a.ckpt"
+        )
+
+
 def test_checkpoint_config_is_adopted_when_none_is_given(tmp_path):
     torch.manual_seed(0)
     tr = trainer(tmp_path, max_steps=1)
