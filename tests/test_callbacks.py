@@ -324,3 +324,15 @@ def test_samples_go_to_tensorboard_as_text(tmp_path):
     texts = events.Tensors("samples/0/text_summary")
     assert len(texts) == 1 and texts[0].step == 2
     assert texts[0].tensor_proto.string_val[0].decode().startswith("**ab**")
+
+
+def test_sample_prompts_are_checked_at_fit_start(tmp_path):
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
+    long_prompt = "a" * 16  # block_size is 16
+    sampler = SampleGeneration(every_n_steps=1000, prompts=["ok", long_prompt])
+    with pytest.raises(ValueError, match=r"is 16 tokens long, which leaves no room .*block_size=16"):
+        make_trainer(tmp_path, [sampler], max_steps=1).fit(GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok))
+    # a prompt near the context length generates only what fits
+    near = SampleGeneration(every_n_steps=1, prompts=["a" * 13], max_new_tokens=50, do_sample=False)
+    make_trainer(tmp_path, [near], max_steps=1).fit(GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok))
+    assert len(near.last_samples[0]["tokens"]) <= 3

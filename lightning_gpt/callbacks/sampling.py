@@ -60,6 +60,20 @@ class SampleGeneration(Callback):
         self._last_step = -1
         self.last_samples: list[dict[str, Any]] = []
 
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # Check the prompts now rather than after hours of training, at the first sampling step.
+        tokenizer, model = getattr(pl_module, "tokenizer", None), getattr(pl_module, "model", None)
+        if tokenizer is None or model is None:
+            return
+        block_size = model.config.block_size
+        for prompt in self.prompts:
+            n = len(tokenizer.encode(prompt))
+            if n >= block_size:
+                raise ValueError(
+                    f"SampleGeneration prompt {prompt[:40]!r}... is {n} tokens long, which leaves no room to generate "
+                    f"in the model's context (block_size={block_size}). Use shorter prompts."
+                )
+
     def on_train_batch_end(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -91,8 +105,9 @@ class SampleGeneration(Callback):
         with torch.random.fork_rng(devices=fork_devices):
             try:
                 model.eval()
-                max_new = min(self.max_new_tokens, model.config.block_size - 1)
-                kwargs["max_new_tokens"] = max_new
+                # Generate at most up to the context length (the longest prompt decides).
+                longest = max(max(len(tokenizer.encode(p)), 1) for p in self.prompts)
+                kwargs["max_new_tokens"] = max(1, min(self.max_new_tokens, model.config.block_size - longest))
                 results = generate_text(model, tokenizer, self.prompts, **kwargs)
             finally:
                 if hasattr(model, "clear_cache"):
