@@ -11,6 +11,7 @@ readable and never a truncated one under the final name.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
 import zipfile
@@ -25,6 +26,8 @@ from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
 
 __all__ = ["load_checkpoint", "read_checkpoint", "model_state_dict", "resolve_checkpoint_config", "AtomicCheckpointIO"]
+
+log = logging.getLogger(__name__)
 
 _PREFIXES = ("model.", "_orig_mod.", "module.")
 # Fields that may differ between a checkpoint and an explicitly given config: they change no parameter shape.
@@ -58,6 +61,9 @@ def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[s
         except pickle.UnpicklingError as err:
             if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
                 raise
+            log.warning(
+                "%s holds more than tensors and plain data; loading it with full unpickling (trusted files only).", path
+            )
             return torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
         raise ValueError(

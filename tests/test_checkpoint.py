@@ -162,3 +162,20 @@ def test_atomic_io_in_a_trainer(tmp_path):
     assert names == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt"]
     model, _ = load_checkpoint(tmp_path / "ckpt" / names[-1])
     assert model.config == TINY
+
+
+class _Opaque:
+    """Not a tensor nor plain data: weights_only loading refuses it."""
+
+
+def test_checkpoint_with_objects_falls_back_with_a_warning(saved, tmp_path, caplog):
+    model, _ = saved
+    ckpt = gpt_checkpoint(model)
+    ckpt["extra"] = _Opaque()
+    path = tmp_path / "objects.ckpt"
+    torch.save(ckpt, path)
+    with caplog.at_level("WARNING", logger="lightning_gpt.checkpoint"):
+        loaded, _ = load_checkpoint(path)
+    assert "full unpickling (trusted files only)" in caplog.text
+    x = torch.randint(0, 40, (1, 6))
+    torch.testing.assert_close(loaded(x), model.eval()(x))
