@@ -27,7 +27,7 @@ command on every node with ``torchrun`` (``--nnodes --nproc_per_node --rdzv_endp
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy as _LightningDDP
@@ -156,6 +156,56 @@ class FSDP2Strategy(ModelParallelStrategy):
         # Lightning's "auto" means one data-parallel group per node; pure FSDP shards over every process.
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.world_size // self._tensor_parallel_size
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        """The consolidated optimizer state keyed like a plain optimizer's (ids in ``param_groups`` order).
+
+        Lightning numbers the parameters in ``model.parameters()`` order, which differs from the order of
+        ``GPTModule``'s two parameter groups: a DDP run or a single process would then give each parameter another
+        one's Adam moments. Keyed this way, the checkpoint resumes correctly under any strategy.
+        """
+        if self._save_distributed_checkpoint:
+            return super().optimizer_state(optimizer)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optimizer = getattr(optimizer, "_optimizer", optimizer)  # unwrap LightningOptimizer
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(self.model, optimizer, options=options)
+        if not state or not state.get("param_groups"):
+            return state
+        order = [name for group in state["param_groups"] for name in group["params"]]
+        index = {name: i for i, name in enumerate(order)}
+        return {
+            "state": {index[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
+        }
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        """Load a consolidated ``.ckpt`` (from any strategy) into the sharded model and optimizer; numbered optimizer
+        states are matched to parameters in ``param_groups`` order (see ``optimizer_state``)."""
+        from pathlib import Path
+
+        path = Path(self.broadcast(checkpoint_path))
+        if not path.is_file():  # a sharded checkpoint directory: Lightning's loader
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        from lightning.fabric.strategies.model_parallel import _load_raw_module_state
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        strict = self.lightning_module.strict_loading
+        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        options = StateDictOptions(broadcast_from_rank0=True, full_state_dict=True, strict=strict)
+        names = {param: name for name, param in self.model.named_parameters()}
+        for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", [])):
+            order = [names[p] for group in optimizer.param_groups for p in group["params"]]
+            groups = state.get("param_groups") or [{"params": []}]
+            if any(isinstance(i, int) for g in groups for i in g["params"]):
+                state = {
+                    "state": {order[i]: value for i, value in state["state"].items()},
+                    "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+                }
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state, options=options)
+        return checkpoint
 
     def mixed_precision_policy(self):  # -> Optional[MixedPrecisionPolicy]
         """The ``MixedPrecisionPolicy`` for ``fully_shard``, or ``None`` when no dtype is set."""
