@@ -65,15 +65,18 @@ def plot(val: list[tuple[int, float]], train: list[tuple[int, float]], path: Pat
     fig.savefig(path, dpi=110)
 
 
-def write_report(val, command: str, wall_s: float | None, run_dir: Path) -> str:
+def write_report(val, command: str, wall_s: float | None, run_dir: Path, threads: str | None = None) -> str:
     final_step, final = val[-1]
+    env = f"OMP_NUM_THREADS={threads} " if threads else ""
+    reference = RESULTS / "shakespeare_char_reference.txt"
+    ref_lines = reference.read_text().splitlines() if reference.exists() else []
     lines = [
         f"# shakespeare-char: validation loss after {final_step} steps",
         "",
         "Command (from the repository root; wall time measured around it by `benchmarks/shakespeare_char.py`):",
         "",
         "```bash",
-        command,
+        env + command,
         "```",
         "",
         f"- final validation loss (step {final_step}): **{final:.4f}** (target <= {TARGET}; nanoGPT reports 1.88): "
@@ -92,7 +95,81 @@ def write_report(val, command: str, wall_s: float | None, run_dir: Path) -> str:
         "![validation curve](shakespeare_char.png)",
         "",
     ]
+    if ref_lines:
+        lines += [
+            "## Reference: nanoGPT's training loop on the same model, same machine",
+            "",
+            "`benchmarks/shakespeare_char.py --reference` trains the same `GPT` with nanoGPT's own loop (random-offset "
+            "batches, weight decay on every 2-D parameter, no Lightning) and validates on the whole held-out 10% every "
+            "250 steps:",
+            "",
+            *ref_lines,
+            "",
+        ]
     return "\n".join(lines)
+
+
+def reference_loop(data: Path, steps: int = 2000, eval_every: int = 250, seed: int = 1337) -> list[tuple[int, float]]:
+    """nanoGPT's own training loop for this configuration, written out with the same ``GPT`` (no Lightning).
+
+    Random-offset batches (``get_batch``), weight decay on every 2-D parameter (embeddings included), AdamW
+    (0.9, 0.99), clip 1.0, warmup 100 + cosine to 1e-4 at ``steps``; validation on the whole held-out 10% (the same
+    windows the CLI run validates on) every ``eval_every`` steps. Returns ``(step, val loss)``.
+    """
+    import math
+
+    import torch
+
+    from lightning_gpt import GPT, GPTConfig
+
+    text = data.read_text()
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
+    n = int(0.9 * len(ids))
+    train, val = ids[:n], ids[n:]
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=len(chars), block_size=64, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False)
+    cfg.activation = "gelu"
+    model = GPT(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99))
+
+    def lr_at(it: int) -> float:
+        if it < 100:
+            return 1e-3 * (it + 1) / 101
+        ratio = (it - 100) / (steps - 100)
+        return 1e-4 + 0.5 * (1 + math.cos(math.pi * ratio)) * (1e-3 - 1e-4)
+
+    @torch.no_grad()
+    def val_loss() -> float:
+        model.eval()
+        windows = val[: (len(val) - 1) // 64 * 64 + 1]
+        x = windows[:-1].view(-1, 64)
+        y = windows[1:].view(-1, 64)
+        total = sum(float(model(x[i : i + 64], y[i : i + 64])[1]) * len(x[i : i + 64]) for i in range(0, len(x), 64))
+        model.train()
+        return total / len(x)
+
+    curve = []
+    for it in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(it)
+        ix = torch.randint(len(train) - 64, (12,))
+        x = torch.stack([train[i : i + 64] for i in ix])
+        y = torch.stack([train[i + 1 : i + 65] for i in ix])
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (it + 1) % eval_every == 0:
+            curve.append((it + 1, val_loss()))
+            print(f"reference step {it + 1}: val {curve[-1][1]:.4f}", flush=True)
+    return curve
 
 
 def main() -> None:
@@ -100,6 +177,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
     parser.add_argument("--run-dir", default="runs/shakespeare-char-bench")
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--reference", action="store_true", help="run nanoGPT's loop (no Lightning) instead")
+    parser.add_argument("--wall", type=float, default=None, help="with --plot-only: the measured wall time (s)")
     parser.add_argument("extra", nargs="*", help="extra CLI arguments (after --)")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
@@ -119,8 +198,18 @@ def main() -> None:
         "false",
         *args.extra,
     ]
+    if args.reference:
+        start = time.perf_counter()
+        curve = reference_loop(Path(args.data))
+        wall = time.perf_counter() - start
+        lines = [f"| {s} | {v:.4f} |" for s, v in curve]
+        report = "\n".join(["| step | val loss (reference loop) |", "|---:|---:|", *lines, f"wall {wall:.0f} s"])
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "shakespeare_char_reference.txt").write_text(report + "\n")
+        print(report)
+        return
     command = " ".join(f"'{a}'" if any(c in a for c in ' {"') else a for a in cli)
-    wall = None
+    wall = args.wall
     if not args.plot_only:
         if not Path(args.data).is_file():
             sys.exit(f"{args.data} not found: pass --data path/to/tinyshakespeare.txt")
@@ -130,7 +219,7 @@ def main() -> None:
     val, train = read_metrics(REPO / run_dir if not run_dir.is_absolute() else run_dir)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(val, train, RESULTS / "shakespeare_char.png")
-    report = write_report(val, command, wall, run_dir)
+    report = write_report(val, command, wall, run_dir, os.environ.get("OMP_NUM_THREADS"))
     (RESULTS / "shakespeare_char.md").write_text(report)
     print(report)
 

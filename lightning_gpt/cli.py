@@ -137,7 +137,10 @@ class GPTLightningCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", _trainer_defaults())
         kwargs.setdefault(
             "parser_kwargs",
-            {"description": "Train GPT language models and decode text from them (lightning-gpt)."},
+            {
+                "description": "Train GPT language models and decode text from them. Also: `lightning-gpt generate "
+                "--ckpt_path RUN --prompt TEXT` streams a completion (see `lightning-gpt generate --help`)."
+            },
         )
         super().__init__(GPTModule, TextDataModule, args=args, run=run, **kwargs)
 
