@@ -153,6 +153,7 @@ class GPT(nn.Module):
         position_ids: Optional[Tensor] = None,
         start_pos: Optional[int] = None,
         ignore_index: int = -100,
+        logits_to_keep: int = 0,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """Logits for every position, and the mean cross-entropy when ``targets`` are given.
 
@@ -165,6 +166,8 @@ class GPT(nn.Module):
             start_pos: decode through the layer caches (see ``setup_cache``), the tokens sitting at positions
                 ``start_pos .. start_pos + T - 1``.
             ignore_index: target value excluded from the loss.
+            logits_to_keep: compute logits for the last ``logits_to_keep`` positions only (0: all). Decoding needs
+                just the last one, which saves ``(T - 1) x n_embd x vocab_size`` multiply-adds of the LM head.
 
         Returns:
             ``logits`` of shape ``(B, T, vocab_size)``, or ``(logits, loss)`` when ``targets`` is given.
@@ -191,6 +194,10 @@ class GPT(nn.Module):
         x = self.transformer.drop(tok_emb + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, key_mask=key_mask, start_pos=start_pos)
+        if logits_to_keep:
+            if targets is not None:
+                raise ValueError("logits_to_keep cannot be combined with targets: the loss needs every position.")
+            x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         if targets is None:
             return logits

@@ -203,12 +203,3 @@ def test_beam_search_stops_on_stop_sequences_and_eos():
     out = generate(model, prompt, max_new_tokens=10, num_beams=3, length_penalty=0.0, eos_token_id=best[2],
                    return_dict=True)  # fmt: skip
     assert out.finish_reasons == ["eos"] and out.new_tokens[0][-1] == best[2] and len(out.new_tokens[0]) <= 3
-
-
-def test_prefill_shortcut_leaves_the_model_untouched():
-    model = tiny()
-    prompt = torch.tensor([[1, 2, 3, 4, 5]])
-    generate(model, prompt, max_new_tokens=3)
-    generate(model, prompt, max_new_tokens=3, use_cache=False)
-    assert len(model.lm_head._forward_pre_hooks) == 0
-    assert model(prompt).shape == (1, 5, VOCAB)  # full logits again outside generate

@@ -39,6 +39,17 @@ def test_padding_targets_are_ignored():
     torch.testing.assert_close(loss, expected)
 
 
+def test_logits_to_keep_returns_the_last_positions():
+    torch.manual_seed(0)
+    model = GPT(tiny())
+    idx = torch.randint(0, 128, (2, 12))
+    full = model(idx)
+    torch.testing.assert_close(model(idx, logits_to_keep=1), full[:, -1:])
+    torch.testing.assert_close(model(idx, logits_to_keep=5), full[:, -5:])
+    with pytest.raises(ValueError, match="logits_to_keep cannot be combined with targets"):
+        model(idx, idx, logits_to_keep=1)
+
+
 def test_gpt2_init_statistics():
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=1000, block_size=128, n_layer=8, n_head=4, n_embd=256)

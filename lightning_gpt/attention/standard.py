@@ -25,8 +25,10 @@ class StandardAttention(AttentionCore):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, start_pos: int, key_mask: Optional[Tensor]) -> Tensor:
         T_q, T_k = q.size(2), k.size(2)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
-        allowed = combine_masks(causal_mask(T_q, T_k, start_pos, q.device), key_mask, start_pos)
-        att = att.masked_fill(~allowed, float("-inf"))
+        if T_q > 1 or key_mask is not None:
+            # (One new token without padding sees every cached key: nothing to mask.)
+            allowed = combine_masks(causal_mask(T_q, T_k, start_pos, q.device), key_mask, start_pos)
+            att = att.masked_fill(~allowed, float("-inf"))
         att = F.softmax(att, dim=-1)
         if self.training and self.dropout_p > 0:
             att = F.dropout(att, p=self.dropout_p)

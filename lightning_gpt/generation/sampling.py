@@ -7,7 +7,6 @@ row through each layer's cache or recurrent state; with ``use_cache=False`` ever
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterator, Optional
 
 import torch
@@ -19,30 +18,11 @@ from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 __all__ = ["DecodeState", "sample_steps"]
 
 
-@contextlib.contextmanager
-def _last_position_only(model: nn.Module, T: int) -> Iterator[None]:
-    """Only the last position's logits are used: while the model runs, feed its LM head just that position.
-
-    Saves ``(T - 1) x n_embd x vocab_size`` multiply-adds on a prefill or an uncached step (for GPT-2 small, a
-    16-token prompt's wasted LM-head work equals ~15 decode steps of it). A forward pre-hook, so the model itself is
-    untouched; models without an ``lm_head`` module simply compute every position.
-    """
-    head = getattr(model, "lm_head", None)
-    if T == 1 or not isinstance(head, nn.Module):
-        yield
-        return
-    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][:, -1:], *args[1:]))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 class DecodeState:
     """Token buffer, mask, positions and cache of a batch being decoded.
 
     Args:
-        model: a model following the cache protocol (``setup_cache``, ``model(idx, start_pos=...)``,
+        model: a model following the cache protocol (``setup_cache``, ``model(idx, start_pos=..., logits_to_keep=1)``,
             ``reorder_cache``, ``clear_cache``) and returning logits ``(B, T, V)``.
         input_ids: ``(B, T0)`` left-padded prompts.
         attention_mask: ``(B, T0)`` 1 for real tokens, 0 for padding; ``None`` when there is no padding.
@@ -96,8 +76,10 @@ class DecodeState:
     def _logits(self, idx: Tensor, start: int, end: int) -> Tensor:
         mask = None if self.mask is None else self.mask[:, :end]
         pos = None if self.positions is None else self.positions[:, start:end]
-        with _last_position_only(self.model, idx.size(1)):
-            logits = self.model(idx, attention_mask=mask, position_ids=pos, start_pos=start if self.use_cache else None)
+        # Only the last position's logits are used.
+        logits = self.model(
+            idx, attention_mask=mask, position_ids=pos, start_pos=start if self.use_cache else None, logits_to_keep=1
+        )
         return logits[:, -1].float()  # (B, V)
 
     def prefill(self) -> Tensor:
