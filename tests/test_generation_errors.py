@@ -67,7 +67,7 @@ def test_context_overflow_is_an_error_with_the_numbers(model):
     prompt = torch.arange(10)[None]
     match = (
         r"prompt \(10 tokens\) plus max_new_tokens \(7\) is 17 tokens, longer than the model's context "
-        r"\(block_size=16\)\. .*keep its last 9 tokens.*lower max_new_tokens to 6"
+        r"\(block_size=16\)\. .*its last 9 tokens.*lower max_new_tokens to at most 6"
     )
     with pytest.raises(ValueError, match=match):
         generate(model, prompt, max_new_tokens=7)
@@ -106,3 +106,12 @@ def test_sampling_knobs_without_do_sample_warn(model, caplog):
         greedy = generate(model, PROMPT, max_new_tokens=4, temperature=0.7, top_k=5)
     assert "temperature, top_k only matter when sampling" in caplog.text
     assert torch.equal(greedy, generate(model, PROMPT, max_new_tokens=4))
+
+
+def test_context_error_never_suggests_impossible_fixes():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    with pytest.raises(ValueError) as info:
+        generate(model, torch.zeros(1, 20, dtype=torch.long), max_new_tokens=30)
+    message = str(info.value)
+    assert "block_size=16" in message and "last 0" not in message and "-" not in message.split("To fix:")[1]

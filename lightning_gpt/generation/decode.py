@@ -107,11 +107,17 @@ def _prepare(
     attention_mask = None if attention_mask is None else attention_mask.to(device)
     T0 = input_ids.size(1)
     if T0 + max_new_tokens > block_size:
+        fixes = []
+        if max_new_tokens < block_size:
+            fixes.append(f"shorten the prompt to its last {block_size - max_new_tokens} tokens")
+        if T0 < block_size:
+            fixes.append(f"lower max_new_tokens to at most {block_size - T0}")
+        if not fixes:
+            fixes.append(f"keep the prompt and max_new_tokens together within {block_size} tokens")
         raise ValueError(
             f"The prompt ({T0} tokens{', padded' if attention_mask is not None else ''}) plus max_new_tokens "
             f"({max_new_tokens}) is {T0 + max_new_tokens} tokens, longer than the model's context "
-            f"(block_size={block_size}). Shorten the prompt (keep its last {max(block_size - max_new_tokens, 0)} "
-            f"tokens) or lower max_new_tokens to {block_size - T0}."
+            f"(block_size={block_size}). To fix: " + ", or ".join(fixes) + "."
         )
     eos = normalize_eos(eos_token_id, vocab_size)
     criteria = StopCriteria(eos, stop, tokenizer, vocab_size)

@@ -252,7 +252,7 @@ def test_prompt_too_long(model_and_tokenizer):
     message = str(info.value)
     assert "The prompt (9 tokens) plus max_new_tokens (10) is 19 tokens" in message
     assert "block_size=16" in message
-    assert "keep its last 6 tokens" in message and "lower max_new_tokens to 7" in message
+    assert "shorten the prompt to its last 6 tokens" in message and "lower max_new_tokens to at most 7" in message
 
 
 def test_prompt_too_long_through_predict_leaves_no_partial_results(cli, tmp_path, trained):
