@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -65,7 +64,7 @@ def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[s
                 "%s holds more than tensors and plain data; loading it with full unpickling (trusted files only).", path
             )
             return torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
+    except Exception as err:  # torch's loaders raise many types on damaged bytes (IndexError, KeyError, ...)
         raise ValueError(
             f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {err}. If a save was "
             "interrupted, use the previous checkpoint (saves are atomic, so it is intact)."

@@ -406,9 +406,10 @@ class GPTModule(LightningModule):
                 "This checkpoint has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. Load "
                 "plain weights into a GPT yourself, or convert Hugging Face weights with lightning_gpt.convert."
             )
+        # The tokenizer first: a different tokenizer also changes vocab_size, and its error names the real cause.
+        self._restore_tokenizer(checkpoint.get("tokenizer"))
         saved = resolve_checkpoint_config(checkpoint["gpt_config"], self.config if self._config_given else None)
         self._adopt_config(saved)
-        self._restore_tokenizer(checkpoint.get("tokenizer"))
         self.tokens_seen.fill_(int(checkpoint.get("tokens_seen", 0)))
         if checkpoint.get("step_seed") is not None:
             self._step_seed = int(checkpoint["step_seed"])

@@ -65,6 +65,16 @@ def test_corrupt_or_truncated_file_is_a_clear_error(saved, tmp_path, damage):
         load_checkpoint(bad)
 
 
+def test_random_bytes_are_a_clear_error(tmp_path):
+    # Some random byte strings make torch's legacy loader fail with IndexError/KeyError rather than a load error.
+    gen = torch.Generator().manual_seed(7)
+    for i in range(40):
+        path = tmp_path / f"random{i}.ckpt"
+        path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=gen, dtype=torch.uint8).tolist()))
+        with pytest.raises(ValueError, match="is not a readable checkpoint"):
+            load_checkpoint(path)
+
+
 def test_checkpoint_without_gpt_config(tmp_path):
     path = tmp_path / "plain.ckpt"
     torch.save({"state_dict": GPT(TINY).state_dict()}, path)
