@@ -163,6 +163,7 @@ class GPTLightningCLI(LightningCLI):
 
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.set_defaults({"trainer.logger": False})  # predict writes JSONL; no empty log folders in the cwd
         parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
         parser.add_lightning_class_args(PromptDataModule, "data")
 

@@ -183,10 +183,10 @@ def test_predict_takes_config_and_tokenizer_from_checkpoint(cli, run_yaml, tmp_p
         out,
         "--model.generation.max_new_tokens",
         "5",
-        "--trainer.logger",
-        "false",
         "--trainer.enable_progress_bar",
         "false",
+        "--trainer.default_root_dir",
+        tmp_path / "predict_root",
     )
     assert result.code == 0, result.err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -195,7 +195,7 @@ def test_predict_takes_config_and_tokenizer_from_checkpoint(cli, run_yaml, tmp_p
         assert set(row) >= {"prompt", "completion", "tokens", "finish_reason"}
         assert len(row["tokens"]) == 5  # the explicit command-line value beats the checkpoint's hyperparameter
         assert row["finish_reason"] == "length"
-    assert not (Path.cwd() / "config.yaml").exists() or (Path.cwd() / "config.yaml").stat().st_mtime < time.time() - 60
+    assert not (tmp_path / "predict_root").exists()  # no logger folder, no config.yaml: only the JSONL
 
 
 def test_generate_streams_and_is_seeded(cli, run_yaml, tmp_path, monkeypatch):
