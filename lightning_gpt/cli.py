@@ -119,13 +119,25 @@ class InterruptCheckpoint(Callback):
 class GPTLightningCLI(LightningCLI):
     """``LightningCLI`` for ``GPTModule`` with ``TextDataModule`` (fit/validate/test) or ``PromptDataModule`` (predict).
 
+    A project with its own ``GPTModule`` subclass gets the same command line with ``GPTLightningCLI(MyModule)`` in a
+    script.
+
     Args:
+        model_class: the LightningModule (default ``GPTModule``).
+        datamodule_class: the data module of fit/validate/test (default ``TextDataModule``).
         args: arguments to parse instead of ``sys.argv[1:]`` (a list of strings or a dict).
         run: whether to run the subcommand (``False`` only builds the classes).
         kwargs: forwarded to ``LightningCLI``.
     """
 
-    def __init__(self, args: Any = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_class: Optional[type] = None,
+        datamodule_class: Optional[type] = None,
+        args: Any = None,
+        run: bool = True,
+        **kwargs: Any,
+    ) -> None:
         from lightning_gpt.data import TextDataModule
         from lightning_gpt.module import GPTModule
 
@@ -142,7 +154,7 @@ class GPTLightningCLI(LightningCLI):
                 "--ckpt_path RUN --prompt TEXT` streams a completion (see `lightning-gpt generate --help`)."
             },
         )
-        super().__init__(GPTModule, TextDataModule, args=args, run=run, **kwargs)
+        super().__init__(model_class or GPTModule, datamodule_class or TextDataModule, args=args, run=run, **kwargs)
 
     # -- parser ------------------------------------------------------------------------------------------------------
 

@@ -329,3 +329,18 @@ def test_validate_and_test_from_a_run_directory(cli, run_yaml, tmp_path):
         result = cli(sub, "--config", cfg, "--ckpt_path", tmp_path / "run")  # a run directory: its last.ckpt
         assert result.code == 0, result.err
         assert f"{'val' if sub == 'validate' else 'test'}/loss" in result.out
+
+
+def test_a_subclass_gets_the_same_command_line(run_yaml, monkeypatch):
+    from lightning_gpt.cli import GPTLightningCLI
+    from lightning_gpt.module import GPTModule
+
+    class ZLossModule(GPTModule):
+        def __init__(self, z_weight: float = 1e-4, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.z_weight = z_weight
+
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt"])
+    cli = GPTLightningCLI(ZLossModule, args=["--config", run_yaml(), "--model.z_weight", "0.5"], run=False)
+    assert isinstance(cli.model, ZLossModule) and cli.model.z_weight == 0.5
+    assert cli.model.config.n_layer == 2  # the recipe's GPTModule arguments still apply
