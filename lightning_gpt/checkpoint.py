@@ -53,7 +53,10 @@ def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[s
     if not path.exists():
         raise FileNotFoundError(f"Checkpoint file not found: {path}. Check the path (e.g. --ckpt_path).")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): the file is empty.")
+        raise ValueError(
+            f"{path} is not a readable checkpoint (truncated or corrupt?): the file is empty. Use the previous "
+            "checkpoint of the run (saves are atomic, so it is intact)."
+        )
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=True)

@@ -27,6 +27,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from lightning_gpt.callbacks.nonfinite import NonFiniteError
+
 __all__ = ["GPTLightningCLI", "InterruptCheckpoint", "main"]
 
 log = logging.getLogger(__name__)
@@ -223,14 +225,18 @@ class GPTLightningCLI(LightningCLI):
             for key, value in self.config[subcommand].items()
             if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
         }
+        from lightning_gpt.checkpoint import read_checkpoint
+
+        read_checkpoint(ckpt_path)  # a damaged file fails here with one paragraph, not torch's multi-page message
         try:
             super()._parse_ckpt_path()
         except SystemExit:
             raise
-        except Exception as err:  # noqa: BLE001 - corrupt files surface as many exception types
+        except Exception as err:  # noqa: BLE001 - e.g. hyperparameters that no longer parse
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ValueError(
-                f"--ckpt_path {ckpt_path!r} is not a readable checkpoint (truncated or corrupt?): {err}. Point it at "
-                "a complete .ckpt file, e.g. <run>/checkpoints/last.ckpt."
+                f"--ckpt_path {ckpt_path!r}: its saved model arguments could not be used ({first_line}). Point it at "
+                "a checkpoint written by this version of lightning-gpt, e.g. <run>/checkpoints/last.ckpt."
             ) from None
         for key, value in explicit.items():
             self.config[subcommand][key] = value
@@ -382,6 +388,8 @@ def generate_command(argv: list[str]) -> None:
         argv: the arguments after ``generate`` (see ``lightning-gpt generate --help``).
     """
     opts = _generate_parser().parse_args(argv)
+    if opts.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0 (0 means greedy), got {opts.temperature}.")
     import torch
 
     from lightning_gpt.checkpoint import load_checkpoint
@@ -480,6 +488,12 @@ def main(args: Optional[list[str]] = None) -> None:
             generate_command(argv[1:])
             return
         GPTLightningCLI(args=None if args is None else argv)
+    except NonFiniteError as err:
+        # Not a usage error, but the message says all (the step, what was kept, how to go on): no traceback.
+        if show_traceback:
+            raise
+        sys.stderr.write(f"lightning-gpt: stopped: {err}\n")
+        raise SystemExit(1) from None
     except _USER_ERRORS as err:
         if show_traceback:
             raise

@@ -367,3 +367,8 @@ def test_console_entry_point_prints_one_paragraph_not_a_traceback(tmp_path, corp
     assert f"lightning-gpt: error: source={str(missing)!r}: no such file or directory" in proc.stderr
     assert "LIGHTNING_GPT_TRACEBACK=1" in proc.stderr  # how to get the traceback when it is needed
     _no_checkpoints(tmp_path)
+
+
+def test_generate_rejects_a_negative_temperature(cli, trained):
+    result = cli("generate", "--ckpt_path", trained["ckpt"], "--prompt", "a", "--temperature", "-1")
+    _user_error(result, "--temperature must be >= 0", "-1")
