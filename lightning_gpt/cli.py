@@ -254,14 +254,6 @@ class GPTLightningCLI(LightningCLI):
             root = cfg.get("trainer.default_root_dir") or os.getcwd()
             cfg["checkpoint.dirpath"] = os.path.join(str(root), "checkpoints")
 
-    def after_instantiate_classes(self) -> None:
-        """Lightning refuses to log hyperparameters when the module and the data module share a key with different
-        values (both have a ``seed``); log the module's only in that case rather than fail."""
-        model_hp = getattr(self.model, "hparams", {})
-        data_hp = getattr(self.datamodule, "hparams", {})
-        if any(k in model_hp and model_hp[k] != v for k, v in data_hp.items()):
-            self.datamodule._log_hyperparams = False
-
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Add the atomic checkpoint IO plugin and, when a logger is on, a ``LearningRateMonitor``."""
         from lightning.fabric.plugins import CheckpointIO

@@ -108,9 +108,10 @@ class GPTModule(LightningModule):
         eps: AdamW's epsilon.
         fused: use the fused AdamW kernel. ``None``: on when every parameter is on CUDA.
         generation: decoding settings for ``predict`` (see ``GenerationConfig``).
-        seed: base seed of the per-step random streams (dropout). Each training step reseeds torch's RNG from
-            ``(seed, rank, global_step, batch_idx)``, so a run resumed from a checkpoint draws exactly the dropout masks
-            of the uninterrupted run. ``None``: ``torch.initial_seed()`` at fit start (what ``seed_everything`` set).
+        dropout_seed: base seed of the per-step random streams (dropout). Each training step reseeds torch's RNG
+            from ``(dropout_seed, rank, global_step, batch_idx)``, so a run resumed from a checkpoint draws exactly
+            the dropout masks of the uninterrupted run. ``None``: ``torch.initial_seed()`` at fit start (what
+            ``seed_everything`` set).
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class GPTModule(LightningModule):
         eps: float = 1e-8,
         fused: Optional[bool] = None,
         generation: Optional[GenerationConfig] = None,
-        seed: Optional[int] = None,
+        dropout_seed: Optional[int] = None,
     ) -> None:
         super().__init__()
         if isinstance(config, dict):
@@ -145,7 +146,7 @@ class GPTModule(LightningModule):
         self.eps = eps
         self.fused = fused
         self.generation = generation if generation is not None else GenerationConfig()
-        self.seed = seed
+        self.dropout_seed = dropout_seed
         # Hyperparameters stay plain (dicts, numbers) so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["config", "generation"])
         self.hparams["config"] = config.to_dict() if config is not None else None
@@ -288,7 +289,7 @@ class GPTModule(LightningModule):
 
     def on_train_start(self) -> None:
         if self._step_seed is None:
-            self._step_seed = int(self.seed) if self.seed is not None else torch.initial_seed()
+            self._step_seed = int(self.dropout_seed) if self.dropout_seed is not None else torch.initial_seed()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The RNG state of a step is a pure function of the step, so resuming reproduces dropout exactly.

@@ -197,6 +197,29 @@ def test_bad_batch_and_missing_tokenizer_errors():
         GPTModule(learning_rate=0.0)
 
 
+def test_python_api_with_text_datamodule_and_a_logger(tmp_path):
+    # Module and data module hyperparameters are logged together: no key may clash (Lightning refuses that).
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lightning_gpt.data import TextDataModule
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be or not to be, that is the question.\n" * 40)
+    data = TextDataModule(source=str(corpus), batch_size=4, cache_dir=str(tmp_path / "cache"))
+    module = GPTModule(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    trainer = pl.Trainer(
+        max_steps=2,
+        logger=CSVLogger(tmp_path),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+    )
+    trainer.fit(module, data)
+    assert trainer.global_step == 2
+    assert module.config.vocab_size == data.tokenizer.vocab_size
+
+
 def test_vocab_from_tokenizer_and_hparams_are_plain():
     module = GPTModule(GPTConfig(**TINY))
     assert module.hparams["config"] == GPTConfig(**TINY).to_dict()
