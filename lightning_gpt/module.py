@@ -39,7 +39,8 @@ class GenerationConfig:
     """How ``predict`` (and ``GPTModule.generate_text``) decodes; passed to ``lightning_gpt.generation.generate``.
 
     Args:
-        max_new_tokens: number of tokens to generate per prompt.
+        max_new_tokens: number of tokens to generate per prompt; ``None``: fill the model's context after the
+            longest prompt of the batch.
         do_sample: sample from the distribution (``True``) or decode greedily / with beams (``False``).
         temperature: softmax temperature when sampling (0 means greedy).
         top_k: keep only the k most likely tokens when sampling.
@@ -53,7 +54,7 @@ class GenerationConfig:
         seed: seed of a dedicated ``torch.Generator`` for sampling (reproducible outputs); None uses torch's RNG.
     """
 
-    max_new_tokens: int = 128
+    max_new_tokens: Optional[int] = None
     do_sample: bool = False
     temperature: float = 1.0
     top_k: Optional[int] = None

@@ -43,6 +43,15 @@ def test_generate_text_records_and_batch_equals_single(model, tok):
     assert generate_text(model, tok, PROMPTS, max_new_tokens=12, batch_size=3) == results
 
 
+def test_without_max_new_tokens_generation_fills_the_context(model, tok):
+    prompts = ["the cat", "a much longer prompt"]
+    results = generate_text(model, tok, prompts, eos_token_id=None)
+    longest = max(len(tok.encode(p)) for p in prompts)
+    assert all(len(r["tokens"]) == 64 - longest for r in results)
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        generate_text(model, tok, ["x" * 64])
+
+
 def test_stop_strings_cut_the_completion(model, tok):
     free = generate_text(model, tok, ["to be"], max_new_tokens=20, eos_token_id=None)[0]
     stop = free["completion"][6:8]

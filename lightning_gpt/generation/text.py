@@ -7,7 +7,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_gpt.generation.decode import generate, stream_generate
+from lightning_gpt.generation.decode import _model_config, generate, stream_generate
 
 __all__ = ["encode_prompts", "generate_text", "stream_text"]
 
@@ -102,7 +102,8 @@ def generate_text(
         tokenizer: with ``encode``, ``decode``, ``eos_id``, ``bos_id``, ``pad_id`` (``lightning_gpt.data.Tokenizer``).
         prompts: the texts to continue.
         batch_size: prompts decoded together (left-padded); default all at once.
-        gen_kwargs: keyword arguments of ``generate`` (``max_new_tokens`` is required).
+        gen_kwargs: keyword arguments of ``generate``; without ``max_new_tokens`` (or with ``None``), generation may
+            fill the model's context after the longest prompt of each batch.
 
     Returns:
         ``len(prompts) * num_return_sequences`` dicts with keys ``prompt``, ``completion`` (decoded new text),
@@ -122,7 +123,11 @@ def generate_text(
     for start in range(0, len(prompts), chunk):
         batch = list(prompts[start : start + chunk])
         input_ids, mask = encode_prompts(tokenizer, batch, kwargs.get("pad_token_id"))
-        out = generate(model, input_ids, attention_mask=mask, return_dict=True, **kwargs)
+        batch_kwargs = dict(kwargs)
+        if batch_kwargs.get("max_new_tokens") is None:
+            # Fill the context after the longest prompt (at least 1, so a prompt that fills it gets the clear error).
+            batch_kwargs["max_new_tokens"] = max(1, _model_config(model)[0] - input_ids.size(1))
+        out = generate(model, input_ids, attention_mask=mask, return_dict=True, **batch_kwargs)
         for i, (tokens, reason) in enumerate(zip(out.new_tokens, out.finish_reasons)):
             completion, stopped = _cut_at_stop(tokenizer.decode(tokens), stops)
             results.append(
@@ -158,7 +163,8 @@ def stream_text(model: nn.Module, tokenizer: Any, prompt: str, **gen_kwargs: Any
         model: a ``GPT`` (see ``generate``).
         tokenizer: as for ``generate_text``.
         prompt: the text to continue.
-        gen_kwargs: keyword arguments of ``generate`` (``max_new_tokens`` is required).
+        gen_kwargs: keyword arguments of ``generate``; without ``max_new_tokens`` (or with ``None``), generation may
+            fill the model's context after the longest prompt of each batch.
     """
     if not isinstance(prompt, str):
         raise ValueError(f"stream_text takes one prompt string, got {type(prompt).__name__}; see generate_text.")
