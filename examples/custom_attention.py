@@ -6,31 +6,31 @@ under a name and select it with ``GPTConfig(attention=<name>)`` (or ``attention:
 module defining it is imported).
 
 The example core is ALiBi (Press et al., 2022): softmax attention with no position table needed, where each head
-adds ``-slope_h * (i - j)`` to the score of query ``i`` and key ``j``. It reuses the package's KV-cache helpers, so
-cached decoding gives the same tokens as a full pass.
+adds ``-slope_h * (i - j)`` to the score of query ``i`` and key ``j``. It reuses the standard core's masking and
+KV cache, so cached decoding gives the same tokens as a full pass.
 
 Run: ``python examples/custom_attention.py`` (trains a few steps, then decodes).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gpt import GPTConfig
-from lightning_gpt.attention import AttentionCore, State, register_attention
-from lightning_gpt.attention.base import causal_mask, combine_masks, kv_cache_state, kv_cache_update
+from lightning_gpt.attention import StandardAttention, register_attention
 from lightning_gpt.module import GPTModule
 
 
-class ALiBiAttention(AttentionCore):
-    """Causal softmax attention with ALiBi linear distance biases (one slope per head)."""
+class ALiBiAttention(StandardAttention):
+    """Causal softmax attention with ALiBi linear distance biases (one slope per head).
+
+    Subclasses the ``standard`` core and overrides only ``scores``: masking, softmax, dropout and the KV cache are
+    inherited. A core that is not softmax attention would subclass ``AttentionCore`` and implement ``forward``,
+    ``init_state`` and ``step`` itself (see ``lightning_gpt/attention/linear.py``).
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)
@@ -38,29 +38,11 @@ class ALiBiAttention(AttentionCore):
         slopes = torch.tensor([2 ** (-8.0 * (h + 1) / n) for h in range(n)])
         self.register_buffer("slopes", slopes.view(1, n, 1, 1), persistent=False)  # (1, nh, 1, 1)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, start_pos: int, key_mask: Optional[Tensor]) -> Tensor:
+    def scores(self, q: Tensor, k: Tensor, start_pos: int) -> Tensor:
         T_q, T_k = q.size(2), k.size(2)
         q_pos = torch.arange(start_pos, start_pos + T_q, device=q.device)
         distance = (q_pos[:, None] - torch.arange(T_k, device=q.device)[None, :]).to(q.dtype)  # (Tq, Tk)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, Tq, Tk)
-        att = att - self.slopes.to(q.dtype) * distance
-        allowed = combine_masks(causal_mask(T_q, T_k, start_pos, q.device), key_mask, start_pos)
-        att = F.softmax(att.masked_fill(~allowed, float("-inf")), dim=-1)
-        if self.training and self.dropout_p > 0:
-            att = F.dropout(att, p=self.dropout_p)
-        return att @ v  # (B, nh, Tq, hs)
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-        return self._attend(q, k, v, 0, key_mask)
-
-    def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
-        return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
-
-    def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
-    ) -> Tensor:
-        k_all, v_all = kv_cache_update(state, k, v, start_pos)
-        return self._attend(q, k_all, v_all, start_pos, key_mask)
+        return super().scores(q, k, start_pos) - self.slopes.to(q.dtype) * distance  # (B, nh, Tq, Tk)
 
 
 register_attention("alibi", ALiBiAttention, overwrite=True)

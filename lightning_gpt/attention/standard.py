@@ -22,9 +22,17 @@ from lightning_gpt.attention.base import (
 class StandardAttention(AttentionCore):
     """Scores matrix ``q k^T / sqrt(hs)``, causal mask with -inf, softmax, weighted sum of values."""
 
+    def scores(self, q: Tensor, k: Tensor, start_pos: int) -> Tensor:
+        """Pre-mask attention scores ``(B, nh, Tq, Tk)`` of queries at ``start_pos..`` against keys at ``0..``.
+
+        The one place a variant (e.g. a position bias such as ALiBi) needs to override; masking, softmax, dropout and
+        the KV cache stay shared.
+        """
+        return (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, start_pos: int, key_mask: Optional[Tensor]) -> Tensor:
         T_q, T_k = q.size(2), k.size(2)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
+        att = self.scores(q, k, start_pos)  # (B, nh, Tq, Tk)
         if T_q > 1 or key_mask is not None:
             # (One new token without padding sees every cached key: nothing to mask.)
             allowed = combine_masks(causal_mask(T_q, T_k, start_pos, q.device), key_mask, start_pos)
