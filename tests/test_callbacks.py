@@ -336,3 +336,12 @@ def test_sample_prompts_are_checked_at_fit_start(tmp_path):
     near = SampleGeneration(every_n_steps=1, prompts=["a" * 13], max_new_tokens=50, do_sample=False)
     make_trainer(tmp_path, [near], max_steps=1).fit(GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok))
     assert len(near.last_samples[0]["tokens"]) <= 3
+
+
+def test_sample_generation_zero_turns_samples_off(tmp_path):
+    tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
+    off = SampleGeneration(every_n_steps=0, prompts=["a" * 20])  # too long, but never decoded, so not checked
+    make_trainer(tmp_path, [off], max_steps=3).fit(GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok))
+    assert off.last_samples == []
+    with pytest.raises(ValueError, match="or 0 to turn samples off"):
+        SampleGeneration(every_n_steps=-1)

@@ -24,7 +24,8 @@ class SampleGeneration(Callback):
     torch's RNG state and the model's train mode, so the training run is unchanged by it (same losses with or without).
 
     Args:
-        every_n_steps: decode after every this many optimizer steps.
+        every_n_steps: decode after every this many optimizer steps; ``0`` turns periodic samples off (the callback
+            stays in the run, so ``sample()`` can still be called by hand or from a subclass).
         prompts: the texts to continue (an empty string means "from BOS" when the tokenizer has one).
         max_new_tokens: tokens generated per prompt.
         do_sample: sample (``True``) or decode greedily (``False``).
@@ -45,8 +46,10 @@ class SampleGeneration(Callback):
         top_p: Optional[float] = None,
         seed: int = 1234,
     ) -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"SampleGeneration.every_n_steps must be >= 1, got {every_n_steps!r}.")
+        if every_n_steps < 0:
+            raise ValueError(
+                f"SampleGeneration.every_n_steps must be >= 1, or 0 to turn samples off; got {every_n_steps!r}."
+            )
         if max_new_tokens < 1:
             raise ValueError(f"SampleGeneration.max_new_tokens must be >= 1, got {max_new_tokens!r}.")
         self.every_n_steps = every_n_steps
@@ -61,6 +64,8 @@ class SampleGeneration(Callback):
         self.last_samples: list[dict[str, Any]] = []
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.every_n_steps == 0:
+            return
         # Check the prompts now rather than after hours of training, at the first sampling step.
         tokenizer, model = getattr(pl_module, "tokenizer", None), getattr(pl_module, "model", None)
         if tokenizer is None or model is None:
@@ -78,7 +83,7 @@ class SampleGeneration(Callback):
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every_n_steps != 0 or step == self._last_step:
+        if self.every_n_steps == 0 or step == 0 or step % self.every_n_steps != 0 or step == self._last_step:
             return
         self._last_step = step
         self.sample(trainer, pl_module)
