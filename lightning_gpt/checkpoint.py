@@ -24,7 +24,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
 
-__all__ = ["load_checkpoint", "read_checkpoint", "model_state_dict", "resolve_checkpoint_config", "AtomicCheckpointIO"]
+__all__ = [
+    "find_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint",
+    "model_state_dict",
+    "resolve_checkpoint_config",
+    "AtomicCheckpointIO",
+]
 
 log = logging.getLogger(__name__)
 
@@ -199,3 +206,30 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def find_checkpoint(path: str) -> str:
+    """Resolve a run directory to its newest checkpoint (``last.ckpt`` first), or return a file path unchanged.
+
+    Args:
+        path: a ``.ckpt`` file, a run directory (``runs/quickstart``) or its ``checkpoints`` folder.
+    """
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"Checkpoint {path!r} does not exist. Pass a .ckpt file or a run directory such as runs/quickstart "
+            "(train one with: lightning-gpt fit --config recipes/quickstart.yaml)."
+        )
+    for folder in (os.path.join(path, "checkpoints"), path):
+        if not os.path.isdir(folder):
+            continue
+        ckpts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
+        ckpts = [c for c in ckpts if os.path.isfile(c)]
+        if ckpts:
+            lasts = [c for c in ckpts if os.path.basename(c).startswith("last")]
+            return max(lasts or ckpts, key=os.path.getmtime)
+    raise FileNotFoundError(
+        f"No .ckpt file in {path!r} or {os.path.join(path, 'checkpoints')!r}. Train first (lightning-gpt fit ...) or "
+        "pass the checkpoint file itself."
+    )

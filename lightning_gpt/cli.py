@@ -28,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_gpt.callbacks.nonfinite import NonFiniteError
+from lightning_gpt.checkpoint import find_checkpoint
 
 __all__ = ["GPTLightningCLI", "InterruptCheckpoint", "main"]
 
@@ -303,165 +304,6 @@ def _differs(a: Any, b: Any) -> bool:
         return True
 
 
-def find_checkpoint(path: str) -> str:
-    """Resolve a run directory to its newest checkpoint (``last.ckpt`` first), or return a file path unchanged.
-
-    Args:
-        path: a ``.ckpt`` file, a run directory (``runs/quickstart``) or its ``checkpoints`` folder.
-    """
-    if os.path.isfile(path):
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"Checkpoint {path!r} does not exist. Pass a .ckpt file or a run directory such as runs/quickstart "
-            "(train one with: lightning-gpt fit --config recipes/quickstart.yaml)."
-        )
-    for folder in (os.path.join(path, "checkpoints"), path):
-        if not os.path.isdir(folder):
-            continue
-        ckpts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
-        ckpts = [c for c in ckpts if os.path.isfile(c)]
-        if ckpts:
-            lasts = [c for c in ckpts if os.path.basename(c).startswith("last")]
-            return max(lasts or ckpts, key=os.path.getmtime)
-    raise FileNotFoundError(
-        f"No .ckpt file in {path!r} or {os.path.join(path, 'checkpoints')!r}. Train first (lightning-gpt fit ...) or "
-        "pass the checkpoint file itself."
-    )
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {text!r}")
-
-
-def _generate_parser() -> Any:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="lightning-gpt generate",
-        description="Stream a completion of one prompt from a checkpoint to the terminal. The model config and the "
-        "tokenizer come from the checkpoint. Sampling by default (temperature 0 or --do_sample false: greedy).",
-    )
-    add = parser.add_argument
-    add("--ckpt_path", required=True, help="a .ckpt file, or a run directory (its checkpoints/last.ckpt is used)")
-    add("--prompt", required=True, help="the prompt text; '-' reads it from stdin")
-    add(
-        "--max_new_tokens",
-        type=int,
-        default=200,
-        help="tokens to generate (default 200); beyond the model's "
-        "context, generation continues from the last half of the context",
-    )
-    add("--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default 0.8)")
-    add("--top_k", type=int, default=None, help="keep only the k most likely tokens")
-    add("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set reaching probability p")
-    add("--min_p", type=float, default=None, help="drop tokens below min_p times the top probability")
-    add("--repetition_penalty", type=float, default=1.0, help="penalty > 1 discourages repeated tokens")
-    add("--do_sample", type=_bool, default=None, help="true/false; default: sample unless greedy or beam search")
-    add("--num_beams", type=int, default=1, help="beam search width (output printed at the end, not streamed)")
-    add("--length_penalty", type=float, default=1.0, help="beam search length penalty")
-    add("--num_return_sequences", type=int, default=1, help="sequences to print (<= num_beams with beam search)")
-    add("--stop", action="append", default=None, help="stop string (repeatable)")
-    add("--seed", type=int, default=None, help="seed of the sampling generator (reproducible output)")
-    add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    add("--echo", type=_bool, default=True, help="print the prompt before the completion (default true)")
-    return parser
-
-
-def generate_command(argv: list[str]) -> None:
-    """``lightning-gpt generate``: load a checkpoint and stream one completion to stdout.
-
-    Args:
-        argv: the arguments after ``generate`` (see ``lightning-gpt generate --help``).
-    """
-    opts = _generate_parser().parse_args(argv)
-    if opts.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 means greedy), got {opts.temperature}.")
-    import torch
-
-    from lightning_gpt.checkpoint import load_checkpoint
-
-    prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
-    path = find_checkpoint(opts.ckpt_path)
-    device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_checkpoint(path, map_location="cpu")
-    if tokenizer is None:
-        raise ValueError(
-            f"Checkpoint {path!r} holds no tokenizer, so text cannot be encoded. Use a checkpoint written by "
-            "lightning-gpt fit (it stores the tokenizer), or call lightning_gpt.generation.generate on token ids."
-        )
-    model = model.to(device).eval()
-    do_sample = opts.do_sample
-    if do_sample is None:
-        do_sample = opts.temperature > 0 and opts.num_beams == 1
-    kwargs: dict[str, Any] = dict(
-        temperature=opts.temperature if do_sample else 1.0,
-        top_k=opts.top_k,
-        top_p=opts.top_p,
-        min_p=opts.min_p,
-        repetition_penalty=opts.repetition_penalty,
-        do_sample=do_sample,
-        stop=opts.stop,
-    )
-    if opts.seed is not None:
-        kwargs["generator"] = torch.Generator(device=device).manual_seed(opts.seed)
-    out = sys.stdout
-    if opts.num_beams > 1 or opts.num_return_sequences > 1:
-        from lightning_gpt.generation.text import generate_text
-
-        kwargs.update(
-            max_new_tokens=opts.max_new_tokens,
-            num_beams=opts.num_beams,
-            length_penalty=opts.length_penalty,
-            num_return_sequences=opts.num_return_sequences,
-        )
-        for i, row in enumerate(generate_text(model, tokenizer, [prompt], **kwargs)):
-            if i:
-                out.write("\n---\n")
-            out.write((prompt if opts.echo else "") + row["completion"])
-        out.write("\n")
-        out.flush()
-        return
-    if opts.echo:
-        out.write(prompt)
-        out.flush()
-    for piece in _stream_windowed(model, tokenizer, prompt, opts.max_new_tokens, kwargs):
-        out.write(piece)
-        out.flush()
-    out.write("\n")
-    out.flush()
-
-
-def _stream_windowed(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, kwargs: dict) -> Any:
-    """``stream_text`` beyond the model's context: when the context is full, continue from its last half (as nanoGPT's
-    sampling crops to the last ``block_size`` tokens, but re-using the KV cache within each window)."""
-    from lightning_gpt.generation.text import stream_text
-
-    block = int(model.config.block_size)
-    context, remaining = prompt, int(max_new_tokens)
-    if remaining < 1:
-        raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}.")
-    while remaining > 0:
-        ids = tokenizer.encode(context)
-        if len(ids) >= block:
-            context = tokenizer.decode(ids[-(block // 2) :])
-            ids = tokenizer.encode(context)
-        n = min(remaining, block - len(ids))
-        chunk = ""
-        for piece in stream_text(model, tokenizer, context, max_new_tokens=n, **kwargs):
-            chunk += piece
-            yield piece
-        remaining -= n
-        if len(tokenizer.encode(chunk)) < n:  # EOS or a stop string ended the text
-            return
-        context += chunk
-
-
 def _fail(message: str) -> None:
     sys.stderr.write(f"lightning-gpt: error: {message}\n")
     raise SystemExit(2)
@@ -477,6 +319,8 @@ def main(args: Optional[list[str]] = None) -> None:
     show_traceback = os.environ.get("LIGHTNING_GPT_TRACEBACK", "") not in ("", "0")
     try:
         if argv and argv[0] == "generate":
+            from lightning_gpt.cli_generate import generate_command
+
             generate_command(argv[1:])
             return
         GPTLightningCLI(args=None if args is None else argv)
