@@ -9,6 +9,7 @@
 this package stays free of Lightning.
 """
 
+from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.decode import GenerateOutput, generate, stream_generate
 from lightning_gpt.generation.processors import (
     apply_min_p,
@@ -24,6 +25,7 @@ from lightning_gpt.generation.text import encode_prompts, generate_text, stream_
 
 __all__ = [
     "GenerateOutput",
+    "GenerationConfig",
     "StopCriteria",
     "apply_min_p",
     "apply_repetition_penalty",
