@@ -65,7 +65,9 @@ def plot(val: list[tuple[int, float]], train: list[tuple[int, float]], path: Pat
     fig.savefig(path, dpi=110)
 
 
-def write_report(val, command: str, wall_s: float | None, run_dir: Path, threads: str | None = None) -> str:
+def write_report(
+    val, command: str, wall_s: float | None, run_dir: Path, threads: str | None = None, load: str | None = None
+) -> str:
     final_step, final = val[-1]
     env = f"OMP_NUM_THREADS={threads} " if threads else ""
     reference = RESULTS / "shakespeare_char_reference.txt"
@@ -85,7 +87,8 @@ def write_report(val, command: str, wall_s: float | None, run_dir: Path, threads
         "- wall time of the whole command (start-up, tokenization, training, validations): "
         + (f"{wall_s:.0f} s ({wall_s / 60:.1f} min)" if wall_s is not None else "not measured (--plot-only)"),
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, "
-        f"shared with other jobs while it ran; Python {platform.python_version()}",
+        f"load average before / after the run: {load or 'not recorded (--plot-only)'}; "
+        f"Python {platform.python_version()}",
         f"- run directory: `{run_dir}`; curve: `shakespeare_char.png`",
         "",
         "| step | validation loss |",
@@ -95,6 +98,8 @@ def write_report(val, command: str, wall_s: float | None, run_dir: Path, threads
         "![validation curve](shakespeare_char.png)",
         "",
     ]
+    for extra in sorted(RESULTS.glob("shakespeare_char_reference_lr*.txt")):
+        ref_lines += ["", *extra.read_text().splitlines()]
     if ref_lines:
         lines += [
             "## Reference: nanoGPT's training loop on the same model, same machine",
@@ -109,12 +114,15 @@ def write_report(val, command: str, wall_s: float | None, run_dir: Path, threads
     return "\n".join(lines)
 
 
-def reference_loop(data: Path, steps: int = 2000, eval_every: int = 250, seed: int = 1337) -> list[tuple[int, float]]:
+def reference_loop(
+    data: Path, steps: int = 2000, eval_every: int = 250, seed: int = 1337, peak_lr: float = 1e-3
+) -> list[tuple[int, float]]:
     """nanoGPT's own training loop for this configuration, written out with the same ``GPT`` (no Lightning).
 
     Random-offset batches (``get_batch``), weight decay on every 2-D parameter (embeddings included), AdamW
-    (0.9, 0.99), clip 1.0, warmup 100 + cosine to 1e-4 at ``steps``; validation on the whole held-out 10% (the same
-    windows the CLI run validates on) every ``eval_every`` steps. Returns ``(step, val loss)``.
+    (0.9, 0.99), clip 1.0, warmup 100 + cosine from ``peak_lr`` (nanoGPT: 1e-3) to ``peak_lr / 10`` at ``steps``;
+    validation on the whole held-out 10% (the same windows the CLI run validates on) every ``eval_every`` steps.
+    Returns ``(step, val loss)``.
     """
     import math
 
@@ -136,13 +144,14 @@ def reference_loop(data: Path, steps: int = 2000, eval_every: int = 250, seed: i
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.99))
+    min_lr = peak_lr / 10
 
     def lr_at(it: int) -> float:
         if it < 100:
-            return 1e-3 * (it + 1) / 101
+            return peak_lr * (it + 1) / 101
         ratio = (it - 100) / (steps - 100)
-        return 1e-4 + 0.5 * (1 + math.cos(math.pi * ratio)) * (1e-3 - 1e-4)
+        return min_lr + 0.5 * (1 + math.cos(math.pi * ratio)) * (peak_lr - min_lr)
 
     @torch.no_grad()
     def val_loss() -> float:
@@ -178,6 +187,7 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/shakespeare-char-bench")
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument("--reference", action="store_true", help="run nanoGPT's loop (no Lightning) instead")
+    parser.add_argument("--lr", type=float, default=1e-3, help="with --reference: peak learning rate (nanoGPT: 1e-3)")
     parser.add_argument("--wall", type=float, default=None, help="with --plot-only: the measured wall time (s)")
     parser.add_argument("extra", nargs="*", help="extra CLI arguments (after --)")
     args = parser.parse_args()
@@ -200,26 +210,30 @@ def main() -> None:
     ]
     if args.reference:
         start = time.perf_counter()
-        curve = reference_loop(Path(args.data))
+        curve = reference_loop(Path(args.data), peak_lr=args.lr)
         wall = time.perf_counter() - start
         lines = [f"| {s} | {v:.4f} |" for s, v in curve]
-        report = "\n".join(["| step | val loss (reference loop) |", "|---:|---:|", *lines, f"wall {wall:.0f} s"])
+        header = f"| step | val loss (reference loop, peak lr {args.lr:g}) |"
+        report = "\n".join([header, "|---:|---:|", *lines, f"wall {wall:.0f} s"])
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "shakespeare_char_reference.txt").write_text(report + "\n")
+        name = "shakespeare_char_reference.txt" if args.lr == 1e-3 else f"shakespeare_char_reference_lr{args.lr:g}.txt"
+        (RESULTS / name).write_text(report + "\n")
         print(report)
         return
     command = " ".join(f"'{a}'" if any(c in a for c in ' {"') else a for a in cli)
-    wall = args.wall
+    wall, load = args.wall, None
     if not args.plot_only:
         if not Path(args.data).is_file():
             sys.exit(f"{args.data} not found: pass --data path/to/tinyshakespeare.txt")
         start = time.perf_counter()
+        before = os.getloadavg()[0]
         subprocess.run([sys.executable, "-m", "lightning_gpt", *cli[1:]], cwd=REPO, check=True)
         wall = time.perf_counter() - start
+        load = f"{before:.2f} / {os.getloadavg()[0]:.2f} (1-minute)"
     val, train = read_metrics(REPO / run_dir if not run_dir.is_absolute() else run_dir)
     RESULTS.mkdir(parents=True, exist_ok=True)
     plot(val, train, RESULTS / "shakespeare_char.png")
-    report = write_report(val, command, wall, run_dir, os.environ.get("OMP_NUM_THREADS"))
+    report = write_report(val, command, wall, run_dir, os.environ.get("OMP_NUM_THREADS"), load)
     (RESULTS / "shakespeare_char.md").write_text(report)
     print(report)
 
