@@ -5,7 +5,8 @@
 
 ``AtomicCheckpointIO`` is a Lightning ``CheckpointIO`` plugin: it writes to a temporary file in the target directory,
 fsyncs it and renames it into place, so a process killed mid-save (even by SIGKILL) leaves the previous checkpoint
-readable and never a truncated one under the final name.
+readable and never a truncated one under the final name. It lives in ``lightning_gpt.checkpoint_io`` (and is
+importable from here too), so that reading a checkpoint does not import Lightning.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
@@ -30,7 +29,6 @@ __all__ = [
     "read_checkpoint",
     "model_state_dict",
     "resolve_checkpoint_config",
-    "AtomicCheckpointIO",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,55 +157,6 @@ def load_checkpoint(
     return model, tokenizer
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to ``<path>.tmp-<pid>``, fsync it, then ``os.replace`` it onto ``<path>``.
-
-    The rename is atomic on POSIX and Windows, so the file under the final name is always a complete checkpoint: a
-    crash or SIGKILL mid-save leaves the previous file (and at worst a stray ``.tmp-<pid>`` file, removed on the next
-    successful save of the same path). Remote filesystems (``s3://``...) fall back to the plain write.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
-        if storage_options is not None:
-            raise TypeError(
-                "`Trainer.save_checkpoint(..., storage_options=...)` with `storage_options` arg"
-                f" is not supported for `{self.__class__.__name__}`."
-            )
-        fs = get_filesystem(path)
-        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-            super().save_checkpoint(checkpoint, path)
-            return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{path.name}.tmp-*"):  # left by an earlier crash
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable (POSIX); not possible on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def find_checkpoint(path: str) -> str:
     """Resolve a run directory to its newest checkpoint (``last.ckpt`` first), or return a file path unchanged.
 
@@ -233,3 +182,11 @@ def find_checkpoint(path: str) -> str:
         f"No .ckpt file in {path!r} or {os.path.join(path, 'checkpoints')!r}. Train first (lightning-gpt fit ...) or "
         "pass the checkpoint file itself."
     )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AtomicCheckpointIO":  # imported on first use: it needs Lightning, reading checkpoints does not
+        from lightning_gpt.checkpoint_io import AtomicCheckpointIO
+
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -219,6 +219,18 @@ def test_generate_streams_and_is_seeded(cli, run_yaml, tmp_path, monkeypatch):
     long = cli("generate", "--ckpt_path", run_dir, "--prompt", prompt, "--max_new_tokens", "40", "--seed", "1")
     assert long.code == 0, long.err
     assert long.out.startswith(prompt)
+    # A fresh process decodes without importing Lightning (seconds of start-up saved) and prints the same text.
+    code = (
+        "import sys\n"
+        "from lightning_gpt.cli import main\n"
+        f"main({[str(a) for a in args]!r})\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]\n"
+        "assert not loaded, loaded\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout == first.out
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_gpt.errors import NonFiniteError
+
 __all__ = ["NonFiniteGuard", "NonFiniteError"]
 
 POLICIES = ("stop", "skip")
-
-
-class NonFiniteError(RuntimeError):
-    """Raised by ``NonFiniteGuard`` when training produced NaN/inf (policy ``stop``) or a checkpoint would hold it."""
 
 
 class NonFiniteGuard(Callback):
