@@ -48,9 +48,10 @@ def main(args: Optional[list[str]] = None) -> None:
 
             generate_command(argv[1:])
             return
-        from lightning_gpt.cli_lightning import GPTLightningCLI
+        from lightning_gpt.cli_lightning import DESCRIPTION, GPTLightningCLI
 
-        GPTLightningCLI(args=None if args is None else argv)
+        parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
+        GPTLightningCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
     except NonFiniteError as err:
         # Not a usage error, but the message says all (the step, what was kept, how to go on): no traceback.
         if show_traceback:

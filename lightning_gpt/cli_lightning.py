@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -100,6 +101,19 @@ class InterruptCheckpoint(Callback):
         self._restore()
 
 
+class CompactUsageParser(LightningArgumentParser):
+    """On a parse error, one usage line before the message instead of the synopsis of all ~150 options."""
+
+    def print_usage(self, file: Any = None) -> None:
+        (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")
+
+
+DESCRIPTION = (
+    "Train GPT language models and decode text from them. Also: `lightning-gpt generate --ckpt_path RUN --prompt "
+    "TEXT` streams a completion (see `lightning-gpt generate --help`)."
+)
+
+
 class GPTLightningCLI(LightningCLI):
     """``LightningCLI`` for ``GPTModule`` with ``TextDataModule`` (fit/validate/test) or ``PromptDataModule`` (predict).
 
@@ -131,13 +145,8 @@ class GPTLightningCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)  # GPTModule builds AdamW; the schedule is a callback
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("trainer_defaults", _trainer_defaults())
-        kwargs.setdefault(
-            "parser_kwargs",
-            {
-                "description": "Train GPT language models and decode text from them. Also: `lightning-gpt generate "
-                "--ckpt_path RUN --prompt TEXT` streams a completion (see `lightning-gpt generate --help`)."
-            },
-        )
+        kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
+        kwargs.setdefault("parser_class", CompactUsageParser)
         super().__init__(model_class or GPTModule, datamodule_class or TextDataModule, args=args, run=run, **kwargs)
 
     # -- parser ------------------------------------------------------------------------------------------------------

@@ -256,6 +256,7 @@ def test_user_errors_are_one_message_exit_2(cli, run_yaml, tmp_path, argv, expec
     assert result.code == 2, (result.code, result.err[-2000:])
     assert expected in result.err
     assert "Traceback" not in result.err
+    assert len(result.err.splitlines()) <= 8, result.err  # the message, not a synopsis of every option
 
 
 def test_unknown_yaml_key_is_named(cli, run_yaml, tmp_path):
