@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -18,6 +19,19 @@ from lightning_gpt.checkpoint import find_checkpoint
 __all__ = ["GPTLightningCLI", "InterruptCheckpoint"]
 
 log = logging.getLogger(__name__)
+
+
+class _DropAdvert(logging.Filter):
+    """Lightning prints a product tip (install litlogger) at every fit; the command's output is the run's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+def _quiet_lightning() -> None:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+    # Lightning 2.6's own pytree helper trips a torch deprecation warning on every fit; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class InterruptCheckpoint(Callback):
@@ -62,14 +76,14 @@ class InterruptCheckpoint(Callback):
         if self._final_step_unsaved(trainer):
             # fit is about to stop at max_steps; save here (mid-epoch state Lightning resumes exactly), not at
             # on_train_end (where the epoch already counts as finished).
-            trainer.save_checkpoint(self.checkpoint_path(trainer))
+            trainer.save_checkpoint(self.checkpoint_path(trainer), weights_only=False)
         requested = self._requested
         if trainer.world_size > 1:  # every rank must agree, or the collective save would hang
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if not requested:
             return
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         rank_zero_info(
             f"Interrupted at step {trainer.global_step}: saved {path}. Resume with the same command plus "
             "--ckpt_path last."
@@ -147,6 +161,7 @@ class GPTLightningCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", _trainer_defaults())
         kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
         kwargs.setdefault("parser_class", CompactUsageParser)
+        _quiet_lightning()
         super().__init__(model_class or GPTModule, datamodule_class or TextDataModule, args=args, run=run, **kwargs)
 
     # -- parser ------------------------------------------------------------------------------------------------------
