@@ -6,13 +6,12 @@ import io
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -67,34 +66,6 @@ def run_yaml(tmp_path):
         return str(path)
 
     return make
-
-
-class Result:
-    def __init__(self, code: Optional[int], out: str, err: str) -> None:
-        # Lightning's log handlers may still point at an earlier test's (closed) capture stream; drop those reports.
-        err = re.sub(r"--- Logging error ---.*?\nArguments:[^\n]*\n", "", err, flags=re.S)
-        self.code, self.out, self.err = code, out, err
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """``lightning_gpt.cli.main(argv)`` in this process; returns exit code and captured output."""
-    monkeypatch.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
-    monkeypatch.setattr(sys, "argv", ["lightning-gpt"])
-
-    def run(*argv: Any) -> Result:
-        from lightning_gpt.cli import main
-
-        capsys.readouterr()
-        code: Optional[int] = 0
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:

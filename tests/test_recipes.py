@@ -25,31 +25,11 @@ def test_there_is_a_recipe_per_attention_kind_and_the_named_ones():
         assert cfg["model"]["config"]["attention"] == kind
 
 
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    monkeypatch.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
-    monkeypatch.setattr(sys, "argv", ["lightning-gpt"])
-
-    def run(*argv):
-        from lightning_gpt.cli import main
-
-        capsys.readouterr()
-        code = 0
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_parses(cli, recipe):
-    code, out, err = cli("fit", "--config", recipe, "--print_config")
-    assert code == 0, err[-2000:]
-    cfg = yaml.safe_load(out)
+    result = cli("fit", "--config", recipe, "--print_config")
+    assert result.code == 0, result.err[-2000:]
+    cfg = yaml.safe_load(result.out)
     assert cfg["model"]["config"]["block_size"] >= 64
     assert "block_size" not in (cfg.get("data") or {}) or cfg["data"]["block_size"] is None  # declared once
     raw = yaml.safe_load(recipe.read_text())
@@ -84,8 +64,8 @@ def _shrunk(recipe: Path, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_trains_two_steps_when_shrunk(cli, recipe, tmp_path):
     torch.manual_seed(0)
-    code, out, err = cli(*_shrunk(recipe, tmp_path))
-    assert code == 0, err[-3000:]
+    result = cli(*_shrunk(recipe, tmp_path))
+    assert result.code == 0, result.err[-3000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2
     raw = yaml.safe_load(recipe.read_text())["model"]["config"]

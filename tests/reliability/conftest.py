@@ -6,7 +6,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -54,37 +54,6 @@ def tiny_config(root: Path, source: Path, cache_dir: Path, **overrides: Any) -> 
 def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
-
-
-class CLIResult:
-    """Exit code and captured output of one ``lightning-gpt`` call."""
-
-    def __init__(self, code: Optional[int], out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self) -> str:
-        return f"CLIResult(code={self.code!r}, err=...{self.err[-800:]!r})"
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch) -> Callable[..., CLIResult]:
-    """Run ``lightning_gpt.cli.main(argv)`` in this process (no interpreter start-up cost); return code and output."""
-    monkeypatch.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
-    monkeypatch.setattr(sys, "argv", ["lightning-gpt"])  # LightningCLI warns when args and sys.argv both look given
-
-    def run(*argv: str) -> CLIResult:
-        from lightning_gpt.cli import main
-
-        capsys.readouterr()
-        code: Optional[int] = 0
-        try:
-            main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return CLIResult(code, captured.out, captured.err)
-
-    return run
 
 
 def last_error_line(err: str) -> str:
