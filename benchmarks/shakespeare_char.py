@@ -114,6 +114,26 @@ def write_report(
     return "\n".join(lines)
 
 
+def fit_command(data: str | Path, run_dir: str | Path, *extra: str) -> list[str]:
+    """``lightning-gpt fit`` of the recipe on ``data``, logging to CSV under ``run_dir``, without a progress bar."""
+    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s", "name": "csv"}}'
+    return [
+        "lightning-gpt",
+        "fit",
+        "--config",
+        "recipes/shakespeare-char.yaml",
+        "--data.source",
+        str(data),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.logger",
+        logger % run_dir,
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
+
+
 def reference_loop(
     data: Path, steps: int = 2000, eval_every: int = 250, seed: int = 1337, peak_lr: float = 1e-3
 ) -> list[tuple[int, float]]:
@@ -192,22 +212,7 @@ def main() -> None:
     parser.add_argument("extra", nargs="*", help="extra CLI arguments (after --)")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
-    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s", "name": "csv"}}'
-    cli = [
-        "lightning-gpt",
-        "fit",
-        "--config",
-        "recipes/shakespeare-char.yaml",
-        "--data.source",
-        args.data,
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.logger",
-        logger % run_dir,
-        "--trainer.enable_progress_bar",
-        "false",
-        *args.extra,
-    ]
+    cli = fit_command(args.data, run_dir, *args.extra)
     if args.reference:
         start = time.perf_counter()
         curve = reference_loop(Path(args.data), peak_lr=args.lr)

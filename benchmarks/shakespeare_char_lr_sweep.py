@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shakespeare_char import read_metrics  # benchmarks/ is on sys.path when this script runs
+from shakespeare_char import fit_command, read_metrics  # benchmarks/ is on sys.path when this script runs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -30,32 +30,9 @@ RESULTS = REPO / "benchmarks" / "results"
 
 def run_one(lr: float, source: Path, out: Path, extra: list[str]) -> tuple[float, list[tuple[int, float]], float]:
     run_dir = out / f"lr{lr:g}"
-    logger = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "%s", "name": "csv"}}'
-    cmd = [
-        sys.executable,
-        "-m",
-        "lightning_gpt",
-        "fit",
-        "--config",
-        "recipes/shakespeare-char.yaml",
-        "--data.source",
-        str(source),
-        "--model.learning_rate",
-        f"{lr:g}",
-        "--lr_schedule.min_lr",
-        f"{lr / 10:g}",
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.logger",
-        logger % run_dir,
-        "--trainer.enable_progress_bar",
-        "false",
-        "--sampling.every_n_steps",
-        "0",
-        "--checkpoint.every_n_train_steps",
-        "100000",
-        *extra,
-    ]
+    cli = fit_command(source, run_dir, "--model.learning_rate", f"{lr:g}", "--lr_schedule.min_lr", f"{lr / 10:g}")
+    cli += ["--sampling.every_n_steps", "0", "--checkpoint.every_n_train_steps", "100000", *extra]
+    cmd = [sys.executable, "-m", "lightning_gpt", *cli[1:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     with open(out / f"lr{lr:g}.log", "w") as log:
