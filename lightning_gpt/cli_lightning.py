@@ -28,8 +28,13 @@ class _DropAdvert(logging.Filter):
         return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
 
 
+_DROP_ADVERT = _DropAdvert()
+
+
 def _quiet_lightning() -> None:
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+    # Same filter object each time: addFilter (like filterwarnings) ignores a repeat, so many CLIs in one process
+    # do not stack filters.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERT)
     # Lightning 2.6's own pytree helper trips a torch deprecation warning on every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
