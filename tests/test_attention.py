@@ -212,21 +212,24 @@ def left_pad_mask(B, T, pads=(3, 0)):
 def dense_reference(q, k, v, allowed, key_mask=None):
     """Softmax attention over an explicit ``(T, T)`` pattern (brute force, for the tests only)."""
     T = q.size(2)
-    allowed = allowed[None, None]
+    allowed = allowed[None, None] if allowed.dim() == 2 else allowed[:, None]  # (1 or B, 1, T, T)
     if key_mask is not None:
         allowed = (allowed & key_mask[:, None, None, :]) | torch.eye(T, dtype=torch.bool)
     att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
     return att.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
 
 
-def sparse_pattern_mask(T, pattern, window, stride=None, n_global=0):
+def sparse_pattern_mask(T, pattern, window, stride=None, n_global=0, offset=0):
+    """The pattern over buffer positions, for a row whose first real token sits at ``offset`` (its left padding):
+    summary and global positions count from that token."""
     i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
     causal = j <= i
     allowed = causal & (j > i - window)
+    rel = j - offset
     if pattern == "strided":
-        allowed |= causal & (j % stride == stride - 1)
+        allowed |= causal & (rel >= 0) & (rel % stride == stride - 1)
     if pattern == "longformer":
-        allowed |= causal & (j < n_global)
+        allowed |= causal & (rel >= 0) & (rel < n_global)
     return allowed
 
 
@@ -296,8 +299,12 @@ def test_sparse_equals_bruteforce_mask(pattern, window, stride, n_global, masked
         attention_stride=stride,
         n_global_tokens=n_global,
     )
-    key_mask = left_pad_mask(2, T, pads=(4, 1)) if masked else None
-    allowed = sparse_pattern_mask(T, pattern, window, cfg.stride, n_global)
+    pads = (4, 1)
+    key_mask = left_pad_mask(2, T, pads=pads) if masked else None
+    if masked:  # the pattern counts positions from each row's first real token
+        allowed = torch.stack([sparse_pattern_mask(T, pattern, window, cfg.stride, n_global, p) for p in pads])
+    else:
+        allowed = sparse_pattern_mask(T, pattern, window, cfg.stride, n_global)
     expected = dense_reference(q, k, v, allowed, key_mask)
     torch.testing.assert_close(SparseAttention(cfg)(q, k, v, key_mask=key_mask), expected, atol=ATOL, rtol=0)
 

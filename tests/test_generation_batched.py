@@ -8,6 +8,7 @@ import torch
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.attention import available_attention
+from lightning_gpt.config import SPARSE_PATTERNS
 from lightning_gpt.generation import generate, stream_generate
 
 VOCAB = 64
@@ -38,9 +39,26 @@ def padded_batch(seed: int = 1):
     return prompts, ids, mask
 
 
-@pytest.mark.parametrize("attention", available_attention())
-def test_cached_equals_uncached_and_rows_equal_solo(attention):
-    model = tiny(attention)
+def _variants() -> list:
+    """Every registered attention kind; ``sparse`` once per pattern (strided with stride 3, longformer with 2 global
+    tokens, so the pattern's own positions matter inside 29 tokens). A kind registered later is covered the day it
+    is added."""
+    out = []
+    for kind in available_attention():
+        if kind == "sparse":
+            for pattern in SPARSE_PATTERNS:
+                extra = dict(sparse_pattern=pattern, attention_stride=3, n_global_tokens=2)
+                out.append(pytest.param(kind, extra, id=f"sparse-{pattern}"))
+        else:
+            out.append(pytest.param(kind, {}, id=kind))
+    return out
+
+
+@pytest.mark.parametrize(("attention", "extra"), _variants())
+def test_cached_equals_uncached_and_rows_equal_solo(attention, extra):
+    # Positions (learned table and the sparse patterns' summary/global positions) count from each row's first real
+    # token, so a left-padded row decodes exactly like its prompt alone, cached and uncached.
+    model = tiny(attention, **extra)
     prompts, ids, mask = padded_batch()
     T = ids.size(1)
     cached = generate(model, ids, attention_mask=mask, max_new_tokens=20)
@@ -49,6 +67,8 @@ def test_cached_equals_uncached_and_rows_equal_solo(attention):
     assert torch.equal(cached, uncached)
     for i, p in enumerate(prompts):
         solo = generate(model, p[None], max_new_tokens=20)
+        solo_uncached = generate(model, p[None], max_new_tokens=20, use_cache=False)
+        assert torch.equal(solo, solo_uncached)
         assert torch.equal(cached[i, T:], solo[0, len(p) :]), f"row {i} differs from its prompt decoded alone"
 
 
@@ -64,9 +84,9 @@ def test_seeded_sampling_cached_equals_uncached(attention):
     assert not torch.equal(a, c)  # a different seed gives different samples
 
 
-@pytest.mark.parametrize("attention", available_attention())
-def test_beam_search_cached_equals_uncached(attention):
-    model = tiny(attention)
+@pytest.mark.parametrize(("attention", "extra"), _variants())
+def test_beam_search_cached_equals_uncached(attention, extra):
+    model = tiny(attention, **extra)
     prompts, ids, mask = padded_batch()
     kwargs = dict(attention_mask=mask, max_new_tokens=10, num_beams=3, num_return_sequences=2, return_dict=True)
     a = generate(model, ids, **kwargs)

@@ -11,7 +11,9 @@ Every core supports the same two calls:
 
 ``key_mask`` is a ``(B, T_keys)`` bool tensor, True for real tokens and False for (left) padding; for ``step`` it
 covers every position seen so far, ``0 .. start_pos + T_new - 1``. A padded query position still attends to itself,
-so its (ignored) output stays finite.
+so its (ignored) output stays finite. ``start_pos`` and the key indices are positions in the padded buffer; a core
+whose pattern depends on absolute positions (not only on query - key distances) must count them from each row's
+first real token, ``pad_offsets(key_mask)``, so a left-padded row decodes exactly like its prompt alone.
 
 The decoding state is a ``dict`` of tensors whose first dimension is the batch, so beam search can reorder any
 core's state with one ``index_select``.
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from lightning_gpt.config import GPTConfig
 
-__all__ = ["AttentionCore", "register_attention", "get_attention", "available_attention", "State"]
+__all__ = ["AttentionCore", "register_attention", "get_attention", "available_attention", "pad_offsets", "State"]
 
 State = dict[str, Tensor]
 
@@ -92,6 +94,19 @@ def available_attention() -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers shared by the cores that keep a key/value cache.
+
+
+def pad_offsets(key_mask: Optional[Tensor]) -> Optional[Tensor]:
+    """``(B,)`` buffer index of each row's first real token (its count of left padding); ``None`` without a mask.
+
+    A row's position ``p`` (counted from its first real token) sits at buffer index ``p + pad_offsets(key_mask)[b]``.
+
+    Args:
+        key_mask: ``(B, T_keys)`` bool, False for left padding; ``None`` when there is no padding.
+    """
+    if key_mask is None:
+        return None
+    return (~key_mask.bool()).sum(dim=-1)  # left padding: every False entry precedes the first real token
 
 
 def causal_mask(q_len: int, k_len: int, start_pos: int, device: torch.device) -> Tensor:

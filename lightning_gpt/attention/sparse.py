@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import AttentionCore, State, kv_cache_state, kv_cache_update
+from lightning_gpt.attention.base import AttentionCore, State, kv_cache_state, kv_cache_update, pad_offsets
 
 if TYPE_CHECKING:
     from lightning_gpt.config import GPTConfig
@@ -61,7 +61,8 @@ def sparse_attention(
         key_mask: ``(B, start_pos + T)`` bool, False for padded positions; None for no padding.
         extra_k, extra_v: keys/values ``(B, nh, M, hs)`` that every query may see when they are causal and outside
             its window (the summary or global positions).
-        extra_pos: positions ``(M,)`` of the extra keys.
+        extra_pos: buffer positions of the extra keys, ``(M,)`` (same for every row) or ``(B, M)`` (per row, e.g.
+            shifted by each row's left padding); entries past a row's last key are never causal, so they are unused.
         dropout_p: dropout on the attention weights.
 
     Returns:
@@ -116,11 +117,11 @@ def sparse_attention(
     if M:
         extra_scores = (qb @ extra_k.transpose(-2, -1)[:, :, None]) * scale  # (B, nh, N, Lq, M)
         # Causal and outside the window (keys inside it are already in the local set).
-        extra_allowed = extra_pos[None, None, :] <= q_pos[:, :, None] - window  # (N, Lq, M)
+        row_pos = extra_pos if extra_pos.dim() == 2 else extra_pos[None]  # (B or 1, M)
+        extra_allowed = row_pos[:, None, None, :] <= q_pos[None, :, :, None] - window  # (B or 1, N, Lq, M)
         if key_mask is not None:
-            extra_allowed = extra_allowed[None] & key_mask[:, extra_pos].bool()[:, None, None, :]  # (B, N, Lq, M)
-        else:
-            extra_allowed = extra_allowed[None]
+            idx = row_pos.clamp(max=key_mask.size(1) - 1).expand(B, -1)  # (B, M)
+            extra_allowed = extra_allowed & key_mask.bool().gather(1, idx)[:, None, None, :]  # (B, N, Lq, M)
         scores = torch.cat([scores, extra_scores], dim=-1)  # (B, nh, N, Lq, K + M)
         allowed = torch.cat([allowed.expand(extra_allowed.size(0), -1, -1, -1), extra_allowed], dim=-1)
     att = scores.masked_fill(~allowed[:, None], float("-inf"))
@@ -174,15 +175,26 @@ class SparseAttention(AttentionCore):
         self.stride = config.stride
         self.n_global = config.n_global_tokens
 
-    def _extra(self, k: Tensor, v: Tensor, last_pos: int) -> tuple[Optional[Tensor], Optional[Tensor], Tensor]:
-        pos = extra_positions(self.pattern, self.window, self.stride, self.n_global, last_pos, k.device)
+    def _extra(
+        self, k: Tensor, v: Tensor, last_pos: int, key_mask: Optional[Tensor]
+    ) -> tuple[Optional[Tensor], Optional[Tensor], Tensor]:
+        # The pattern's positions count from each row's first real token: shift them by the row's left padding.
+        pos = extra_positions(self.pattern, self.window, self.stride, self.n_global, last_pos, k.device)  # (M,)
+        offsets = pad_offsets(key_mask)
         if pos.numel() == 0:
             return None, None, pos
-        return k[:, :, pos], v[:, :, pos], pos  # (B, nh, M, hs)
+        if offsets is None:
+            return k[:, :, pos], v[:, :, pos], pos  # (B, nh, M, hs)
+        B, nh, T_k, hs = k.shape
+        row_pos = pos[None, :] + offsets[:, None]  # (B, M) buffer positions
+        idx = row_pos.clamp(max=T_k - 1)[:, None, :, None]  # (B, 1, M, 1); clamped ones are never causal
+        extra_k = k.gather(2, idx.expand(B, nh, -1, hs))  # (B, nh, M, hs)
+        extra_v = v.gather(2, idx.expand(B, nh, -1, v.size(-1)))  # (B, nh, M, hs)
+        return extra_k, extra_v, row_pos
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
         T = q.size(2)
-        extra_k, extra_v, pos = self._extra(k, v, T - 1)
+        extra_k, extra_v, pos = self._extra(k, v, T - 1, key_mask)
         p = self.dropout_p if self.training else 0.0
         return sparse_attention(
             q, k, v, self.window, key_mask=key_mask, extra_k=extra_k, extra_v=extra_v, extra_pos=pos, dropout_p=p
@@ -202,7 +214,7 @@ class SparseAttention(AttentionCore):
         if self.pattern == "local":
             return self._step_rolling(q, k, v, state, start_pos, key_mask)
         k_all, v_all = kv_cache_update(state, k, v, start_pos)  # (B, nh, start_pos + T_new, hs)
-        extra_k, extra_v, pos = self._extra(k_all, v_all, start_pos + T_new - 1)
+        extra_k, extra_v, pos = self._extra(k_all, v_all, start_pos + T_new - 1, key_mask)
         return sparse_attention(
             q,
             k,
