@@ -5,9 +5,12 @@ The attention core is chosen by name from ``lightning_gpt.attention``'s registry
 
 Decoding protocol (used by ``lightning_gpt.generation``):
 
-* ``model.setup_cache(batch_size, max_seq_len)`` allocates each layer's decoding state (KV cache or recurrent state);
-* ``model(idx, start_pos=p)`` runs tokens at positions ``p..p+T-1`` through the caches;
-* ``model.reorder_cache(index)`` selects/reorders batch rows (beam search); ``model.clear_cache()`` frees the state.
+* ``cache = model.new_cache(batch_size, max_seq_len)`` allocates one decoding state per layer (KV cache or recurrent
+  state) and returns it without binding it: each generation owns its own, so two streams on one model never share;
+* ``previous = model.swap_cache(cache)`` binds it to the layers (returning the binding it replaces), around each call
+  of ``model(idx, start_pos=p)``, which runs tokens at positions ``p..p+T-1`` through the bound caches;
+* ``model.setup_cache(batch_size, max_seq_len)`` = bind a new cache; ``model.reorder_cache(index)`` selects/reorders
+  the bound cache's rows (beam search); ``model.clear_cache()`` unbinds it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from torch import Tensor, nn
 from lightning_gpt.attention import State, get_attention
 from lightning_gpt.config import GPTConfig
 
-__all__ = ["GPT", "Block", "MLP", "CausalSelfAttention"]
+__all__ = ["GPT", "Block", "MLP", "CausalSelfAttention", "Cache"]
+
+Cache = list[Optional[State]]  # one decoding state per layer
 
 
 class CausalSelfAttention(nn.Module):
@@ -206,20 +211,26 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ decoding state (the cache protocol)
 
-    def setup_cache(
+    def new_cache(
         self,
         batch_size: int,
         max_seq_len: Optional[int] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        """Allocate every layer's decoding state.
+    ) -> Cache:
+        """Allocate a fresh decoding state for every layer, not bound to the model (see ``swap_cache``).
 
         Args:
             batch_size: rows decoded together (beams included).
             max_seq_len: longest sequence (prompt + new tokens); default ``block_size``.
             device: default the model's device.
             dtype: default the model's parameter dtype.
+
+        Returns:
+            One state per layer (a dict of ``(batch_size, ...)`` tensors each).
+
+        Raises:
+            ValueError: ``max_seq_len`` exceeds ``block_size``.
         """
         max_seq_len = self.config.block_size if max_seq_len is None else max_seq_len
         if max_seq_len > self.config.block_size:
@@ -227,13 +238,35 @@ class GPT(nn.Module):
         param = self.lm_head.weight
         device = param.device if device is None else device
         dtype = param.dtype if dtype is None else dtype
-        for block in self.transformer.h:
-            block.attn.state = block.attn.core.init_state(batch_size, max_seq_len, device, dtype)
+        return [block.attn.core.init_state(batch_size, max_seq_len, device, dtype) for block in self.transformer.h]
+
+    def swap_cache(self, cache: Optional[Cache]) -> Cache:
+        """Bind ``cache`` (from ``new_cache``; ``None`` unbinds) to the layers; return the binding it replaces.
+
+        A generation binds its own cache around each forward call and restores the previous binding after it, so
+        generations interleaved on one model (two open streams) never read or free each other's state.
+        """
+        blocks = self.transformer.h
+        if cache is not None and len(cache) != len(blocks):
+            raise ValueError(f"The cache holds {len(cache)} layer states, the model has {len(blocks)} layers.")
+        previous = [block.attn.state for block in blocks]
+        for i, block in enumerate(blocks):
+            block.attn.state = None if cache is None else cache[i]
+        return previous
+
+    def setup_cache(
+        self,
+        batch_size: int,
+        max_seq_len: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        """Allocate every layer's decoding state and bind it (``swap_cache(new_cache(...))``); see ``new_cache``."""
+        self.swap_cache(self.new_cache(batch_size, max_seq_len, device, dtype))
 
     def clear_cache(self) -> None:
-        """Drop every layer's decoding state."""
-        for block in self.transformer.h:
-            block.attn.state = None
+        """Drop every layer's bound decoding state."""
+        self.swap_cache(None)
 
     def reorder_cache(self, index: Tensor) -> None:
         """Keep/reorder batch rows of every layer's state: row ``i`` becomes old row ``index[i]``."""

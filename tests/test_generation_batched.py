@@ -223,3 +223,29 @@ def test_beam_search_stops_on_stop_sequences_and_eos():
     out = generate(model, prompt, max_new_tokens=10, num_beams=3, length_penalty=0.0, eos_token_id=best[2],
                    return_dict=True)  # fmt: skip
     assert out.finish_reasons == ["eos"] and out.new_tokens[0][-1] == best[2] and len(out.new_tokens[0]) <= 3
+
+
+@pytest.mark.parametrize("attention", available_attention())
+def test_interleaved_streams_on_one_model_equal_their_solo_runs(attention):
+    # Each generation owns its decoding state: opening stream B must not replace A's cache, and A finishing must not
+    # free B's.
+    model = tiny(attention)
+    a_prompt, b_prompt = torch.tensor([[3, 1, 4, 1, 5]]), torch.tensor([[2, 7, 1]])
+    a_solo = generate(model, a_prompt, max_new_tokens=12)[0, 5:].tolist()
+    b_solo = generate(model, b_prompt, max_new_tokens=15)[0, 3:].tolist()
+    a = stream_generate(model, a_prompt, max_new_tokens=12)
+    a_got = [int(next(a)) for _ in range(3)]
+    b = stream_generate(model, b_prompt, max_new_tokens=15)
+    b_got = []
+    for _ in range(9):
+        a_got.append(int(next(a)))
+        b_got.append(int(next(b)))
+    assert list(a) == []  # A is done (its state freed); B goes on
+    b_got += [int(t) for t in b]
+    assert a_got == a_solo and b_got == b_solo
+    # A generate() call in the middle of a stream does not disturb it either.
+    c = stream_generate(model, a_prompt, max_new_tokens=12)
+    c_got = [int(next(c)) for _ in range(4)]
+    generate(model, b_prompt, max_new_tokens=5)
+    c_got += [int(t) for t in c]
+    assert c_got == a_solo

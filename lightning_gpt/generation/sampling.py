@@ -1,6 +1,8 @@
 """The decoding state (prefill, decode one token) and the greedy/sampling loop, gpt-fast style.
 
-``DecodeState`` owns the growing token buffer (preallocated), the padding mask, the positions and the model's cache.
+``DecodeState`` owns the growing token buffer (preallocated), the padding mask, the positions and its own cache (one
+state per layer from ``model.new_cache``, bound to the model only during each forward call), so generations
+interleaved on one model (two open streams, or a ``generate`` call between two steps of a stream) never share state.
 With ``use_cache=True`` the prompt is prefilled in one call at ``start_pos=0`` and every later step feeds one token per
 row through each layer's cache or recurrent state; with ``use_cache=False`` every step reruns the whole sequence.
 """
@@ -22,8 +24,8 @@ class DecodeState:
     """Token buffer, mask, positions and cache of a batch being decoded.
 
     Args:
-        model: a model following the cache protocol (``setup_cache``, ``model(idx, start_pos=..., logits_to_keep=1)``,
-            ``reorder_cache``, ``clear_cache``) and returning logits ``(B, T, V)``.
+        model: a model following the cache protocol (``new_cache``, ``swap_cache``,
+            ``model(idx, start_pos=..., logits_to_keep=1)``) and returning logits ``(B, T, V)``.
         input_ids: ``(B, T0)`` left-padded prompts.
         attention_mask: ``(B, T0)`` 1 for real tokens, 0 for padding; ``None`` when there is no padding.
         max_new_tokens: room to reserve after the prompt.
@@ -61,8 +63,7 @@ class DecodeState:
             self.positions[:, :T0] = prompt_pos
             self.positions[:, T0:] = prompt_pos[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
-        if use_cache:
-            model.setup_cache(B, self.max_len, device=device)
+        self.cache = model.new_cache(B, self.max_len, device=device) if use_cache else None
 
     @property
     def new_tokens(self) -> Tensor:
@@ -76,10 +77,22 @@ class DecodeState:
     def _logits(self, idx: Tensor, start: int, end: int) -> Tensor:
         mask = None if self.mask is None else self.mask[:, :end]
         pos = None if self.positions is None else self.positions[:, start:end]
-        # Only the last position's logits are used.
-        logits = self.model(
-            idx, attention_mask=mask, position_ids=pos, start_pos=start if self.use_cache else None, logits_to_keep=1
-        )
+        if self.use_cache and self.cache is None:
+            raise RuntimeError("This DecodeState was closed; start a new generation.")
+        # Bind this generation's cache for the one call, then restore whatever was bound (another stream's, or none).
+        previous = self.model.swap_cache(self.cache) if self.use_cache else None
+        try:
+            # Only the last position's logits are used.
+            logits = self.model(
+                idx,
+                attention_mask=mask,
+                position_ids=pos,
+                start_pos=start if self.use_cache else None,
+                logits_to_keep=1,
+            )
+        finally:
+            if self.use_cache:
+                self.model.swap_cache(previous)
         return logits[:, -1].float()  # (B, V)
 
     def prefill(self) -> Tensor:
@@ -107,13 +120,14 @@ class DecodeState:
             self.mask = self.mask.index_select(0, index)
             self.positions = self.positions.index_select(0, index)
             self.prompt_valid = self.prompt_valid.index_select(0, index)
-        if self.use_cache:
-            self.model.reorder_cache(index)
+        if self.cache is not None:
+            self.cache = [
+                None if st is None else {n: t.index_select(0, index) for n, t in st.items()} for st in self.cache
+            ]
 
     def close(self) -> None:
-        """Free the model's decoding state."""
-        if self.use_cache:
-            self.model.clear_cache()
+        """Free this generation's decoding state (nothing else's)."""
+        self.cache = None
 
 
 def sample_steps(
