@@ -175,3 +175,56 @@ def test_jsonl_prediction_writer_leaves_no_partial_file(tmp_path, model, tok):
                                  batch_size=2), return_predictions=False)  # fmt: skip
     assert out.read_text(encoding="utf-8") == "old results\n"  # untouched
     assert not (tmp_path / "preds.jsonl.tmp").exists()
+
+
+class Scripted(GPT):
+    """A GPT whose next token is always the next id of ``script`` (for exact stop/length checks)."""
+
+    def __init__(self, vocab_size: int, script: list[int], prompt_len: int) -> None:
+        super().__init__(GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=8))
+        self.script, self.prompt_len = script, prompt_len
+
+    def forward(self, idx, targets=None, *, start_pos=None, logits_to_keep=0, **kwargs):
+        B, T = idx.shape
+        nxt = (start_pos or 0) + T - self.prompt_len  # index in the script of the token to predict
+        logits = torch.zeros(B, 1, self.config.vocab_size)
+        logits[:, :, self.script[min(nxt, len(self.script) - 1)]] = 50.0
+        return logits
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from lightning_gpt.data.tokenizers import HFTokenizer
+
+    return HFTokenizer.train(["hello world ab cd the quick brown fox jumps over more text "] * 20, "bpe", 300)
+
+
+EMOJI = "\U0001f600"  # 4 UTF-8 bytes: 4 byte-level tokens for a tokenizer trained on ASCII
+
+
+def test_stop_string_spanning_several_byte_tokens_ends_generation_at_once(bpe):
+    from lightning_gpt.generation import generate
+
+    text = "ab " + EMOJI + " more text and more text"
+    script = bpe.encode(text)
+    prompt = bpe.encode("hello")
+    k = len(bpe.encode("ab " + EMOJI))  # the step that completes the stop string
+    assert k - len(bpe.encode("ab ")) == 4
+    model = Scripted(bpe.vocab_size, script, len(prompt))
+    out = generate(model, torch.tensor([prompt]), max_new_tokens=20, stop=[EMOJI], tokenizer=bpe, return_dict=True)
+    assert out.finish_reasons == ["stop"] and out.new_tokens[0] == script[:k]
+    beams = generate(model, torch.tensor([prompt]), max_new_tokens=20, num_beams=2, stop=[EMOJI], tokenizer=bpe,
+                     return_dict=True)  # fmt: skip
+    assert beams.finish_reasons == ["stop"] and beams.new_tokens[0] == script[:k]
+    for stops in ([EMOJI], [EMOJI + " mo"], ["zzz", "b " + EMOJI]):
+        r = generate_text(model, bpe, ["hello"], max_new_tokens=20, stop=stops, eos_token_id=None)[0]
+        assert r["finish_reason"] == "stop"
+        # The step that completes the stop string, counted on the script's own tokens (never by re-encoding text).
+        n = next(i for i in range(1, len(script) + 1) if any(s in bpe.decode(script[:i]) for s in stops))
+        assert r["tokens"] == script[:n], stops  # no token past the one completing the stop string
+        assert r["completion"] == text[: min(text.find(s) for s in stops if s in text)]
+        assert bpe.decode(r["tokens"]).startswith(r["completion"])  # tokens and text agree
+        assert (
+            "".join(stream_text(model, bpe, "hello", max_new_tokens=20, stop=stops, eos_token_id=None))
+            == (r["completion"])
+        )

@@ -70,7 +70,11 @@ class StopCriteria:
                 "tokenizer=..., or give the stop sequences as token-id lists."
             )
         self.tokenizer = tokenizer
-        self._tail = max((len(s) for s in self.stop_strings), default=0) + 2
+        # Text the window must decode to: the longest stop string, plus up to 3 replacement characters for a UTF-8
+        # sequence cut at the window's left edge. First guess in tokens: one per UTF-8 byte (byte-level tokenizers
+        # never produce less than a byte per token); ``_window_text`` widens it when tokens decode to nothing.
+        self._need = max((len(s) for s in self.stop_strings), default=0) + 3
+        self._tail = max((len(s.encode("utf-8")) for s in self.stop_strings), default=0) + 3
         self._eos: Optional[Tensor] = None
 
     @property
@@ -104,12 +108,26 @@ class StopCriteria:
             hit = (new_tokens[:, -m:] == target).all(dim=1) & (lengths >= m)
             reason = torch.where(hit & (reason == NOT_STOPPED), STOP_SEQUENCE, reason)
         if self.stop_strings:
-            tails = new_tokens[:, -self._tail :].tolist()
-            n_real = lengths.clamp(max=self._tail).tolist()
+            rows = new_tokens.tolist()
+            n_real = lengths.tolist()
             for row in range(N):
                 if reason[row] != NOT_STOPPED:
                     continue
-                text = self.tokenizer.decode(tails[row][len(tails[row]) - n_real[row] :])
-                if any(s in text for s in self.stop_strings):
+                ids = rows[row][L - int(n_real[row]) :]
+                if any(s in self._window_text(ids) for s in self.stop_strings):
                     reason[row] = STOP_SEQUENCE
         return reason
+
+    def _window_text(self, ids: list[int]) -> str:
+        """Decoded text of the last tokens of ``ids``, enough of them to hold the longest stop string.
+
+        A window whose left edge cuts a multi-byte character decodes to replacement characters there, which never
+        match a stop string; the window is wide enough that a stop string completed by the newest token lies wholly
+        after that edge (checked every step, so a match is found at the step that completes it).
+        """
+        n = self._tail
+        while True:
+            text = self.tokenizer.decode(ids[-n:])
+            if n >= len(ids) or len(text) >= self._need:
+                return text
+            n *= 2

@@ -95,7 +95,9 @@ def generate_text(
 
     Defaults taken from the tokenizer: ``eos_token_id`` (its ``eos_id``; pass ``eos_token_id=None`` to ignore EOS)
     and ``pad_token_id`` (its ``pad_id``). String stop sequences are matched on the decoded completion and cut from
-    it (the completion ends before the stop string; ``tokens`` still holds every generated id).
+    it: generation ends at the step whose token completes a stop string (even one spanning several byte-level
+    tokens), ``tokens`` ends with that token and ``completion`` is their text up to the stop string, so
+    ``tokenizer.decode(tokens)`` starts with ``completion``.
 
     Args:
         model: a ``GPT`` (see ``generate``).
@@ -187,9 +189,12 @@ def _text_pieces(steps: Iterator[Tensor], tokenizer: Any, stops: list[str]) -> I
         if stopped:
             steps.close()
             break
-        safe = len(text) - _held_back(text, stops)
-        while safe > emitted and text[safe - 1] == "\ufffd":
-            safe -= 1
+        # An incomplete UTF-8 sequence at the end decodes to replacement characters: hold it back first, then hold
+        # back whatever before it could still grow into a stop string.
+        stable = len(text)
+        while stable > emitted and text[stable - 1] == "\ufffd":
+            stable -= 1
+        safe = stable - _held_back(text[:stable], stops)
         if safe > emitted:
             yield text[emitted:safe]
             emitted = safe
