@@ -349,8 +349,8 @@ class GPTModule(LightningModule):
             )
         from lightning_gpt.generation.text import generate_text
 
-        kwargs = {**self.generation.to_kwargs(self.device), **overrides}
-        return generate_text(self.model, self.tokenizer, prompts, **kwargs)
+        # The module's one GenerationConfig travels down as is; overrides are folded into it once, in generate_text.
+        return generate_text(self.model, self.tokenizer, prompts, self.generation, **overrides)
 
     # ------------------------------------------------------------------ checkpoint
 

@@ -25,6 +25,7 @@ from lightning_gpt.callbacks import (
     num_parameters,
 )
 from lightning_gpt.data import CharTokenizer
+from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
 from lightning_gpt.module import GPTModule
 
 TINY = dict(vocab_size=33, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -236,7 +237,11 @@ def test_sample_generation_runs_and_does_not_change_training(tmp_path):
     for with_samples in (False, True):
         torch.manual_seed(0)
         rec = Recorder()
-        sampler = SampleGeneration(every_n_steps=2, prompts=["ab", "the "], max_new_tokens=6, top_k=5)
+        sampler = SampleGeneration(
+            every_n_steps=2,
+            prompts=["ab", "the "],
+            generation=GenerationConfig.fold(SAMPLE_CALLBACK_DEFAULTS, max_new_tokens=6, top_k=5),
+        )
         callbacks = [sampler, rec] if with_samples else [rec]
         logger = CSVLogger(tmp_path / f"logs{with_samples}")
         make_trainer(tmp_path, callbacks, max_steps=5, logger=logger).fit(
@@ -315,7 +320,7 @@ def test_samples_go_to_tensorboard_as_text(tmp_path):
     torch.manual_seed(0)
     tok = CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
     logger = TensorBoardLogger(tmp_path)
-    sampler = SampleGeneration(every_n_steps=2, prompts=["ab"], max_new_tokens=3, do_sample=False)
+    sampler = SampleGeneration(every_n_steps=2, prompts=["ab"], generation=GenerationConfig(max_new_tokens=3))
     make_trainer(tmp_path, [sampler], max_steps=2, logger=logger).fit(
         GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok)
     )
@@ -333,7 +338,7 @@ def test_sample_prompts_are_checked_at_fit_start(tmp_path):
     with pytest.raises(ValueError, match=r"is 16 tokens long, which leaves no room .*block_size=16"):
         make_trainer(tmp_path, [sampler], max_steps=1).fit(GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok))
     # a prompt near the context length generates only what fits
-    near = SampleGeneration(every_n_steps=1, prompts=["a" * 13], max_new_tokens=50, do_sample=False)
+    near = SampleGeneration(every_n_steps=1, prompts=["a" * 13], generation=GenerationConfig(max_new_tokens=50))
     make_trainer(tmp_path, [near], max_steps=1).fit(GPTModule(GPTConfig(**TINY)), ToyData(tokenizer=tok))
     assert len(near.last_samples[0]["tokens"]) <= 3
 

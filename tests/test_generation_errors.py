@@ -92,7 +92,7 @@ def test_bad_masks_and_shapes(model):
 def test_stream_generate_rejects_beams_and_unknown_args(model):
     with pytest.raises(ValueError, match=r"does not support beam search"):
         stream_generate(model, PROMPT, max_new_tokens=2, num_beams=2)
-    with pytest.raises(ValueError, match=r"Unknown stream_generate argument\(s\) \['topk'\]"):
+    with pytest.raises(ValueError, match=r"Unknown decoding setting\(s\) \['topk'\]"):
         stream_generate(model, PROMPT, max_new_tokens=2, topk=3)
 
 
@@ -102,7 +102,7 @@ def test_not_a_gpt():
 
 
 def test_sampling_knobs_without_do_sample_warn(model, caplog):
-    with caplog.at_level("WARNING", logger="lightning_gpt.generation.validate"):
+    with caplog.at_level("WARNING", logger="lightning_gpt.generation.config"):
         greedy = generate(model, PROMPT, max_new_tokens=4, temperature=0.7, top_k=5)
     assert "temperature, top_k only matter when sampling" in caplog.text
     assert torch.equal(greedy, generate(model, PROMPT, max_new_tokens=4))

@@ -56,7 +56,7 @@ def _shrunk(recipe: Path, tmp_path: Path) -> list[str]:
     args += ["--data.max_chars", "null", "--data.val_split", "null", "--data.dataset_config", "null"]
     args += ["--data.num_workers", "0", "--data.pin_memory", "false", "--data.batch_size", "2"]
     args += ["--data.val_fraction", "0.1", "--data.cache_dir", str(tmp_path / "cache")]
-    args += ["--sampling.every_n_steps", "2", "--sampling.max_new_tokens", "4"]
+    args += ["--sampling.every_n_steps", "2", "--sampling.generation.max_new_tokens", "4"]
     return args
 
 

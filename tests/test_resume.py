@@ -13,6 +13,7 @@ import torch
 from lightning_gpt import GPTConfig
 from lightning_gpt.callbacks import GradientClipping, LRSchedule, ModelCheckpoint, NonFiniteGuard, SampleGeneration
 from lightning_gpt.checkpoint import AtomicCheckpointIO
+from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
 from lightning_gpt.module import GPTModule
 
 CONFIG = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
@@ -85,7 +86,14 @@ def run(tmp_path, make_data, *, max_steps=20, stop_at=None, ckpt_path=None, samp
         rec,
     ]
     if samples:
-        callbacks.insert(0, SampleGeneration(every_n_steps=4, prompts=["ab"], max_new_tokens=4))
+        callbacks.insert(
+            0,
+            SampleGeneration(
+                every_n_steps=4,
+                prompts=["ab"],
+                generation=GenerationConfig.fold(SAMPLE_CALLBACK_DEFAULTS, max_new_tokens=4),
+            ),
+        )
     if stop_at is not None:
         callbacks.append(StopAt(stop_at))
     trainer = pl.Trainer(

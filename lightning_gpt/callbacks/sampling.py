@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
+
 __all__ = ["SampleGeneration"]
 
 
@@ -27,38 +29,30 @@ class SampleGeneration(Callback):
         every_n_steps: decode after every this many optimizer steps; ``0`` turns periodic samples off (the callback
             stays in the run, so ``sample()`` can still be called by hand or from a subclass).
         prompts: the texts to continue (an empty string means "from BOS" when the tokenizer has one).
-        max_new_tokens: tokens generated per prompt.
-        do_sample: sample (``True``) or decode greedily (``False``).
-        temperature: softmax temperature when sampling.
-        top_k: keep the k most likely tokens when sampling.
-        top_p: nucleus sampling threshold.
-        seed: seed of the sampling generator (same samples at the same step of a resumed run).
+        generation: the decoding settings (``--sampling.generation.temperature 0.9`` on the command line); default
+            ``SAMPLE_CALLBACK_DEFAULTS`` (64 sampled tokens, temperature 0.8, top-k 200; see
+            ``lightning_gpt.generation.config`` for why it differs from the library's greedy default).
+            ``max_new_tokens`` is lowered to what fits the context after the longest prompt (None: all of it).
+        seed: seed of the sampling generator, offset by the step (same samples at the same step of a resumed run).
+
+    Raises:
+        ValueError: a negative ``every_n_steps``, or decoding settings that are out of range.
     """
 
     def __init__(
         self,
         every_n_steps: int = 500,
         prompts: Optional[list[str]] = None,
-        max_new_tokens: int = 64,
-        do_sample: bool = True,
-        temperature: float = 0.8,
-        top_k: Optional[int] = 200,
-        top_p: Optional[float] = None,
+        generation: GenerationConfig = SAMPLE_CALLBACK_DEFAULTS,
         seed: int = 1234,
     ) -> None:
         if every_n_steps < 0:
             raise ValueError(
                 f"SampleGeneration.every_n_steps must be >= 1, or 0 to turn samples off; got {every_n_steps!r}."
             )
-        if max_new_tokens < 1:
-            raise ValueError(f"SampleGeneration.max_new_tokens must be >= 1, got {max_new_tokens!r}.")
         self.every_n_steps = every_n_steps
         self.prompts = list(prompts) if prompts is not None else ["\n"]
-        self.max_new_tokens = max_new_tokens
-        self.do_sample = do_sample
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
+        self.generation = GenerationConfig.fold(generation)
         self.seed = seed
         self._last_step = -1
         self.last_samples: list[dict[str, Any]] = []
@@ -102,9 +96,6 @@ class SampleGeneration(Callback):
 
         device = pl_module.device
         generator = torch.Generator(device=device).manual_seed(self.seed + trainer.global_step)
-        kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, generator=generator)
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         was_training = model.training
         fork_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):
@@ -112,8 +103,12 @@ class SampleGeneration(Callback):
                 model.eval()
                 # Generate at most up to the context length (the longest prompt decides).
                 longest = max(max(len(tokenizer.encode(p)), 1) for p in self.prompts)
-                kwargs["max_new_tokens"] = max(1, min(self.max_new_tokens, model.config.block_size - longest))
-                results = generate_text(model, tokenizer, self.prompts, **kwargs)
+                room = max(1, model.config.block_size - longest)
+                if self.generation.max_new_tokens is not None:
+                    room = min(room, self.generation.max_new_tokens)
+                results = generate_text(
+                    model, tokenizer, self.prompts, self.generation, max_new_tokens=room, generator=generator
+                )
             finally:
                 if hasattr(model, "clear_cache"):
                     model.clear_cache()

@@ -11,12 +11,13 @@ the most favourable length (``max_new_tokens`` when ``length_penalty > 0``), whi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.processors import (
     apply_min_p,
     apply_repetition_penalty,
@@ -58,44 +59,35 @@ def _gather(t: Tensor, index: Tensor) -> Tensor:
 
 def beam_search(
     state: DecodeState,
+    config: GenerationConfig,
     *,
     batch_size: int,
-    num_beams: int,
     max_new_tokens: int,
-    length_penalty: float,
-    early_stopping: Union[bool, str],
-    num_return_sequences: int,
-    repetition_penalty: float,
     stop: StopCriteria,
     pad_token_id: int,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    min_p: Optional[float] = None,
     generator: Optional[torch.Generator] = None,
 ) -> BeamResult:
-    """Run beam search on a ``DecodeState`` whose rows are the prompts repeated ``num_beams`` times each.
+    """Run beam search on a ``DecodeState`` whose rows are the prompts repeated ``config.num_beams`` times each.
+
+    Settings read from ``config``: ``num_beams``, ``length_penalty``, ``early_stopping`` (see the module docstring),
+    ``num_return_sequences`` (<= ``num_beams``), ``repetition_penalty`` (applied to the log-probabilities, as Hugging
+    Face does in beam search) and, for beam sampling (``config.sampling``: the ``K`` continuations are drawn without
+    replacement from ``softmax(accumulated processed log-probs)`` instead of taken as the top ``K``), ``temperature``,
+    ``top_k``, ``top_p`` and ``min_p`` (each keeps at least ``n_eos + 1`` tokens).
 
     Args:
         state: fresh decode state with ``batch_size * num_beams`` rows (prefill not run yet).
+        config: the decoding settings.
         batch_size: number of distinct prompts.
-        num_beams: beams per prompt.
-        max_new_tokens: most tokens to generate.
-        length_penalty: exponent of the generated length dividing a finished hypothesis' log-probability.
-        early_stopping: True, False or ``"never"`` (see the module docstring).
-        num_return_sequences: hypotheses returned per prompt (<= ``num_beams``).
-        repetition_penalty: applied to the log-probabilities, as Hugging Face does in beam search.
+        max_new_tokens: most tokens to generate (``config.max_new_tokens`` resolved against the context).
         stop: EOS and stop-sequence rules.
         pad_token_id: filler after a hypothesis ends.
-        do_sample: beam sampling: the ``K`` continuations are drawn without replacement from
-            ``softmax(accumulated processed log-probs)`` instead of taken as the top ``K`` (Hugging Face's beam sample).
-        temperature: beam sampling: divides the log-probabilities.
-        top_k: beam sampling: top-k filter on the log-probabilities (keeps at least ``n_eos + 1`` tokens).
-        top_p: beam sampling: top-p filter (keeps at least ``n_eos + 1`` tokens).
-        min_p: beam sampling: min-p filter (keeps at least ``n_eos + 1`` tokens).
         generator: beam sampling: the RNG.
     """
+    num_beams, length_penalty = config.num_beams, float(config.length_penalty)
+    early_stopping, num_return_sequences = config.early_stopping, config.num_return_sequences
+    repetition_penalty, do_sample = float(config.repetition_penalty), config.sampling
+    temperature, top_k, top_p, min_p = float(config.temperature), config.top_k, config.top_p, config.min_p
     B, nb, M = batch_size, num_beams, max_new_tokens
     n_eos = len(stop.eos_token_ids)
     K = max(2, 1 + n_eos) * nb

@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
@@ -132,14 +133,9 @@ class DecodeState:
 
 def sample_steps(
     state: DecodeState,
+    config: GenerationConfig,
     *,
     max_new_tokens: int,
-    do_sample: bool,
-    temperature: float,
-    top_k: Optional[int],
-    top_p: Optional[float],
-    min_p: Optional[float],
-    repetition_penalty: float,
     stop: StopCriteria,
     pad_token_id: int,
     generator: Optional[torch.Generator],
@@ -153,19 +149,16 @@ def sample_steps(
 
     Args:
         state: a fresh ``DecodeState`` (prefill not run yet).
-        max_new_tokens: most tokens to generate per row.
-        do_sample: sample (True) or take the argmax (False).
-        temperature: see ``processors.apply_temperature``.
-        top_k: see ``processors.apply_top_k``.
-        top_p: see ``processors.apply_top_p``.
-        min_p: see ``processors.apply_min_p``.
-        repetition_penalty: see ``processors.apply_repetition_penalty``.
+        config: the decoding settings (sampling or greedy, temperature, top-k/p, min-p, repetition penalty).
+        max_new_tokens: most tokens to generate per row (``config.max_new_tokens`` resolved against the context).
         stop: EOS / stop-sequence rules.
         pad_token_id: filler for finished rows.
         generator: RNG for sampling.
         reasons: output buffer for the stop codes.
         lengths: output buffer for the generated lengths.
     """
+    do_sample = config.sampling
+    repetition_penalty = float(config.repetition_penalty)
     logits = state.prefill()
     unfinished = torch.ones(state.batch_size, dtype=torch.bool, device=logits.device)
     for step in range(max_new_tokens):
@@ -176,10 +169,10 @@ def sample_steps(
             previous_valid=state.valid() if penalize else None,
             repetition_penalty=repetition_penalty,
             do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
+            temperature=float(config.temperature),
+            top_k=config.top_k,
+            top_p=config.top_p,
+            min_p=config.min_p,
         )
         next_tokens = sample_from_logits(scores, generator) if do_sample else scores.argmax(dim=-1)  # (B,)
         if stop.active:

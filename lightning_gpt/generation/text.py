@@ -7,7 +7,10 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.decode import _model_config, generate, stream_generate
+from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
+from lightning_gpt.generation.validate import normalize_eos
 
 __all__ = ["encode_prompts", "generate_text", "stream_text"]
 
@@ -59,15 +62,23 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], pad_id: Optional[int]
     return input_ids, mask
 
 
-def _text_kwargs(tokenizer: Any, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
-    kwargs = dict(gen_kwargs)
-    if kwargs.get("eos_token_id", _UNSET) is _UNSET:
-        kwargs["eos_token_id"] = getattr(tokenizer, "eos_id", None)
-    if kwargs.get("pad_token_id") is None:
-        kwargs["pad_token_id"] = getattr(tokenizer, "pad_id", None)
-    if kwargs.get("stop") is not None:
-        kwargs.setdefault("tokenizer", tokenizer)
-    return kwargs
+_CALL_ARGS = ("eos_token_id", "pad_token_id", "tokenizer", "generator", "attention_mask", "return_dict")
+
+
+def _fold(
+    tokenizer: Any, config: Optional[GenerationConfig], gen_kwargs: dict[str, Any]
+) -> tuple[GenerationConfig, dict]:
+    """Split keyword arguments into the one ``GenerationConfig`` and the per-call ones (EOS/pad from the tokenizer)."""
+    settings = dict(gen_kwargs)
+    call = {k: settings.pop(k) for k in _CALL_ARGS if k in settings}
+    config = GenerationConfig.fold(config, **settings)
+    if call.get("eos_token_id", _UNSET) is _UNSET:
+        call["eos_token_id"] = getattr(tokenizer, "eos_id", None)
+    if call.get("pad_token_id") is None:
+        call["pad_token_id"] = getattr(tokenizer, "pad_id", None)
+    if config.stop is not None:
+        call.setdefault("tokenizer", tokenizer)
+    return config, call
 
 
 def _stop_strings(stop: Any) -> list[str]:
@@ -87,6 +98,7 @@ def generate_text(
     model: nn.Module,
     tokenizer: Any,
     prompts: Sequence[str],
+    config: Optional[GenerationConfig] = None,
     *,
     batch_size: Optional[int] = None,
     **gen_kwargs: Any,
@@ -103,33 +115,37 @@ def generate_text(
         model: a ``GPT`` (see ``generate``).
         tokenizer: with ``encode``, ``decode``, ``eos_id``, ``bos_id``, ``pad_id`` (``lightning_gpt.data.Tokenizer``).
         prompts: the texts to continue.
+        config: the decoding settings (see ``generate``); ``max_new_tokens=None`` fills the model's context after
+            the longest prompt of each batch.
         batch_size: prompts decoded together (left-padded); default all at once.
-        gen_kwargs: keyword arguments of ``generate``; without ``max_new_tokens`` (or with ``None``), generation may
-            fill the model's context after the longest prompt of each batch.
+        gen_kwargs: fields of ``GenerationConfig`` (they override ``config``) and the other keyword arguments of
+            ``generate`` (``eos_token_id``, ``pad_token_id``, ``generator``).
 
     Returns:
         ``len(prompts) * num_return_sequences`` dicts with keys ``prompt``, ``completion`` (decoded new text),
         ``tokens`` (new token ids, EOS included when generated) and ``finish_reason`` (``"length"``, ``"eos"`` or
         ``"stop"``).
+
+    Raises:
+        ValueError: bad prompts, settings or ``batch_size`` (see ``generate``).
     """
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings; wrap a single prompt as [prompt].")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be None or a positive integer, got {batch_size!r}.")
-    kwargs = _text_kwargs(tokenizer, gen_kwargs)
-    kwargs.pop("return_dict", None)
-    stops = _stop_strings(kwargs.get("stop"))
-    n_ret = kwargs.get("num_return_sequences", 1)
+    config, call = _fold(tokenizer, config, gen_kwargs)
+    call.pop("return_dict", None)
+    if call.get("generator") is None and config.sampling and config.seed is not None:
+        # One generator for every batch: batches continue one random stream instead of repeating it.
+        call["generator"] = config.make_generator(next(model.parameters()).device)
+    stops = _stop_strings(config.stop)
+    n_ret = config.num_return_sequences
     chunk = batch_size or max(len(prompts), 1)
     results: list[dict[str, Any]] = []
     for start in range(0, len(prompts), chunk):
         batch = list(prompts[start : start + chunk])
-        input_ids, mask = encode_prompts(tokenizer, batch, kwargs.get("pad_token_id"))
-        batch_kwargs = dict(kwargs)
-        if batch_kwargs.get("max_new_tokens") is None:
-            # Fill the context after the longest prompt (at least 1, so a prompt that fills it gets the clear error).
-            batch_kwargs["max_new_tokens"] = max(1, _model_config(model)[0] - input_ids.size(1))
-        out = generate(model, input_ids, attention_mask=mask, return_dict=True, **batch_kwargs)
+        input_ids, mask = encode_prompts(tokenizer, batch, call.get("pad_token_id"))
+        out = generate(model, input_ids, config, attention_mask=mask, return_dict=True, **call)
         for i, (tokens, reason) in enumerate(zip(out.new_tokens, out.finish_reasons)):
             completion, stopped = _cut_at_stop(tokenizer.decode(tokens), stops)
             results.append(
@@ -154,7 +170,15 @@ def _held_back(text: str, stops: list[str]) -> int:
     return hold
 
 
-def stream_text(model: nn.Module, tokenizer: Any, prompt: str, **gen_kwargs: Any) -> Iterator[str]:
+def stream_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str,
+    config: Optional[GenerationConfig] = None,
+    *,
+    slide: bool = False,
+    **gen_kwargs: Any,
+) -> Iterator[str]:
     """Yield the completion of one prompt as text pieces, as the tokens are produced.
 
     Incomplete UTF-8 (a trailing replacement character) and text that may be the start of a stop string are held
@@ -165,17 +189,59 @@ def stream_text(model: nn.Module, tokenizer: Any, prompt: str, **gen_kwargs: Any
         model: a ``GPT`` (see ``generate``).
         tokenizer: as for ``generate_text``.
         prompt: the text to continue.
-        gen_kwargs: keyword arguments of ``generate``; without ``max_new_tokens`` (or with ``None``), generation may
-            fill the model's context after the longest prompt of each batch.
+        config: the decoding settings (see ``generate``); ``max_new_tokens=None`` fills the context after the prompt.
+        slide: go on past the model's context: when it is full, continue from the last ``block_size // 2`` token
+            ids (as nanoGPT crops its context; each window re-uses its own cache). Windows are cut on token ids, never
+            on decoded text, and EOS or a stop sequence ends the stream even across a window's edge.
+        gen_kwargs: fields of ``GenerationConfig`` (they override ``config``) and ``eos_token_id``,
+            ``pad_token_id``, ``generator``.
+
+    Raises:
+        ValueError: a bad prompt or setting (see ``generate``); ``num_return_sequences`` other than 1.
     """
     if not isinstance(prompt, str):
         raise ValueError(f"stream_text takes one prompt string, got {type(prompt).__name__}; see generate_text.")
-    kwargs = _text_kwargs(tokenizer, gen_kwargs)
-    if kwargs.get("num_return_sequences", 1) != 1:
+    config, call = _fold(tokenizer, config, gen_kwargs)
+    if config.num_return_sequences != 1:
         raise ValueError("stream_text streams one sequence: num_return_sequences must be 1.")
-    stops = _stop_strings(kwargs.get("stop"))
-    input_ids = torch.tensor([_encode_one(tokenizer, prompt)], dtype=torch.long)
-    return _text_pieces(stream_generate(model, input_ids, **kwargs), tokenizer, stops)
+    stops = _stop_strings(config.stop)
+    ids = _encode_one(tokenizer, prompt)
+    block_size, vocab_size = _model_config(model)
+    if not slide or config.max_new_tokens is None or len(ids) + config.max_new_tokens <= block_size:
+        steps = stream_generate(model, torch.tensor([ids], dtype=torch.long), config, **call)
+    else:
+        if call.get("generator") is None and config.sampling and config.seed is not None:
+            call["generator"] = config.make_generator(next(model.parameters()).device)
+        criteria = StopCriteria(normalize_eos(call.get("eos_token_id"), vocab_size), config.stop, tokenizer, vocab_size)
+        steps = _windowed_steps(model, ids, config, call, block_size, criteria)
+        next(steps)  # check every argument now (the first window's stream_generate call), not at the first piece
+    return _text_pieces(steps, tokenizer, stops)
+
+
+def _windowed_steps(
+    model: nn.Module, ids: list[int], config: GenerationConfig, call: dict[str, Any], block: int, stop: StopCriteria
+) -> Iterator[Tensor]:
+    """``stream_generate`` over sliding windows of token ids; yields once (nothing) first, after checking arguments."""
+    context, generated, remaining = list(ids), [], int(config.max_new_tokens)
+    first = True
+    while remaining > 0:
+        if len(context) >= block:
+            context = context[-(block // 2) :]
+        n = min(remaining, block - len(context))
+        steps = stream_generate(model, torch.tensor([context], dtype=torch.long), config, max_new_tokens=n, **call)
+        if first:
+            first = False
+            yield torch.empty(0, dtype=torch.long)
+        for next_ids in steps:
+            token = int(next_ids[0])
+            context.append(token)
+            generated.append(token)
+            remaining -= 1
+            yield next_ids
+            # EOS or a stop sequence, judged on every generated id so far (across windows): the end.
+            if stop.active and int(stop(torch.tensor([generated]))[0]) != NOT_STOPPED:
+                steps.close()
+                return
 
 
 def _text_pieces(steps: Iterator[Tensor], tokenizer: Any, stops: list[str]) -> Iterator[str]:

@@ -1,16 +1,14 @@
-"""Argument checks for ``generate``: every bad input becomes a ``ValueError`` that names the field and the fix."""
+"""Input checks for ``generate``: every bad prompt, mask or EOS id becomes a ``ValueError`` that names the field and the
+fix. The decoding settings check themselves in ``GenerationConfig``."""
 
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-log = logging.getLogger(__name__)
-
-__all__ = ["normalize_eos", "validate_generate_args", "validate_prompt"]
+__all__ = ["normalize_eos", "validate_prompt"]
 
 
 def _is_int(value: object) -> bool:
@@ -35,77 +33,6 @@ def normalize_eos(eos_token_id: Union[None, int, Sequence[int], Tensor], vocab_s
         if not _is_int(i) or not 0 <= i < vocab_size:
             raise ValueError(f"eos_token_id={i!r} is not a valid token id: it must be an integer in [0, {vocab_size}).")
     return ids
-
-
-def validate_generate_args(
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: Optional[int],
-    top_p: Optional[float],
-    min_p: Optional[float],
-    repetition_penalty: float,
-    do_sample: bool,
-    num_beams: int,
-    length_penalty: float,
-    early_stopping: Union[bool, str],
-    num_return_sequences: int,
-    pad_token_id: Optional[int],
-    vocab_size: int,
-) -> None:
-    """Raise a ``ValueError`` for any out-of-range decoding setting (see ``generate`` for their meaning)."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
-    if temperature is None or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(
-            f"temperature must be a number >= 0, got {temperature!r}. Use temperature=0 (or do_sample=False) for "
-            "greedy decoding, and values > 0 to sample."
-        )
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
-        raise ValueError(f"top_k must be None or an integer >= 0 (0 disables it), got {top_k!r}.")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {top_p!r}.")
-    if min_p is not None and (not isinstance(min_p, (int, float)) or not 0.0 <= min_p <= 1.0):
-        raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {min_p!r}.")
-    if not isinstance(repetition_penalty, (int, float)) or repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it), got {repetition_penalty!r}.")
-    if not _is_int(num_beams) or num_beams < 1:
-        raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}.")
-    if not _is_int(num_return_sequences) or num_return_sequences < 1:
-        raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}.")
-    if num_beams > 1 and num_return_sequences > num_beams:
-        raise ValueError(
-            f"num_return_sequences ({num_return_sequences}) cannot exceed num_beams ({num_beams}): beam search returns "
-            "at most num_beams hypotheses. Raise num_beams or lower num_return_sequences."
-        )
-    if num_beams == 1 and num_return_sequences > 1 and not do_sample:
-        raise ValueError(
-            f"num_return_sequences={num_return_sequences} with greedy decoding would return {num_return_sequences} "
-            "identical rows. Pass do_sample=True to draw different samples, or num_beams >= num_return_sequences."
-        )
-    if not isinstance(length_penalty, (int, float)):
-        raise ValueError(f"length_penalty must be a number, got {length_penalty!r}.")
-    if early_stopping not in (True, False, "never"):
-        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}.")
-    if pad_token_id is not None and (not _is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
-        raise ValueError(f"pad_token_id={pad_token_id!r} must be None or an integer in [0, {vocab_size}).")
-    if not do_sample:
-        ignored = [
-            name
-            for name, value, neutral in (
-                ("temperature", temperature, (1.0, 0.0)),
-                ("top_k", top_k, (None, 0)),
-                ("top_p", top_p, (None, 1.0)),
-                ("min_p", min_p, (None, 0.0)),
-            )
-            if value not in neutral
-        ]
-        if ignored:
-            log.warning(
-                "do_sample=False, so %s only matter when sampling and are ignored (greedy decoding). Pass "
-                "do_sample=True to sample.",
-                ", ".join(ignored),
-            )
 
 
 def validate_prompt(
