@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from lightning_gpt.checkpoint import find_checkpoint
+from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig
 
 __all__ = ["generate_command"]
 
@@ -31,6 +32,7 @@ def _bool(text: str) -> bool:
 def _generate_parser() -> Any:
     import argparse
 
+    d = CLI_DEFAULTS  # the command's decoding defaults: one preset, documented in lightning_gpt.generation.config
     parser = argparse.ArgumentParser(
         prog="lightning-gpt generate",
         description="Stream a completion of one prompt from a checkpoint to the terminal. The model config and the "
@@ -42,24 +44,69 @@ def _generate_parser() -> Any:
     add(
         "--max_new_tokens",
         type=int,
-        default=200,
-        help="tokens to generate (default 200); beyond the model's "
-        "context, generation continues from the last half of the context",
+        default=d.max_new_tokens,
+        help=f"tokens to generate (default {d.max_new_tokens}); beyond the model's context, sampling continues from "
+        "the last half of the context, and beam search generates what fits (and says so)",
     )
-    add("--temperature", type=float, default=0.8, help="softmax temperature; 0 means greedy (default 0.8)")
-    add("--top_k", type=int, default=None, help="keep only the k most likely tokens")
-    add("--top_p", type=float, default=None, help="nucleus sampling: keep the smallest set reaching probability p")
-    add("--min_p", type=float, default=None, help="drop tokens below min_p times the top probability")
-    add("--repetition_penalty", type=float, default=1.0, help="penalty > 1 discourages repeated tokens")
+    add(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help=f"softmax temperature; 0 means greedy (default {d.temperature})",
+    )
+    add("--top_k", type=int, default=d.top_k, help="keep only the k most likely tokens")
+    add("--top_p", type=float, default=d.top_p, help="nucleus sampling: keep the smallest set reaching probability p")
+    add("--min_p", type=float, default=d.min_p, help="drop tokens below min_p times the top probability")
+    add("--repetition_penalty", type=float, default=d.repetition_penalty, help="penalty > 1 discourages repeats")
     add("--do_sample", type=_bool, default=None, help="true/false; default: sample unless greedy or beam search")
-    add("--num_beams", type=int, default=1, help="beam search width (output printed at the end, not streamed)")
-    add("--length_penalty", type=float, default=1.0, help="beam search length penalty")
-    add("--num_return_sequences", type=int, default=1, help="sequences to print (<= num_beams with beam search)")
-    add("--stop", action="append", default=None, help="stop string (repeatable)")
-    add("--seed", type=int, default=None, help="seed of the sampling generator (reproducible output)")
+    add(
+        "--num_beams", type=int, default=d.num_beams, help="beam search width (output printed at the end, not streamed)"
+    )
+    add("--length_penalty", type=float, default=d.length_penalty, help="beam search length penalty")
+    add(
+        "--num_return_sequences",
+        type=int,
+        default=d.num_return_sequences,
+        help="sequences to print (<= num_beams with beam search)",
+    )
+    add("--stop", action="append", default=d.stop, help="stop string (repeatable)")
+    add("--seed", type=int, default=d.seed, help="seed of the sampling generator (reproducible output)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add("--echo", type=_bool, default=True, help="print the prompt before the completion (default true)")
     return parser
+
+
+def _generation_config(opts: Any) -> GenerationConfig:
+    """The command's one ``GenerationConfig``: every flag checked here, before any checkpoint is read.
+
+    ``--do_sample`` not given: sample unless ``--temperature 0`` or beam search. When that leaves greedy/beam decoding,
+    the default temperature is dropped (it would only draw an "ignored" warning); an explicit one is kept and warned.
+    """
+    do_sample = opts.do_sample
+    if do_sample is None:
+        do_sample = not (opts.temperature == 0 or opts.num_beams != 1)
+    config = GenerationConfig(
+        max_new_tokens=opts.max_new_tokens,
+        do_sample=do_sample,
+        temperature=opts.temperature,
+        top_k=opts.top_k,
+        top_p=opts.top_p,
+        min_p=opts.min_p,
+        repetition_penalty=opts.repetition_penalty,
+        num_beams=opts.num_beams,
+        length_penalty=opts.length_penalty,
+        num_return_sequences=opts.num_return_sequences,
+        stop=opts.stop,
+        seed=opts.seed,
+    )
+    if not do_sample and opts.temperature == CLI_DEFAULTS.temperature:
+        config = GenerationConfig.fold(config, temperature=1.0)
+    return config
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"lightning-gpt generate: note: {message}\n")
+    sys.stderr.flush()
 
 
 def generate_command(argv: list[str]) -> None:
@@ -67,10 +114,12 @@ def generate_command(argv: list[str]) -> None:
 
     Args:
         argv: the arguments after ``generate`` (see ``lightning-gpt generate --help``).
+
+    Raises:
+        ValueError: a bad decoding setting (before the checkpoint is read), or a checkpoint without a tokenizer.
     """
     opts = _generate_parser().parse_args(argv)
-    if opts.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0 (0 means greedy), got {opts.temperature}.")
+    config = _generation_config(opts)
     import torch
 
     from lightning_gpt.checkpoint import load_checkpoint
@@ -85,67 +134,62 @@ def generate_command(argv: list[str]) -> None:
             "lightning-gpt fit (it stores the tokenizer), or call lightning_gpt.generation.generate on token ids."
         )
     model = model.to(device).eval()
-    do_sample = opts.do_sample
-    if do_sample is None:
-        do_sample = opts.temperature > 0 and opts.num_beams == 1
-    kwargs: dict[str, Any] = dict(
-        temperature=opts.temperature if do_sample else 1.0,
-        top_k=opts.top_k,
-        top_p=opts.top_p,
-        min_p=opts.min_p,
-        repetition_penalty=opts.repetition_penalty,
-        do_sample=do_sample,
-        stop=opts.stop,
-    )
-    if opts.seed is not None:
-        kwargs["generator"] = torch.Generator(device=device).manual_seed(opts.seed)
     out = sys.stdout
-    if opts.num_beams > 1 or opts.num_return_sequences > 1:
-        from lightning_gpt.generation.text import generate_text
-
-        kwargs.update(
-            max_new_tokens=opts.max_new_tokens,
-            num_beams=opts.num_beams,
-            length_penalty=opts.length_penalty,
-            num_return_sequences=opts.num_return_sequences,
-        )
-        for i, row in enumerate(generate_text(model, tokenizer, [prompt], **kwargs)):
+    if config.num_beams > 1 or config.num_return_sequences > 1:
+        for i, row in enumerate(_generate_fitted(model, tokenizer, prompt, config)):
             if i:
                 out.write("\n---\n")
-            out.write((prompt if opts.echo else "") + row["completion"])
+            out.write((prompt if opts.echo else "") + row)
         out.write("\n")
         out.flush()
         return
+    from lightning_gpt.generation.text import stream_text
+
+    pieces = stream_text(model, tokenizer, prompt, config, slide=True)  # settings checked here, before the echo
     if opts.echo:
         out.write(prompt)
         out.flush()
-    for piece in _stream_windowed(model, tokenizer, prompt, opts.max_new_tokens, kwargs):
+    for piece in pieces:
         out.write(piece)
         out.flush()
     out.write("\n")
     out.flush()
 
 
-def _stream_windowed(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, kwargs: dict) -> Any:
-    """``stream_text`` beyond the model's context: when the context is full, continue from its last half (as nanoGPT's
-    sampling crops to the last ``block_size`` tokens, but re-using the KV cache within each window)."""
-    from lightning_gpt.generation.text import stream_text
+def _generate_fitted(model: Any, tokenizer: Any, prompt: str, config: GenerationConfig) -> list[str]:
+    """Beam search (or several samples) in one window of the context, which it cannot slide past as a stream does:
+    a prompt that fills the context keeps its last ``block_size // 2`` token ids, and ``max_new_tokens`` shrinks to
+    what fits after it. Each change is reported on stderr. Returns the completions, best first."""
+    import torch
+
+    from lightning_gpt.generation import generate
+    from lightning_gpt.generation.text import _cut_at_stop, _encode_one, _stop_strings
 
     block = int(model.config.block_size)
-    context, remaining = prompt, int(max_new_tokens)
-    if remaining < 1:
-        raise ValueError(f"--max_new_tokens must be >= 1, got {max_new_tokens}.")
-    while remaining > 0:
-        ids = tokenizer.encode(context)
-        if len(ids) >= block:
-            context = tokenizer.decode(ids[-(block // 2) :])
-            ids = tokenizer.encode(context)
-        n = min(remaining, block - len(ids))
-        chunk = ""
-        for piece in stream_text(model, tokenizer, context, max_new_tokens=n, **kwargs):
-            chunk += piece
-            yield piece
-        remaining -= n
-        if len(tokenizer.encode(chunk)) < n:  # EOS or a stop string ended the text
-            return
-        context += chunk
+    ids = _encode_one(tokenizer, prompt)
+    what = "beam search" if config.num_beams > 1 else "several samples"
+    if len(ids) >= block:
+        _note(
+            f"the prompt is {len(ids)} tokens, which fills the model's context (block_size={block}); {what} "
+            f"continues from its last {block // 2} tokens."
+        )
+        ids = ids[-(block // 2) :]
+    room = block - len(ids)
+    if config.max_new_tokens > room:
+        _note(
+            f"{what} does not slide past the model's context like the sampling stream: generating {room} tokens "
+            f"instead of {config.max_new_tokens}, so that the prompt ({len(ids)} tokens) and the output fit "
+            f"(block_size={block})."
+        )
+        config = GenerationConfig.fold(config, max_new_tokens=room)
+    out = generate(
+        model,
+        torch.tensor([ids], dtype=torch.long),
+        config,
+        eos_token_id=getattr(tokenizer, "eos_id", None),
+        pad_token_id=getattr(tokenizer, "pad_id", None),
+        tokenizer=tokenizer if config.stop else None,
+        return_dict=True,
+    )
+    stops = _stop_strings(config.stop)
+    return [_cut_at_stop(tokenizer.decode(tokens), stops)[0] for tokens in out.new_tokens]
