@@ -167,7 +167,7 @@ def _generate_fitted(model: Any, tokenizer: Any, prompt: str, config: Generation
 
     block = int(model.config.block_size)
     ids = _encode_one(tokenizer, prompt)
-    what = "beam search" if config.num_beams > 1 else "several samples"
+    what = "beam search" if config.num_beams > 1 else "sampling several sequences"
     if len(ids) >= block:
         _note(
             f"the prompt is {len(ids)} tokens, which fills the model's context (block_size={block}); {what} "

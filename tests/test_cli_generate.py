@@ -62,6 +62,7 @@ def test_sliding_stream_generates_max_new_tokens_even_when_text_reencodes_shorte
         ("--repetition_penalty", "0", "repetition_penalty"),
         ("--length_penalty", "inf", "length_penalty"),
         ("--max_new_tokens", "0", "max_new_tokens"),
+        ("--stop", "", "stop"),
     ],
 )
 def test_bad_decoding_settings_are_one_paragraph_and_exit_2(cli, tmp_path, flag, value, name):

@@ -55,7 +55,9 @@ class SampleGeneration(Callback):
         self.generation = GenerationConfig.fold(generation)
         if not self.generation.sampling:
             # Greedy/beam samples: the preset's sampling knobs do nothing; drop them rather than warn at every sample.
-            self.generation = GenerationConfig.fold(self.generation, temperature=1.0, top_k=None, top_p=None, min_p=None)
+            self.generation = GenerationConfig.fold(
+                self.generation, temperature=1.0, top_k=None, top_p=None, min_p=None
+            )
         self.seed = seed
         self._last_step = -1
         self.last_samples: list[dict[str, Any]] = []

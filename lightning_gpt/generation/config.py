@@ -126,10 +126,30 @@ class GenerationConfig:
             raise ValueError(f"use_cache must be True or False, got {self.use_cache!r}.")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"seed must be None or an integer, got {self.seed!r}.")
-        if isinstance(self.stop, (list, tuple)):
-            # A copy, so the caller's list cannot change a frozen config; stop sequences themselves are checked
-            # (against the tokenizer and vocabulary) by ``StopCriteria`` where decoding starts.
-            object.__setattr__(self, "stop", [list(s) if isinstance(s, (list, tuple)) else s for s in self.stop])
+        if self.stop is not None:
+            self._check_stop()
+
+    def _check_stop(self) -> None:
+        stop = self.stop
+        if isinstance(stop, str) or (isinstance(stop, (list, tuple)) and stop and all(_is_int(t) for t in stop)):
+            stop = [stop]  # one string or one id sequence
+        if not isinstance(stop, (list, tuple)):
+            raise ValueError(f"stop must be a string, a list of token ids, or a list of them; got {stop!r}.")
+        items = []
+        for item in stop:
+            if isinstance(item, str) and item:
+                items.append(item)
+            elif isinstance(item, (list, tuple)) and item and all(_is_int(t) for t in item):
+                items.append(list(item))
+            elif isinstance(item, str):
+                raise ValueError("stop contains an empty string; stop strings must be non-empty.")
+            else:
+                raise ValueError(
+                    f"Each stop sequence must be a non-empty string or a non-empty list of token ids, got {item!r}."
+                )
+        # A copy, so the caller's list cannot change a frozen config; ids are checked against the vocabulary (and
+        # strings against the tokenizer) by ``StopCriteria`` where decoding starts.
+        object.__setattr__(self, "stop", items)
 
     @property
     def sampling(self) -> bool:
