@@ -127,3 +127,23 @@ def test_generate_defaults_come_from_the_documented_presets():
         assert params["config"].default is None  # None means GenerationConfig()
         assert not set(params) & (set(fields) - {"config"})  # no setting spelled out again with its own default
     assert not math.isnan(CLI_DEFAULTS.temperature)
+
+
+def test_sliding_stream_ends_at_eos_or_a_stop_string_on_a_window_edge(bpe_ckpt):
+    from lightning_gpt.checkpoint import load_checkpoint
+    from lightning_gpt.generation import stream_text
+
+    model, tok = load_checkpoint(bpe_ckpt)
+    prompt = "o" * 13  # 13 tokens: the first window holds 3 new tokens, "r o"
+    assert len(tok.encode(prompt)) == 13
+    o_id = tok.encode("o")[0]
+    # EOS as the last token of the first window: the stream ends there instead of sliding on.
+    text = "".join(stream_text(model, tok, prompt, max_new_tokens=40, eos_token_id=o_id, slide=True))
+    assert text == "r o"
+    # "or" first appears across the first window's edge ("r o" | "r"): the stream ends before it.
+    text = "".join(stream_text(model, tok, prompt, max_new_tokens=40, eos_token_id=None, stop=["or"], slide=True))
+    assert text == "r "
+    # Without a stop, 40 tokens through several windows.
+    assert "".join(stream_text(model, tok, prompt, max_new_tokens=40, eos_token_id=None, slide=True)) == (
+        (CYCLE * 14)[1:41]
+    )
