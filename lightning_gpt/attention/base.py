@@ -106,7 +106,8 @@ def pad_offsets(key_mask: Optional[Tensor]) -> Optional[Tensor]:
     """
     if key_mask is None:
         return None
-    return (~key_mask.bool()).sum(dim=-1)  # left padding: every False entry precedes the first real token
+    # Index of the first True (argmax returns the first maximum); 0 for right padding or no padding.
+    return key_mask.to(torch.uint8).argmax(dim=-1)
 
 
 def causal_mask(q_len: int, k_len: int, start_pos: int, device: torch.device) -> Tensor:
