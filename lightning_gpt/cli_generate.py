@@ -11,6 +11,7 @@ its options read like ``transformers``' ``generate`` keywords. ``lightning-gpt p
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -82,6 +83,18 @@ def _generation_config(opts: Any) -> GenerationConfig:
     ``--do_sample`` not given: sample unless ``--temperature 0`` or beam search. When that leaves greedy/beam decoding,
     the default temperature is dropped (it would only draw an "ignored" warning); an explicit one is kept and warned.
     """
+    try:
+        return _build_config(opts)
+    except ValueError as err:
+        # The message names the setting as GenerationConfig spells it; on the command line it is a flag.
+        message = str(err)
+        name = message.split(" ", 1)[0]
+        if name in {f.name for f in dataclasses.fields(GenerationConfig)}:
+            message = "--" + message
+        raise ValueError(message) from None
+
+
+def _build_config(opts: Any) -> GenerationConfig:
     do_sample = opts.do_sample
     if do_sample is None:
         do_sample = not (opts.temperature == 0 or opts.num_beams != 1)

@@ -69,7 +69,7 @@ def test_bad_decoding_settings_are_one_paragraph_and_exit_2(cli, tmp_path, flag,
     # Checked by GenerationConfig before the checkpoint is even looked at (the path here does not exist).
     out = cli("generate", "--ckpt_path", tmp_path / "missing.ckpt", "--prompt", "o", flag, value)
     assert out.code == 2, out
-    assert name in out.err and "does not exist" not in out.err and "Traceback" not in out.err
+    assert f"--{name}" in out.err and "does not exist" not in out.err and "Traceback" not in out.err
     assert out.err.startswith("lightning-gpt: error: ") and out.err.count("\n") <= 3
 
 

@@ -86,7 +86,7 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and (not _is_int(self.max_new_tokens) or self.max_new_tokens < 1):
             raise ValueError(
-                f"max_new_tokens must be a positive integer (or None to fill the context), got {self.max_new_tokens!r}."
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r} (or None to fill the context)."
             )
         if not isinstance(self.do_sample, bool):
             raise ValueError(f"do_sample must be True or False, got {self.do_sample!r}.")

@@ -371,4 +371,4 @@ def test_console_entry_point_prints_one_paragraph_not_a_traceback(tmp_path, corp
 
 def test_generate_rejects_a_negative_temperature(cli, trained):
     result = cli("generate", "--ckpt_path", trained["ckpt"], "--prompt", "a", "--temperature", "-1")
-    _user_error(result, "--temperature must be >= 0", "-1")
+    _user_error(result, "--temperature must be a number >= 0", "-1")
