@@ -115,3 +115,51 @@ def test_context_error_never_suggests_impossible_fixes():
         generate(model, torch.zeros(1, 20, dtype=torch.long), max_new_tokens=30)
     message = str(info.value)
     assert "block_size=16" in message and "last 0" not in message and "-" not in message.split("To fix:")[1]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(temperature=float("nan")), r"temperature must be a number >= 0, got nan"),
+        (dict(do_sample=True, temperature=float("inf")), r"temperature must be a number >= 0, got inf"),
+        (dict(repetition_penalty=float("nan")), r"repetition_penalty must be > 0"),
+        (dict(length_penalty=float("nan")), r"length_penalty must be a finite number"),
+        (dict(top_p=float("nan")), r"top_p must be in \(0, 1\]"),
+        (dict(num_return_sequences=0), r"num_return_sequences must be an integer >= 1"),
+        (dict(num_beams=True), r"num_beams must be an integer >= 1"),
+        (dict(do_sample="yes"), r"do_sample must be True or False"),
+        (dict(seed=1.5), r"seed must be None or an integer"),
+        (dict(early_stopping=1), r"early_stopping must be True, False or 'never'"),
+    ],
+)
+def test_every_bad_setting_is_rejected_by_the_one_config(model, kwargs, match):
+    from lightning_gpt.generation import GenerationConfig
+
+    with pytest.raises(ValueError, match=match):
+        GenerationConfig(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        generate(model, PROMPT, max_new_tokens=2, **kwargs)  # the keywords are folded into the same config
+
+
+def test_generation_config_is_frozen_and_keywords_win():
+    import dataclasses
+
+    from lightning_gpt.generation import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=5, stop=["\n"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.top_k = 3
+    assert GenerationConfig.fold(config, top_k=3) == GenerationConfig(max_new_tokens=5, stop=["\n"], top_k=3)
+    assert GenerationConfig.fold(None) == GenerationConfig()
+    with pytest.raises(ValueError, match=r"Unknown decoding setting\(s\) \['topk'\]"):
+        GenerationConfig.fold(config, topk=3)
+
+
+def test_config_and_keywords_decode_alike(model):
+    from lightning_gpt.generation import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=6, do_sample=True, top_k=5, seed=7)
+    a = generate(model, PROMPT, config)
+    b = generate(model, PROMPT, max_new_tokens=6, do_sample=True, top_k=5, seed=7)
+    c = generate(model, PROMPT, config, max_new_tokens=3)  # a keyword wins over the config
+    assert torch.equal(a, b) and c.shape == (1, 6) and torch.equal(c, a[:, :6])
