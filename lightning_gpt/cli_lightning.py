@@ -199,6 +199,13 @@ class GPTLightningCLI(LightningCLI):
 
         from lightning_gpt.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
 
+        parser.add_argument(
+            "--trust_checkpoint",
+            type=bool,
+            default=False,
+            help="Load --ckpt_path (and a tokenizer .ckpt) even when it needs a full unpickle, which can run code "
+            "from the file. Only for files from a trusted source; by default such a file is refused.",
+        )
         if self._building == "predict":
             from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
 
@@ -220,6 +227,15 @@ class GPTLightningCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        trust = bool(self.config[subcommand].get("trust_checkpoint"))
+        from lightning_gpt.hf_io import is_pretrained_path
+
+        if ckpt_path and is_pretrained_path(ckpt_path):
+            # A weights folder: no saved arguments; GPTModule.on_load_checkpoint adopts its config and tokenizer.
+            from lightning_gpt.hf_io import read_pretrained_config
+
+            read_pretrained_config(ckpt_path)  # a foreign folder fails here, in one paragraph
+            return
         if ckpt_path and os.path.isdir(ckpt_path) and not _is_sharded_checkpoint(ckpt_path):
             ckpt_path = self.config[subcommand]["ckpt_path"] = find_checkpoint(ckpt_path)
         if not ckpt_path or ckpt_path in ("last", "best", "hpc") or not os.path.isfile(ckpt_path):
@@ -236,9 +252,17 @@ class GPTLightningCLI(LightningCLI):
             for key, value in self.config[subcommand].items()
             if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
         }
-        from lightning_gpt.checkpoint import read_checkpoint
+        from lightning_gpt.checkpoint import UnsafeCheckpointError, read_checkpoint
 
-        read_checkpoint(ckpt_path)  # a damaged file fails here with one paragraph, not torch's multi-page message
+        # A damaged or unsafe file fails here with one paragraph, not torch's multi-page message.
+        read_checkpoint(ckpt_path, trust_checkpoint=trust)
+        if trust:
+            try:
+                read_checkpoint(ckpt_path)
+            except UnsafeCheckpointError:
+                # Lightning re-reads the arguments weights-only, which this trusted file cannot pass; the module's
+                # on_load_checkpoint still adopts its model config.
+                return
         try:
             super()._parse_ckpt_path()
         except SystemExit:
@@ -261,6 +285,8 @@ class GPTLightningCLI(LightningCLI):
         if self.subcommand == "predict":
             self.save_config_callback = None  # nothing to reproduce; do not drop a config.yaml in the working dir
             return
+        if cfg.get("trust_checkpoint") and cfg.get("data.trust_checkpoint") is not None:
+            cfg["data.trust_checkpoint"] = True  # the same opt-in covers a tokenizer=<file>.ckpt
         if cfg.get("checkpoint.dirpath") is None:
             root = cfg.get("trainer.default_root_dir") or os.getcwd()
             cfg["checkpoint.dirpath"] = os.path.join(str(root), "checkpoints")
@@ -275,8 +301,13 @@ class GPTLightningCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         plugins = trainer_cfg.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        trust = bool(self._get(self.config, "trust_checkpoint", default=False))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())
+            plugins.append(AtomicCheckpointIO(trust_checkpoint=trust))
+        elif trust:
+            for plugin in plugins:
+                if isinstance(plugin, AtomicCheckpointIO):
+                    plugin.trust_checkpoint = True
         kwargs["plugins"] = plugins
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
