@@ -129,7 +129,8 @@ class CompactUsageParser(LightningArgumentParser):
 
 DESCRIPTION = (
     "Train GPT language models and decode text from them. Also: `lightning-gpt generate --ckpt_path RUN --prompt "
-    "TEXT` streams a completion (see `lightning-gpt generate --help`)."
+    "TEXT` streams a completion (see `lightning-gpt generate --help`); `lightning-gpt export --ckpt_path RUN "
+    "--output_dir DIR` writes a Hugging Face GPT-2 folder (see `lightning-gpt export --help`)."
 )
 
 
@@ -282,6 +283,8 @@ class GPTLightningCLI(LightningCLI):
         """Checkpoints go to ``<default_root_dir>/checkpoints`` (not a per-version logger folder), so that
         ``--ckpt_path last`` finds them from a new process."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("model.init_from"):
+            self._apply_init_from(cfg, str(cfg["model.init_from"]))
         if self.subcommand == "predict":
             self.save_config_callback = None  # nothing to reproduce; do not drop a config.yaml in the working dir
             return
@@ -290,6 +293,25 @@ class GPTLightningCLI(LightningCLI):
         if cfg.get("checkpoint.dirpath") is None:
             root = cfg.get("trainer.default_root_dir") or os.getcwd()
             cfg["checkpoint.dirpath"] = os.path.join(str(root), "checkpoints")
+
+    def _apply_init_from(self, cfg: Any, path: str) -> None:
+        """``--model.init_from``: the model config fields not given explicitly take PATH's values (the explicit ones
+        are checked by ``GPTModule``), and the data module uses PATH's tokenizer unless one is named."""
+        from lightning_gpt.config import GPTConfig
+        from lightning_gpt.init_from import init_config
+
+        defaults = self._parser(self.subcommand).get_defaults() if self.subcommand else self.parser.get_defaults()
+        source = init_config(path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+        if cfg.get("model.config") is not None:
+            plain = GPTConfig()
+            for name, value in source.to_dict().items():
+                key = f"model.config.{name}"
+                default = _get_or_missing(defaults, key)
+                if not _differs(cfg.get(key), getattr(plain, name) if default is _MISSING else default):
+                    cfg[key] = value
+        tokenizer = cfg.get("data.tokenizer")
+        if isinstance(tokenizer, str) and not _differs(tokenizer, _get_or_missing(defaults, "data.tokenizer")):
+            cfg["data.tokenizer"] = path
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Add the atomic checkpoint IO plugin and, when a logger is on, a ``LearningRateMonitor``."""

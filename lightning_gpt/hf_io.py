@@ -65,11 +65,11 @@ _HF_DEFAULTS = dict(
 
 
 def is_pretrained_path(path: Union[str, Path]) -> bool:
-    """Whether ``path`` is a weights folder (``config.json`` or ``lightning_gpt.json`` inside) or a
+    """Whether ``path`` is a weights folder (``config.json``, ``lightning_gpt.json`` or weights inside) or a
     ``.safetensors`` file, rather than a Lightning ``.ckpt``."""
     path = Path(path)
-    if path.is_dir():
-        return (path / CONFIG_FILE).is_file() or (path / NATIVE_FILE).is_file()
+    if path.is_dir():  # weights without a config count too: reading then says what is missing
+        return any((path / name).is_file() for name in (CONFIG_FILE, NATIVE_FILE, SAFETENSORS_FILE, BIN_FILE))
     return path.suffix == ".safetensors"
 
 
