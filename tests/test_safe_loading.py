@@ -164,3 +164,16 @@ def test_tokenizer_path_refuses_a_malicious_checkpoint(evil, tmp_path):
     with pytest.raises(ValueError, match="trust_checkpoint"):
         dm.tokenizer  # noqa: B018 - built lazily
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["generate", "validate", "fit"])
+def test_trust_checkpoint_is_the_documented_opt_in(cli, trained, evil, command, tmp_path):
+    path, marker = evil
+    if command == "generate":
+        argv = ["generate", "--ckpt_path", path, "--prompt", "the", "--max_new_tokens", "2"]
+    else:
+        argv = [command, "--config", trained["yaml"], "--ckpt_path", path, "--trainer.max_steps", "3"]
+        argv += ["--trainer.default_root_dir", tmp_path / "run"]
+    result = cli(*argv, "--trust_checkpoint", *([] if command == "generate" else ["true"]))
+    assert result.code == 0, result
+    assert marker.exists()  # the user asked for it
