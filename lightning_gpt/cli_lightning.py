@@ -232,10 +232,7 @@ class GPTLightningCLI(LightningCLI):
         from lightning_gpt.hf_io import is_pretrained_path
 
         if ckpt_path and is_pretrained_path(ckpt_path):
-            # A weights folder: no saved arguments; GPTModule.on_load_checkpoint adopts its config and tokenizer.
-            from lightning_gpt.hf_io import read_pretrained_config
-
-            read_pretrained_config(ckpt_path)  # a foreign folder fails here, in one paragraph
+            self._parse_weights_folder(subcommand, str(ckpt_path))
             return
         if ckpt_path and os.path.isdir(ckpt_path) and not _is_sharded_checkpoint(ckpt_path):
             ckpt_path = self.config[subcommand]["ckpt_path"] = find_checkpoint(ckpt_path)
@@ -276,6 +273,27 @@ class GPTLightningCLI(LightningCLI):
             ) from None
         for key, value in explicit.items():
             self.config[subcommand][key] = value
+
+    def _parse_weights_folder(self, subcommand: str, path: str) -> None:
+        """``--ckpt_path`` is a weights folder (``lightning-gpt export`` or Hugging Face GPT-2): the model config
+        comes from its JSON, as from a checkpoint's arguments, and validate/test use its tokenizer unless one is
+        named."""
+        from lightning_gpt.hf_io import read_pretrained_config
+
+        source = read_pretrained_config(path)  # a foreign folder fails here, in one paragraph
+        defaults = self._parser(subcommand).get_defaults()
+        explicit = {
+            key: value
+            for key, value in self.config[subcommand].items()
+            if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
+        }
+        self.config = self.parser.parse_object({subcommand: {"model": {"config": source.to_dict()}}}, self.config)
+        for key, value in explicit.items():
+            self.config[subcommand][key] = value
+        cfg = self.config[subcommand]
+        tokenizer = cfg.get("data.tokenizer")
+        if isinstance(tokenizer, str) and not _differs(tokenizer, _get_or_missing(defaults, "data.tokenizer")):
+            cfg["data.tokenizer"] = path
 
     # -- trainer ------------------------------------------------------------------------------------------------------
 

@@ -349,3 +349,15 @@ def test_predict_accepts_an_exported_folder(hf_dir, tmp_path, cli):
     assert result.code == 0, result
     row = json.loads(out.read_text().splitlines()[0])
     assert row["prompt"] == "the fox" and row["completion"]
+
+
+def test_validate_takes_config_and_tokenizer_from_a_hf_folder(hf_dir, tmp_path, cli):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(_corpus_lines()))
+    result = cli(
+        "validate", "--ckpt_path", hf_dir, "--data.source", corpus, "--data.cache_dir", tmp_path / "c",
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.limit_val_batches", "2",
+        "--trainer.default_root_dir", tmp_path / "run",
+    )  # fmt: skip
+    assert result.code == 0, result
+    assert "val/loss" in result.out
