@@ -118,7 +118,8 @@ class GPTModule(LightningModule):
         self.generation = generation if generation is not None else GenerationConfig()
         self.dropout_seed = dropout_seed
         # Hyperparameters stay plain (dicts, numbers) so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["config", "generation"])
+        # init_from is not saved: the checkpoint holds the resolved config and the weights, so it stands alone.
+        self.save_hyperparameters(ignore=["config", "generation", "init_from"])
         self.hparams["config"] = config.to_dict() if config is not None else None
         self.hparams["generation"] = dataclasses.asdict(self.generation)
 

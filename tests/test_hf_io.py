@@ -277,6 +277,15 @@ def test_init_from_own_checkpoint_with_another_attention_kind_trains(tmp_path, c
     assert ckpt["gpt_config"]["attention"] == "linear" and ckpt["gpt_config"]["block_size"] == 16
     assert ckpt["global_step"] == 6
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    # The fine-tuned checkpoint stands alone: predict works after the init source is gone.
+    (tmp_path / "base.ckpt").unlink()
+    (tmp_path / "prompts.txt").write_text("the fox\n")
+    out = tmp_path / "pred.jsonl"
+    result = cli(
+        "predict", "--ckpt_path", tmp_path / "run" / "checkpoints" / "last.ckpt", "--data.path",
+        tmp_path / "prompts.txt", "--writer.output_path", out, "--model.generation.max_new_tokens", "3",
+    )  # fmt: skip
+    assert result.code == 0 and out.is_file(), result
 
 
 def test_init_from_with_another_tokenizer_is_an_error(tmp_path, cli):
