@@ -370,3 +370,19 @@ def test_validate_takes_config_and_tokenizer_from_a_hf_folder(hf_dir, tmp_path, 
     )  # fmt: skip
     assert result.code == 0, result
     assert "val/loss" in result.out
+
+
+def test_hub_style_keys_without_the_transformer_prefix(hf_dir, tmp_path):
+    # The hub's gpt2 files were saved from GPT2Model: "h.0.attn.c_attn.weight", "wte.weight", plus old attn.bias masks.
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((hf_dir / name).read_bytes())
+    state = {k.removeprefix("transformer."): v for k, v in load_file(str(hf_dir / "model.safetensors")).items()}
+    state.pop("lm_head.weight", None)
+    state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model, _ = load_checkpoint(folder)
+    _assert_same_logits(model, _hf_model(hf_dir))
