@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -24,11 +25,13 @@ from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
 
 __all__ = [
+    "UnsafeCheckpointError",
     "find_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
     "model_state_dict",
     "resolve_checkpoint_config",
+    "torch_load",
 ]
 
 log = logging.getLogger(__name__)
@@ -38,15 +41,71 @@ _PREFIXES = ("model.", "_orig_mod.", "module.")
 NON_ARCH_FIELDS = ("dropout",)
 
 
-def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load`` a checkpoint file with clear errors for a missing, unreadable or foreign file.
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds objects that only a full unpickle can rebuild, and the user did not opt in to that.
 
-    Loads with ``weights_only=True`` (no arbitrary code runs); falls back to a full unpickle only for checkpoints that
-    need it (e.g. saved by older code with objects in the hyperparameters), which you should do only for trusted files.
+    Unpickling can run arbitrary code, so such a file is loaded only with ``trust_checkpoint=True`` (Python) or
+    ``--trust_checkpoint`` (command line). A ``ValueError``: the command line shows it as one paragraph, exit status 2.
+    """
+
+
+def torch_load(
+    source: Any, map_location: Any = "cpu", trust_checkpoint: bool = False, name: Any = None, mmap: bool = False
+) -> Any:
+    """``torch.load`` that never unpickles code unless ``trust_checkpoint`` is set.
+
+    Args:
+        source: a path or a binary file object.
+        map_location: where tensors go.
+        trust_checkpoint: allow a full unpickle (``weights_only=False``); only for files from a trusted source.
+        name: how to name the file in the error (default: ``source``).
+        mmap: memory-map the file instead of reading it (a path only).
+
+    Returns:
+        What ``torch.load`` returns.
+
+    Raises:
+        UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is off.
+    """
+    kwargs = {"mmap": True} if mmap else {}
+    if trust_checkpoint:
+        return torch.load(source, map_location=map_location, weights_only=False, **kwargs)
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        # Only a pickled object (a GLOBAL) is "unsafe"; other refusals (e.g. an unknown opcode) mean damaged bytes.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found is None:
+            raise
+        raise UnsafeCheckpointError(
+            f"{name if name is not None else source} holds more than tensors and plain data (an object of type "
+            f"{found.group(1)}), so it was not "
+            "loaded: rebuilding those objects means unpickling, which can run any code the file contains. "
+            "lightning-gpt writes checkpoints that load safely; load this one only if you trust where it came from, "
+            "with trust_checkpoint=True (Python) or --trust_checkpoint (command line)."
+        ) from None
+
+
+def read_checkpoint(
+    path: Union[str, Path], map_location: Any = "cpu", trust_checkpoint: bool = False
+) -> dict[str, Any]:
+    """``torch.load`` a checkpoint file with clear errors for a missing, unreadable, foreign or unsafe file.
+
+    Loads with ``weights_only=True``: no code in the file runs. A file that needs a full unpickle is refused unless
+    ``trust_checkpoint`` is set (never retried silently).
 
     Args:
         path: the ``.ckpt`` file.
         map_location: where tensors go (``"cpu"`` by default).
+        trust_checkpoint: allow a full unpickle of a file from a trusted source.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is off.
+        ValueError: a directory, an empty, truncated or foreign file.
     """
     path = Path(path)
     if path.is_dir():
@@ -63,15 +122,9 @@ def read_checkpoint(path: Union[str, Path], map_location: Any = "cpu") -> dict[s
             "checkpoint of the run (saves are atomic, so it is intact)."
         )
     try:
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
-                raise
-            log.warning(
-                "%s holds more than tensors and plain data; loading it with full unpickling (trusted files only).", path
-            )
-            return torch.load(path, map_location=map_location, weights_only=False)
+        return torch_load(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:  # torch's loaders raise many types on damaged bytes (IndexError, KeyError, ...)
         raise ValueError(
             f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {err}. If a save was "
@@ -120,19 +173,31 @@ def resolve_checkpoint_config(saved: dict[str, Any], given: Optional[GPTConfig] 
 
 
 def load_checkpoint(
-    path: Union[str, Path], map_location: Any = "cpu", strict: bool = True
+    path: Union[str, Path], map_location: Any = "cpu", strict: bool = True, trust_checkpoint: bool = False
 ) -> tuple[GPT, Optional[Any]]:
-    """Build the ``GPT`` saved in a checkpoint and its tokenizer.
+    """Build the ``GPT`` saved in a checkpoint (or a weights folder) and its tokenizer.
 
     Args:
-        path: a ``.ckpt`` file saved by ``GPTModule`` (Lightning ``ModelCheckpoint`` or ``trainer.save_checkpoint``).
+        path: a ``.ckpt`` file saved by ``GPTModule`` (Lightning ``ModelCheckpoint`` or ``trainer.save_checkpoint``);
+            a ``.safetensors`` file with its JSON config beside it; or a folder written by ``lightning-gpt export``
+            or by Hugging Face ``save_pretrained`` (GPT-2).
         map_location: device of the loaded weights.
         strict: require the weights to match the model exactly.
+        trust_checkpoint: allow a full unpickle (code may run) of a file that needs it; trusted files only.
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode; the tokenizer, or ``None`` when the checkpoint holds none.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is off.
+        ValueError: a damaged or foreign file, or weights that do not fit the saved config.
     """
-    checkpoint = read_checkpoint(path, map_location=map_location)
+    from lightning_gpt import hf_io
+
+    if hf_io.is_pretrained_path(path):
+        return hf_io.load_pretrained(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+    checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
     if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
         raise ValueError(
             f"{path} has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. For Hugging Face "

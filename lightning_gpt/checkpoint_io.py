@@ -1,4 +1,5 @@
-"""``AtomicCheckpointIO``: a Lightning ``CheckpointIO`` plugin that never leaves a half-written checkpoint."""
+"""``AtomicCheckpointIO``: a Lightning ``CheckpointIO`` plugin that never leaves a half-written checkpoint, and never
+runs code from a checkpoint it reads unless told to trust it."""
 
 from __future__ import annotations
 
@@ -19,7 +20,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     The rename is atomic on POSIX and Windows, so the file under the final name is always a complete checkpoint: a
     crash or SIGKILL mid-save leaves the previous file (and at worst a stray ``.tmp-<pid>`` file, removed on the next
     successful save of the same path). Remote filesystems (``s3://``...) fall back to the plain write.
+
+    Reading (``fit --ckpt_path``, ``validate``/``test``/``predict``) is weights-only whatever Lightning asks for: a file
+    that needs a full unpickle is refused (``UnsafeCheckpointError``) unless ``trust_checkpoint`` is set. A weights
+    folder (``lightning-gpt export`` or Hugging Face GPT-2) reads as a checkpoint of weights, config and tokenizer.
+
+    Args:
+        trust_checkpoint: allow full unpickling of checkpoints that need it (code in the file may run).
     """
+
+    def __init__(self, trust_checkpoint: bool = False) -> None:
+        super().__init__()
+        self.trust_checkpoint = trust_checkpoint
+
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Any] = lambda storage, loc: storage, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
+        from lightning_gpt.checkpoint import read_checkpoint, torch_load
+        from lightning_gpt.hf_io import as_lightning_checkpoint, is_pretrained_path
+
+        fs = get_filesystem(path)
+        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+            if not fs.exists(path):
+                raise FileNotFoundError(f"Checkpoint file not found: {path}")
+            with fs.open(path, "rb") as f:
+                return torch_load(f, map_location=map_location, trust_checkpoint=self.trust_checkpoint, name=path)
+        if is_pretrained_path(path):
+            return as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
+        return read_checkpoint(path, map_location=map_location, trust_checkpoint=self.trust_checkpoint)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:

@@ -1,4 +1,4 @@
-"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI) and ``generate``.
+"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI), ``generate``, ``export``.
 
 ```bash
 lightning-gpt fit --config recipes/quickstart.yaml                    # train (runs/quickstart/checkpoints)
@@ -6,6 +6,7 @@ lightning-gpt fit --config recipes/quickstart.yaml --ckpt_path last   # resume f
 lightning-gpt generate --ckpt_path runs/quickstart --prompt "def "     # stream one completion to the terminal
 lightning-gpt predict --ckpt_path runs/quickstart/checkpoints/last.ckpt --data.path prompts.txt \\
     --writer.output_path predictions.jsonl                            # batch decoding to JSONL
+lightning-gpt export --ckpt_path runs/quickstart --output_dir hf/quickstart   # a Hugging Face GPT-2 folder
 lightning-gpt fit --help                                             # every option, documented
 ```
 
@@ -47,6 +48,11 @@ def main(args: Optional[list[str]] = None) -> None:
             from lightning_gpt.cli_generate import generate_command
 
             generate_command(argv[1:])
+            return
+        if argv and argv[0] == "export":
+            from lightning_gpt.cli_export import export_command
+
+            export_command(argv[1:])
             return
         from lightning_gpt.cli_lightning import DESCRIPTION, GPTLightningCLI
 

@@ -40,7 +40,18 @@ def _generate_parser() -> Any:
         "tokenizer come from the checkpoint. Sampling by default (temperature 0 or --do_sample false: greedy).",
     )
     add = parser.add_argument
-    add("--ckpt_path", required=True, help="a .ckpt file, or a run directory (its checkpoints/last.ckpt is used)")
+    add(
+        "--ckpt_path",
+        required=True,
+        help="a .ckpt file, a run directory (its checkpoints/last.ckpt is used), or a weights folder "
+        "(lightning-gpt export, or a Hugging Face GPT-2 folder)",
+    )
+    add(
+        "--trust_checkpoint",
+        action="store_true",
+        help="load a checkpoint even when it needs a full unpickle, which can run code from the file (trusted "
+        "files only; refused by default)",
+    )
     add("--prompt", required=True, help="the prompt text; '-' reads it from stdin")
     add(
         "--max_new_tokens",
@@ -138,9 +149,11 @@ def generate_command(argv: list[str]) -> None:
     from lightning_gpt.checkpoint import load_checkpoint
 
     prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
-    path = find_checkpoint(opts.ckpt_path)
+    from lightning_gpt.hf_io import is_pretrained_path
+
+    path = opts.ckpt_path if is_pretrained_path(opts.ckpt_path) else find_checkpoint(opts.ckpt_path)
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_checkpoint(path, map_location="cpu")
+    model, tokenizer = load_checkpoint(path, map_location="cpu", trust_checkpoint=opts.trust_checkpoint)
     if tokenizer is None:
         raise ValueError(
             f"Checkpoint {path!r} holds no tokenizer, so text cannot be encoded. Use a checkpoint written by "

@@ -129,7 +129,8 @@ class CompactUsageParser(LightningArgumentParser):
 
 DESCRIPTION = (
     "Train GPT language models and decode text from them. Also: `lightning-gpt generate --ckpt_path RUN --prompt "
-    "TEXT` streams a completion (see `lightning-gpt generate --help`)."
+    "TEXT` streams a completion (see `lightning-gpt generate --help`); `lightning-gpt export --ckpt_path RUN "
+    "--output_dir DIR` writes a Hugging Face GPT-2 folder (see `lightning-gpt export --help`)."
 )
 
 
@@ -199,6 +200,13 @@ class GPTLightningCLI(LightningCLI):
 
         from lightning_gpt.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
 
+        parser.add_argument(
+            "--trust_checkpoint",
+            type=bool,
+            default=False,
+            help="Load --ckpt_path (and a tokenizer .ckpt) even when it needs a full unpickle, which can run code "
+            "from the file. Only for files from a trusted source; by default such a file is refused.",
+        )
         if self._building == "predict":
             from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
 
@@ -220,6 +228,12 @@ class GPTLightningCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        trust = bool(self.config[subcommand].get("trust_checkpoint"))
+        from lightning_gpt.hf_io import is_pretrained_path
+
+        if ckpt_path and is_pretrained_path(ckpt_path):
+            self._parse_weights_folder(subcommand, str(ckpt_path))
+            return
         if ckpt_path and os.path.isdir(ckpt_path) and not _is_sharded_checkpoint(ckpt_path):
             ckpt_path = self.config[subcommand]["ckpt_path"] = find_checkpoint(ckpt_path)
         if not ckpt_path or ckpt_path in ("last", "best", "hpc") or not os.path.isfile(ckpt_path):
@@ -236,9 +250,17 @@ class GPTLightningCLI(LightningCLI):
             for key, value in self.config[subcommand].items()
             if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
         }
-        from lightning_gpt.checkpoint import read_checkpoint
+        from lightning_gpt.checkpoint import UnsafeCheckpointError, read_checkpoint
 
-        read_checkpoint(ckpt_path)  # a damaged file fails here with one paragraph, not torch's multi-page message
+        # A damaged or unsafe file fails here with one paragraph, not torch's multi-page message.
+        read_checkpoint(ckpt_path, trust_checkpoint=trust)
+        if trust:
+            try:
+                read_checkpoint(ckpt_path)
+            except UnsafeCheckpointError:
+                # Lightning re-reads the arguments weights-only, which this trusted file cannot pass; the module's
+                # on_load_checkpoint still adopts its model config.
+                return
         try:
             super()._parse_ckpt_path()
         except SystemExit:
@@ -252,18 +274,62 @@ class GPTLightningCLI(LightningCLI):
         for key, value in explicit.items():
             self.config[subcommand][key] = value
 
+    def _parse_weights_folder(self, subcommand: str, path: str) -> None:
+        """``--ckpt_path`` is a weights folder (``lightning-gpt export`` or Hugging Face GPT-2): the model config
+        comes from its JSON, as from a checkpoint's arguments, and validate/test use its tokenizer unless one is
+        named."""
+        from lightning_gpt.hf_io import read_pretrained_config
+
+        source = read_pretrained_config(path)  # a foreign folder fails here, in one paragraph
+        defaults = self._parser(subcommand).get_defaults()
+        explicit = {
+            key: value
+            for key, value in self.config[subcommand].items()
+            if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
+        }
+        self.config = self.parser.parse_object({subcommand: {"model": {"config": source.to_dict()}}}, self.config)
+        for key, value in explicit.items():
+            self.config[subcommand][key] = value
+        cfg = self.config[subcommand]
+        tokenizer = cfg.get("data.tokenizer")
+        if isinstance(tokenizer, str) and not _differs(tokenizer, _get_or_missing(defaults, "data.tokenizer")):
+            cfg["data.tokenizer"] = path
+
     # -- trainer ------------------------------------------------------------------------------------------------------
 
     def before_instantiate_classes(self) -> None:
         """Checkpoints go to ``<default_root_dir>/checkpoints`` (not a per-version logger folder), so that
         ``--ckpt_path last`` finds them from a new process."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("model.init_from"):
+            self._apply_init_from(cfg, str(cfg["model.init_from"]))
         if self.subcommand == "predict":
             self.save_config_callback = None  # nothing to reproduce; do not drop a config.yaml in the working dir
             return
+        if cfg.get("trust_checkpoint") and cfg.get("data.trust_checkpoint") is not None:
+            cfg["data.trust_checkpoint"] = True  # the same opt-in covers a tokenizer=<file>.ckpt
         if cfg.get("checkpoint.dirpath") is None:
             root = cfg.get("trainer.default_root_dir") or os.getcwd()
             cfg["checkpoint.dirpath"] = os.path.join(str(root), "checkpoints")
+
+    def _apply_init_from(self, cfg: Any, path: str) -> None:
+        """``--model.init_from``: the model config fields not given explicitly take PATH's values (the explicit ones
+        are checked by ``GPTModule``), and the data module uses PATH's tokenizer unless one is named."""
+        from lightning_gpt.config import GPTConfig
+        from lightning_gpt.init_from import init_config
+
+        defaults = self._parser(self.subcommand).get_defaults() if self.subcommand else self.parser.get_defaults()
+        source = init_config(path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))
+        if cfg.get("model.config") is not None:
+            plain = GPTConfig()
+            for name, value in source.to_dict().items():
+                key = f"model.config.{name}"
+                default = _get_or_missing(defaults, key)
+                if not _differs(cfg.get(key), getattr(plain, name) if default is _MISSING else default):
+                    cfg[key] = value
+        tokenizer = cfg.get("data.tokenizer")
+        if isinstance(tokenizer, str) and not _differs(tokenizer, _get_or_missing(defaults, "data.tokenizer")):
+            cfg["data.tokenizer"] = path
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Add the atomic checkpoint IO plugin and, when a logger is on, a ``LearningRateMonitor``."""
@@ -275,8 +341,13 @@ class GPTLightningCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         plugins = trainer_cfg.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        trust = bool(self._get(self.config, "trust_checkpoint", default=False))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())
+            plugins.append(AtomicCheckpointIO(trust_checkpoint=trust))
+        elif trust:
+            for plugin in plugins:
+                if isinstance(plugin, AtomicCheckpointIO):
+                    plugin.trust_checkpoint = True
         kwargs["plugins"] = plugins
         trainer = super().instantiate_trainer(**kwargs)
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):

@@ -12,10 +12,20 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
+
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
 
-__all__ = ["from_hf_gpt2", "to_hf_gpt2", "config_from_hf_gpt2"]
+__all__ = [
+    "from_hf_gpt2",
+    "to_hf_gpt2",
+    "config_from_hf_gpt2",
+    "hf_gpt2_config_dict",
+    "check_gpt2_compatible",
+    "state_dict_from_hf_gpt2",
+    "state_dict_to_hf_gpt2",
+]
 
 # HF GPT-2 uses Conv1D (weight stored as (in, out)): these matrices are transposed relative to nn.Linear.
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -55,6 +65,112 @@ def config_from_hf_gpt2(hf_config: Any, **overrides: Any) -> GPTConfig:
     return GPTConfig(**fields)
 
 
+def state_dict_from_hf_gpt2(hf_sd: dict[str, Any], config: GPTConfig) -> dict[str, Any]:
+    """Map a Hugging Face GPT-2 state dict onto ``GPT``'s parameter names and layouts (no ``transformers`` needed).
+
+    Keys may carry the ``transformer.`` prefix (``GPT2LMHeadModel``) or not (``GPT2Model``, as the hub's ``gpt2``
+    files do). Conv1D matrices are transposed; a missing ``lm_head.weight`` is the tied ``transformer.wte.weight``.
+
+    Args:
+        hf_sd: the Hugging Face tensors (e.g. read from ``model.safetensors``).
+        config: the ``GPTConfig`` the weights are for (see ``config_from_hf_gpt2``).
+
+    Returns:
+        A state dict that ``GPT(config).load_state_dict`` accepts (``lm_head.weight`` included).
+
+    Raises:
+        KeyError: a parameter is missing. ValueError: a shape does not fit ``config``.
+    """
+    hf_sd = {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in hf_sd.items()}
+    with torch.device("meta"):  # only the names and shapes are needed
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    new_sd = {}
+    for key, shape in expected.items():
+        if key == "lm_head.weight":
+            src = hf_sd.get("lm_head.weight", hf_sd.get("transformer.wte.weight"))
+        else:
+            src = hf_sd.get(key)
+        if src is None:
+            raise KeyError(f"{key} missing from the Hugging Face state dict")
+        if key.endswith(_TRANSPOSED):
+            src = src.t()
+        if src.shape != shape:
+            raise ValueError(f"Shape mismatch for {key}: HF {tuple(src.shape)} vs GPT {tuple(shape)}.")
+        new_sd[key] = src.detach().clone()
+    return new_sd
+
+
+def state_dict_to_hf_gpt2(sd: dict[str, Any], tie_weights: bool = True) -> dict[str, Any]:
+    """Map ``GPT``'s state dict onto ``GPT2LMHeadModel``'s names and Conv1D layouts (inverse of
+    ``state_dict_from_hf_gpt2``).
+
+    Args:
+        sd: ``GPT.state_dict()`` (keys without ``model.`` prefixes).
+        tie_weights: drop ``lm_head.weight`` (Hugging Face re-ties it to ``transformer.wte.weight`` on load).
+
+    Returns:
+        Contiguous tensors keyed as ``GPT2LMHeadModel.state_dict()`` names them.
+    """
+    out = {}
+    for key, src in sd.items():
+        if key == "lm_head.weight" and tie_weights:
+            continue
+        if key.endswith(_TRANSPOSED):
+            src = src.t()
+        out[key] = src.detach().contiguous()
+    return out
+
+
+def check_gpt2_compatible(config: GPTConfig) -> None:
+    """Raise ``ValueError`` naming every field that the Hugging Face GPT-2 format cannot express.
+
+    Args:
+        config: the model's config.
+
+    Raises:
+        ValueError: e.g. ``attention='linear'``, ``bias=False`` or ``scale_embeddings=True``.
+    """
+    problems = []
+    if config.attention not in ("standard", "flash"):
+        problems.append(f"attention={config.attention!r} (GPT-2 has full softmax attention)")
+    if not config.bias:
+        problems.append("bias=False")
+    if config.scale_embeddings:
+        problems.append("scale_embeddings=True")
+    if problems:
+        raise ValueError(
+            "Cannot export to Hugging Face GPT-2: "
+            + ", ".join(problems)
+            + ". Export the weights alone instead (lightning-gpt export --format safetensors)."
+        )
+
+
+def hf_gpt2_config_dict(config: GPTConfig) -> dict[str, Any]:
+    """The ``transformers.GPT2Config`` fields that describe ``config`` (plain JSON data; checked for compatibility).
+
+    Args:
+        config: the model's config.
+
+    Raises:
+        ValueError: see ``check_gpt2_compatible``.
+    """
+    check_gpt2_compatible(config)
+    return dict(
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=config.mlp_ratio * config.n_embd,
+        activation_function="gelu_new" if config.activation == "gelu_tanh" else "gelu",
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=config.dropout,
+        layer_norm_epsilon=config.layer_norm_eps,
+        tie_word_embeddings=config.tie_weights,
+    )
+
+
 def from_hf_gpt2(hf_model: Any, **config_overrides: Any) -> GPT:
     """Build a ``GPT`` with the weights of a ``transformers.GPT2LMHeadModel``.
 
@@ -66,23 +182,8 @@ def from_hf_gpt2(hf_model: Any, **config_overrides: Any) -> GPT:
         A ``GPT`` in the same train/eval mode, on the same device and dtype as ``hf_model``.
     """
     config = config_from_hf_gpt2(hf_model.config, **config_overrides)
-    hf_sd = hf_model.state_dict()
     model = GPT(config)
-    sd = model.state_dict()
-    new_sd = {}
-    for key in sd:
-        if key == "lm_head.weight":
-            src = hf_sd.get("lm_head.weight", hf_sd["transformer.wte.weight"])
-        else:
-            if key not in hf_sd:
-                raise KeyError(f"{key} missing from the Hugging Face state dict")
-            src = hf_sd[key]
-        if key.endswith(_TRANSPOSED):
-            src = src.t()
-        if src.shape != sd[key].shape:
-            raise ValueError(f"Shape mismatch for {key}: HF {tuple(src.shape)} vs GPT {tuple(sd[key].shape)}.")
-        new_sd[key] = src.detach().clone()
-    model.load_state_dict(new_sd, strict=False)
+    model.load_state_dict(state_dict_from_hf_gpt2(hf_model.state_dict(), config))
     param = next(hf_model.parameters())
     return model.to(device=param.device, dtype=param.dtype).train(hf_model.training)
 
@@ -99,42 +200,11 @@ def to_hf_gpt2(model: GPT, hf_config_overrides: Optional[dict[str, Any]] = None)
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = model.config
-    problems = []
-    if c.attention not in ("standard", "flash"):
-        problems.append(f"attention={c.attention!r} (GPT-2 has full softmax attention)")
-    if not c.bias:
-        problems.append("bias=False")
-    if c.scale_embeddings:
-        problems.append("scale_embeddings=True")
-    if problems:
-        raise ValueError("Cannot export to Hugging Face GPT-2: " + ", ".join(problems) + ".")
-    hf_config = GPT2Config(
-        vocab_size=c.vocab_size,
-        n_positions=c.block_size,
-        n_embd=c.n_embd,
-        n_layer=c.n_layer,
-        n_head=c.n_head,
-        n_inner=c.mlp_ratio * c.n_embd,
-        activation_function="gelu_new" if c.activation == "gelu_tanh" else "gelu",
-        resid_pdrop=c.dropout,
-        embd_pdrop=c.dropout,
-        attn_pdrop=c.dropout,
-        layer_norm_epsilon=c.layer_norm_eps,
-        tie_word_embeddings=c.tie_weights,
-        **(hf_config_overrides or {}),
-    )
+    hf_config = GPT2Config(**{**hf_gpt2_config_dict(model.config), **(hf_config_overrides or {})})
     hf_model = GPT2LMHeadModel(hf_config)
     hf_sd = hf_model.state_dict()
-    sd = model.state_dict()
-    new_sd = {}
-    for key, target in hf_sd.items():
-        if key not in sd:
-            continue  # non-persistent HF buffers (e.g. attention bias masks in old versions)
-        src = sd[key]
-        if key.endswith(_TRANSPOSED):
-            src = src.t()
-        new_sd[key] = src.detach().clone().to(target.dtype)
+    mapped = state_dict_to_hf_gpt2(model.state_dict(), tie_weights=False)
+    new_sd = {k: mapped[k].clone().to(target.dtype) for k, target in hf_sd.items() if k in mapped}
     missing, _ = hf_model.load_state_dict(new_sd, strict=False)
     missing = [k for k in missing if not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing:

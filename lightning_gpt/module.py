@@ -72,6 +72,10 @@ class GPTModule(LightningModule):
             from ``(dropout_seed, rank, global_step, batch_idx)``, so a run resumed from a checkpoint draws exactly
             the dropout masks of the uninterrupted run. ``None``: ``torch.initial_seed()`` at fit start (what
             ``seed_everything`` set).
+        init_from: start from the weights at this path instead of random ones: a Hugging Face GPT-2 folder
+            (``save_pretrained`` layout), a ``lightning-gpt export`` folder or a ``.ckpt`` of this package. The
+            architecture comes from there (``config`` may change only dropout and the attention kind, and shrink
+            ``block_size``); the data module must use its tokenizer. Only weights are taken: not a resume.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class GPTModule(LightningModule):
         fused: Optional[bool] = None,
         generation: Optional[GenerationConfig] = None,
         dropout_seed: Optional[int] = None,
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         if isinstance(config, dict):
@@ -98,6 +103,11 @@ class GPTModule(LightningModule):
             raise ValueError(f"GPTModule.weight_decay must be >= 0, got {weight_decay!r}.")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"GPTModule.betas must be two numbers in [0, 1), got {betas!r}.")
+        if init_from is not None:
+            from lightning_gpt.init_from import resolve_init_config
+
+            config = resolve_init_config(init_from, config)
+        self.init_from = init_from
         self._config_given = config is not None
         self.config: GPTConfig = config if config is not None else GPTConfig()
         self.learning_rate = learning_rate
@@ -108,7 +118,8 @@ class GPTModule(LightningModule):
         self.generation = generation if generation is not None else GenerationConfig()
         self.dropout_seed = dropout_seed
         # Hyperparameters stay plain (dicts, numbers) so checkpoints load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["config", "generation"])
+        # init_from is not saved: the checkpoint holds the resolved config and the weights, so it stands alone.
+        self.save_hyperparameters(ignore=["config", "generation", "init_from"])
         self.hparams["config"] = config.to_dict() if config is not None else None
         self.hparams["generation"] = dataclasses.asdict(self.generation)
 
@@ -141,6 +152,8 @@ class GPTModule(LightningModule):
             return
         self.tokenizer = tokenizer
         vocab = int(tokenizer.vocab_size)
+        if self.init_from is not None:
+            self._check_init_tokenizer(tokenizer)
         if vocab != self.config.vocab_size:
             if self.model is not None:
                 raise ValueError(
@@ -152,10 +165,42 @@ class GPTModule(LightningModule):
             self.config = dataclasses.replace(self.config, vocab_size=vocab)
             self.hparams["config"] = self.config.to_dict()
 
+    def _check_init_tokenizer(self, tokenizer: Any) -> None:
+        from lightning_gpt.init_from import init_tokenizer_state
+
+        state = init_tokenizer_state(self.init_from, trust_checkpoint=self._trust_checkpoint())
+        try:
+            if state is not None:
+                tokenizer.check_compatible(state)
+            if int(tokenizer.vocab_size) != self.config.vocab_size:
+                raise ValueError(f"{tokenizer.vocab_size} tokens vs {self.config.vocab_size} rows in the embedding")
+        except ValueError as err:
+            raise ValueError(
+                f"The data module's tokenizer is not the one of init_from={self.init_from!r} ({err}). Leave the data "
+                "tokenizer unset on the command line (it then defaults to init_from's) or pass "
+                f"data.tokenizer={self.init_from!r}."
+            ) from None
+
+    def _trust_checkpoint(self) -> bool:
+        # --trust_checkpoint reaches the trainer's checkpoint IO; the same opt-in covers init_from.
+        io = getattr(self.trainer.strategy, "checkpoint_io", None) if self._trainer is not None else None
+        return bool(getattr(io, "trust_checkpoint", False))
+
     def configure_model(self) -> None:
-        """Build the GPT (once). Under ``ModelParallelStrategy`` (FSDP2), shard each Block and then the root."""
+        """Build the GPT (once), from ``init_from``'s weights when given. Under ``ModelParallelStrategy`` (FSDP2),
+        shard each Block and then the root."""
         if self.model is None:
             self.model = GPT(self.config)
+            if self.init_from is not None:
+                from lightning_gpt.init_from import init_state_dict
+
+                state = init_state_dict(self.init_from, self.config, trust_checkpoint=self._trust_checkpoint())
+                try:
+                    self.model.load_state_dict(state)
+                except RuntimeError as err:
+                    raise ValueError(
+                        f"The weights of init_from={self.init_from!r} do not fit {self.config}: {err}"
+                    ) from None
         if self.device_mesh is not None and not getattr(self.model, "_lightning_gpt_sharded", False):
             self._apply_fsdp2()
 
@@ -342,6 +387,12 @@ class GPTModule(LightningModule):
 
     def generate_text(self, prompts: list[str], **overrides: Any) -> list[dict[str, Any]]:
         """Decode ``prompts`` with the module's tokenizer and ``generation`` settings (``overrides`` win)."""
+        if self.tokenizer is None and self.init_from is not None:
+            from lightning_gpt.data import tokenizer_from_state_dict
+            from lightning_gpt.init_from import init_tokenizer_state
+
+            state = init_tokenizer_state(self.init_from, trust_checkpoint=self._trust_checkpoint())
+            self.tokenizer = tokenizer_from_state_dict(state) if state is not None else None
         if self.tokenizer is None:
             raise ValueError(
                 "GPTModule has no tokenizer: train with a data module that provides one, or load a checkpoint that "

@@ -186,13 +186,17 @@ class FSDP2Strategy(ModelParallelStrategy):
         from pathlib import Path
 
         path = Path(self.broadcast(checkpoint_path))
+        # Weights-only unless the user trusts the file (--trust_checkpoint), whatever Lightning passes.
+        trust = bool(getattr(self.checkpoint_io, "trust_checkpoint", False))
         if not path.is_file():  # a sharded checkpoint directory: Lightning's loader
-            return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only if trust else True)
         from lightning.fabric.strategies.model_parallel import _load_raw_module_state
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         strict = self.lightning_module.strict_loading
-        checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=weights_only)
+        from lightning_gpt.checkpoint import torch_load
+
+        checkpoint = torch_load(path, map_location="cpu", trust_checkpoint=trust, mmap=True)
         _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
         options = StateDictOptions(broadcast_from_rank0=True, full_state_dict=True, strict=strict)
         names = {param: name for name, param in self.model.named_parameters()}

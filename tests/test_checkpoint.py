@@ -178,14 +178,16 @@ class _Opaque:
     """Not a tensor nor plain data: weights_only loading refuses it."""
 
 
-def test_checkpoint_with_objects_falls_back_with_a_warning(saved, tmp_path, caplog):
+def test_checkpoint_with_objects_is_refused_unless_trusted(saved, tmp_path):
+    from lightning_gpt.checkpoint import UnsafeCheckpointError
+
     model, _ = saved
     ckpt = gpt_checkpoint(model)
     ckpt["extra"] = _Opaque()
     path = tmp_path / "objects.ckpt"
     torch.save(ckpt, path)
-    with caplog.at_level("WARNING", logger="lightning_gpt.checkpoint"):
-        loaded, _ = load_checkpoint(path)
-    assert "full unpickling (trusted files only)" in caplog.text
+    with pytest.raises(UnsafeCheckpointError, match=r"(?s)_Opaque.*trust_checkpoint=True.*--trust_checkpoint"):
+        load_checkpoint(path)
+    loaded, _ = load_checkpoint(path, trust_checkpoint=True)
     x = torch.randint(0, 40, (1, 6))
     torch.testing.assert_close(loaded(x), model.eval()(x))

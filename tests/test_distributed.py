@@ -176,6 +176,16 @@ def test_checkpoints_load_into_a_single_process_with_the_same_logits(workdir, dd
             torch.testing.assert_close(model.eval()(idx), reference.eval()(idx), rtol=1e-4, atol=1e-4)
 
 
+def test_every_ddp_and_fsdp2_checkpoint_loads_with_the_safe_loader(workdir, ddp, fsdp2):
+    # Nothing the package writes needs a full unpickle (Lightning's loop and callback states included).
+    for kind in ("ddp", "fsdp2"):
+        files = sorted((workdir / kind / "checkpoints").glob("*.ckpt"))
+        assert files
+        for path in files:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            assert {"gpt_config", "tokenizer", "loops", "callbacks", "optimizer_states"} <= set(ckpt)
+
+
 def test_fsdp2_checkpoint_resumes_under_ddp_and_vice_versa(workdir, ddp, fsdp2, single):
     """4 steps under one strategy + 2 resumed under the other == 6 steps in one process."""
     reference = _weights(_ckpt(workdir, "single", 6))

@@ -60,13 +60,33 @@ def _shrunk(recipe: Path, tmp_path: Path) -> list[str]:
     return args
 
 
+def _tiny_gpt2_folder(folder: Path) -> Path:
+    """A random 2-layer GPT-2 of the shrunk size and a byte-level BPE tokenizer, as save_pretrained writes them."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"], initial_alphabet=alphabet)
+    tok.train_from_iterator(WORDS, trainer=trainer)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
+    config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_trains_two_steps_when_shrunk(cli, recipe, tmp_path):
     torch.manual_seed(0)
-    result = cli(*_shrunk(recipe, tmp_path))
+    extra = []
+    if yaml.safe_load(recipe.read_text())["model"].get("init_from"):
+        extra = ["--model.init_from", str(_tiny_gpt2_folder(tmp_path / "init"))]
+    result = cli(*_shrunk(recipe, tmp_path), *extra)
     assert result.code == 0, result.err[-3000:]
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     raw = yaml.safe_load(recipe.read_text())["model"]["config"]
     assert ckpt["gpt_config"]["attention"] == raw.get("attention", "standard")

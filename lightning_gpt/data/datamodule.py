@@ -93,6 +93,8 @@ class TextDataModule(pl.LightningDataModule):
         pin_memory: pin batches in page-locked memory (for GPU training).
         cache_dir: where token ids and trained tokenizers are cached; ``None``: ``$LIGHTNING_GPT_CACHE`` or
             ``~/.cache/lightning_gpt``.
+        trust_checkpoint: let ``tokenizer=<file>.ckpt`` load a checkpoint that needs a full unpickle (code in the
+            file may run); only for files from a trusted source. Off: such a file is refused.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class TextDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         cache_dir: Optional[str] = None,
+        trust_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("pack", "pad"):
@@ -200,7 +203,7 @@ class TextDataModule(pl.LightningDataModule):
                 )
                 log.info("tokenizer %s for %s", self._tokenizer.describe(), src.name)
             else:
-                self._tokenizer = build_tokenizer(kind)
+                self._tokenizer = build_tokenizer(kind, trust_checkpoint=self.hparams.trust_checkpoint)
         return self._tokenizer
 
     @tokenizer.setter

@@ -357,15 +357,21 @@ def build_tokenizer(
     texts: Optional[Iterable[str]] = None,
     *,
     vocab_size: int = 4096,
+    trust_checkpoint: bool = False,
 ) -> Tokenizer:
     """Build a tokenizer: train one on ``texts`` or load a pretrained one.
 
     Args:
         kind: ``char``, ``bpe`` or ``unigram`` (trained on ``texts``); ``tiktoken:<encoding>``; a path to a
-            ``tokenizer.json``; a path to a Lightning ``.ckpt`` holding ``checkpoint["tokenizer"]``; or a Hugging Face
-            tokenizer id (``hf:<id>`` or a bare id such as ``gpt2``, loaded through ``Tokenizer.from_pretrained``).
+            ``tokenizer.json``; a path to a Lightning ``.ckpt`` holding ``checkpoint["tokenizer"]``; a weights folder
+            (Hugging Face GPT-2 or ``lightning-gpt export``); or a Hugging Face tokenizer id (``hf:<id>`` or a bare id
+            such as ``gpt2``, loaded through ``Tokenizer.from_pretrained``).
         texts: the corpus documents, required for the trained kinds.
         vocab_size: vocabulary size of ``bpe``/``unigram`` (specials included); ignored otherwise.
+        trust_checkpoint: let a ``.ckpt`` that needs a full unpickle load (code may run); trusted files only.
+
+    Raises:
+        UnsafeCheckpointError: (a ``ValueError``) a ``.ckpt`` that needs a full unpickle, without ``trust_checkpoint``.
     """
     if kind in TRAINABLE:
         if texts is None:
@@ -381,12 +387,21 @@ def build_tokenizer(
     if path.endswith(".ckpt"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer={kind!r}: checkpoint file not found.")
-        import torch
+        from lightning_gpt.checkpoint import read_checkpoint
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if "tokenizer" not in ckpt:
+        ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)  # weights-only unless trusted: no code runs
+        if not isinstance(ckpt, dict) or "tokenizer" not in ckpt:
             raise ValueError(f"tokenizer={kind!r}: the checkpoint has no 'tokenizer' entry to reuse.")
         return tokenizer_from_state_dict(ckpt["tokenizer"])
+    from lightning_gpt.hf_io import is_pretrained_path, read_pretrained_tokenizer
+
+    if is_pretrained_path(path):  # a Hugging Face or exported weights folder: its tokenizer
+        state = read_pretrained_tokenizer(path)
+        if state is None:
+            raise ValueError(
+                f"tokenizer={kind!r}: the folder has no tokenizer (tokenizer.json, or vocab.json + merges.txt)."
+            )
+        return tokenizer_from_state_dict(state)
     if path.endswith(".json") or os.path.isdir(path):
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
