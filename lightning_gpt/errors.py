@@ -2,8 +2,74 @@
 
 from __future__ import annotations
 
-__all__ = ["NonFiniteError"]
+import errno
+import os
+from typing import Optional
+
+__all__ = ["NonFiniteError", "StorageError", "storage_error"]
 
 
 class NonFiniteError(RuntimeError):
     """Raised by ``NonFiniteGuard`` when training produced NaN/inf (policy ``stop``) or a checkpoint would hold it."""
+
+
+# errno values a user fixes by freeing space or writing elsewhere, with the words that say so.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+class StorageError(OSError):
+    """A file could not be written for a reason the user can fix (full or read-only disk, no permission).
+
+    ``str()`` is one paragraph naming the file, the reason and the setting that moves it elsewhere.
+    """
+
+    def __init__(self, code: int, message: str, filename: Optional[str] = None) -> None:
+        super().__init__(code, message)
+        self.message = message
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def storage_error(err: BaseException, path: object, what: str, fix: str) -> Optional[StorageError]:
+    """Turn an ``OSError`` of a full/read-only disk (or missing permission) into a ``StorageError`` naming the fix.
+
+    Args:
+        err: the error raised while writing.
+        path: the file or directory being written.
+        what: what was being written, e.g. ``"the checkpoint"``.
+        fix: the setting that points the write elsewhere, e.g. ``"--trainer.default_root_dir"``.
+
+    Returns:
+        The ``StorageError`` to raise instead, or ``None`` when ``err`` is some other failure (re-raise it as is).
+    """
+    code = getattr(err, "errno", None)
+    if isinstance(err, StorageError) or not isinstance(err, OSError) or code not in _STORAGE_ERRNOS:
+        return None
+    path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
+    return StorageError(
+        code,
+        f"could not write {what} {path!r}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). Free some space (or make "
+        f"it writable), or write elsewhere with {fix}; nothing partial was left under the final name.",
+        path,
+    )
+
+
+def describe_storage_error(err: OSError) -> Optional[str]:
+    """One paragraph for an ``OSError`` of a full/read-only disk raised where no caller named the file, else ``None``."""
+    code = getattr(err, "errno", None)
+    if code not in _STORAGE_ERRNOS:
+        return None
+    where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
+    return (
+        f"could not write{where}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). Free some space (or make it "
+        "writable), or point the output elsewhere (--trainer.default_root_dir, --data.cache_dir, "
+        "--writer.output_path)."
+    )

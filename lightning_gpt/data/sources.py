@@ -1,8 +1,13 @@
 """Where text comes from: the embedded Python standard library, local files, or a Hugging Face dataset.
 
 A source yields documents (strings) in a fixed order and describes itself with ``identity()``: a small JSON-able dict
-that changes whenever the text may have changed (paths, sizes, mtimes, dataset fingerprints, caps). The token cache
-and the trained-tokenizer cache are keyed by it, so a cached run never reads the corpus again.
+that changes whenever the text may have changed (paths, a hash of the files' bytes, dataset fingerprints, caps). The
+token cache and the trained-tokenizer cache are keyed by it, so a cached run never tokenizes the corpus again.
+
+Local files are identified by a SHA-256 of their content, not by size and modification time: ``cp -p``, ``rsync -a``
+and ``tar`` restore both, so a rewritten file would otherwise be served from the stale cache. Hashing reads the files
+once per process at about 1 GB/s (a 5 MB corpus: milliseconds; 10 GB: seconds), far below the cost of tokenizing
+them; within a process the digest is remembered per (path, size, mtime, ctime, inode).
 """
 
 from __future__ import annotations
@@ -63,11 +68,27 @@ def _capped(docs: Iterator[str], max_chars: Optional[int]) -> Iterator[str]:
         yield doc
 
 
-def _stat_digest(paths: list[str]) -> str:
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # per-process memo of file content hashes
+
+
+def _file_digest(path: str) -> str:
+    st = os.stat(path)
+    memo = (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    digest = _DIGESTS.get(memo)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = _DIGESTS[memo] = h.hexdigest()
+    return digest
+
+
+def _content_digest(paths: list[str]) -> str:
+    """A hash of the files' names and bytes (see the module docstring for why not size and mtime)."""
     h = hashlib.sha256()
     for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogatepass"))
+        h.update(f"{p}\0{_file_digest(p)}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()[:16]
 
 
@@ -129,7 +150,7 @@ class StdlibSource(TextSource):
             "python": sys.version,
             "max_chars": self.max_chars,
             "n_files": len(needed),
-            "stat": _stat_digest([os.path.join(self.root, p) for p in needed]),
+            "content": _content_digest([os.path.join(self.root, p) for p in needed]),
         }
 
 
@@ -226,7 +247,7 @@ class LocalSource(TextSource):
         return {
             "kind": "local",
             "files": files if len(files) <= 64 else [len(files), files[0], files[-1]],
-            "stat": _stat_digest(files),
+            "content": _content_digest(files),
             "text_column": self.text_column,
             "max_chars": self.max_chars,
         }
