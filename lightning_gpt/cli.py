@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from lightning_gpt.errors import NonFiniteError
+from lightning_gpt.errors import NonFiniteError, describe_storage_error, lead_with_reason
 
 __all__ = ["main"]  # GPTLightningCLI and InterruptCheckpoint: lightning_gpt.cli_lightning (also reachable here)
 
@@ -62,6 +62,12 @@ def main(args: Optional[list[str]] = None) -> None:
         if show_traceback:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        _fail(f"{lead_with_reason(message)}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
+    except OSError as err:
+        # A full or read-only disk (or no permission) is the user's to fix; any other OSError keeps its traceback.
+        message = str(err) if hasattr(err, "message") else describe_storage_error(err)
+        if show_traceback or message is None:
+            raise
         _fail(f"{message}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
 
 

@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_gpt.checkpoint import find_checkpoint
+from lightning_gpt.errors import lead_with_reason
 
 __all__ = ["GPTLightningCLI", "InterruptCheckpoint"]
 
@@ -125,6 +126,10 @@ class CompactUsageParser(LightningArgumentParser):
 
     def print_usage(self, file: Any = None) -> None:
         (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> Any:
+        """jsonargparse's message, led by the real reason (a misspelled nested key names the nearest valid one)."""
+        return super().error(lead_with_reason(message), ex)
 
 
 DESCRIPTION = (
@@ -258,6 +263,7 @@ class GPTLightningCLI(LightningCLI):
         """Checkpoints go to ``<default_root_dir>/checkpoints`` (not a per-version logger folder), so that
         ``--ckpt_path last`` finds them from a new process."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_settings(cfg)
         if self.subcommand == "predict":
             self.save_config_callback = None  # nothing to reproduce; do not drop a config.yaml in the working dir
             return
@@ -278,10 +284,71 @@ class GPTLightningCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException is a user error: one paragraph
+            if type(err).__name__ != "MisconfigurationException":
+                raise
+            raise ValueError(f"{err} Change the --trainer.* setting it names (see lightning-gpt fit --help).") from None
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
             trainer.callbacks.insert(0, LearningRateMonitor(logging_interval="step"))
         return trainer
+
+
+def check_trainer_settings(cfg: Any) -> None:
+    """Reject trainer settings Lightning would only reject later with a traceback (or after building the model).
+
+    Args:
+        cfg: the subcommand's parsed configuration (keys ``trainer.*``).
+
+    Raises:
+        ValueError: ``max_steps`` below -1; ``devices`` 0 or below -1; a GPU accelerator on a machine without one.
+    """
+    import torch
+
+    max_steps = cfg.get("trainer.max_steps")
+    if isinstance(max_steps, int) and max_steps < -1:
+        raise ValueError(
+            f"--trainer.max_steps {max_steps}: must be a number of optimizer steps >= 1 (e.g. --trainer.max_steps "
+            "1000), or -1 for no step limit (then --trainer.max_epochs ends training)."
+        )
+    devices = cfg.get("trainer.devices")
+    count = int(devices) if isinstance(devices, str) and devices.strip().lstrip("-").isdigit() else devices
+    if (isinstance(count, int) and not isinstance(count, bool) and (count == 0 or count < -1)) or devices == []:
+        raise ValueError(
+            f"--trainer.devices {devices!r}: needs a positive number of devices, -1 or 'auto' (all of them), or a "
+            "list of GPU indices such as [0, 1]. Use --trainer.devices 1 for one device."
+        )
+    accelerator = cfg.get("trainer.accelerator")
+    if not isinstance(accelerator, str):
+        return
+    name = accelerator.lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    missing = {
+        "cuda": not torch.cuda.is_available(),
+        "gpu": not (torch.cuda.is_available() or mps),
+        "mps": not mps,
+    }.get(name, False)
+    if not missing:
+        return
+    why = "no CUDA GPU" if name == "cuda" else "no Apple MPS device" if name == "mps" else "no GPU"
+    if name != "mps" and torch.version.cuda is None:
+        why += " (this torch is a CPU-only build)"
+    extra = []
+    if isinstance(count, int) and count > 1 or isinstance(devices, (list, tuple)):
+        extra.append("--trainer.devices 1")
+    precision = str(cfg.get("trainer.precision") or "")
+    if precision.startswith("16") or precision.endswith("true") and "16" in precision:
+        extra.append("--trainer.precision 32-true")
+    strategy = cfg.get("trainer.strategy")
+    if strategy not in (None, "auto"):
+        extra.append("--trainer.strategy auto")
+    fix = " ".join(["--trainer.accelerator cpu", *extra])
+    raise ValueError(
+        f"--trainer.accelerator {accelerator!r}: this machine has {why}. Run on the CPU with {fix} (a GPU recipe "
+        "then runs, slowly; shrink it with e.g. --model.config.n_layer 2 --trainer.max_steps 20), or run on a machine "
+        "with a GPU."
+    )
 
 
 def _trainer_defaults() -> dict[str, Any]:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
+import importlib
+import inspect
 import os
+import re
 from typing import Optional
 
-__all__ = ["NonFiniteError", "StorageError", "storage_error"]
+__all__ = ["NonFiniteError", "StorageError", "storage_error", "lead_with_reason"]
 
 
 class NonFiniteError(RuntimeError):
@@ -63,7 +67,7 @@ def storage_error(err: BaseException, path: object, what: str, fix: str) -> Opti
 
 
 def describe_storage_error(err: OSError) -> Optional[str]:
-    """One paragraph for an ``OSError`` of a full/read-only disk raised where no caller named the file, else ``None``."""
+    """One paragraph for a full/read-only disk ``OSError`` raised where no caller named the file, else ``None``."""
     code = getattr(err, "errno", None)
     if code not in _STORAGE_ERRNOS:
         return None
@@ -73,3 +77,48 @@ def describe_storage_error(err: OSError) -> Optional[str]:
         "writable), or point the output elsewhere (--trainer.default_root_dir, --data.cache_dir, "
         "--writer.output_path)."
     )
+
+
+def lead_with_reason(message: str) -> str:
+    """jsonargparse reports a bad field of an ``Optional[...]`` argument as "Does not validate against any of the
+    Union subtypes", a list of subtypes, the real reason, and a dump of the value; keep only the real reason."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return message
+    unknown = _unknown_field(message)
+    if unknown:
+        return unknown
+    reasons: list[list[str]] = []
+    in_errors = False
+    for line in message.splitlines():
+        text = line.strip()
+        if text == "Errors:":
+            in_errors = True
+        elif text.startswith("Given value"):
+            in_errors = False
+        elif in_errors and text.startswith("- "):
+            reasons.append([text[2:].strip()])
+        elif in_errors and text and reasons:
+            reasons[-1].append(text)
+    reasons = [r for r in reasons if not r[0].startswith("Expected a <class 'NoneType'>")]
+    key = re.search(r'Parser key "([^"]+)"', message)
+    prefix = f"--{key.group(1)}: " if key else ""
+    return prefix + " ".join(" ".join(r) for r in reasons) if reasons else message
+
+
+def _unknown_field(message: str) -> Optional[str]:
+    """ "Option 'n_layr' is not accepted" inside a union message -> one line naming the key and the nearest field."""
+    option = re.search(r"Option '([^']+)' is not accepted", message)
+    key = re.search(r'Parser key "([^"]+)"', message)
+    class_path = re.search(r"class_path '([\w.]+)'", message)
+    if not (option and key and class_path):
+        return None
+    module, _, name = class_path.group(1).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        fields = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    bad = option.group(1)
+    close = difflib.get_close_matches(bad, fields, n=1, cutoff=0.5)
+    hint = f"did you mean --{key.group(1)}.{close[0]}?" if close else f"its fields are {', '.join(fields)}."
+    return f"--{key.group(1)}.{bad}: {name} has no field {bad!r}; {hint}"

@@ -11,6 +11,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
+from lightning_gpt.errors import storage_error
+
 __all__ = ["JSONLPredictionWriter"]
 
 
@@ -67,8 +69,11 @@ class JSONLPredictionWriter(BasePredictionWriter):
     @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._target = self._path_for(trainer)
-        self._target.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self._target.with_name(self._target.name + ".tmp"), "w", encoding="utf-8")
+        try:
+            self._target.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._target.with_name(self._target.name + ".tmp"), "w", encoding="utf-8")
+        except OSError as err:
+            _raise_storage(err, self._target)
         self.num_written = 0
 
     @override
@@ -84,21 +89,28 @@ class JSONLPredictionWriter(BasePredictionWriter):
     ) -> None:
         if self._file is None:
             raise RuntimeError("JSONLPredictionWriter: write_on_batch_end called before on_predict_start.")
-        for record in _records(prediction):
-            if self.fields is not None:
-                record = {k: record[k] for k in self.fields if k in record}
-            self._file.write(json.dumps(record, ensure_ascii=False, default=_to_json) + "\n")
-            self.num_written += 1
-        self._file.flush()
+        try:
+            for record in _records(prediction):
+                if self.fields is not None:
+                    record = {k: record[k] for k in self.fields if k in record}
+                self._file.write(json.dumps(record, ensure_ascii=False, default=_to_json) + "\n")
+                self.num_written += 1
+            self._file.flush()
+        except OSError as err:
+            _raise_storage(err, self._target)
 
     @override
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._file is None or self._target is None:
             return
         tmp = Path(self._file.name)
-        self._file.close()
-        self._file = None
-        os.replace(tmp, self._target)
+        try:
+            self._file.close()
+            self._file = None
+            os.replace(tmp, self._target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            _raise_storage(err, self._target)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -108,6 +120,13 @@ class JSONLPredictionWriter(BasePredictionWriter):
             self._file.close()
             self._file = None
             tmp.unlink(missing_ok=True)
+
+
+def _raise_storage(err: OSError, target: Any) -> None:
+    wrapped = storage_error(err, target, "the predictions", "--writer.output_path")
+    if wrapped is None:
+        raise err
+    raise wrapped from err
 
 
 def _to_json(obj: Any) -> Any:

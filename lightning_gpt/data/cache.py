@@ -331,7 +331,6 @@ def load_token_cache(path: str) -> TokenArray:
         FileNotFoundError: there is no entry at ``path``.
         CacheEntryError: the entry is damaged (see ``verify_token_cache``).
     """
-    meta_path = os.path.join(path, "meta.json")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no token cache at {path!r}; call TextDataModule.prepare_data() first.")
     meta = verify_token_cache(path)

@@ -29,7 +29,15 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Prompts file {str(path)!r} does not exist (expected one prompt per line, or JSONL).")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        data = path.read_bytes()
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not valid UTF-8 (byte {data[err.start : err.start + 1]!r} at byte offset {err.start}). "
+            f"Convert the prompts file to UTF-8, e.g. iconv -f latin1 -t utf-8 {str(path)!r} > prompts.txt."
+        ) from None
     first = next((line for line in lines if line.strip()), "")
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson") or first.lstrip().startswith("{")
     prompts: list[str] = []

@@ -42,14 +42,18 @@ def test_negative_max_steps(cli, run_yaml):
 
 @pytest.mark.parametrize("devices", ["0", "-3"])
 def test_zero_devices(cli, run_yaml, devices):
-    _user_error(cli("fit", "--config", run_yaml(), "--trainer.devices", devices), "devices", devices, "--trainer.devices 1")
+    _user_error(
+        cli("fit", "--config", run_yaml(), "--trainer.devices", devices), "devices", devices, "--trainer.devices 1"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
 def test_gpu_accelerator_without_a_gpu(cli, run_yaml, accelerator):
     message = _user_error(
-        cli("fit", "--config", run_yaml(), "--trainer.accelerator", accelerator), accelerator, "--trainer.accelerator cpu"
+        cli("fit", "--config", run_yaml(), "--trainer.accelerator", accelerator),
+        accelerator,
+        "--trainer.accelerator cpu",
     )
     assert "no GPU" in message or "no CUDA" in message
 
@@ -64,7 +68,9 @@ def test_gpu_recipe_on_a_cpu_machine(cli, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_generate_on_cuda_without_cuda(cli, trained):
-    message = _user_error(cli("generate", "--ckpt_path", trained["ckpt"], "--prompt", "the", "--device", "cuda"), "cuda")
+    message = _user_error(
+        cli("generate", "--ckpt_path", trained["ckpt"], "--prompt", "the", "--device", "cuda"), "cuda"
+    )
     assert "--device cpu" in message
 
 
