@@ -284,6 +284,14 @@ class GPTLightningCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
+        if (
+            self.subcommand != "predict"
+        ):  # steps and loss lines (plain when stdout is a log file); summary without FLOPs 0
+            from lightning_gpt.callbacks.progress import default_progress_callbacks
+
+            callbacks = trainer_cfg.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            kwargs["callbacks"] = callbacks + default_progress_callbacks(trainer_cfg, callbacks)
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException is a user error: one paragraph
