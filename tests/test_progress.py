@@ -7,10 +7,9 @@ import re
 
 import pytest
 import yaml
+from reliability.conftest import tiny_config, write_corpus
 
 from lightning_gpt.callbacks.progress import GPTProgressBar
-
-from reliability.conftest import tiny_config, write_corpus
 
 
 @pytest.fixture
