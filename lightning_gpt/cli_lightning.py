@@ -209,6 +209,7 @@ class GPTLightningCLI(LightningCLI):
 
             parser.add_lightning_class_args(JSONLPredictionWriter, "writer")
             return
+        _document_config_fields(parser)
         parser.add_lightning_class_args(GradientClipping, "clip")
         parser.add_lightning_class_args(LRSchedule, "lr_schedule")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
@@ -264,6 +265,8 @@ class GPTLightningCLI(LightningCLI):
         ``--ckpt_path last`` finds them from a new process."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_settings(cfg)
+        if self.subcommand == "fit":
+            check_training_length(cfg)
         if self.subcommand == "predict":
             self.save_config_callback = None  # nothing to reproduce; do not drop a config.yaml in the working dir
             return
@@ -356,6 +359,46 @@ def check_trainer_settings(cfg: Any) -> None:
         f"--trainer.accelerator {accelerator!r}: this machine has {why}. Run on the CPU with {fix} (a GPU recipe "
         "then runs, slowly; shrink it with e.g. --model.config.n_layer 2 --trainer.max_steps 20), or run on a machine "
         "with a GPU."
+    )
+
+
+def check_training_length(cfg: Any) -> None:
+    """``fit`` needs to know how long it trains before anything is built: the LR schedule decays over ``max_steps``.
+
+    Args:
+        cfg: the ``fit`` configuration.
+
+    Raises:
+        ValueError: neither ``--trainer.max_steps`` nor ``--lr_schedule.decay_steps`` is set (a bare ``fit``).
+    """
+    max_steps = cfg.get("trainer.max_steps")
+    schedule = cfg.get("lr_schedule.schedule")
+    if cfg.get("lr_schedule.decay_steps") is not None or schedule == "constant":
+        return
+    if max_steps is None or max_steps < 0:
+        raise ValueError(
+            "fit needs a training length: the learning-rate schedule decays over --trainer.max_steps, which is not "
+            "set. Start from a recipe, e.g. lightning-gpt fit --config recipes/quickstart.yaml (a 4-layer character "
+            "model on the Python standard library, minutes on a CPU), or set --trainer.max_steps N (and a model size "
+            "such as --model.config.n_layer 4 --model.config.n_head 4 --model.config.n_embd 128; the default is GPT-2 "
+            "small, 124M parameters)."
+        )
+
+
+def _document_config_fields(parser: LightningArgumentParser) -> None:
+    """``fit --help`` names every architecture field: ``--model.config`` is a dataclass that jsonargparse shows as
+    one option, so its help lists the fields as ``--model.config.<field>`` with their defaults."""
+    import dataclasses
+
+    from lightning_gpt.config import GPTConfig
+
+    action = next((a for a in parser._actions if getattr(a, "dest", None) == "model.config"), None)
+    if action is None:
+        return
+    fields = ", ".join(f"--model.config.{f.name} ({f.default!r})" for f in dataclasses.fields(GPTConfig))
+    action.help = (
+        f"{action.help or ''} Architecture fields (defaults: GPT-2 small): {fields}. "
+        "`lightning-gpt fit --model.config.help` describes each."
     )
 
 
