@@ -199,10 +199,10 @@ class GPTLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Configurable default callbacks (``clip.*``, ``lr_schedule.*``, ``sampling.*``, ``nonfinite.*``,
-        ``checkpoint.*``) and, for ``predict``, the JSONL writer (``writer.*``)."""
+        ``loss_curve.*``, ``checkpoint.*``) and, for ``predict``, the JSONL writer (``writer.*``)."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from lightning_gpt.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
+        from lightning_gpt.callbacks import GradientClipping, LossCurve, LRSchedule, NonFiniteGuard, SampleGeneration
 
         if self._building == "predict":
             from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
@@ -214,6 +214,7 @@ class GPTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(LRSchedule, "lr_schedule")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(SampleGeneration, "sampling")
+        parser.add_lightning_class_args(LossCurve, "loss_curve")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
 

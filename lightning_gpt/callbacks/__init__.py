@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import (
 )
 
 from lightning_gpt.callbacks.clipping import GradientClipping, clip_grad_norm
+from lightning_gpt.callbacks.loss_curve import LossCurve
 from lightning_gpt.callbacks.lr_schedule import LRSchedule, lr_at
 from lightning_gpt.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
 from lightning_gpt.callbacks.progress import GPTModelSummary, GPTProgressBar
@@ -28,6 +29,7 @@ __all__ = [
     "GradientClipping",
     "JSONLPredictionWriter",
     "LRSchedule",
+    "LossCurve",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "NonFiniteError",
