@@ -26,7 +26,10 @@ class _DropAdvert(logging.Filter):
     """Lightning prints a product tip (install litlogger) at every fit; the command's output is the run's own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+        # Also Lightning's note that it skipped its own model summary: the CLI adds GPTModelSummary on purpose.
+        return not str(record.msg).startswith(
+            ("\N{ELECTRIC LIGHT BULB} Tip:", "Trainer already configured with model summary callbacks")
+        )
 
 
 _DROP_ADVERT = _DropAdvert()
