@@ -72,10 +72,10 @@ def describe_storage_error(err: OSError) -> Optional[str]:
     if code not in _STORAGE_ERRNOS:
         return None
     where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
+    verb = "could not use" if code in (errno.EACCES, errno.EPERM) else "could not write"
     return (
-        f"could not write{where}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). Free some space (or make it "
-        "writable), or point the output elsewhere (--trainer.default_root_dir, --data.cache_dir, "
-        "--writer.output_path)."
+        f"{verb}{where}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). Free some space (or fix the permissions), "
+        "or point the output elsewhere (--trainer.default_root_dir, --data.cache_dir, --writer.output_path)."
     )
 
 
