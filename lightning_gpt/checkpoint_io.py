@@ -11,6 +11,8 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lightning_gpt.errors import storage_error
+
 __all__ = ["AtomicCheckpointIO"]
 
 
@@ -70,8 +72,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
+            # A full or read-only disk is the user's to fix: one paragraph naming the file, not torch's traceback.
+            wrapped = storage_error(err, path, "the checkpoint", "--trainer.default_root_dir (or --checkpoint.dirpath)")
+            if wrapped is not None:
+                raise wrapped from err
             raise
         _fsync_dir(path.parent)
 

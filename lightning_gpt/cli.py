@@ -22,12 +22,40 @@ import os
 import sys
 from typing import Any, Optional
 
-from lightning_gpt.errors import NonFiniteError
+from lightning_gpt.errors import NonFiniteError, describe_storage_error, lead_with_reason
 
 __all__ = ["main"]  # GPTLightningCLI and InterruptCheckpoint: lightning_gpt.cli_lightning (also reachable here)
 
 # Exceptions that mean "the user asked for something impossible": shown as one message, not a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+# Every subcommand, one line each: the top-level help (``lightning-gpt``, ``lightning-gpt --help``).
+SUBCOMMANDS = (
+    ("fit", "train a model, or resume one with --ckpt_path last (start: --config recipes/quickstart.yaml)"),
+    ("validate", "compute the validation loss of a checkpoint on a data source"),
+    ("test", "compute the test loss of a checkpoint on a data source"),
+    ("predict", "decode a file of prompts (text or JSONL) in batches into a JSONL file"),
+    ("generate", "stream one completion of a prompt from a checkpoint to the terminal"),
+    ("export", "write a checkpoint's model out for use elsewhere (see lightning-gpt export --help)"),
+)
+
+
+def overview() -> str:
+    """The top-level help: what the command does and every subcommand with one line each."""
+    width = max(len(name) for name, _ in SUBCOMMANDS)
+    lines = [
+        "usage: lightning-gpt <subcommand> [options]",
+        "",
+        "Train GPT language models and decode text from them.",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS),
+        "",
+        "`lightning-gpt <subcommand> --help` lists the options of one subcommand; every option can also be set in a",
+        "YAML file given with --config (see recipes/).",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _fail(message: str) -> None:
@@ -43,6 +71,11 @@ def main(args: Optional[list[str]] = None) -> None:
     """
     argv = list(sys.argv[1:] if args is None else args)
     show_traceback = os.environ.get("LIGHTNING_GPT_TRACEBACK", "") not in ("", "0")
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(overview())
+        if not argv:
+            _fail("choose a subcommand, e.g. lightning-gpt fit --config recipes/quickstart.yaml")
+        return
     try:
         if argv and argv[0] == "generate":
             from lightning_gpt.cli_generate import generate_command
@@ -68,6 +101,12 @@ def main(args: Optional[list[str]] = None) -> None:
         if show_traceback:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        _fail(f"{lead_with_reason(message)}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
+    except OSError as err:
+        # A full or read-only disk (or no permission) is the user's to fix; any other OSError keeps its traceback.
+        message = str(err) if hasattr(err, "message") else describe_storage_error(err)
+        if show_traceback or message is None:
+            raise
         _fail(f"{message}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
 
 

@@ -153,6 +153,7 @@ def generate_command(argv: list[str]) -> None:
 
     path = opts.ckpt_path if is_pretrained_path(opts.ckpt_path) else find_checkpoint(opts.ckpt_path)
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    _check_device(device)
     model, tokenizer = load_checkpoint(path, map_location="cpu", trust_checkpoint=opts.trust_checkpoint)
     if tokenizer is None:
         raise ValueError(
@@ -180,6 +181,33 @@ def generate_command(argv: list[str]) -> None:
         out.flush()
     out.write("\n")
     out.flush()
+
+
+def _check_device(device: str) -> None:
+    """One paragraph, before the checkpoint is read, for a device that is not there (or not a device at all)."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a device name; use auto, cpu, cuda, cuda:1 or mps.") from None
+    cpu_build = " (this torch is a CPU-only build)" if torch.version.cuda is None else ""
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {device!r}: CUDA is not available on this machine{cpu_build}. Use --device cpu "
+            "(or leave --device at auto)."
+        )
+    if (
+        kind == "cuda"
+        and torch.device(device).index is not None
+        and torch.device(device).index >= torch.cuda.device_count()
+    ):
+        raise ValueError(
+            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s). Use "
+            "--device cuda:0 (or auto)."
+        )
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {device!r}: no Apple MPS device here. Use --device cpu (or auto).")
 
 
 def _generate_fitted(model: Any, tokenizer: Any, prompt: str, config: GenerationConfig) -> list[str]:

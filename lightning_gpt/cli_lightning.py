@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_gpt.checkpoint import find_checkpoint
+from lightning_gpt.errors import lead_with_reason
 
 __all__ = ["GPTLightningCLI", "InterruptCheckpoint"]
 
@@ -25,7 +26,10 @@ class _DropAdvert(logging.Filter):
     """Lightning prints a product tip (install litlogger) at every fit; the command's output is the run's own."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+        # Also Lightning's note that it skipped its own model summary: the CLI adds GPTModelSummary on purpose.
+        return not str(record.msg).startswith(
+            ("\N{ELECTRIC LIGHT BULB} Tip:", "Trainer already configured with model summary callbacks")
+        )
 
 
 _DROP_ADVERT = _DropAdvert()
@@ -126,6 +130,10 @@ class CompactUsageParser(LightningArgumentParser):
     def print_usage(self, file: Any = None) -> None:
         (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")
 
+    def error(self, message: str, ex: Optional[Exception] = None) -> Any:
+        """jsonargparse's message, led by the real reason (a misspelled nested key names the nearest valid one)."""
+        return super().error(lead_with_reason(message), ex)
+
 
 DESCRIPTION = (
     "Train GPT language models and decode text from them. Also: `lightning-gpt generate --ckpt_path RUN --prompt "
@@ -195,10 +203,10 @@ class GPTLightningCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Configurable default callbacks (``clip.*``, ``lr_schedule.*``, ``sampling.*``, ``nonfinite.*``,
-        ``checkpoint.*``) and, for ``predict``, the JSONL writer (``writer.*``)."""
+        ``loss_curve.*``, ``checkpoint.*``) and, for ``predict``, the JSONL writer (``writer.*``)."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from lightning_gpt.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
+        from lightning_gpt.callbacks import GradientClipping, LossCurve, LRSchedule, NonFiniteGuard, SampleGeneration
 
         parser.add_argument(
             "--trust_checkpoint",
@@ -212,10 +220,12 @@ class GPTLightningCLI(LightningCLI):
 
             parser.add_lightning_class_args(JSONLPredictionWriter, "writer")
             return
+        _document_config_fields(parser)
         parser.add_lightning_class_args(GradientClipping, "clip")
         parser.add_lightning_class_args(LRSchedule, "lr_schedule")
         parser.add_lightning_class_args(NonFiniteGuard, "nonfinite")
         parser.add_lightning_class_args(SampleGeneration, "sampling")
+        parser.add_lightning_class_args(LossCurve, "loss_curve")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
 
@@ -301,6 +311,9 @@ class GPTLightningCLI(LightningCLI):
         """Checkpoints go to ``<default_root_dir>/checkpoints`` (not a per-version logger folder), so that
         ``--ckpt_path last`` finds them from a new process."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        check_trainer_settings(cfg)
+        if self.subcommand == "fit":
+            check_training_length(cfg)
         if cfg.get("model.init_from"):
             self._apply_init_from(cfg, str(cfg["model.init_from"]))
         if self.subcommand == "predict":
@@ -349,10 +362,119 @@ class GPTLightningCLI(LightningCLI):
                 if isinstance(plugin, AtomicCheckpointIO):
                     plugin.trust_checkpoint = True
         kwargs["plugins"] = plugins
-        trainer = super().instantiate_trainer(**kwargs)
+        if (
+            self.subcommand != "predict"
+        ):  # steps and loss lines (plain when stdout is a log file); summary without FLOPs 0
+            from lightning_gpt.callbacks.progress import default_progress_callbacks
+
+            callbacks = trainer_cfg.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            kwargs["callbacks"] = callbacks + default_progress_callbacks(trainer_cfg, callbacks)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException is a user error: one paragraph
+            if type(err).__name__ != "MisconfigurationException":
+                raise
+            raise ValueError(f"{err} Change the --trainer.* setting it names (see lightning-gpt fit --help).") from None
         if trainer.loggers and not any(isinstance(c, LearningRateMonitor) for c in trainer.callbacks):
             trainer.callbacks.insert(0, LearningRateMonitor(logging_interval="step"))
         return trainer
+
+
+def check_trainer_settings(cfg: Any) -> None:
+    """Reject trainer settings Lightning would only reject later with a traceback (or after building the model).
+
+    Args:
+        cfg: the subcommand's parsed configuration (keys ``trainer.*``).
+
+    Raises:
+        ValueError: ``max_steps`` below -1; ``devices`` 0 or below -1; a GPU accelerator on a machine without one.
+    """
+    import torch
+
+    max_steps = cfg.get("trainer.max_steps")
+    if isinstance(max_steps, int) and max_steps < -1:
+        raise ValueError(
+            f"--trainer.max_steps {max_steps}: must be a number of optimizer steps >= 1 (e.g. --trainer.max_steps "
+            "1000), or -1 for no step limit (then --trainer.max_epochs ends training)."
+        )
+    devices = cfg.get("trainer.devices")
+    count = int(devices) if isinstance(devices, str) and devices.strip().lstrip("-").isdigit() else devices
+    if (isinstance(count, int) and not isinstance(count, bool) and (count == 0 or count < -1)) or devices == []:
+        raise ValueError(
+            f"--trainer.devices {devices!r}: needs a positive number of devices, -1 or 'auto' (all of them), or a "
+            "list of GPU indices such as [0, 1]. Use --trainer.devices 1 for one device."
+        )
+    accelerator = cfg.get("trainer.accelerator")
+    if not isinstance(accelerator, str):
+        return
+    name = accelerator.lower()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    missing = {
+        "cuda": not torch.cuda.is_available(),
+        "gpu": not (torch.cuda.is_available() or mps),
+        "mps": not mps,
+    }.get(name, False)
+    if not missing:
+        return
+    why = "no CUDA GPU" if name == "cuda" else "no Apple MPS device" if name == "mps" else "no GPU"
+    if name != "mps" and torch.version.cuda is None:
+        why += " (this torch is a CPU-only build)"
+    extra = []
+    if isinstance(count, int) and count > 1 or isinstance(devices, (list, tuple)):
+        extra.append("--trainer.devices 1")
+    precision = str(cfg.get("trainer.precision") or "")
+    if precision.startswith("16") or precision.endswith("true") and "16" in precision:
+        extra.append("--trainer.precision 32-true")
+    strategy = cfg.get("trainer.strategy")
+    if strategy not in (None, "auto"):
+        extra.append("--trainer.strategy auto")
+    fix = " ".join(["--trainer.accelerator cpu", *extra])
+    raise ValueError(
+        f"--trainer.accelerator {accelerator!r}: this machine has {why}. Run on the CPU with {fix} (a GPU recipe "
+        "then runs, slowly; shrink it with e.g. --model.config.n_layer 2 --trainer.max_steps 20), or run on a machine "
+        "with a GPU."
+    )
+
+
+def check_training_length(cfg: Any) -> None:
+    """``fit`` needs to know how long it trains before anything is built: the LR schedule decays over ``max_steps``.
+
+    Args:
+        cfg: the ``fit`` configuration.
+
+    Raises:
+        ValueError: neither ``--trainer.max_steps`` nor ``--lr_schedule.decay_steps`` is set (a bare ``fit``).
+    """
+    max_steps = cfg.get("trainer.max_steps")
+    schedule = cfg.get("lr_schedule.schedule")
+    if cfg.get("lr_schedule.decay_steps") is not None or schedule == "constant":
+        return
+    if max_steps is None or max_steps < 0:
+        raise ValueError(
+            "fit needs a training length: the learning-rate schedule decays over --trainer.max_steps, which is not "
+            "set. Start from a recipe, e.g. lightning-gpt fit --config recipes/quickstart.yaml (a 4-layer character "
+            "model on the Python standard library, minutes on a CPU), or set --trainer.max_steps N (and a model size "
+            "such as --model.config.n_layer 4 --model.config.n_head 4 --model.config.n_embd 128; the default is GPT-2 "
+            "small, 124M parameters)."
+        )
+
+
+def _document_config_fields(parser: LightningArgumentParser) -> None:
+    """``fit --help`` names every architecture field: ``--model.config`` is a dataclass that jsonargparse shows as
+    one option, so its help lists the fields as ``--model.config.<field>`` with their defaults."""
+    import dataclasses
+
+    from lightning_gpt.config import GPTConfig
+
+    action = next((a for a in parser._actions if getattr(a, "dest", None) == "model.config"), None)
+    if action is None:
+        return
+    fields = ", ".join(f"--model.config.{f.name} ({f.default!r})" for f in dataclasses.fields(GPTConfig))
+    action.help = (
+        f"{action.help or ''} Architecture fields (defaults: GPT-2 small): {fields}. "
+        "`lightning-gpt fit --model.config.help` describes each."
+    )
 
 
 def _trainer_defaults() -> dict[str, Any]:

@@ -15,16 +15,21 @@ from lightning.pytorch.callbacks import (
 )
 
 from lightning_gpt.callbacks.clipping import GradientClipping, clip_grad_norm
+from lightning_gpt.callbacks.loss_curve import LossCurve
 from lightning_gpt.callbacks.lr_schedule import LRSchedule, lr_at
 from lightning_gpt.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
+from lightning_gpt.callbacks.progress import GPTModelSummary, GPTProgressBar
 from lightning_gpt.callbacks.sampling import SampleGeneration
 from lightning_gpt.callbacks.throughput import GPTThroughputMonitor, flops_per_token, num_parameters
 
 __all__ = [
+    "GPTModelSummary",
+    "GPTProgressBar",
     "GPTThroughputMonitor",
     "GradientClipping",
     "JSONLPredictionWriter",
     "LRSchedule",
+    "LossCurve",
     "LearningRateMonitor",
     "ModelCheckpoint",
     "NonFiniteError",

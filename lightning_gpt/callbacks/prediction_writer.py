@@ -11,6 +11,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
+from lightning_gpt.errors import storage_error
+
 __all__ = ["JSONLPredictionWriter"]
 
 
@@ -34,21 +36,27 @@ class JSONLPredictionWriter(BasePredictionWriter):
     place with ``os.replace`` when prediction ends, so a crashed run never leaves a truncated result file. With several
     processes each rank writes ``<stem>.rank<r><suffix>``.
 
+    The other fields of each input record (a JSONL prompts file's ``"id"``, ``"meta"``, ...) come first in its output
+    record, so results join back to their inputs (with ``PromptDataModule``; the generated keys win a name clash).
+
     Args:
         output_path: the ``.jsonl`` file to write; parent directories are created.
-        fields: keys to keep from each record, in this order (others are dropped); ``None`` keeps every key.
+        fields: keys to keep from each generated record, in this order (others are dropped); ``None`` keeps every key.
+        carry_input_fields: copy the input record's fields into each output record.
     """
 
     def __init__(
         self,
         output_path: str = "predictions.jsonl",
         fields: Optional[Sequence[str]] = ("prompt", "completion", "tokens", "finish_reason"),
+        carry_input_fields: bool = True,
     ) -> None:
         super().__init__(write_interval="batch")
         if not output_path:
             raise ValueError("JSONLPredictionWriter.output_path must be a file path, e.g. predictions.jsonl.")
         self.output_path = str(output_path)
         self.fields = list(fields) if fields is not None else None
+        self.carry_input_fields = carry_input_fields
         self._file: Optional[Any] = None
         self._target: Optional[Path] = None
         self.num_written = 0
@@ -67,8 +75,11 @@ class JSONLPredictionWriter(BasePredictionWriter):
     @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._target = self._path_for(trainer)
-        self._target.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self._target.with_name(self._target.name + ".tmp"), "w", encoding="utf-8")
+        try:
+            self._target.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._target.with_name(self._target.name + ".tmp"), "w", encoding="utf-8")
+        except OSError as err:
+            _raise_storage(err, self._target)
         self.num_written = 0
 
     @override
@@ -84,21 +95,40 @@ class JSONLPredictionWriter(BasePredictionWriter):
     ) -> None:
         if self._file is None:
             raise RuntimeError("JSONLPredictionWriter: write_on_batch_end called before on_predict_start.")
-        for record in _records(prediction):
-            if self.fields is not None:
-                record = {k: record[k] for k in self.fields if k in record}
-            self._file.write(json.dumps(record, ensure_ascii=False, default=_to_json) + "\n")
-            self.num_written += 1
-        self._file.flush()
+        records = _records(prediction)
+        inputs = self._inputs(trainer, batch_indices, len(records))
+        try:
+            for i, record in enumerate(records):
+                if self.fields is not None:
+                    record = {k: record[k] for k in self.fields if k in record}
+                if inputs:
+                    record = {**inputs[i], **record}
+                self._file.write(json.dumps(record, ensure_ascii=False, default=_to_json) + "\n")
+                self.num_written += 1
+            self._file.flush()
+        except OSError as err:
+            _raise_storage(err, self._target)
+
+    def _inputs(self, trainer: Trainer, batch_indices: Optional[Sequence[int]], n_records: int) -> list[dict[str, Any]]:
+        """The input record of each output record (``num_return_sequences`` outputs share one input)."""
+        source = getattr(trainer, "datamodule", None)
+        if not self.carry_input_fields or not batch_indices or not hasattr(source, "input_record"):
+            return []
+        per_input = max(1, n_records // len(batch_indices))
+        return [source.input_record(int(batch_indices[i // per_input])) for i in range(n_records)]
 
     @override
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._file is None or self._target is None:
             return
         tmp = Path(self._file.name)
-        self._file.close()
-        self._file = None
-        os.replace(tmp, self._target)
+        try:
+            self._file.close()
+            self._file = None
+            os.replace(tmp, self._target)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            _raise_storage(err, self._target)
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -108,6 +138,13 @@ class JSONLPredictionWriter(BasePredictionWriter):
             self._file.close()
             self._file = None
             tmp.unlink(missing_ok=True)
+
+
+def _raise_storage(err: OSError, target: Any) -> None:
+    wrapped = storage_error(err, target, "the predictions", "--writer.output_path")
+    if wrapped is None:
+        raise err
+    raise wrapped from err
 
 
 def _to_json(obj: Any) -> Any:

@@ -128,7 +128,11 @@ class SampleGeneration(Callback):
         lines = [f"--- samples at step {step} ---"]
         for i, r in enumerate(results):
             lines.append(f"[{i}] {r['prompt']}{r['completion']}")
-        rank_zero_info("\n".join(lines))
+        bar = trainer.progress_bar_callback
+        if bar is not None and getattr(bar, "is_enabled", False) or getattr(bar, "plain_lines", False):
+            bar.print("\n" + "\n".join(lines))  # above the bar, on lines of its own (never glued to the bar line)
+        else:
+            rank_zero_info("\n".join(lines))
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):  # TensorBoard

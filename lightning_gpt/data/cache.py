@@ -2,24 +2,45 @@
 
 Everything is written atomically: into a temporary name in the same directory, then ``os.replace``d into place, so a
 crash or an error leaves no half-written entry, and concurrent writers (several ranks or runs) just race to an
-identical result.
+identical result. Temporaries carry the host and process id of their writer; the next build removes those of writers
+that no longer run (a build killed with SIGKILL). An entry is verified when it is opened (metadata parses, the token
+file has the recorded length, the offsets match): a damaged one is rebuilt by ``build_token_cache`` with a warning
+naming it, and ``load_token_cache`` stops with ``CacheEntryError`` naming the entry and the fix. Stale content is
+handled by the key: sources identify themselves by a hash of their content (see ``lightning_gpt.data.sources``).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
 from lightning_gpt.data.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_state_dict
+from lightning_gpt.errors import storage_error
 
-__all__ = ["TokenArray", "default_cache_dir", "cache_key", "build_token_cache", "load_token_cache", "cached_tokenizer"]
+__all__ = [
+    "TokenArray",
+    "CacheEntryError",
+    "default_cache_dir",
+    "cache_key",
+    "build_token_cache",
+    "load_token_cache",
+    "cached_tokenizer",
+]
+
+log = logging.getLogger(__name__)
+_CACHE_FIX = "--data.cache_dir (or $LIGHTNING_GPT_CACHE)"
+_LEGACY_TMP_AGE_S = 24 * 3600  # temporaries without a writer id (older versions) count as stale after a day
 
 CACHE_VERSION = 1
 _CHUNK_CHARS = 1 << 20  # tokenize ~1M characters at a time (bounded memory for any corpus size)
@@ -34,6 +55,115 @@ def cache_key(obj: Any) -> str:
     """A short stable hash of a JSON-able object (sorted keys, independent of ``PYTHONHASHSEED``)."""
     blob = json.dumps({"v": CACHE_VERSION, "obj": obj}, sort_keys=True, ensure_ascii=True).encode()
     return hashlib.sha256(blob).hexdigest()[:24]
+
+
+class CacheEntryError(ValueError):
+    """A token cache entry on disk is damaged (truncated, unreadable metadata, missing or inconsistent offsets)."""
+
+
+def _tmp_prefix(pid: Optional[int] = None) -> str:
+    """Prefix of a temporary written by process ``pid`` on this host: ``.tmp-<host>-<pid>-``."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+    return f".tmp-{host}-{os.getpid() if pid is None else pid}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove the temporaries in ``folder`` left by writers on this host that no longer run (and, from older
+    versions without a writer id, those untouched for a day). Live writers' temporaries are kept.
+
+    Args:
+        folder: a cache folder (``<cache>/tokens`` or ``<cache>/tokenizers``).
+
+    Returns:
+        The removed paths.
+    """
+    if not os.path.isdir(folder):
+        return []
+    mine = _tmp_prefix(0)[: -len("0-")]  # ".tmp-<host>-"
+    removed = []
+    for name in os.listdir(folder):
+        if not name.startswith(".tmp-"):
+            continue
+        path = os.path.join(folder, name)
+        if name.startswith(mine):
+            pid_text = name[len(mine) :].split("-", 1)[0]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue
+        elif name.count("-") >= 3:  # another host's writer (a shared file system): not ours to judge
+            continue
+        else:
+            try:
+                if time.time() - os.path.getmtime(path) < _LEGACY_TMP_AGE_S:
+                    continue
+            except OSError:
+                continue
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except OSError:
+                continue
+        removed.append(path)
+    if removed:
+        log.info("Removed %d stale temporaries of interrupted cache builds in %s.", len(removed), folder)
+    return removed
+
+
+def _damaged(path: str, reason: str) -> CacheEntryError:
+    return CacheEntryError(
+        f"token cache entry {path!r} is damaged ({reason}). Delete it (rm -r {path!r}) and run again: it is "
+        "rebuilt from the source."
+    )
+
+
+def verify_token_cache(path: str) -> dict[str, Any]:
+    """Check a cache entry without reading its token stream; return its metadata.
+
+    Args:
+        path: the entry directory.
+
+    Returns:
+        The parsed ``meta.json``.
+
+    Raises:
+        CacheEntryError: the metadata is unreadable, ``tokens.bin`` is shorter or longer than recorded, or
+            ``offsets.npy`` is missing, unreadable or does not match the metadata.
+    """
+    try:
+        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        n_tokens, n_docs, dtype = int(meta["n_tokens"]), int(meta["n_docs"]), np.dtype(meta["dtype"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise _damaged(path, f"meta.json is unreadable: {type(err).__name__}: {err}") from None
+    tokens_path = os.path.join(path, "tokens.bin")
+    size = os.path.getsize(tokens_path) if os.path.isfile(tokens_path) else None
+    if size != n_tokens * dtype.itemsize:
+        found = "missing" if size is None else f"{size} bytes"
+        raise _damaged(path, f"tokens.bin is {found}, expected {n_tokens * dtype.itemsize} bytes")
+    try:
+        offsets = np.load(os.path.join(path, "offsets.npy"), mmap_mode="r", allow_pickle=False)
+        ok = offsets.ndim == 1 and len(offsets) == n_docs + 1 and int(offsets[0]) == 0
+        ok = ok and int(offsets[-1]) == n_tokens
+    except (OSError, ValueError, EOFError) as err:
+        raise _damaged(path, f"offsets.npy is missing or unreadable: {type(err).__name__}") from None
+    if not ok:
+        raise _damaged(path, "offsets.npy does not match meta.json")
+    return meta
+
+
+def _write_failed(err: BaseException, path: str) -> Optional[BaseException]:
+    return storage_error(err, path, "the token cache", _CACHE_FIX)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -118,15 +248,27 @@ def build_token_cache(
     """
     root = os.path.join(cache_dir, "tokens")
     final = os.path.join(root, cache_key(key_obj))
-    if os.path.isfile(os.path.join(final, "meta.json")):
-        return final
+    if os.path.exists(final):
+        try:
+            verify_token_cache(final)
+            return final
+        except CacheEntryError as err:
+            log.warning("%s Rebuilding it now.", err)
+            _discard(final, root)
     if tokenizer.eos_id is None:
         raise ValueError(f"{tokenizer.describe()} has no EOS token to separate documents; use a tokenizer with one.")
     if add_bos and tokenizer.bos_id is None:
         raise ValueError(f"add_bos=True but {tokenizer.describe()} has no BOS token; set add_bos=False.")
     dtype = token_dtype(tokenizer.vocab_size)
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
+    try:
+        os.makedirs(root, exist_ok=True)
+        remove_stale_temporaries(root)
+        tmp = tempfile.mkdtemp(prefix=_tmp_prefix(), dir=root)
+    except OSError as err:
+        wrapped = _write_failed(err, root)
+        if wrapped is None:
+            raise
+        raise wrapped from err
     try:
         offsets = [0]
         n_chars = 0
@@ -157,9 +299,26 @@ def build_token_cache(
         except OSError:
             if not os.path.isfile(os.path.join(final, "meta.json")):  # not a lost race: a real error
                 raise
+    except OSError as err:
+        wrapped = _write_failed(err, final)
+        if wrapped is None:
+            raise
+        raise wrapped from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _discard(entry: str, root: str) -> None:
+    """Move a damaged entry out of the way (atomically, so no reader sees it half-deleted), then delete it."""
+    aside = f"{root}/{_tmp_prefix()}discard-{os.path.basename(entry)}"
+    try:
+        os.replace(entry, aside)
+    except OSError as err:
+        if err.errno not in (errno.ENOENT,):  # ENOENT: another process already removed it
+            raise
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_token_cache(path: str) -> TokenArray:
@@ -167,19 +326,21 @@ def load_token_cache(path: str) -> TokenArray:
 
     Args:
         path: the entry directory.
+
+    Raises:
+        FileNotFoundError: there is no entry at ``path``.
+        CacheEntryError: the entry is damaged (see ``verify_token_cache``).
     """
-    meta_path = os.path.join(path, "meta.json")
-    if not os.path.isfile(meta_path):
+    if not os.path.isdir(path):
         raise FileNotFoundError(f"no token cache at {path!r}; call TextDataModule.prepare_data() first.")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
+    meta = verify_token_cache(path)
     n = int(meta["n_tokens"])
     tokens = (
         np.memmap(os.path.join(path, "tokens.bin"), dtype=meta["dtype"], mode="r", shape=(n,))
         if n
         else np.zeros(0, dtype=meta["dtype"])
     )
-    offsets = np.load(os.path.join(path, "offsets.npy"))
+    offsets = np.load(os.path.join(path, "offsets.npy"), allow_pickle=False)
     return TokenArray(path=path, tokens=tokens, offsets=offsets, meta=meta)
 
 
@@ -196,16 +357,26 @@ def cached_tokenizer(cache_dir: Optional[str], key_obj: dict[str, Any], build: C
     root = os.path.join(cache_dir, "tokenizers")
     path = os.path.join(root, cache_key(key_obj) + ".json")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return tokenizer_from_state_dict(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                return tokenizer_from_state_dict(json.load(f))
+        except (ValueError, KeyError, TypeError) as err:  # a damaged file: train again rather than fail
+            log.warning("Cached tokenizer %r is damaged (%s: %s); rebuilding it now.", path, type(err).__name__, err)
     tok = build()
-    os.makedirs(root, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=root)
+    tmp = ""
     try:
+        os.makedirs(root, exist_ok=True)
+        remove_stale_temporaries(root)
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), suffix=".json", dir=root)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(tok.state_dict(), f, sort_keys=True)
         os.replace(tmp, path)
+    except OSError as err:
+        wrapped = storage_error(err, path, "the tokenizer cache", _CACHE_FIX)
+        if wrapped is None:
+            raise
+        raise wrapped from err
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.remove(tmp)
     return tok

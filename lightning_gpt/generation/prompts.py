@@ -13,11 +13,23 @@ from typing import Any, Optional
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-__all__ = ["PromptDataModule", "read_prompts"]
+__all__ = ["PromptDataModule", "read_prompts", "read_prompt_records"]
 
 
 def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     """Read prompts from a file: JSONL (one object per line with a ``field`` key) or plain text (one per line).
+
+    See ``read_prompt_records`` for the format; this returns only the prompt texts.
+
+    Args:
+        path: the prompts file.
+        field: the key holding the prompt in JSONL records.
+    """
+    return [text for text, _ in read_prompt_records(path, field)]
+
+
+def read_prompt_records(path: str | Path, field: str = "prompt") -> list[tuple[str, dict[str, Any]]]:
+    """Read prompts and their whole input records: ``(prompt, record)`` per prompt (``record`` is ``{}`` for text).
 
     The format is JSONL when the file name ends in ``.jsonl``/``.ndjson`` or its first non-blank line starts with
     ``{``. In plain text, blank lines are skipped and a literal ``\\n`` inside a line stands for a newline.
@@ -29,15 +41,23 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Prompts file {str(path)!r} does not exist (expected one prompt per line, or JSONL).")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        data = path.read_bytes()
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not valid UTF-8 (byte {data[err.start : err.start + 1]!r} at byte offset {err.start}). "
+            f"Convert the prompts file to UTF-8, e.g. iconv -f latin1 -t utf-8 {str(path)!r} > prompts.txt."
+        ) from None
     first = next((line for line in lines if line.strip()), "")
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson") or first.lstrip().startswith("{")
-    prompts: list[str] = []
+    prompts: list[tuple[str, dict[str, Any]]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if not is_jsonl:
-            prompts.append(line.replace("\\n", "\n"))
+            prompts.append((line.replace("\\n", "\n"), {}))
             continue
         try:
             record = json.loads(line)
@@ -45,7 +65,7 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
             raise ValueError(f"{path}:{number} is not valid JSON ({err.msg}): one object per line.") from err
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise ValueError(f'{path}:{number}: each JSONL record needs a string "{field}" field, got {line[:80]!r}.')
-        prompts.append(record[field])
+        prompts.append((record[field], record))
     if not prompts:
         raise ValueError(f"Prompts file {str(path)!r} holds no prompts.")
     return prompts
@@ -84,13 +104,22 @@ class PromptDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.field = field
         self._prompts: Optional[list[str]] = list(prompts) if prompts is not None else None
+        self._records: list[dict[str, Any]] = [{} for _ in self._prompts] if self._prompts is not None else []
 
     @property
     def prompts(self) -> list[str]:
         """The prompts, read from ``path`` on first use."""
         if self._prompts is None:
-            self._prompts = read_prompts(self.path, self.field)
+            pairs = read_prompt_records(self.path, self.field)
+            self._prompts = [text for text, _ in pairs]
+            self._records = [record for _, record in pairs]
         return self._prompts
+
+    def input_record(self, index: int) -> dict[str, Any]:
+        """The whole input record of prompt ``index`` (a JSONL line's object; ``{}`` for plain text), so that results
+        can carry its other fields (an ``"id"``, ...) and be joined back to the inputs."""
+        _ = self.prompts
+        return self._records[index] if 0 <= index < len(self._records) else {}
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Read the prompts file (fails early with a clear message when it is missing or malformed)."""
