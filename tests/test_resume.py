@@ -148,3 +148,81 @@ def test_resume_is_exact_mid_epoch_with_text_datamodule(tmp_path):
     # ~7 batches per epoch: step 10 is mid-epoch; validation runs every 3 steps and at epoch ends.
     losses = assert_exact_resume(tmp_path, make_data, samples=True, val_check_interval=3)
     assert len(set(losses.values())) == 20
+
+
+# ------------------------------------------------------------------------------------ checkpoints at an epoch end
+
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "and", "cat"]
+
+
+def _corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    if not path.exists():
+        g = torch.Generator().manual_seed(0)
+        rows = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (8,), generator=g).tolist()) for _ in range(12)]
+        path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def fit_text(root, corpus, *, max_steps, ckpt_path=None, validate=True, every_n_train_steps=None):
+    """A TextDataModule run of ~7 batches per epoch, checkpointing at every epoch end (the CLI's default: no
+    ``every_n_train_steps``) or every ``every_n_train_steps``; validation (when on) once per epoch."""
+    from lightning_gpt.data import TextDataModule
+
+    pl.seed_everything(1234, verbose=False)
+    rec = Recorder()
+    checkpoint = ModelCheckpoint(
+        dirpath=root / "ckpt", save_last=True, save_top_k=-1, every_n_train_steps=every_n_train_steps
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LRSchedule(warmup_steps=3, min_lr_ratio=0.1), NonFiniteGuard(), checkpoint, rec],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=root,
+        num_sanity_val_steps=0,
+    )
+    data = TextDataModule(
+        source=str(corpus),
+        tokenizer="char",
+        batch_size=4,
+        val_fraction=0.1 if validate else 0.0,
+        cache_dir=str(corpus.parent / "cache"),
+    )
+    module = GPTModule(GPTConfig(**{**CONFIG, "n_layer": 1}), learning_rate=3e-3)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return module, rec.losses, trainer
+
+
+def assert_same_state(a: GPTModule, b: GPTModule) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        torch.testing.assert_close(sb[name], sa[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("validate", [False, True], ids=["epoch_end", "after_epoch_end_validation"])
+def test_resume_from_an_epoch_end_checkpoint_is_exact(tmp_path, validate):
+    """2.5 epochs in one go == resume from the epoch-1-end checkpoint == resume (again) from the resumed run's own
+    epoch-2-end checkpoint. Lightning re-enters the finished epoch on such a restart (two ``set_epoch`` calls); the
+    data position saved in the checkpoint decides what comes next."""
+    corpus = _corpus(tmp_path)
+    full, full_losses, trainer = fit_text(tmp_path / "full", corpus, max_steps=17, validate=validate)
+    per_epoch = trainer.num_training_batches
+    assert 5 <= per_epoch <= 8 and sorted(full_losses) == list(range(1, 18))  # 17 steps: 2 epochs and a part
+    first = tmp_path / "full" / "ckpt" / f"epoch=0-step={per_epoch}.ckpt"
+    assert first.exists(), sorted(p.name for p in (tmp_path / "full" / "ckpt").iterdir())
+
+    resumed, losses, _ = fit_text(tmp_path / "resumed", corpus, max_steps=17, validate=validate, ckpt_path=first)
+    assert losses == {k: v for k, v in full_losses.items() if k > per_epoch}  # exact float equality, step by step
+    assert_same_state(full, resumed)
+
+    # The resumed run's own epoch-end checkpoint (its epoch counter may differ from the file name's) resumes exactly.
+    second = next(p for p in (tmp_path / "resumed" / "ckpt").glob(f"*step={2 * per_epoch}.ckpt"))
+    again, losses, _ = fit_text(tmp_path / "again", corpus, max_steps=17, validate=validate, ckpt_path=second)
+    assert losses == {k: v for k, v in full_losses.items() if k > 2 * per_epoch}
+    assert_same_state(full, again)
