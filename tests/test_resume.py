@@ -226,3 +226,76 @@ def test_resume_from_an_epoch_end_checkpoint_is_exact(tmp_path, validate):
     again, losses, _ = fit_text(tmp_path / "again", corpus, max_steps=17, validate=validate, ckpt_path=second)
     assert losses == {k: v for k, v in full_losses.items() if k > 2 * per_epoch}
     assert_same_state(full, again)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "validation, which",
+    [("quickstart", "after_validation"), ("quickstart", "final_step"), ("once_per_epoch", "after_validation")],
+)
+def test_cli_resume_with_ckpt_path_last_from_an_epoch_end_checkpoint_is_exact(tmp_path, cli, validation, which):
+    """``lightning-gpt fit --ckpt_path last`` with recipes/quickstart.yaml shrunk (its checkpoint settings: the CLI
+    defaults). Validation, and with it the checkpoint, at exactly every epoch end: by the quickstart's step-counted
+    ``val_check_interval`` set to the epoch length, or by Lightning's default of once per epoch."""
+    import csv
+    import math
+    import shutil
+    from pathlib import Path
+
+    import yaml
+
+    from lightning_gpt.data import TextDataModule
+
+    corpus = _corpus(tmp_path)
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml").read_text())
+    data_cfg = dict(source=str(corpus), max_chars=None, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    cfg["data"].update(data_cfg)
+    probe = TextDataModule(block_size=16, **{k: v for k, v in cfg["data"].items()})
+    probe.setup("fit")
+    per_epoch = math.ceil(len(probe.train_dataset) / 4)
+    total = 2 * per_epoch + 3
+    cfg["model"]["config"].update(block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.1)
+    cfg["trainer"].update(accelerator="cpu", val_check_interval=per_epoch, limit_val_batches=2, log_every_n_steps=1)
+    if validation == "once_per_epoch":
+        cfg["trainer"].update(val_check_interval=1.0, check_val_every_n_epoch=1)
+    cfg["trainer"].update(enable_progress_bar=False, enable_model_summary=False)
+    cfg["lr_schedule"].update(warmup_steps=2, decay_steps=total)  # the same schedule in the shorter first run
+    cfg["sampling"].update(every_n_steps=10_000)
+    config = tmp_path / "quickstart-tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+
+    def fit(name: str, max_steps: int, *extra: str) -> Path:
+        root = tmp_path / name
+        logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(root)}}
+        args = ["fit", "--config", config, "--trainer.default_root_dir", root, "--trainer.max_steps", max_steps]
+        result = cli(*args, "--trainer.logger", yaml.safe_dump(logger, default_flow_style=True).strip(), *extra)
+        assert result.code == 0, result
+        return root
+
+    def losses(root: Path) -> list[str]:
+        # In step order. Not keyed by the logged step: after a restart at an epoch end Lightning's logging step (not
+        # global_step) can run one ahead; the in-process tests above key the losses by global_step.
+        rows = [r for f in root.glob("lightning_logs/*/metrics.csv") for r in csv.DictReader(f.open())]
+        return [r["train/loss"] for r in sorted(rows, key=lambda r: int(r["step"])) if r.get("train/loss")]
+
+    def final_weights(root: Path) -> dict[str, torch.Tensor]:
+        ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] == total
+        return ckpt["state_dict"]
+
+    full = fit("full", total)
+    first = fit("first", per_epoch)
+    # The checkpoint written after the end-of-epoch validation, or the one InterruptCheckpoint writes at the end of
+    # the epoch's last batch when max_steps stops fit there, as the only (last) checkpoint of a new run folder.
+    name = f"epoch=0-step={per_epoch}.ckpt" if which == "after_validation" else "last.ckpt"
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copy(first / "checkpoints" / name, tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    resumed = fit("resumed", total, "--ckpt_path", "last")
+
+    full_losses = losses(full)
+    assert len(full_losses) == total
+    assert losses(first) == full_losses[:per_epoch]
+    assert losses(resumed) == full_losses[per_epoch:]  # exact: the same float text, step by step
+    a, b = final_weights(full), final_weights(resumed)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
