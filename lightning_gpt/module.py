@@ -361,7 +361,7 @@ class GPTModule(LightningModule):
             # changes nothing, not even by weight decay or momentum.
             for p in params:
                 p.grad = None
-            self.last_loss = torch.tensor(loss_sum)  # 0, or NaN for a real fault
+            self.last_loss = torch.tensor(loss_sum, device=self.device)  # 0, or NaN for a real fault
             self._step_loss = None
             return
         # Each micro-batch backpropagated sum / block_size; Lightning divided it by accumulate_grad_batches and DDP /
@@ -380,7 +380,7 @@ class GPTModule(LightningModule):
 
     def on_before_optimizer_step(self, optimizer: Any) -> None:
         """Log the step's loss: the token-weighted mean over the whole accumulated batch and every rank."""
-        if self._window is not None:
+        if self._window is not None and self.automatic_optimization:
             raise RuntimeError(
                 "GPTModule's gradients were not normalized before the optimizer step: a subclass overrides "
                 "optimizer_step without calling super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)."

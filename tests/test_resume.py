@@ -299,3 +299,57 @@ def test_cli_resume_with_ckpt_path_last_from_an_epoch_end_checkpoint_is_exact(tm
     a, b = final_weights(full), final_weights(resumed)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_gradient_accumulation_saves_at_the_end_of_the_step_and_resumes_exactly(tmp_path):
+    """Ctrl-C in the first micro-batch of a step: the checkpoint is written once that step's last micro-batch is done
+    (a mid-step checkpoint would lose the gradients accumulated so far), and resuming from it is exact."""
+    import signal
+
+    from lightning_gpt.cli_lightning import InterruptCheckpoint
+
+    class CtrlCAt(pl.Callback):
+        def __init__(self, batch_idx: int) -> None:
+            self.batch_idx = batch_idx
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == self.batch_idx:
+                next(c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint))._requested = True
+
+    class MicroBatchLosses(pl.Callback):  # every micro-batch's loss (all in epoch 0)
+        def __init__(self) -> None:
+            self.losses = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.losses[batch_idx] = float(outputs["loss"])
+
+    def fit(root, max_steps, *extra, ckpt_path=None):
+        pl.seed_everything(1234, verbose=False)
+        rec = MicroBatchLosses()
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_steps=max_steps,
+            accumulate_grad_batches=2,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[ModelCheckpoint(dirpath=root, save_last=True), InterruptCheckpoint(), rec, *extra],
+            default_root_dir=root,
+        )
+        module = GPTModule(GPTConfig(**CONFIG), learning_rate=3e-3)
+        trainer.fit(module, RandomTokenData(), ckpt_path=ckpt_path)
+        return module, rec.losses
+
+    full, full_losses = fit(tmp_path / "full", 4)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning turns the KeyboardInterrupt into exit code 1
+            fit(tmp_path / "split", 4, CtrlCAt(batch_idx=2))
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning ignores SIGINT after a KeyboardInterrupt
+    last = tmp_path / "split" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 2  # step 2 = micro-batches 2 and 3
+    resumed, losses = fit(tmp_path / "resumed", 4, ckpt_path=last)
+    assert sorted(full_losses) == list(range(8)) and losses == {k: v for k, v in full_losses.items() if k >= 4}
+    assert_same_state(full, resumed)
