@@ -42,11 +42,12 @@ def _quiet_lightning() -> None:
 class InterruptCheckpoint(Callback):
     """Ctrl-C during ``fit`` saves a resumable checkpoint, then stops.
 
-    The first SIGINT only sets a flag; at the end of the current optimizer step (with gradient accumulation: after its
-    last micro-batch; a consistent state: weights, optimizer, loop counters, sampler position and RNG all agree) every rank saves ``<checkpoint dir>/last.ckpt`` and training
+    The first SIGINT only sets a flag; at the end of the current optimizer step (a consistent state: weights, optimizer,
+    loop counters, sampler position and RNG all agree) every rank saves ``<checkpoint dir>/last.ckpt`` and training
     stops with ``KeyboardInterrupt``. ``lightning-gpt fit ... --ckpt_path last`` then continues exactly from there.
     A second Ctrl-C interrupts immediately, without a checkpoint. When ``fit`` ends (``max_steps``) after the last
     periodic checkpoint, ``last.ckpt`` is brought up to the final step as well (saved at the last batch's end).
+    With gradient accumulation, a step ends with its last micro-batch (a checkpoint cannot hold half a step).
 
     Args:
         filename: file name of the checkpoint inside the ``ModelCheckpoint`` directory; ``last.ckpt`` is what

@@ -324,9 +324,10 @@ class GPTModule(LightningModule):
         """
         loss, n_tokens = self._shared_step(batch)
         loss_sum = loss * n_tokens  # compute_loss is a per-token mean (0 over no tokens), so this is the token sum
-        if self._window is None:
-            self._window = torch.zeros(2, dtype=torch.float64, device=loss.device)
-        self._window += torch.stack([loss_sum.detach().double(), n_tokens.double()])
+        if self._window is None:  # float64 keeps token counts exact (MPS has no float64)
+            dtype = torch.float32 if loss.device.type == "mps" else torch.float64
+            self._window = torch.zeros(2, dtype=dtype, device=loss.device)
+        self._window += torch.stack([loss_sum.detach(), n_tokens]).to(self._window.dtype)
         scaled = loss_sum / self.config.block_size
         return scaled + (loss - scaled).detach()
 
@@ -383,7 +384,8 @@ class GPTModule(LightningModule):
         if self._window is not None and self.automatic_optimization:
             raise RuntimeError(
                 "GPTModule's gradients were not normalized before the optimizer step: a subclass overrides "
-                "optimizer_step without calling super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)."
+                "optimizer_step without calling "
+                "super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)."
             )
         loss, self._step_loss = self._step_loss, None
         # Lightning's self.log costs ~1 ms of Python per call: log on logging steps (Trainer(log_every_n_steps)),
