@@ -455,3 +455,26 @@ def _plain_pass(config, state, x, y) -> tuple[dict[str, torch.Tensor], float]:
     loss = loss_sum / (y != -100).sum()
     loss.backward()
     return {n: p.grad for n, p in model.named_parameters()}, float(loss)
+
+
+def test_a_short_last_accumulation_window_is_weighted_by_its_own_tokens(tmp_path):
+    """3 micro-batches with accumulation 2: the second step has one micro-batch (Lightning steps at the epoch end);
+    its gradient is still that micro-batch's (sum of token losses) / (its target tokens)."""
+
+    class SecondStep(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 2:
+                self.weights = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 1:
+                self.grads = {n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()}
+
+    x, y = _rows(n_ignored_rows=0)
+    pl.seed_everything(0, verbose=False)
+    module = GPTModule(GPTConfig(**TINY))
+    rec = SecondStep()
+    _fit_rows(tmp_path, module, x, y, max_epochs=1, accumulate_grad_batches=2, callbacks=[rec])
+    ref_grads, _ = _plain_pass(module.config, rec.weights, x[2:], y[2:])
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(rec.grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
