@@ -51,6 +51,7 @@ class InterruptCheckpoint(Callback):
     stops with ``KeyboardInterrupt``. ``lightning-gpt fit ... --ckpt_path last`` then continues exactly from there.
     A second Ctrl-C interrupts immediately, without a checkpoint. When ``fit`` ends (``max_steps``) after the last
     periodic checkpoint, ``last.ckpt`` is brought up to the final step as well (saved at the last batch's end).
+    With gradient accumulation, a step ends with its last micro-batch (a checkpoint cannot hold half a step).
 
     Args:
         filename: file name of the checkpoint inside the ``ModelCheckpoint`` directory; ``last.ckpt`` is what
@@ -61,6 +62,7 @@ class InterruptCheckpoint(Callback):
         self.filename = filename
         self._requested = False
         self._previous_handler: Any = None
+        self._step_at_batch_start = -1
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._requested:  # second Ctrl-C: give up on the graceful path
@@ -81,7 +83,14 @@ class InterruptCheckpoint(Callback):
         except ValueError:  # not the main thread (e.g. a notebook worker): keep Lightning's default behaviour
             self._previous_handler = None
 
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self._step_at_batch_start = trainer.global_step
+
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if trainer.global_step == self._step_at_batch_start:
+            # A micro-batch inside a gradient-accumulation step: its gradients are not in a checkpoint, so wait for
+            # the step's last micro-batch (the same on every rank, so no rank waits on another here).
+            return
         if self._final_step_unsaved(trainer):
             # fit is about to stop at max_steps; save here (mid-epoch state Lightning resumes exactly), not at
             # on_train_end (where the epoch already counts as finished).

@@ -160,7 +160,8 @@ class GPT(nn.Module):
         ignore_index: int = -100,
         logits_to_keep: int = 0,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-        """Logits for every position, and the mean cross-entropy when ``targets`` are given.
+        """Logits for every position, and the mean cross-entropy when ``targets`` are given (over the targets that are
+        not ``ignore_index``; ``0`` when there are none).
 
         Args:
             idx: token ids ``(B, T)``.
@@ -206,7 +207,10 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=ignore_index)
+        targets = targets.reshape(-1)
+        loss = F.cross_entropy(
+            logits.view(-1, logits.size(-1)).float(), targets, ignore_index=ignore_index, reduction="sum"
+        ) / (targets != ignore_index).sum().clamp(min=1)  # 0, not NaN, when every target is ignored
         return logits, loss
 
     # ------------------------------------------------------------------ decoding state (the cache protocol)

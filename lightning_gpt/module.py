@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from lightning_gpt.checkpoint import resolve_checkpoint_config
 from lightning_gpt.config import GPTConfig
@@ -56,6 +56,34 @@ def _json_normal(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+class TokenMeanLoss(Metric):
+    """Token-weighted mean of per-batch mean losses: (sum over batches of mean x tokens) / (sum of tokens), summed
+    over ranks. A batch without target tokens adds nothing; a real NaN stays NaN (torchmetrics' ``MeanMetric`` drops
+    NaN values by default)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("tokens", torch.zeros(()), dist_reduce_fx="sum")
+
+    def update(self, loss: Tensor, n_tokens: Tensor) -> None:
+        """Add one batch.
+
+        Args:
+            loss: the batch's mean loss per target token (a scalar; ``0`` when it has none).
+            n_tokens: the batch's target-token count.
+        """
+        n_tokens = torch.as_tensor(n_tokens, device=self.tokens.device).float()
+        self.loss_sum += loss.detach().float() * n_tokens
+        self.tokens += n_tokens
+
+    def compute(self) -> Tensor:
+        """The mean loss per target token (NaN when no batch had any target token)."""
+        return self.loss_sum / self.tokens
+
+
 class GPTModule(LightningModule):
     """Trains a GPT with next-token cross-entropy and AdamW; decodes prompts in ``predict``.
 
@@ -76,6 +104,20 @@ class GPTModule(LightningModule):
             (``save_pretrained`` layout), a ``lightning-gpt export`` folder or a ``.ckpt`` of this package. The
             architecture comes from there (``config`` may change only dropout and the attention kind, and shrink
             ``block_size``); the data module must use its tokenizer. Only weights are taken: not a resume.
+
+    Loss weighting. The loss of one optimizer step is (sum of the token losses) / (number of target tokens), both
+    over the whole accumulated batch (``Trainer(accumulate_grad_batches)`` micro-batches) and over every rank, so each
+    target token weighs the same whatever the padding, the batch split or the number of devices: batch 8 x
+    accumulation 1 on one device, 2 x 2 on two devices and 1 x 8 on one device give the same gradient. How: the
+    token count of a whole window is only known once its last micro-batch is seen, and gradients are linear, so each
+    ``training_step`` backpropagates its token sum divided by a run constant (``config.block_size``), the two counts
+    (loss sum, tokens) accumulate on the side, and ``optimizer_step`` all-reduces them once per step and rescales the
+    gradients right after the last backward (and the DDP/FSDP reduction), before clipping, the non-finite check and
+    the update. This needs nothing from the data side (no look-ahead, any data module works). A micro-batch whose
+    targets are all ``IGNORE_INDEX`` adds zero loss and zero gradient; a step without any target token changes no
+    weight. The logged ``train/loss`` (and ``train/ppl``) is the token-weighted mean of the step over all ranks,
+    ``val/loss`` and ``test/loss`` the token-weighted mean over the whole set, and ``train/tokens_seen`` counts target
+    tokens over all ranks.
     """
 
     def __init__(
@@ -127,8 +169,10 @@ class GPTModule(LightningModule):
         self.tokenizer: Any = None
         self._step_seed: Optional[int] = None
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=False)
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self._window: Optional[Tensor] = None  # (summed token losses, target tokens) of the accumulating step
+        self._step_loss: Optional[Tensor] = None
+        self.val_loss = TokenMeanLoss()
+        self.test_loss = TokenMeanLoss()
 
     @classmethod
     def from_model(cls, model: GPT, **kwargs: Any) -> "GPTModule":
@@ -264,15 +308,22 @@ class GPTModule(LightningModule):
         )
 
     def compute_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        """Mean next-token cross-entropy over the targets that are not ``IGNORE_INDEX`` (padding).
+        """Mean next-token cross-entropy over the targets that are not ``IGNORE_INDEX`` (padding, prompts).
 
-        Override to add terms (e.g. a z-loss); called by the training, validation and test steps.
+        Override to add terms (e.g. a z-loss); called by the training, validation and test steps. Keep it a mean per
+        target token: the steps weigh it by the batch's target-token count (see the class docstring), and a batch
+        without any target token must give ``0`` (a mean over no tokens), not NaN.
 
         Args:
             logits: ``(B, T, vocab_size)``.
             targets: ``(B, T)`` next-token ids, ``IGNORE_INDEX`` where ignored.
+
+        Returns:
+            A scalar: the mean loss per target token, ``0`` (with a zero gradient) when every target is ignored.
         """
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+        targets = targets.flatten()
+        total = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
     def _shared_step(self, batch: Any) -> tuple[Tensor, Tensor]:
         idx, targets = self.split_batch(batch)
@@ -293,6 +344,7 @@ class GPTModule(LightningModule):
         return flops_per_token(self.config, seq_len=seq_len) * batch_size * seq_len
 
     def on_train_start(self) -> None:
+        self._window = None
         if self._step_seed is None:
             self._step_seed = int(self.dropout_seed) if self.dropout_seed is not None else torch.initial_seed()
 
@@ -308,23 +360,92 @@ class GPTModule(LightningModule):
             torch.manual_seed(seed)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """One micro-batch: backpropagate its summed token losses; the optimizer step divides by the token count of
+        the whole accumulated batch over all ranks (see the class docstring).
+
+        Returns:
+            A scalar whose value is this micro-batch's mean token loss and whose gradient is that of its summed token
+            losses divided by ``config.block_size`` (a fixed scale, corrected in ``optimizer_step``).
+        """
         loss, n_tokens = self._shared_step(batch)
+        loss_sum = loss * n_tokens  # compute_loss is a per-token mean (0 over no tokens), so this is the token sum
+        if self._window is None:  # float64 keeps token counts exact (MPS has no float64)
+            dtype = torch.float32 if loss.device.type == "mps" else torch.float64
+            self._window = torch.zeros(2, dtype=dtype, device=loss.device)
+        self._window += torch.stack([loss_sum.detach(), n_tokens]).to(self._window.dtype)
+        scaled = loss_sum / self.config.block_size
+        return scaled + (loss - scaled).detach()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Step the optimizer on gradients divided by the accumulated batch's target tokens over all ranks.
+
+        The closure runs the window's last ``training_step`` and backward (for DDP/FSDP, the gradient reduction too);
+        right after it, before clipping and the ``on_before_optimizer_step`` callbacks, the gradients are rescaled.
+        A subclass that overrides this hook must call ``super().optimizer_step(...)``.
+        """
+
+        def closure() -> Any:
+            result = optimizer_closure() if optimizer_closure is not None else None
+            self._normalize_gradients(optimizer)
+            return result
+
+        optimizer.step(closure=closure)
+
+    def _normalize_gradients(self, optimizer: Any) -> None:
+        window, self._window = self._window, None
+        if window is None:
+            return
+        trainer = self.trainer
+        world = trainer.world_size
+        if world > 1:
+            window = trainer.strategy.reduce(window, reduce_op="sum")
+        loss_sum, n_tokens = window.tolist()
+        n_tokens = int(n_tokens)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if n_tokens == 0:
+            # No target token in the whole step: nothing to learn from. Drop the (zero) gradients so that AdamW
+            # changes nothing, not even by weight decay or momentum.
+            for p in params:
+                p.grad = None
+            self.last_loss = torch.tensor(loss_sum, device=self.device)  # 0, or NaN for a real fault
+            self._step_loss = None
+            return
+        # Each micro-batch backpropagated sum / block_size; Lightning divided it by accumulate_grad_batches and DDP /
+        # FSDP average the gradients over the ranks.
+        factor = self.config.block_size * trainer.accumulate_grad_batches * world / n_tokens
+        grads = [p.grad for p in params]
+        if any(hasattr(g, "to_local") for g in grads):  # FSDP2 DTensor gradients
+            for g in grads:
+                g.mul_(factor)
+        elif grads:
+            torch._foreach_mul_(grads, factor)
+        loss = torch.tensor(loss_sum / n_tokens, dtype=torch.float32, device=self.device)
+        self.last_loss = loss  # read by NonFiniteGuard before the optimizer step
+        self._step_loss = loss
         self.tokens_seen += n_tokens
-        self.last_loss = loss.detach()  # read by NonFiniteGuard before the optimizer step
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Log the step's loss: the token-weighted mean over the whole accumulated batch and every rank."""
+        if self._window is not None and self.automatic_optimization:
+            raise RuntimeError(
+                "GPTModule's gradients were not normalized before the optimizer step: a subclass overrides "
+                "optimizer_step without calling "
+                "super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)."
+            )
+        loss, self._step_loss = self._step_loss, None
         # Lightning's self.log costs ~1 ms of Python per call: log on logging steps (Trainer(log_every_n_steps)),
         # plus the loss every step when a progress bar shows it.
         log_now = is_logging_step(self.trainer)
-        if log_now or self.trainer.progress_bar_callback is not None:
-            self.log("train/loss", loss.detach(), prog_bar=True)
+        if loss is not None and (log_now or self.trainer.progress_bar_callback is not None):
+            self.log("train/loss", loss, prog_bar=True)
+        if loss is not None and log_now:
+            self.log("train/ppl", loss.exp())
         if log_now:
-            self.log("train/ppl", loss.detach().exp())
-            # Tokens over all ranks, assuming every rank sees as many (true for packed batches).
-            self.log("train/tokens_seen", self.tokens_seen.float() * self.trainer.world_size)
-        return loss
+            self.log("train/tokens_seen", self.tokens_seen.float())  # target tokens, all ranks
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         loss, n_tokens = self._shared_step(batch)
-        self.val_loss.update(loss, weight=n_tokens.clamp(min=1))
+        self.val_loss.update(loss, n_tokens)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
@@ -334,7 +455,7 @@ class GPTModule(LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         loss, n_tokens = self._shared_step(batch)
-        self.test_loss.update(loss, weight=n_tokens.clamp(min=1))
+        self.test_loss.update(loss, n_tokens)
 
     def on_test_epoch_end(self) -> None:
         loss = self.test_loss.compute()

@@ -48,6 +48,30 @@ class DumpWeights(Callback):
         torch.save(state, os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))
 
 
+class DumpFirstStep(Callback):
+    """Every rank writes <folder>/rank<r>.pt: the config, the initial weights, the micro-batches it trained on and the
+    gradients and loss the first optimizer step sees."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.batches = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append([t.detach().cpu().clone() for t in batch])
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step > 0:
+            return
+        grads = {n: p.grad.detach().cpu().clone() for n, p in pl_module.model.named_parameters() if p.grad is not None}
+        os.makedirs(self.folder, exist_ok=True)
+        state = {"config": pl_module.config.to_dict(), "initial": self.initial, "batches": self.batches}
+        state.update(grads=grads, loss=float(pl_module.last_loss))
+        torch.save(state, os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))
+
+
 class KillRank(Callback):
     """Rank ``rank`` disappears (os._exit, as if killed) once ``step`` optimizer steps are done."""
 
@@ -224,3 +248,52 @@ def test_a_dead_rank_makes_the_other_exit_with_an_error(workdir):
     assert elapsed < 240, elapsed  # an error, not a hang (start-up of both ranks included)
     log = result.stdout + result.stderr
     assert any(s in log for s in ("Connection closed by peer", "timed out", "Timeout", "Connection reset")), log[-3000:]
+
+
+def test_ddp_with_padding_and_accumulation_weighs_tokens_like_one_process(workdir):
+    """Two ranks x batch 1 x accumulation 2 over padded documents of different lengths: the gradient of the one step
+    is that of one process over the same 4 rows, (sum of token losses) / (target tokens of all 4 rows)."""
+    from lightning_gpt import GPT, GPTConfig
+
+    docs = ["ab", "the quick brow", "fox j", "umps over a", "dog", "and the c", "at runs to it", "x"]
+    (workdir / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    folder = workdir / "ddp_pad" / "dump"
+    spec = json.dumps({"class_path": "dist_helpers.DumpFirstStep", "init_args": {"folder": str(folder)}})
+    result = _fit(
+        workdir,
+        "ddp_pad",
+        "--trainer.strategy",
+        _strategy("ddp"),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.accumulate_grad_batches",
+        "2",
+        "--data.batch_size",
+        "1",
+        "--data.mode",
+        "pad",
+        "--data.val_fraction",
+        "0",
+        "--data.source",
+        str(workdir / "docs.jsonl"),
+        "--clip.max_norm",
+        "1e9",
+        "--trainer.callbacks+",
+        spec,
+    )
+    _ok(result)
+    ranks = [torch.load(folder / f"rank{r}.pt") for r in (0, 1)]
+    _close(ranks[0]["grads"], ranks[1]["grads"], tol=0.0)
+    x = torch.cat([b[0] for rank in ranks for b in rank["batches"]])  # (4, T): the global batch
+    y = torch.cat([b[1] for rank in ranks for b in rank["batches"]])
+    counts = [int((b[1] != -100).sum()) for rank in ranks for b in rank["batches"]]
+    assert len(counts) == 4 and len(set(counts)) > 1  # the ranks' micro-batches really differ in token count
+
+    model = GPT(GPTConfig.from_dict(ranks[0]["config"]))
+    model.load_state_dict(ranks[0]["initial"])
+    logits = model(x)  # (4, T, vocab_size)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / sum(counts)
+    loss.backward()
+    reference = {n: p.grad for n, p in model.named_parameters()}
+    _close(ranks[0]["grads"], reference, tol=1e-5)
+    assert ranks[0]["loss"] == pytest.approx(float(loss), rel=1e-5)

@@ -268,3 +268,213 @@ def test_fsdp2_two_cpu_processes_shard_each_block_and_save_a_loadable_checkpoint
     assert model.transformer.h[0].mlp.c_fc.weight.shape == (128, 32)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+
+
+# ------------------------------------------------------------------------- token weighting across accumulation
+
+DOCS = ["abc", "the quick brown fox jumps over the lazy dog", "hello world", "a b c d e f g h i j k l"]
+
+
+class GradsAtFirstStep(pl.Callback):
+    """The gradients (after accumulation) and the logged loss of the first optimizer step."""
+
+    def __init__(self) -> None:
+        self.grads, self.initial, self.loss = None, None, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.grads is None:
+            params = pl_module.model.named_parameters()
+            self.grads = {n: p.grad.detach().clone() for n, p in params if p.grad is not None}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.loss is None and trainer.global_step == 1 and "train/loss" in trainer.callback_metrics:
+            self.loss = float(trainer.callback_metrics["train/loss"])
+
+
+def _docs_file(tmp_path):
+    import json
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    return path
+
+
+def _first_step(tmp_path, mode: str, batch_size: int, accumulate: int):
+    from lightning_gpt.data import TextDataModule
+
+    pl.seed_everything(0, verbose=False)
+    data = TextDataModule(
+        source=str(_docs_file(tmp_path)),
+        tokenizer="char",
+        mode=mode,
+        batch_size=batch_size,
+        val_fraction=0.0,
+        shift_windows=False,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    module = GPTModule(GPTConfig(**{**TINY, "block_size": 48 if mode == "pad" else 20, "dropout": 0.0}))
+    rec = GradsAtFirstStep()
+    fit = trainer(tmp_path, max_steps=1, accumulate_grad_batches=accumulate, callbacks=[rec], log_every_n_steps=1)
+    fit.fit(module, data)
+    return rec, data, module
+
+
+def _reference(data, module, initial) -> tuple[dict[str, torch.Tensor], float]:
+    """Gradient and loss of (sum of token losses) / (target tokens) over every training row, in one plain pass."""
+    model = GPT(module.config)
+    model.load_state_dict(initial)
+    x, y = (torch.stack(t) for t in zip(*(data.train_dataset[i] for i in range(len(data.train_dataset)))))
+    logits = model(x)  # (N, T, vocab_size)
+    loss_sum = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+    loss = loss_sum / (y != -100).sum()
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}, float(loss)
+
+
+@pytest.mark.parametrize("mode", ["pad", "pack"])
+def test_gradient_accumulation_weighs_every_target_token_equally(tmp_path, mode):
+    """One optimizer step over the whole (tiny) training set: batch 4 x accumulate 1 == 2 x 2 == 1 x 4 == one plain
+    pass of (sum of token losses) / (target tokens), gradients and logged loss alike."""
+    runs = {}
+    for batch_size, accumulate in [(4, 1), (2, 2), (1, 4)]:
+        rec, data, module = _first_step(tmp_path, mode, batch_size, accumulate)
+        assert len(data.train_dataset) == 4  # one step covers the whole training set (84 tokens: 4 windows of 20)
+        runs[(batch_size, accumulate)] = rec
+    ref_grads, ref_loss = _reference(data, module, runs[(4, 1)].initial)
+    for key, rec in runs.items():
+        for name, grad in ref_grads.items():
+            torch.testing.assert_close(rec.grads[name], grad, rtol=1e-5, atol=1e-5, msg=f"{key} {name}")
+        assert rec.loss == pytest.approx(ref_loss, rel=1e-5), key
+
+
+def _rows(n_ignored_rows: int, n_rows: int = 3, T: int = 16):
+    """``n_rows`` random rows of (input, target); the first ``n_ignored_rows`` have every target -100 (prompt only)."""
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 32, (n_rows, T + 1), generator=g)
+    x, y = tokens[:, :-1].clone(), tokens[:, 1:].clone()
+    y[:n_ignored_rows] = -100
+    y[n_ignored_rows:, :3] = -100  # and some prompt tokens in the others
+    return x, y
+
+
+def _fit_rows(tmp_path, module, x, y, *, batch_size=1, callbacks=(), **kwargs):
+    from lightning_gpt.callbacks import NonFiniteGuard
+
+    rec = GradsAtFirstStep()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)
+    fit = trainer(tmp_path, callbacks=[NonFiniteGuard(), rec, *callbacks], log_every_n_steps=1, **kwargs)
+    fit.fit(module, loader)
+    return rec, fit
+
+
+def test_a_micro_batch_with_every_target_ignored_adds_nothing_and_is_not_non_finite(tmp_path):
+    x, y = _rows(n_ignored_rows=1)
+    pl.seed_everything(0, verbose=False)
+    module = GPTModule(GPTConfig(**TINY), weight_decay=0.0)
+    # micro-batch 0: only ignored targets; 1 and 2: real ones. The guard (policy "stop") must not fire.
+    rec, fit = _fit_rows(tmp_path, module, x, y, max_steps=1, accumulate_grad_batches=3)
+    assert fit.global_step == 1
+    ref_grads, ref_loss = _plain_pass(module.config, rec.initial, x[1:], y[1:])
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(rec.grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    assert rec.loss == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_a_step_without_any_target_token_changes_nothing(tmp_path):
+    x, y = _rows(n_ignored_rows=2)
+    pl.seed_everything(0, verbose=False)
+    module = GPTModule(GPTConfig(**TINY))
+    rec, fit = _fit_rows(tmp_path, module, x[:2], y[:2], batch_size=2, max_steps=1)
+    assert fit.global_step == 1  # no NonFiniteError
+    assert "train/loss" not in fit.callback_metrics  # a mean over no tokens is not a loss value
+    for name, value in module.model.state_dict().items():  # no gradient, so AdamW moved nothing (no decay either)
+        torch.testing.assert_close(value, rec.initial[name], rtol=0, atol=0, msg=name)
+    assert int(module.tokens_seen) == 0
+
+
+def test_a_real_nan_in_an_early_micro_batch_still_stops(tmp_path):
+    from lightning_gpt.errors import NonFiniteError
+
+    class NaNInFirstMicroBatch(GPTModule):
+        def compute_loss(self, logits, targets):
+            loss = super().compute_loss(logits, targets)
+            return loss * float("nan") if self.training and self.trainer.fit_loop.epoch_loop.batch_idx == 0 else loss
+
+    x, y = _rows(n_ignored_rows=0)
+    module = NaNInFirstMicroBatch(GPTConfig(**TINY))
+    with pytest.raises(NonFiniteError, match="Non-finite loss"):
+        _fit_rows(tmp_path, module, x, y, max_steps=1, accumulate_grad_batches=3)
+
+
+def test_validation_loss_is_token_weighted_and_ignores_empty_batches(tmp_path):
+    x, y = _rows(n_ignored_rows=1)
+    module = GPTModule(GPTConfig(**TINY))
+    module.configure_model()
+    fit = trainer(tmp_path)
+    fit.validate(module, DataLoader(TensorDataset(x, y), batch_size=1), verbose=False)
+    _, ref_loss = _plain_pass(module.config, module.model.state_dict(), x[1:], y[1:])
+    assert float(fit.callback_metrics["val/loss"]) == pytest.approx(ref_loss, rel=1e-5)
+    assert float(fit.callback_metrics["val/ppl"]) == pytest.approx(torch.tensor(ref_loss).exp().item(), rel=1e-5)
+
+
+def test_a_real_nan_in_validation_shows_as_nan(tmp_path):
+    class NaNInSecondBatch(GPTModule):
+        def validation_step(self, batch, batch_idx):
+            self._nan = batch_idx == 1
+            return super().validation_step(batch, batch_idx)
+
+        def compute_loss(self, logits, targets):
+            loss = super().compute_loss(logits, targets)
+            return loss * float("nan") if getattr(self, "_nan", False) else loss
+
+    x, y = _rows(n_ignored_rows=0)
+    module = NaNInSecondBatch(GPTConfig(**TINY))
+    module.configure_model()
+    fit = trainer(tmp_path)
+    fit.validate(module, DataLoader(TensorDataset(x, y), batch_size=1), verbose=False)
+    assert torch.isnan(fit.callback_metrics["val/loss"])  # not silently dropped from the mean
+
+
+def test_gpt_loss_over_no_target_token_is_zero_with_zero_gradient():
+    model = GPT(GPTConfig(**TINY))
+    x, y = _rows(n_ignored_rows=2, n_rows=2)
+    _, loss = model(x, targets=y)
+    assert float(loss) == 0.0
+    loss.backward()
+    assert all(float(p.grad.abs().max()) == 0.0 for p in model.parameters())
+
+
+def _plain_pass(config, state, x, y) -> tuple[dict[str, torch.Tensor], float]:
+    model = GPT(config)
+    model.load_state_dict(state)
+    logits = model(x)  # (B, T, vocab_size)
+    loss_sum = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+    loss = loss_sum / (y != -100).sum()
+    loss.backward()
+    return {n: p.grad for n, p in model.named_parameters()}, float(loss)
+
+
+def test_a_short_last_accumulation_window_is_weighted_by_its_own_tokens(tmp_path):
+    """3 micro-batches with accumulation 2: the second step has one micro-batch (Lightning steps at the epoch end);
+    its gradient is still that micro-batch's (sum of token losses) / (its target tokens)."""
+
+    class SecondStep(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 2:
+                self.weights = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if trainer.global_step == 1:
+                self.grads = {n: p.grad.detach().clone() for n, p in pl_module.model.named_parameters()}
+
+    x, y = _rows(n_ignored_rows=0)
+    pl.seed_everything(0, verbose=False)
+    module = GPTModule(GPTConfig(**TINY))
+    rec = SecondStep()
+    _fit_rows(tmp_path, module, x, y, max_epochs=1, accumulate_grad_batches=2, callbacks=[rec])
+    ref_grads, _ = _plain_pass(module.config, rec.weights, x[2:], y[2:])
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(rec.grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -31,7 +31,9 @@ class NonFiniteGuard(Callback):
     As a last line of defence, saving a checkpoint whose weights are not finite raises ``NonFiniteError`` (nothing is
     written). With fp16 mixed precision the ``GradScaler`` already skips steps with inf gradients (that is how it
     finds its scale), so only the loss is checked there. The check costs one device sync per step. Under DDP/FSDP the
-    ranks agree on the decision.
+    ranks agree on the decision. The loss checked is ``pl_module.last_loss``: for ``GPTModule`` the token-weighted
+    loss of the whole step (every accumulated micro-batch, every rank), so a NaN in any micro-batch is seen, while a
+    micro-batch whose targets are all ignored (a mean over no tokens) adds nothing and is not a fault.
 
     Args:
         policy: ``stop`` or ``skip``.

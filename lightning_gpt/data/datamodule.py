@@ -343,8 +343,12 @@ class TextDataModule(pl.LightningDataModule):
         if self._resume is not None:  # a restored position is used once, by the first loader built after it
             self._apply_resume(self._resume)
             self._resume = None
-        elif previous is not None:  # rebuilt (e.g. reload_dataloaders_every_n_epochs): keep the current epoch
-            self._sampler.set_epoch(previous.epoch)
+        elif previous is not None:  # rebuilt (e.g. reload_dataloaders_every_n_epochs): keep the epoch and its position
+            self._sampler.epoch_offset = previous.epoch_offset
+            if previous.pending_start:
+                self._sampler.set_start(previous.start_epoch, previous.start_index)
+            else:
+                self._sampler.epoch = previous.epoch
         return self._loader(self.train_dataset, self._sampler)
 
     def val_dataloader(self) -> Any:
@@ -374,6 +378,11 @@ class TextDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if self._resume is not None:  # restored but not yet used
             epoch, consumed = self._resume["epoch"], self._resume["batches_consumed"]
+        elif self._sampler is not None and self._sampler.pending_start:
+            # Restored and applied, but no batch drawn from it yet (e.g. Lightning is still closing the epoch it
+            # re-entered on restart, with that epoch's counters): the restored position is still where the data is.
+            epoch = self._sampler.start_epoch
+            consumed = self._sampler.start_index // self.hparams.batch_size
         elif self._sampler is not None and trainer is not None:
             epoch = self._sampler.epoch
             consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -7,7 +7,7 @@ distributed sampler when the loader's sampler is not already one), whatever ``us
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -21,6 +21,13 @@ class ResumableSampler(DistributedSampler):
     Every rank draws the same permutation (``seed + epoch``) and takes ``perm[rank::num_replicas]``, so the ranks'
     shards are disjoint. With ``drop_last`` the tail that does not divide evenly is dropped (every rank gets the same
     count, so DDP never waits on a rank with an extra batch); otherwise the permutation is wrapped around to pad it.
+
+    A position restored with ``set_start`` is the truth about where the data stands. Lightning's own epoch counter
+    can disagree with it: restarting from a checkpoint written at an epoch end, Lightning re-enters the finished epoch
+    and calls ``set_epoch`` twice (``e`` for the finished one, then ``e + 1``) before it iterates, one ahead of the
+    data. So after ``set_start`` the ``set_epoch`` calls only record Lightning's number until the next ``__iter__``,
+    which starts at the restored position and fixes the offset between the two counters; later ``set_epoch(e)`` calls
+    select epoch ``e + offset``.
 
     Args:
         num_samples: length of the dataset.
@@ -58,6 +65,9 @@ class ResumableSampler(DistributedSampler):
         self.epoch = 0
         self.start_index = 0  # position (in this rank's shard) to resume from ...
         self.start_epoch = -1  # ... in this epoch only
+        self.epoch_offset = 0  # our epoch minus the number Lightning passes to set_epoch (nonzero after a restart)
+        self.pending_start = False  # set_start was called and no iterator has started from that position yet
+        self._caller_epoch: Optional[int] = None  # the last set_epoch argument while a start is pending
         if drop_last:
             self.num_samples = num_samples // num_replicas
         else:
@@ -65,11 +75,22 @@ class ResumableSampler(DistributedSampler):
         self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the permutation (Lightning calls this at each epoch start)."""
-        self.epoch = int(epoch)
+        """Select the permutation of epoch ``epoch + epoch_offset`` (Lightning calls this at each epoch start).
+
+        While a restored position is pending (see the class docstring) the call only records ``epoch``.
+
+        Args:
+            epoch: the caller's epoch number.
+        """
+        if self.pending_start:
+            self._caller_epoch = int(epoch)
+        else:
+            self.epoch = int(epoch) + self.epoch_offset
 
     def set_start(self, epoch: int, index: int) -> None:
         """Resume: in ``epoch``, skip the first ``index`` indices of this rank's shard (full length is unchanged).
+
+        The next iterator starts there, whatever ``set_epoch`` is called with before it.
 
         Args:
             epoch: the epoch the saved position belongs to (becomes the current epoch).
@@ -78,6 +99,8 @@ class ResumableSampler(DistributedSampler):
         self.epoch = int(epoch)
         self.start_epoch = int(epoch)
         self.start_index = max(0, int(index))
+        self.pending_start = True
+        self._caller_epoch = None
 
     def shard(self, epoch: int) -> list[int]:
         """This rank's full index list for ``epoch``."""
@@ -94,6 +117,10 @@ class ResumableSampler(DistributedSampler):
         return order[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
+        if self.pending_start:  # the restored position wins; align the caller's epoch numbers with it
+            if self._caller_epoch is not None:
+                self.epoch_offset = self.epoch - self._caller_epoch
+            self.pending_start = False
         indices = self.shard(self.epoch)
         if self.epoch == self.start_epoch:
             indices = indices[self.start_index :]

@@ -156,6 +156,28 @@ def test_sampler_resume_offset_applies_to_its_epoch_only():
     assert len(list(s)) == 10
 
 
+def test_sampler_restored_position_wins_over_the_callers_epoch_numbers():
+    # A restart at an epoch end: the checkpoint says "epoch 1, nothing consumed", Lightning re-enters its finished
+    # epoch and calls set_epoch(1) then set_epoch(2) before iterating.
+    reference = ResumableSampler(10, seed=3)
+    reference.set_epoch(1)
+    epoch1 = list(reference)
+    reference.set_epoch(2)
+    epoch2 = list(reference)
+    s = ResumableSampler(10, seed=3)
+    s.set_start(epoch=1, index=0)
+    s.set_epoch(1)
+    s.set_epoch(2)
+    assert list(s) == epoch1  # the data's own position, not Lightning's count
+    s.set_epoch(3)  # Lightning's next epoch is the data's epoch 2
+    assert s.epoch == 2 and list(s) == epoch2
+    # Mid-epoch restart (Lightning agrees): no offset.
+    s = ResumableSampler(10, seed=3)
+    s.set_start(epoch=1, index=4)
+    s.set_epoch(1)
+    assert list(s) == epoch1[4:] and s.epoch_offset == 0
+
+
 def test_two_ranks_datamodule_see_disjoint_windows(tmp_path):
     rng = random.Random(0)
     docs = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(40)) for _ in range(10)]
