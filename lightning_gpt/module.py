@@ -26,6 +26,7 @@ from lightning_gpt.checkpoint import resolve_checkpoint_config
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.model import GPT, Block
+from lightning_gpt.seeding import derive_seed, mix_seed
 
 __all__ = ["GPTModule", "GenerationConfig", "IGNORE_INDEX", "is_logging_step"]
 
@@ -40,16 +41,6 @@ def is_logging_step(trainer: Any) -> bool:
     if connector is None:
         return True
     return bool(connector.should_update_logs)
-
-
-def _mix_seed(*values: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 rounds): distinct inputs give unrelated streams."""
-    x = 0x9E3779B97F4A7C15
-    for v in values:
-        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
 
 
 def _json_normal(obj: Any) -> str:
@@ -70,8 +61,8 @@ class GPTModule(LightningModule):
         generation: decoding settings for ``predict`` (see ``GenerationConfig``).
         dropout_seed: base seed of the per-step random streams (dropout). Each training step reseeds torch's RNG
             from ``(dropout_seed, rank, global_step, batch_idx)``, so a run resumed from a checkpoint draws exactly
-            the dropout masks of the uninterrupted run. ``None``: ``torch.initial_seed()`` at fit start (what
-            ``seed_everything`` set).
+            the dropout masks of the uninterrupted run. ``None``: derived from the run seed (``seed_everything``) at
+            fit start, see ``lightning_gpt.seeding``.
     """
 
     def __init__(
@@ -249,11 +240,11 @@ class GPTModule(LightningModule):
 
     def on_train_start(self) -> None:
         if self._step_seed is None:
-            self._step_seed = int(self.dropout_seed) if self.dropout_seed is not None else torch.initial_seed()
+            self._step_seed = derive_seed("dropout", self.dropout_seed)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The RNG state of a step is a pure function of the step, so resuming reproduces dropout exactly.
-        seed = _mix_seed(self._step_seed or 0, self.global_rank, self.global_step, batch_idx)
+        seed = mix_seed(self._step_seed or 0, self.global_rank, self.global_step, batch_idx)
         # Not torch.manual_seed: it also queues seeds for every uninitialized backend (CUDA, XPU, MTIA), formatting a
         # stack trace each time (~1 ms per step). Seed only the generators this step draws from.
         torch.default_generator.manual_seed(seed)

@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_gpt.seeding import derive_seed
+
 __all__ = ["SampleGeneration"]
 
 
@@ -32,7 +34,8 @@ class SampleGeneration(Callback):
         temperature: softmax temperature when sampling.
         top_k: keep the k most likely tokens when sampling.
         top_p: nucleus sampling threshold.
-        seed: seed of the sampling generator (same samples at the same step of a resumed run).
+        seed: seed of the sampling generator (same samples at the same step of a resumed run); ``None``: derived
+            from the run seed (``seed_everything``) when fitting starts.
     """
 
     def __init__(
@@ -44,7 +47,7 @@ class SampleGeneration(Callback):
         temperature: float = 0.8,
         top_k: Optional[int] = 200,
         top_p: Optional[float] = None,
-        seed: int = 1234,
+        seed: Optional[int] = None,
     ) -> None:
         if every_n_steps < 0:
             raise ValueError(
@@ -60,10 +63,12 @@ class SampleGeneration(Callback):
         self.top_k = top_k
         self.top_p = top_p
         self.seed = seed
+        self._seed: Optional[int] = None  # resolved at fit start
         self._last_step = -1
         self.last_samples: list[dict[str, Any]] = []
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._seed = derive_seed("samples", self.seed)
         if self.every_n_steps == 0:
             return
         # Check the prompts now rather than after hours of training, at the first sampling step.
@@ -101,7 +106,9 @@ class SampleGeneration(Callback):
         from lightning_gpt.generation.text import generate_text
 
         device = pl_module.device
-        generator = torch.Generator(device=device).manual_seed(self.seed + trainer.global_step)
+        generator = torch.Generator(device=device).manual_seed(
+            derive_seed("samples", self.seed if self._seed is None else self._seed) + trainer.global_step
+        )
         kwargs: dict[str, Any] = dict(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, generator=generator)
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
