@@ -110,7 +110,7 @@ def to_hf_gpt2(model: GPT, hf_config_overrides: Optional[dict[str, Any]] = None)
     if problems:
         raise ValueError("Cannot export to Hugging Face GPT-2: " + ", ".join(problems) + ".")
     hf_config = GPT2Config(
-        vocab_size=c.vocab_size,
+        vocab_size=c.padded_vocab_size,  # the whole table; padding rows included (as nanoGPT's 50304)
         n_positions=c.block_size,
         n_embd=c.n_embd,
         n_layer=c.n_layer,

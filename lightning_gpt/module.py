@@ -22,8 +22,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lightning_gpt.attention import get_attention
+from lightning_gpt.batch import split_batch
 from lightning_gpt.checkpoint import resolve_checkpoint_config
-from lightning_gpt.config import GPTConfig
+from lightning_gpt.config import IGNORE_INDEX, GPTConfig
 from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.model import GPT, Block
 from lightning_gpt.seeding import derive_seed, mix_seed
@@ -31,8 +33,6 @@ from lightning_gpt.seeding import derive_seed, mix_seed
 __all__ = ["GPTModule", "GenerationConfig", "IGNORE_INDEX", "is_logging_step"]
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 def is_logging_step(trainer: Any) -> bool:
@@ -52,7 +52,8 @@ class GPTModule(LightningModule):
 
     Args:
         config: the model architecture. ``vocab_size`` is taken from the data module's tokenizer when one is attached,
-            so recipes need not set it. When resuming, a checkpoint's config must match an explicitly given one.
+            so recipes need not set it; set ``config.padded_vocab_multiple`` (e.g. 64) for a padded table. When
+            resuming, a checkpoint's config must match an explicitly given one.
         learning_rate: peak learning rate of AdamW (the ``LRSchedule`` callback scales it per step).
         weight_decay: decoupled weight decay, applied to weight matrices only (not biases, LayerNorms, embeddings).
         betas: AdamW's ``(beta1, beta2)``.
@@ -91,6 +92,7 @@ class GPTModule(LightningModule):
             raise ValueError(f"GPTModule.betas must be two numbers in [0, 1), got {betas!r}.")
         self._config_given = config is not None
         self.config: GPTConfig = config if config is not None else GPTConfig()
+        get_attention(self.config.attention)  # the model is built later: fail now on an unregistered attention kind
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.betas = tuple(betas)
@@ -132,16 +134,27 @@ class GPTModule(LightningModule):
             return
         self.tokenizer = tokenizer
         vocab = int(tokenizer.vocab_size)
-        if vocab != self.config.vocab_size:
-            if self.model is not None:
+        if vocab == self.config.vocab_size:
+            return
+        if self.model is not None:
+            # A built model keeps its table; the tokenizer only has to fit in it.
+            rows = self.model.config.padded_vocab_size
+            if vocab > rows:
                 raise ValueError(
-                    f"The model was built with vocab_size={self.config.vocab_size} but the data module's tokenizer has "
+                    f"The model was built with a vocabulary table of {rows} ids but the data module's tokenizer has "
                     f"{vocab} tokens. Build GPTModule without a model (it sizes the vocabulary from the tokenizer) or "
-                    f"use a tokenizer of {self.config.vocab_size} tokens."
+                    f"use a tokenizer of at most {rows} tokens."
                 )
-            rank_zero_info(f"GPTModule: vocab_size {self.config.vocab_size} -> {vocab} (from the tokenizer).")
-            self.config = dataclasses.replace(self.config, vocab_size=vocab)
-            self.hparams["config"] = self.config.to_dict()
+            return
+        # vocab_size counts the tokenizer's ids; the table is that rounded up to padded_vocab_multiple (the padding
+        # the user asked for survives, and the table always fits the tokenizer).
+        new = dataclasses.replace(self.config, vocab_size=vocab)
+        rank_zero_info(
+            f"GPTModule: vocab_size {self.config.vocab_size} -> {vocab} (from the tokenizer); embedding table of "
+            f"{new.padded_vocab_size} rows (padded_vocab_multiple={new.padded_vocab_multiple})."
+        )
+        self.config = new
+        self.hparams["config"] = self.config.to_dict()
 
     def configure_model(self) -> None:
         """Build the GPT (once). Under ``ModelParallelStrategy`` (FSDP2), shard each Block and then the root."""
@@ -189,25 +202,7 @@ class GPTModule(LightningModule):
         """Logits ``(B, T, vocab_size)`` for token ids ``(B, T)``; kwargs go to ``GPT.forward``."""
         return self.model(idx, **kwargs)
 
-    @staticmethod
-    def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
-        """``(input_ids, targets)`` from a tuple/list pair, a dict (``input_ids`` + ``targets``/``labels``) or a
-        ``(B, T + 1)`` tensor of tokens (targets are the inputs shifted by one)."""
-        if isinstance(batch, Tensor):
-            return batch[:, :-1], batch[:, 1:]
-        if isinstance(batch, dict):
-            targets = batch.get("targets", batch.get("labels"))
-            if "input_ids" not in batch or targets is None:
-                raise ValueError(
-                    f"A dict batch needs 'input_ids' and 'targets' (or 'labels'); got keys {sorted(batch)}."
-                )
-            return batch["input_ids"], targets
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return batch[0], batch[1]
-        raise ValueError(
-            f"GPTModule cannot read a batch of type {type(batch).__name__}: expected (input_ids, targets), a dict with "
-            "'input_ids' and 'targets', or a (B, T + 1) tensor of token ids."
-        )
+    split_batch = staticmethod(split_batch)  # (input_ids, targets) from any accepted batch form; see batch.py
 
     def compute_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy over the targets that are not ``IGNORE_INDEX`` (padding).
@@ -229,14 +224,15 @@ class GPTModule(LightningModule):
 
     @property
     def flops_per_batch(self) -> Optional[int]:
-        """Training FLOPs of the last batch, ``(6N + 12 L T d) * B * T`` (read by Lightning's ``ThroughputMonitor``)."""
+        """Training FLOPs of the last batch, ``GPT.flops_per_token(T) * B * T`` (read by ``ThroughputMonitor``)."""
         shape = getattr(self, "_batch_shape", None)
-        if shape is None:
+        if shape is None or self.model is None:
             return None
-        from lightning_gpt.callbacks.throughput import flops_per_token
-
         batch_size, seq_len = shape
-        return flops_per_token(self.config, seq_len=seq_len) * batch_size * seq_len
+        key = (id(self.model), seq_len)
+        if getattr(self, "_flops_key", None) != key:  # the parameter count walks the model: once per model and T
+            self._flops_key, self._flops = key, self.model.flops_per_token(seq_len)
+        return self._flops * batch_size * seq_len
 
     def on_train_start(self) -> None:
         if self._step_seed is None:

@@ -8,13 +8,11 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightning_gpt.config import is_int
+
 log = logging.getLogger(__name__)
 
 __all__ = ["normalize_eos", "validate_generate_args", "validate_prompt"]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def normalize_eos(eos_token_id: Union[None, int, Sequence[int], Tensor], vocab_size: int) -> Optional[list[int]]:
@@ -28,11 +26,11 @@ def normalize_eos(eos_token_id: Union[None, int, Sequence[int], Tensor], vocab_s
         return None
     if isinstance(eos_token_id, Tensor):
         eos_token_id = eos_token_id.flatten().tolist()
-    ids = [eos_token_id] if _is_int(eos_token_id) else list(eos_token_id)
+    ids = [eos_token_id] if is_int(eos_token_id) else list(eos_token_id)
     if not ids:
         return None
     for i in ids:
-        if not _is_int(i) or not 0 <= i < vocab_size:
+        if not is_int(i) or not 0 <= i < vocab_size:
             raise ValueError(f"eos_token_id={i!r} is not a valid token id: it must be an integer in [0, {vocab_size}).")
     return ids
 
@@ -54,14 +52,14 @@ def validate_generate_args(
     vocab_size: int,
 ) -> None:
     """Raise a ``ValueError`` for any out-of-range decoding setting (see ``generate`` for their meaning)."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
     if temperature is None or not isinstance(temperature, (int, float)) or temperature < 0:
         raise ValueError(
             f"temperature must be a number >= 0, got {temperature!r}. Use temperature=0 (or do_sample=False) for "
             "greedy decoding, and values > 0 to sample."
         )
-    if top_k is not None and (not _is_int(top_k) or top_k < 0):
+    if top_k is not None and (not is_int(top_k) or top_k < 0):
         raise ValueError(f"top_k must be None or an integer >= 0 (0 disables it), got {top_k!r}.")
     if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {top_p!r}.")
@@ -69,9 +67,9 @@ def validate_generate_args(
         raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {min_p!r}.")
     if not isinstance(repetition_penalty, (int, float)) or repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it), got {repetition_penalty!r}.")
-    if not _is_int(num_beams) or num_beams < 1:
+    if not is_int(num_beams) or num_beams < 1:
         raise ValueError(f"num_beams must be an integer >= 1, got {num_beams!r}.")
-    if not _is_int(num_return_sequences) or num_return_sequences < 1:
+    if not is_int(num_return_sequences) or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences must be an integer >= 1, got {num_return_sequences!r}.")
     if num_beams > 1 and num_return_sequences > num_beams:
         raise ValueError(
@@ -87,7 +85,7 @@ def validate_generate_args(
         raise ValueError(f"length_penalty must be a number, got {length_penalty!r}.")
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}.")
-    if pad_token_id is not None and (not _is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
+    if pad_token_id is not None and (not is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
         raise ValueError(f"pad_token_id={pad_token_id!r} must be None or an integer in [0, {vocab_size}).")
     if not do_sample:
         ignored = [
