@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from lightning_gpt._lightning_internals import attached_trainer, should_update_logs
 from lightning_gpt.attention import get_attention
 from lightning_gpt.batch import split_batch
 from lightning_gpt.checkpoint import resolve_checkpoint_config
@@ -37,10 +38,7 @@ log = logging.getLogger(__name__)
 
 def is_logging_step(trainer: Any) -> bool:
     """Whether the current training step is one whose metrics the loggers record (every ``log_every_n_steps``)."""
-    connector = getattr(trainer, "_logger_connector", None)
-    if connector is None:
-        return True
-    return bool(connector.should_update_logs)
+    return should_update_logs(trainer)
 
 
 def _json_normal(obj: Any) -> str:
@@ -128,7 +126,7 @@ class GPTModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Take the tokenizer from the data module and size the vocabulary from it."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
         if tokenizer is None:
             return
@@ -166,7 +164,7 @@ class GPTModule(LightningModule):
     def _apply_fsdp2(self) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        strategy = self.trainer.strategy if self._trainer is not None else None
+        strategy = self.trainer.strategy if attached_trainer(self) is not None else None
         mesh = self.device_mesh
         if "data_parallel" in (mesh.mesh_dim_names or ()):
             mesh = mesh["data_parallel"]
@@ -369,7 +367,7 @@ class GPTModule(LightningModule):
         if self.model is None or old == config:
             return
         if getattr(self.model, "_lightning_gpt_sharded", False) or (
-            self._trainer is not None and self.trainer.optimizers
+            attached_trainer(self) is not None and self.trainer.optimizers
         ):
             raise ValueError(
                 "The checkpoint's model config differs from the model already built and sharded/optimized; pass the "

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_gpt._lightning_internals import batches_processed_this_epoch
 from lightning_gpt.data.cache import (
     TokenArray,
     build_token_cache,
@@ -383,7 +384,7 @@ class TextDataModule(pl.LightningDataModule):
             epoch, consumed = self._resume["epoch"], self._resume["batches_consumed"]
         elif self._sampler is not None and trainer is not None:
             epoch = self._sampler.epoch
-            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            consumed = batches_processed_this_epoch(trainer)
             per_epoch = trainer.num_training_batches  # honours limit_train_batches
             if not isinstance(per_epoch, int) or per_epoch <= 0:
                 per_epoch = self._batches_per_epoch()

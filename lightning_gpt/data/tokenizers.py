@@ -266,8 +266,6 @@ def build_tokenizer(
             return CharTokenizer.train(texts)
         return HFTokenizer.train(texts, kind, vocab_size)
     if kind.startswith("tiktoken:"):
-        from lightning_gpt.data.tiktoken_tokenizer import TiktokenTokenizer
-
         return TiktokenTokenizer(kind.split(":", 1)[1])
     path = os.path.expanduser(kind)
     if path.endswith(".ckpt"):
