@@ -21,6 +21,7 @@ class TiktokenTokenizer(Tokenizer):
     """
 
     kind = "tiktoken"
+    state_kinds = ("tiktoken",)
 
     def __init__(
         self,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Tokenizer", "state_fingerprint"]
+__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Tokenizer", "state_fingerprint", "tokenizer_from_state_dict"]
+
+# state_dict()["kind"] -> the class method that rebuilds it; filled by the subclasses (Tokenizer.state_kinds).
+_STATE_KINDS: dict[str, Callable[[dict[str, Any]], "Tokenizer"]] = {}
 
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIALS = (BOS, EOS, PAD, UNK)
@@ -37,6 +40,18 @@ class Tokenizer:
     """
 
     kind: str = "base"
+    state_kinds: tuple[str, ...] = ()  # the state_dict()["kind"] values this class rebuilds with from_state_dict
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for kind in cls.__dict__.get("state_kinds", ()):
+            _STATE_KINDS[kind] = cls.from_state_dict
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Tokenizer":
+        """Rebuild a tokenizer of this class from its ``state_dict()``."""
+        raise NotImplementedError
+
     vocab_size: int
     bos_id: Optional[int]
     eos_id: Optional[int]
@@ -93,18 +108,12 @@ class Tokenizer:
         Args:
             other: the tokenizer (or state) to compare with, e.g. ``checkpoint["tokenizer"]``.
         """
-        # A state_dict round-trips exactly (tokenizer_from_state_dict(s).state_dict() == s), so its fingerprint is
-        # the rebuilt tokenizer's.
-        if isinstance(other, dict):
-            other_fp = state_fingerprint(other)
-            other_desc = f"{other.get('kind')!r} (fingerprint={other_fp})"
-        else:
-            other_fp, other_desc = other.fingerprint(), other.describe()
-        if other_fp == self.fingerprint():
+        other_tok = tokenizer_from_state_dict(other) if isinstance(other, dict) else other
+        if other_tok.fingerprint() == self.fingerprint():
             return
         raise ValueError(
             f"Tokenizer mismatch: this tokenizer is {self.describe()} but the other (e.g. the checkpoint's) is "
-            f"{other_desc}; ids would mean different text. Use the checkpoint's tokenizer "
+            f"{other_tok.describe()}; ids would mean different text. Use the checkpoint's tokenizer "
             "(TextDataModule(tokenizer='path/to/model.ckpt')) or train from scratch."
         )
 
@@ -134,3 +143,28 @@ def _ids_list(ids: Iterable[int]) -> list[int]:
     if hasattr(ids, "tolist"):
         ids = ids.tolist()  # numpy array or tensor
     return [int(i) for i in ids]
+
+
+def tokenizer_from_state_dict(state: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer from its ``state_dict()`` (e.g. ``checkpoint["tokenizer"]``).
+
+    Every built-in kind is available once ``lightning_gpt.data`` (or ``lightning_gpt.data.tokenizers``) is imported;
+    a ``Tokenizer`` subclass adds its own kinds with ``state_kinds`` and a ``from_state_dict`` class method.
+
+    Args:
+        state: the dict a ``Tokenizer.state_dict()`` returned (possibly after a JSON round trip).
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        ValueError: ``state`` is not a tokenizer state, or of an unknown kind.
+    """
+    if not isinstance(state, dict) or "kind" not in state:
+        raise ValueError(
+            "tokenizer_from_state_dict: expected a dict with a 'kind' key, as Tokenizer.state_dict() gives."
+        )
+    kind = state["kind"]
+    if kind not in _STATE_KINDS:
+        raise ValueError(f"tokenizer_from_state_dict: unknown tokenizer kind {kind!r}.")
+    return _STATE_KINDS[kind](state)

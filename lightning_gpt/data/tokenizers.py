@@ -23,7 +23,16 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from lightning_gpt.data.tiktoken_tokenizer import TiktokenTokenizer
-from lightning_gpt.data.tokenizer_base import BOS, EOS, PAD, SPECIALS, UNK, Tokenizer, _ids_list
+from lightning_gpt.data.tokenizer_base import (
+    BOS,
+    EOS,
+    PAD,
+    SPECIALS,
+    UNK,
+    Tokenizer,
+    _ids_list,
+    tokenizer_from_state_dict,
+)
 
 __all__ = [
     "BOS",
@@ -52,6 +61,16 @@ class CharTokenizer(Tokenizer):
     """
 
     kind = "char"
+    state_kinds = ("char",)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "CharTokenizer":
+        """Rebuild from ``state_dict()``.
+
+        Args:
+            state: what ``state_dict()`` returned.
+        """
+        return cls(state["chars"])
 
     def __init__(self, chars: Iterable[str]) -> None:
         chars = sorted(set(chars))
@@ -120,6 +139,23 @@ class HFTokenizer(Tokenizer):
         eos_token: EOS token string; ``None`` detects a common name.
         pad_token: PAD token string; ``None`` detects a common name (may stay unset).
     """
+
+    state_kinds = ("bpe", "unigram", "pretrained")
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "HFTokenizer":
+        """Rebuild from ``state_dict()`` (the trained vocabulary and merges are in it).
+
+        Args:
+            state: what ``state_dict()`` returned.
+        """
+        return cls(
+            state["tokenizer_json"],
+            kind=state["kind"],
+            bos_token=state.get("bos_token"),
+            eos_token=state.get("eos_token"),
+            pad_token=state.get("pad_token"),
+        )
 
     def __init__(
         self,
@@ -216,32 +252,6 @@ class HFTokenizer(Tokenizer):
             "eos_token": self.eos_token,
             "pad_token": self.pad_token,
         }
-
-
-def tokenizer_from_state_dict(state: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from its ``state_dict()`` (e.g. ``checkpoint["tokenizer"]``).
-
-    Args:
-        state: the dict a ``Tokenizer.state_dict()`` returned (possibly after a JSON round trip).
-    """
-    if not isinstance(state, dict) or "kind" not in state:
-        raise ValueError(
-            "tokenizer_from_state_dict: expected a dict with a 'kind' key, as Tokenizer.state_dict() gives."
-        )
-    kind = state["kind"]
-    if kind == "char":
-        return CharTokenizer(state["chars"])
-    if kind in ("bpe", "unigram", "pretrained"):
-        return HFTokenizer(
-            state["tokenizer_json"],
-            kind=kind,
-            bos_token=state.get("bos_token"),
-            eos_token=state.get("eos_token"),
-            pad_token=state.get("pad_token"),
-        )
-    if kind == "tiktoken":
-        return TiktokenTokenizer.from_state_dict(state)
-    raise ValueError(f"tokenizer_from_state_dict: unknown tokenizer kind {kind!r}.")
 
 
 def build_tokenizer(
