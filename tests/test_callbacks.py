@@ -259,6 +259,8 @@ def test_flops_per_token_matches_nanogpt_estimate():
     assert n == 123_653_376  # nanoGPT: "number of parameters: 123.65M" (position table excluded)
     assert flops_per_token(model) == 6 * n + 12 * 12 * 1024 * 768 == 855_166_464
     assert num_parameters(model, non_embedding=False) == n + 1024 * 768
+    assert num_parameters(GPTConfig.from_name("gpt2")) == n  # a config is counted through a meta-device model
+    assert flops_per_token(GPTConfig.from_name("gpt2")) == 855_166_464
 
 
 def test_each_attention_kind_counts_its_own_flops():

@@ -9,34 +9,43 @@ which its core gives (``AttentionCore.flops_per_token``: ``12 T d`` for full att
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
 from lightning_gpt.batch import split_batch
+from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
 
 __all__ = ["flops_per_token", "num_parameters", "GPTThroughputMonitor"]
 
 
-def num_parameters(model: GPT, non_embedding: bool = True) -> int:
+def _as_model(model: Union[GPT, GPTConfig]) -> GPT:
+    if isinstance(model, GPTConfig):
+        with torch.device("meta"):  # shapes only: no memory, no initialization
+            return GPT(model)
+    return model
+
+
+def num_parameters(model: Union[GPT, GPTConfig], non_embedding: bool = True) -> int:
     """Parameters of ``model``, counted from its tensors (a custom attention core's parameters included).
 
     Args:
-        model: the model.
+        model: the model, or a config (a shape-only model is built on the meta device to count).
         non_embedding: leave out the position table (the convention of FLOP estimates; a tied token table stays).
     """
-    return model.num_parameters(non_embedding=non_embedding)
+    return _as_model(model).num_parameters(non_embedding=non_embedding)
 
 
-def flops_per_token(model: GPT, seq_len: Optional[int] = None) -> int:
+def flops_per_token(model: Union[GPT, GPTConfig], seq_len: Optional[int] = None) -> int:
     """Training FLOPs per token: ``6 N`` plus each layer's attention term (see ``GPT.flops_per_token``).
 
     Args:
-        model: the model.
+        model: the model, or a config (a shape-only model is built on the meta device).
         seq_len: the sequence length ``T``; default ``config.block_size``.
     """
-    return model.flops_per_token(seq_len)
+    return _as_model(model).flops_per_token(seq_len)
 
 
 def _batch_size(batch: Any) -> int:
