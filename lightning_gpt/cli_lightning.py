@@ -14,6 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from lightning_gpt._lightning_internals import last_global_step_saved
 from lightning_gpt.checkpoint import find_checkpoint
 from lightning_gpt.errors import lead_with_reason
 
@@ -112,7 +113,7 @@ class InterruptCheckpoint(Callback):
     @staticmethod
     def _final_step_unsaved(trainer: Trainer) -> bool:
         callback = trainer.checkpoint_callback
-        saved = getattr(callback, "_last_global_step_saved", None)
+        saved = last_global_step_saved(callback)
         return (
             getattr(callback, "save_last", False)
             and saved is not None

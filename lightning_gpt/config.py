@@ -10,11 +10,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-__all__ = ["GPTConfig", "PRESETS"]
+__all__ = ["GPTConfig", "IGNORE_INDEX", "PRESETS", "is_int"]
 
 ACTIVATIONS = ("gelu", "gelu_tanh")
 FEATURE_MAPS = ("elu", "relu", "softmax", "identity")
 SPARSE_PATTERNS = ("local", "strided", "longformer")
+
+IGNORE_INDEX = -100
+"""Target id that the loss skips (padding); PyTorch's ``cross_entropy`` default. Defined once, here."""
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an ``int`` and not a ``bool`` (which Python counts as an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -22,7 +30,8 @@ class GPTConfig:
     """Architecture of a decoder-only GPT.
 
     Args:
-        vocab_size: number of token ids the embedding and the LM head cover.
+        vocab_size: number of real token ids (the tokenizer's size). ``GPTModule`` sets it from the data module's
+            tokenizer; ids from ``vocab_size`` up to ``padded_vocab_size`` are padding that decoding never emits.
         block_size: the context length (size of the learned position table). The data module and the generation
             loop read it from here; it is declared nowhere else.
         n_layer: number of transformer blocks.
@@ -31,7 +40,8 @@ class GPTConfig:
         dropout: dropout probability on embeddings, attention weights, and residual branches.
         bias: whether Linear layers and LayerNorms carry a bias (GPT-2 does).
         attention: name of the attention core in the registry (``standard``, ``flash``, ``linear``, ``sparse``, or a
-            user-registered name).
+            user-registered name). The name is checked when the model is built, so a config naming a core whose
+            plugin is not imported yet can still be read.
         attention_window: window of the ``sparse`` local/longformer patterns (each token sees itself and the
             ``attention_window - 1`` tokens before it); also the block size of the ``strided`` pattern.
         attention_stride: stride of the ``strided`` pattern (each token also sees every earlier token whose position is
@@ -46,6 +56,9 @@ class GPTConfig:
         tie_weights: share the token embedding matrix with the LM head (GPT-2 does).
         layer_norm_eps: epsilon of every LayerNorm.
         mlp_ratio: hidden width of the MLP as a multiple of ``n_embd``.
+        padded_vocab_multiple: the embedding table and the LM head have ``padded_vocab_size`` rows, ``vocab_size``
+            rounded up to a multiple of this (64 gives tensor-core-friendly shapes, and nanoGPT's 50304 rows for
+            GPT-2's 50257 tokens); 1 for no padding.
     """
 
     vocab_size: int = 50304
@@ -67,9 +80,19 @@ class GPTConfig:
     tie_weights: bool = True
     layer_norm_eps: float = 1e-5
     mlp_ratio: int = 4
+    padded_vocab_multiple: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "linear_chunk_size"):
+        for name in (
+            "vocab_size",
+            "block_size",
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "mlp_ratio",
+            "linear_chunk_size",
+            "padded_vocab_multiple",
+        ):
             _check_int(self, name, minimum=1)
         if self.n_embd % self.n_head != 0:
             raise ValueError(
@@ -94,20 +117,22 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}.")
         if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
             raise ValueError(f"GPTConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}.")
-        # Imported here: the registry imports this module for type hints.
-        from lightning_gpt.attention import available_attention
-
-        if self.attention not in available_attention():
-            raise ValueError(
-                f"GPTConfig.attention={self.attention!r} is not a registered attention kind. Known kinds: "
-                f"{sorted(available_attention())}. Register your own with "
-                "lightning_gpt.attention.register_attention(name, CoreClass)."
-            )
+        if not isinstance(self.attention, str) or not self.attention:
+            raise ValueError(f"GPTConfig.attention must be a non-empty string, got {self.attention!r}.")
+        # The name itself is checked where the core is built (GPT / GPTModule), not here: a config that names a
+        # user-registered core must stay readable (e.g. from a checkpoint) before the plugin that registers it is
+        # imported, and the config stays below the attention registry in the import graph.
 
     @property
     def head_size(self) -> int:
         """Dimensions per attention head."""
         return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding table and the LM head: ``vocab_size`` rounded up to ``padded_vocab_multiple``."""
+        m = self.padded_vocab_multiple
+        return -(-self.vocab_size // m) * m
 
     @property
     def stride(self) -> int:
@@ -142,7 +167,7 @@ class GPTConfig:
 
 def _check_int(config: GPTConfig, name: str, minimum: int) -> None:
     value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"GPTConfig.{name} must be an integer >= {minimum}, got {value!r}.")
 
 

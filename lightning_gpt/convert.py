@@ -156,7 +156,7 @@ def hf_gpt2_config_dict(config: GPTConfig) -> dict[str, Any]:
     """
     check_gpt2_compatible(config)
     return dict(
-        vocab_size=config.vocab_size,
+        vocab_size=config.padded_vocab_size,  # the whole table, padding rows included
         n_positions=config.block_size,
         n_embd=config.n_embd,
         n_layer=config.n_layer,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_gpt.attention import State, get_attention
-from lightning_gpt.config import GPTConfig
+from lightning_gpt.config import IGNORE_INDEX, GPTConfig
 
 __all__ = ["GPT", "Block", "MLP", "CausalSelfAttention", "Cache"]
 
@@ -115,14 +115,14 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         self.embedding_scale = math.sqrt(config.n_embd) if config.scale_embeddings else 1.0
@@ -149,6 +149,23 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def flops_per_token(self, seq_len: Optional[int] = None) -> int:
+        """Training FLOPs per token (forward + backward): ``6 N`` plus each layer's attention term.
+
+        ``N`` is ``num_parameters()`` counted from the model (so a custom core's parameters count), the PaLM appendix /
+        nanoGPT convention; each layer's attention core adds its own term (``AttentionCore.flops_per_token``:
+        ``12 T d`` for full attention, less for ``sparse`` and ``linear``).
+
+        Args:
+            seq_len: the training sequence length ``T``; default ``config.block_size``.
+
+        Returns:
+            FLOPs per token.
+        """
+        T = self.config.block_size if seq_len is None else int(seq_len)
+        attention = sum(block.attn.core.flops_per_token(T) for block in self.transformer.h)
+        return 6 * self.num_parameters() + attention
+
     def forward(
         self,
         idx: Tensor,
@@ -157,7 +174,7 @@ class GPT(nn.Module):
         attention_mask: Optional[Tensor] = None,
         position_ids: Optional[Tensor] = None,
         start_pos: Optional[int] = None,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         logits_to_keep: int = 0,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """Logits for every position, and the mean cross-entropy when ``targets`` are given (over the targets that are
@@ -173,10 +190,11 @@ class GPT(nn.Module):
                 ``start_pos .. start_pos + T - 1``.
             ignore_index: target value excluded from the loss.
             logits_to_keep: compute logits for the last ``logits_to_keep`` positions only (0: all). Decoding needs
-                just the last one, which saves ``(T - 1) x n_embd x vocab_size`` multiply-adds of the LM head.
+                just the last one, which saves ``(T - 1) x n_embd x V`` multiply-adds of the LM head.
 
         Returns:
-            ``logits`` of shape ``(B, T, vocab_size)``, or ``(logits, loss)`` when ``targets`` is given.
+            ``logits`` of shape ``(B, T, V)`` with ``V = config.padded_vocab_size`` (ids from ``config.vocab_size``
+            on are padding: decoding masks them), or ``(logits, loss)`` when ``targets`` is given.
         """
         B, T = idx.size()
         offset = 0 if start_pos is None else start_pos
@@ -204,7 +222,7 @@ class GPT(nn.Module):
             if targets is not None:
                 raise ValueError("logits_to_keep cannot be combined with targets: the loss needs every position.")
             x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits
         targets = targets.reshape(-1)

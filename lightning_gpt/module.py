@@ -22,34 +22,23 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import Metric
 
+from lightning_gpt._lightning_internals import attached_trainer, should_update_logs
+from lightning_gpt.attention import get_attention
+from lightning_gpt.batch import split_batch
 from lightning_gpt.checkpoint import resolve_checkpoint_config
-from lightning_gpt.config import GPTConfig
+from lightning_gpt.config import IGNORE_INDEX, GPTConfig
 from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.model import GPT, Block
+from lightning_gpt.seeding import derive_seed, mix_seed
 
 __all__ = ["GPTModule", "GenerationConfig", "IGNORE_INDEX", "is_logging_step"]
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
 
 def is_logging_step(trainer: Any) -> bool:
     """Whether the current training step is one whose metrics the loggers record (every ``log_every_n_steps``)."""
-    connector = getattr(trainer, "_logger_connector", None)
-    if connector is None:
-        return True
-    return bool(connector.should_update_logs)
-
-
-def _mix_seed(*values: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 rounds): distinct inputs give unrelated streams."""
-    x = 0x9E3779B97F4A7C15
-    for v in values:
-        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 31
-    return x & 0x7FFFFFFFFFFFFFFF
+    return should_update_logs(trainer)
 
 
 def _json_normal(obj: Any) -> str:
@@ -89,7 +78,8 @@ class GPTModule(LightningModule):
 
     Args:
         config: the model architecture. ``vocab_size`` is taken from the data module's tokenizer when one is attached,
-            so recipes need not set it. When resuming, a checkpoint's config must match an explicitly given one.
+            so recipes need not set it; set ``config.padded_vocab_multiple`` (e.g. 64) for a padded table. When
+            resuming, a checkpoint's config must match an explicitly given one.
         learning_rate: peak learning rate of AdamW (the ``LRSchedule`` callback scales it per step).
         weight_decay: decoupled weight decay, applied to weight matrices only (not biases, LayerNorms, embeddings).
         betas: AdamW's ``(beta1, beta2)``.
@@ -98,8 +88,8 @@ class GPTModule(LightningModule):
         generation: decoding settings for ``predict`` (see ``GenerationConfig``).
         dropout_seed: base seed of the per-step random streams (dropout). Each training step reseeds torch's RNG
             from ``(dropout_seed, rank, global_step, batch_idx)``, so a run resumed from a checkpoint draws exactly
-            the dropout masks of the uninterrupted run. ``None``: ``torch.initial_seed()`` at fit start (what
-            ``seed_everything`` set).
+            the dropout masks of the uninterrupted run. ``None``: derived from the run seed (``seed_everything``) at
+            fit start, see ``lightning_gpt.seeding``.
         init_from: start from the weights at this path instead of random ones: a Hugging Face GPT-2 folder
             (``save_pretrained`` layout), a ``lightning-gpt export`` folder or a ``.ckpt`` of this package. The
             architecture comes from there (``config`` may change only dropout and the attention kind, and shrink
@@ -152,6 +142,7 @@ class GPTModule(LightningModule):
         self.init_from = init_from
         self._config_given = config is not None
         self.config: GPTConfig = config if config is not None else GPTConfig()
+        get_attention(self.config.attention)  # the model is built later: fail now on an unregistered attention kind
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.betas = tuple(betas)
@@ -190,7 +181,7 @@ class GPTModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Take the tokenizer from the data module and size the vocabulary from it."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None) if attached_trainer(self) is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None) if datamodule is not None else None
         if tokenizer is None:
             return
@@ -198,16 +189,27 @@ class GPTModule(LightningModule):
         vocab = int(tokenizer.vocab_size)
         if self.init_from is not None:
             self._check_init_tokenizer(tokenizer)
-        if vocab != self.config.vocab_size:
-            if self.model is not None:
+        if vocab == self.config.vocab_size:
+            return
+        if self.model is not None:
+            # A built model keeps its table; the tokenizer only has to fit in it.
+            rows = self.model.config.padded_vocab_size
+            if vocab > rows:
                 raise ValueError(
-                    f"The model was built with vocab_size={self.config.vocab_size} but the data module's tokenizer has "
+                    f"The model was built with a vocabulary table of {rows} ids but the data module's tokenizer has "
                     f"{vocab} tokens. Build GPTModule without a model (it sizes the vocabulary from the tokenizer) or "
-                    f"use a tokenizer of {self.config.vocab_size} tokens."
+                    f"use a tokenizer of at most {rows} tokens."
                 )
-            rank_zero_info(f"GPTModule: vocab_size {self.config.vocab_size} -> {vocab} (from the tokenizer).")
-            self.config = dataclasses.replace(self.config, vocab_size=vocab)
-            self.hparams["config"] = self.config.to_dict()
+            return
+        # vocab_size counts the tokenizer's ids; the table is that rounded up to padded_vocab_multiple (the padding
+        # the user asked for survives, and the table always fits the tokenizer).
+        new = dataclasses.replace(self.config, vocab_size=vocab)
+        rank_zero_info(
+            f"GPTModule: vocab_size {self.config.vocab_size} -> {vocab} (from the tokenizer); embedding table of "
+            f"{new.padded_vocab_size} rows (padded_vocab_multiple={new.padded_vocab_multiple})."
+        )
+        self.config = new
+        self.hparams["config"] = self.config.to_dict()
 
     def _check_init_tokenizer(self, tokenizer: Any) -> None:
         from lightning_gpt.init_from import init_tokenizer_state
@@ -251,7 +253,7 @@ class GPTModule(LightningModule):
     def _apply_fsdp2(self) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        strategy = self.trainer.strategy if self._trainer is not None else None
+        strategy = self.trainer.strategy if attached_trainer(self) is not None else None
         mesh = self.device_mesh
         if "data_parallel" in (mesh.mesh_dim_names or ()):
             mesh = mesh["data_parallel"]
@@ -287,25 +289,7 @@ class GPTModule(LightningModule):
         """Logits ``(B, T, vocab_size)`` for token ids ``(B, T)``; kwargs go to ``GPT.forward``."""
         return self.model(idx, **kwargs)
 
-    @staticmethod
-    def split_batch(batch: Any) -> tuple[Tensor, Tensor]:
-        """``(input_ids, targets)`` from a tuple/list pair, a dict (``input_ids`` + ``targets``/``labels``) or a
-        ``(B, T + 1)`` tensor of tokens (targets are the inputs shifted by one)."""
-        if isinstance(batch, Tensor):
-            return batch[:, :-1], batch[:, 1:]
-        if isinstance(batch, dict):
-            targets = batch.get("targets", batch.get("labels"))
-            if "input_ids" not in batch or targets is None:
-                raise ValueError(
-                    f"A dict batch needs 'input_ids' and 'targets' (or 'labels'); got keys {sorted(batch)}."
-                )
-            return batch["input_ids"], targets
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return batch[0], batch[1]
-        raise ValueError(
-            f"GPTModule cannot read a batch of type {type(batch).__name__}: expected (input_ids, targets), a dict with "
-            "'input_ids' and 'targets', or a (B, T + 1) tensor of token ids."
-        )
+    split_batch = staticmethod(split_batch)  # (input_ids, targets) from any accepted batch form; see batch.py
 
     def compute_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Mean next-token cross-entropy over the targets that are not ``IGNORE_INDEX`` (padding, prompts).
@@ -334,23 +318,24 @@ class GPTModule(LightningModule):
 
     @property
     def flops_per_batch(self) -> Optional[int]:
-        """Training FLOPs of the last batch, ``(6N + 12 L T d) * B * T`` (read by Lightning's ``ThroughputMonitor``)."""
+        """Training FLOPs of the last batch, ``GPT.flops_per_token(T) * B * T`` (read by ``ThroughputMonitor``)."""
         shape = getattr(self, "_batch_shape", None)
-        if shape is None:
+        if shape is None or self.model is None:
             return None
-        from lightning_gpt.callbacks.throughput import flops_per_token
-
         batch_size, seq_len = shape
-        return flops_per_token(self.config, seq_len=seq_len) * batch_size * seq_len
+        key = (id(self.model), seq_len)
+        if getattr(self, "_flops_key", None) != key:  # the parameter count walks the model: once per model and T
+            self._flops_key, self._flops = key, self.model.flops_per_token(seq_len)
+        return self._flops * batch_size * seq_len
 
     def on_train_start(self) -> None:
         self._window = None
         if self._step_seed is None:
-            self._step_seed = int(self.dropout_seed) if self.dropout_seed is not None else torch.initial_seed()
+            self._step_seed = derive_seed("dropout", self.dropout_seed)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # The RNG state of a step is a pure function of the step, so resuming reproduces dropout exactly.
-        seed = _mix_seed(self._step_seed or 0, self.global_rank, self.global_step, batch_idx)
+        seed = mix_seed(self._step_seed or 0, self.global_rank, self.global_step, batch_idx)
         # Not torch.manual_seed: it also queues seeds for every uninitialized backend (CUDA, XPU, MTIA), formatting a
         # stack trace each time (~1 ms per step). Seed only the generators this step draws from.
         torch.default_generator.manual_seed(seed)
@@ -554,7 +539,7 @@ class GPTModule(LightningModule):
         if self.model is None or old == config:
             return
         if getattr(self.model, "_lightning_gpt_sharded", False) or (
-            self._trainer is not None and self.trainer.optimizers
+            attached_trainer(self) is not None and self.trainer.optimizers
         ):
             raise ValueError(
                 "The checkpoint's model config differs from the model already built and sharded/optimized; pass the "

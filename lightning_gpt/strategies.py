@@ -34,6 +34,14 @@ from lightning.pytorch.strategies import DDPStrategy as _LightningDDP
 from lightning.pytorch.strategies import FSDPStrategy as _LightningFSDP
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from lightning_gpt._lightning_internals import (
+    load_raw_module_state,
+    model_parallel_sizes,
+    saves_distributed_checkpoint,
+    set_data_parallel_size,
+    unwrap_optimizer,
+)
+
 __all__ = ["DDPStrategy", "FSDP1Strategy", "FSDP2Strategy", "resolve_dtype"]
 
 _DTYPES = {
@@ -154,8 +162,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     def _setup_distributed(self) -> None:
         super()._setup_distributed()
         # Lightning's "auto" means one data-parallel group per node; pure FSDP shards over every process.
-        if self._data_parallel_size == "auto":
-            self._data_parallel_size = self.world_size // self._tensor_parallel_size
+        data_parallel, tensor_parallel = model_parallel_sizes(self)
+        if data_parallel == "auto":
+            set_data_parallel_size(self, self.world_size // tensor_parallel)
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         """The consolidated optimizer state keyed like a plain optimizer's (ids in ``param_groups`` order).
@@ -164,11 +173,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         ``GPTModule``'s two parameter groups: a DDP run or a single process would then give each parameter another
         one's Adam moments. Keyed this way, the checkpoint resumes correctly under any strategy.
         """
-        if self._save_distributed_checkpoint:
+        if saves_distributed_checkpoint(self):
             return super().optimizer_state(optimizer)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        optimizer = getattr(optimizer, "_optimizer", optimizer)  # unwrap LightningOptimizer
+        optimizer = unwrap_optimizer(optimizer)  # a LightningOptimizer
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_optimizer_state_dict(self.model, optimizer, options=options)
         if not state or not state.get("param_groups"):
@@ -190,14 +199,13 @@ class FSDP2Strategy(ModelParallelStrategy):
         trust = bool(getattr(self.checkpoint_io, "trust_checkpoint", False))
         if not path.is_file():  # a sharded checkpoint directory: Lightning's loader
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only if trust else True)
-        from lightning.fabric.strategies.model_parallel import _load_raw_module_state
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         strict = self.lightning_module.strict_loading
         from lightning_gpt.checkpoint import torch_load
 
         checkpoint = torch_load(path, map_location="cpu", trust_checkpoint=trust, mmap=True)
-        _load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
         options = StateDictOptions(broadcast_from_rank0=True, full_state_dict=True, strict=strict)
         names = {param: name for name, param in self.model.named_parameters()}
         for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", [])):

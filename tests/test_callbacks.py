@@ -258,13 +258,56 @@ def test_sample_generation_runs_and_does_not_change_training(tmp_path):
 
 
 def test_flops_per_token_matches_nanogpt_estimate():
-    cfg = GPTConfig.from_name("gpt2")
-    n = num_parameters(cfg)
+    with torch.device("meta"):  # no memory, no init: only shapes are counted
+        model = GPT(GPTConfig.from_name("gpt2"))
+    n = num_parameters(model)
     assert n == 123_653_376  # nanoGPT: "number of parameters: 123.65M" (position table excluded)
-    assert flops_per_token(cfg) == 6 * n + 12 * 12 * 1024 * 768 == 855_166_464
-    tiny = GPTConfig(**{**TINY, "bias": False, "tie_weights": False})
-    assert num_parameters(tiny) == GPT(tiny).num_parameters()
-    assert num_parameters(tiny, non_embedding=False) == GPT(tiny).num_parameters(non_embedding=False)
+    assert flops_per_token(model) == 6 * n + 12 * 12 * 1024 * 768 == 855_166_464
+    assert num_parameters(model, non_embedding=False) == n + 1024 * 768
+    assert num_parameters(GPTConfig.from_name("gpt2")) == n  # a config is counted through a meta-device model
+    assert flops_per_token(GPTConfig.from_name("gpt2")) == 855_166_464
+
+
+def test_each_attention_kind_counts_its_own_flops():
+    d, L, T = TINY["n_embd"], TINY["n_layer"], 64
+    models = {
+        "standard": GPT(GPTConfig(**TINY)),
+        "flash": GPT(GPTConfig(**TINY, attention="flash")),
+        "local": GPT(GPTConfig(**TINY, attention="sparse", attention_window=8)),
+        "strided": GPT(GPTConfig(**TINY, attention="sparse", sparse_pattern="strided", attention_window=8)),
+        "longformer": GPT(GPTConfig(**TINY, attention="sparse", sparse_pattern="longformer", attention_window=8)),
+        "linear": GPT(GPTConfig(**TINY, attention="linear", linear_chunk_size=16)),
+    }
+    attention = {k: flops_per_token(m, T) - 6 * num_parameters(m) for k, m in models.items()}
+    assert attention["standard"] == attention["flash"] == 12 * L * T * d  # full causal attention
+    assert attention["local"] == 12 * L * 8 * d  # a window of 8 keys per query
+    # strided: the window plus the summary keys 7, 15, ..., 55 (those that can lie outside some query's window)
+    assert attention["strided"] == 12 * L * (8 + 7) * d
+    assert attention["longformer"] == 12 * L * (8 + 1) * d  # the window plus one global token
+    assert attention["linear"] == 12 * L * d * (16 + d // TINY["n_head"])  # chunk + head size
+    assert max(attention[k] for k in ("local", "strided", "longformer", "linear")) < attention["standard"]
+
+
+def test_a_custom_cores_parameters_and_flops_are_counted():
+    from lightning_gpt.attention import StandardAttention, register_attention
+    from lightning_gpt.attention import base as attention_base
+
+    class GatedAttention(StandardAttention):
+        def __init__(self, config):
+            super().__init__(config)
+            self.gate = torch.nn.Parameter(torch.ones(config.n_head, 1, 1))
+
+        def flops_per_token(self, seq_len):
+            return 7
+
+    register_attention("test-gated", GatedAttention)
+    try:
+        plain, gated = GPT(GPTConfig(**TINY)), GPT(GPTConfig(**TINY, attention="test-gated"))
+        extra = TINY["n_layer"] * TINY["n_head"]
+        assert num_parameters(gated) == num_parameters(plain) + extra
+        assert flops_per_token(gated, 16) == 6 * num_parameters(gated) + 7 * TINY["n_layer"]
+    finally:
+        attention_base._REGISTRY.pop("test-gated", None)
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -301,7 +344,7 @@ def test_throughput_monitor_logs_tokens_and_flops(tmp_path):
     make_trainer(tmp_path, [GPTThroughputMonitor(window_size=2)], max_steps=4, log_every_n_steps=1, logger=logger).fit(
         module, ToyData()
     )
-    assert module.flops_per_batch == flops_per_token(module.config, seq_len=16) * 4 * 16
+    assert module.flops_per_batch == flops_per_token(module.model, seq_len=16) * 4 * 16
     with open(Path(logger.log_dir) / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
     assert rows, "throughput metrics were logged"

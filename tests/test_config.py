@@ -55,7 +55,7 @@ def test_stride_defaults_to_window():
         (dict(n_embd=30, n_head=4), "n_head"),
         (dict(dropout=-0.1), "dropout"),
         (dict(dropout=1.0), "dropout"),
-        (dict(attention="nope"), "attention"),
+        (dict(attention=""), "attention"),
         (dict(attention_window=0), "attention_window"),
         (dict(attention_window=2.5), "attention_window"),
         (dict(attention_stride=0), "attention_stride"),
@@ -76,3 +76,14 @@ def test_bad_values_raise_naming_the_field(overrides, field):
 def test_n_embd_error_suggests_a_divisor():
     with pytest.raises(ValueError, match=r"n_head=\d+"):
         GPTConfig.from_name("tiny", n_embd=30, n_head=4)
+
+
+def test_attention_name_is_checked_where_the_core_is_built():
+    from lightning_gpt import GPT
+
+    # A config naming a core whose plugin is not imported (e.g. read from a checkpoint) is still a valid config ...
+    config = GPTConfig.from_dict({**GPTConfig.from_name("tiny").to_dict(), "attention": "my-plugin-core"})
+    assert config.attention == "my-plugin-core"
+    # ... and building the model names the problem and the fix.
+    with pytest.raises(ValueError, match="my-plugin-core.*register_attention"):
+        GPT(config)

@@ -2,6 +2,7 @@
 
 from lightning_gpt.attention.base import (
     AttentionCore,
+    KVCacheCore,
     State,
     available_attention,
     get_attention,
@@ -20,6 +21,7 @@ register_attention("sparse", SparseAttention)
 __all__ = [
     "AttentionCore",
     "FlashAttention",
+    "KVCacheCore",
     "LinearAttention",
     "SparseAttention",
     "State",

@@ -29,7 +29,15 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from lightning_gpt.config import GPTConfig
 
-__all__ = ["AttentionCore", "register_attention", "get_attention", "available_attention", "pad_offsets", "State"]
+__all__ = [
+    "AttentionCore",
+    "KVCacheCore",
+    "register_attention",
+    "get_attention",
+    "available_attention",
+    "pad_offsets",
+    "State",
+]
 
 State = dict[str, Tensor]
 
@@ -64,6 +72,52 @@ class AttentionCore(nn.Module):
         """Extend ``state`` in place with new tokens and return their outputs ``(B, nh, T_new, hs)``."""
         raise NotImplementedError
 
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token of this core's attention itself (scores and weighted sum), one layer, forward and
+        backward; the q/k/v/output projections are counted with the parameters, not here.
+
+        The default is full causal attention as in the PaLM appendix / nanoGPT (``12 T d`` for ``d = n_embd``: the
+        ``T x T`` scores and the weighted sum, 2 FLOPs per multiply-add, times 3 for forward + backward). A core that
+        attends to fewer keys overrides it.
+
+        Args:
+            seq_len: the training sequence length ``T``.
+
+        Returns:
+            FLOPs per token.
+        """
+        return 12 * seq_len * self.config.n_embd
+
+
+class KVCacheCore(AttentionCore):
+    """A core whose decoding state is a full key/value cache ``(B, nh, max_seq_len, hs)``.
+
+    Subclasses implement ``attend_cached`` (attention of the new queries over every cached key); ``init_state`` and
+    ``step`` are shared.
+    """
+
+    def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
+        return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
+
+    def step(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+    ) -> Tensor:
+        k_all, v_all = kv_cache_update(state, k, v, start_pos)  # (B, nh, start_pos + T_new, hs)
+        return self.attend_cached(q, k_all, v_all, start_pos, key_mask)
+
+    def attend_cached(
+        self, q: Tensor, k_all: Tensor, v_all: Tensor, start_pos: int, key_mask: Optional[Tensor]
+    ) -> Tensor:
+        """Outputs ``(B, nh, T_new, hs)`` of queries at ``start_pos..`` over the cached keys/values ``0..``.
+
+        Args:
+            q: the new queries ``(B, nh, T_new, hs)``.
+            k_all, v_all: every key/value so far ``(B, nh, start_pos + T_new, hs)``.
+            start_pos: position of the first new query.
+            key_mask: ``(B, start_pos + T_new)`` bool, False at padding; ``None`` for no padding.
+        """
+        raise NotImplementedError
+
 
 def register_attention(name: str, core: Callable[["GPTConfig"], AttentionCore], *, overwrite: bool = False) -> None:
     """Make an attention core selectable by ``GPTConfig(attention=name)``.
@@ -81,9 +135,23 @@ def register_attention(name: str, core: Callable[["GPTConfig"], AttentionCore], 
 
 
 def get_attention(name: str) -> Callable[["GPTConfig"], AttentionCore]:
-    """The registered core factory for ``name``."""
+    """The registered core factory for ``name`` (where ``GPTConfig.attention`` is checked: when the model is built).
+
+    Args:
+        name: a registered attention kind.
+
+    Returns:
+        The class (or factory) that builds the core from a ``GPTConfig``.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the known kinds and how to register one).
+    """
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown attention kind {name!r}. Known kinds: {sorted(_REGISTRY)}.")
+        raise ValueError(
+            f"GPTConfig.attention={name!r} is not a registered attention kind. Known kinds: {sorted(_REGISTRY)}. "
+            "Register your own with lightning_gpt.attention.register_attention(name, CoreClass), in a module that is "
+            "imported before the model is built."
+        )
     return _REGISTRY[name]
 
 

@@ -14,14 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import (
-    AttentionCore,
-    State,
-    causal_mask,
-    combine_masks,
-    kv_cache_state,
-    kv_cache_update,
-)
+from lightning_gpt.attention.base import KVCacheCore, causal_mask, combine_masks
 
 FLASH_ATTN_AVAILABLE = importlib.util.find_spec("flash_attn") is not None
 
@@ -30,7 +23,7 @@ def _use_flash_attn(q: Tensor, key_mask: Optional[Tensor]) -> bool:
     return FLASH_ATTN_AVAILABLE and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and key_mask is None
 
 
-class FlashAttention(AttentionCore):
+class FlashAttention(KVCacheCore):
     """Memory-efficient exact attention (flash-attn kernels or PyTorch SDPA)."""
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
@@ -47,13 +40,9 @@ class FlashAttention(AttentionCore):
         mask = combine_masks(causal_mask(T, T, 0, q.device), key_mask, 0)  # (B, 1, T, T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
-    def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
-        return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
-
-    def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+    def attend_cached(
+        self, q: Tensor, k_all: Tensor, v_all: Tensor, start_pos: int, key_mask: Optional[Tensor]
     ) -> Tensor:
-        k_all, v_all = kv_cache_update(state, k, v, start_pos)
         if key_mask is None and q.size(2) == 1:
             # One new token sees every cached position: no mask needed.
             return F.scaled_dot_product_attention(q, k_all, v_all)

@@ -129,10 +129,23 @@ class LinearAttention(AttentionCore):
     """
 
     def __init__(self, config: "GPTConfig") -> None:
-        super().__init__(config)
+        super().__init__(config)  # the options were validated by GPTConfig
         self.feature_map = config.feature_map
         self.chunk_size = config.linear_chunk_size
-        feature_map(torch.zeros(1), self.feature_map)  # fail early on an unknown name
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """FLOPs per token of the chunked form, forward + backward: ``12 d (C + hs)`` with ``C = min(chunk, T)``.
+
+        Per head and token: ``2 C hs`` for the in-chunk scores, ``2 C hs`` for their weighted sum, ``2 hs^2`` for
+        the token's share of the chunk state ``phi(k)^T v`` and ``2 hs^2`` to read the earlier chunks' state, i.e.
+        ``4 hs (C + hs)``; times ``n_head`` heads (``d = n_head hs``) and 3 for forward + backward. Linear in ``T``
+        overall, where full attention's ``12 T d`` per token is quadratic.
+
+        Args:
+            seq_len: the training sequence length ``T``.
+        """
+        chunk = max(1, min(self.chunk_size, seq_len))
+        return 12 * self.config.n_embd * (chunk + self.head_size)
 
     def _featurize(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         work_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype

@@ -165,15 +165,27 @@ class SparseAttention(AttentionCore):
     """
 
     def __init__(self, config: "GPTConfig") -> None:
-        super().__init__(config)
-        if config.sparse_pattern not in ("local", "strided", "longformer"):
-            raise ValueError(
-                f"Unknown sparse_pattern {config.sparse_pattern!r}; expected 'local', 'strided' or 'longformer'."
-            )
+        super().__init__(config)  # the options were validated by GPTConfig
         self.pattern = config.sparse_pattern
         self.window = config.attention_window
         self.stride = config.stride
         self.n_global = config.n_global_tokens
+
+    def attended_keys(self, seq_len: int) -> int:
+        """Keys a query of a ``seq_len``-token sequence is scored against: its window plus the pattern's extra keys.
+
+        Counted as the full-attention estimate counts ``T`` (the mask's causal half is not subtracted).
+
+        Args:
+            seq_len: the sequence length ``T``.
+        """
+        window = min(self.window, seq_len)
+        n_extra = extra_positions(self.pattern, self.window, self.stride, self.n_global, seq_len - 1, "cpu").numel()
+        return window + n_extra
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """``12 K d`` with ``K = attended_keys(T)`` keys per query instead of full attention's ``T``."""
+        return 12 * self.attended_keys(seq_len) * self.config.n_embd
 
     def _extra(
         self, k: Tensor, v: Tensor, last_pos: int, key_mask: Optional[Tensor]

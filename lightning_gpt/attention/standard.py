@@ -5,21 +5,13 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import (
-    AttentionCore,
-    State,
-    causal_mask,
-    combine_masks,
-    kv_cache_state,
-    kv_cache_update,
-)
+from lightning_gpt.attention.base import KVCacheCore, causal_mask, combine_masks
 
 
-class StandardAttention(AttentionCore):
+class StandardAttention(KVCacheCore):
     """Scores matrix ``q k^T / sqrt(hs)``, causal mask with -inf, softmax, weighted sum of values."""
 
     def scores(self, q: Tensor, k: Tensor, start_pos: int) -> Tensor:
@@ -45,11 +37,7 @@ class StandardAttention(AttentionCore):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
         return self._attend(q, k, v, 0, key_mask)
 
-    def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
-        return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
-
-    def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+    def attend_cached(
+        self, q: Tensor, k_all: Tensor, v_all: Tensor, start_pos: int, key_mask: Optional[Tensor]
     ) -> Tensor:
-        k_all, v_all = kv_cache_update(state, k, v, start_pos)
         return self._attend(q, k_all, v_all, start_pos, key_mask)

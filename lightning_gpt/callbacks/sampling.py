@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
+from lightning_gpt.seeding import derive_seed
 
 __all__ = ["SampleGeneration"]
 
@@ -33,7 +34,8 @@ class SampleGeneration(Callback):
             ``SAMPLE_CALLBACK_DEFAULTS`` (64 sampled tokens, temperature 0.8, top-k 200; see
             ``lightning_gpt.generation.config`` for why it differs from the library's greedy default).
             ``max_new_tokens`` is lowered to what fits the context after the longest prompt (None: all of it).
-        seed: seed of the sampling generator, offset by the step (same samples at the same step of a resumed run).
+        seed: seed of the sampling generator, offset by the step (same samples at the same step of a resumed run);
+            ``None``: derived from the run seed (``seed_everything``) when fitting starts.
 
     Raises:
         ValueError: a negative ``every_n_steps``, or decoding settings that are out of range.
@@ -44,7 +46,7 @@ class SampleGeneration(Callback):
         every_n_steps: int = 500,
         prompts: Optional[list[str]] = None,
         generation: GenerationConfig = SAMPLE_CALLBACK_DEFAULTS,
-        seed: int = 1234,
+        seed: Optional[int] = None,
     ) -> None:
         if every_n_steps < 0:
             raise ValueError(
@@ -59,10 +61,12 @@ class SampleGeneration(Callback):
                 self.generation, temperature=1.0, top_k=None, top_p=None, min_p=None
             )
         self.seed = seed
+        self._seed: Optional[int] = None  # resolved at fit start
         self._last_step = -1
         self.last_samples: list[dict[str, Any]] = []
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._seed = derive_seed("samples", self.seed)
         if self.every_n_steps == 0:
             return
         # Check the prompts now rather than after hours of training, at the first sampling step.
@@ -100,7 +104,9 @@ class SampleGeneration(Callback):
         from lightning_gpt.generation.text import generate_text
 
         device = pl_module.device
-        generator = torch.Generator(device=device).manual_seed(self.seed + trainer.global_step)
+        generator = torch.Generator(device=device).manual_seed(
+            derive_seed("samples", self.seed if self._seed is None else self._seed) + trainer.global_step
+        )
         was_training = model.training
         fork_devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork_devices):

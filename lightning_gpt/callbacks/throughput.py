@@ -1,62 +1,59 @@
-"""Tokens/s and MFU: the FLOPs-per-token formula of a GPT and a ThroughputMonitor preset that uses it.
+"""Tokens/s and MFU: a ThroughputMonitor preset for GPT batches, and the FLOPs-per-token estimate it reports.
 
-Training FLOPs per token follow the PaLM appendix / nanoGPT's ``estimate_mfu``: ``6 N + 12 L T d`` where ``N`` is
-the parameter count without the position table, ``L`` the layers, ``T`` the sequence length, ``d`` the width
-(``6 N``: forward + backward of every matmul; ``12 L T d``: the attention scores and the weighted sum).
-``GPTModule.flops_per_batch`` returns this times the tokens of the last batch, which Lightning's
+Training FLOPs per token follow the PaLM appendix / nanoGPT's ``estimate_mfu``: ``6 N`` (forward + backward of every
+matmul, ``N`` the parameters without the position table, counted from the model) plus each layer's attention term,
+which its core gives (``AttentionCore.flops_per_token``: ``12 T d`` for full attention, less for ``sparse`` and
+``linear``). ``GPTModule.flops_per_batch`` returns this times the tokens of the last batch, which Lightning's
 ``ThroughputMonitor`` reads to log ``flops_per_sec`` and, on GPUs it knows, ``mfu``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
+import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 
+from lightning_gpt.batch import split_batch
 from lightning_gpt.config import GPTConfig
+from lightning_gpt.model import GPT
 
 __all__ = ["flops_per_token", "num_parameters", "GPTThroughputMonitor"]
 
 
-def num_parameters(config: GPTConfig, non_embedding: bool = True) -> int:
-    """Parameter count of ``GPT(config)`` computed from the config (no model is built).
+def _as_model(model: Union[GPT, GPTConfig]) -> GPT:
+    if isinstance(model, GPTConfig):
+        with torch.device("meta"):  # shapes only: no memory, no initialization
+            return GPT(model)
+    return model
+
+
+def num_parameters(model: Union[GPT, GPTConfig], non_embedding: bool = True) -> int:
+    """Parameters of ``model``, counted from its tensors (a custom attention core's parameters included).
 
     Args:
-        config: the architecture.
+        model: the model, or a config (a shape-only model is built on the meta device to count).
         non_embedding: leave out the position table (the convention of FLOP estimates; a tied token table stays).
     """
-    d, L, V = config.n_embd, config.n_layer, config.vocab_size
-    hidden = config.mlp_ratio * d
-    ln = 2 * d if config.bias else d
-    linear_bias = (3 * d + d + hidden + d) if config.bias else 0
-    block = 2 * ln + 3 * d * d + d * d + d * hidden + hidden * d + linear_bias
-    n = V * d + L * block + ln + (0 if config.tie_weights else V * d)
-    if not non_embedding:
-        n += config.block_size * d
-    return n
+    return _as_model(model).num_parameters(non_embedding=non_embedding)
 
 
-def flops_per_token(config: GPTConfig, seq_len: Optional[int] = None) -> int:
-    """Training FLOPs per token, ``6 N + 12 L T d`` (forward and backward).
+def flops_per_token(model: Union[GPT, GPTConfig], seq_len: Optional[int] = None) -> int:
+    """Training FLOPs per token: ``6 N`` plus each layer's attention term (see ``GPT.flops_per_token``).
 
     Args:
-        config: the architecture.
+        model: the model, or a config (a shape-only model is built on the meta device).
         seq_len: the sequence length ``T``; default ``config.block_size``.
     """
-    T = config.block_size if seq_len is None else seq_len
-    return 6 * num_parameters(config) + 12 * config.n_layer * T * config.n_embd
+    return _as_model(model).flops_per_token(seq_len)
 
 
 def _batch_size(batch: Any) -> int:
-    from lightning_gpt.module import GPTModule
-
-    return int(GPTModule.split_batch(batch)[0].size(0))
+    return int(split_batch(batch)[0].size(0))
 
 
 def _tokens(batch: Any) -> int:
-    from lightning_gpt.module import GPTModule
-
-    return int(GPTModule.split_batch(batch)[0].numel())
+    return int(split_batch(batch)[0].numel())
 
 
 class GPTThroughputMonitor(ThroughputMonitor):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_gpt._lightning_internals import batches_processed_this_epoch
 from lightning_gpt.data.cache import (
     TokenArray,
     build_token_cache,
@@ -22,6 +23,7 @@ from lightning_gpt.data.datasets import PackedDataset, PaddedDataset
 from lightning_gpt.data.sampler import ResumableSampler
 from lightning_gpt.data.sources import TextSource, resolve_source
 from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer, build_tokenizer
+from lightning_gpt.seeding import derive_seed
 
 __all__ = ["TextDataModule"]
 
@@ -88,7 +90,8 @@ class TextDataModule(pl.LightningDataModule):
         add_bos: start every document with BOS (documents always end with EOS).
         shift_windows: in ``pack`` mode, move the training window grid by a seeded random offset each epoch, so
             repeated epochs see differently cut sequences (validation windows never move).
-        seed: seed of the shuffling.
+        seed: seed of the shuffling and of the window shifts. ``None`` (default): derived from the run seed
+            (``seed_everything`` / ``--seed_everything``), so changing the run seed changes the data order too.
         num_workers: DataLoader worker processes.
         pin_memory: pin batches in page-locked memory (for GPU training).
         cache_dir: where token ids and trained tokenizers are cached; ``None``: ``$LIGHTNING_GPT_CACHE`` or
@@ -116,7 +119,7 @@ class TextDataModule(pl.LightningDataModule):
         tokenizer_vocab_size: int = 4096,
         add_bos: bool = False,
         shift_windows: bool = True,
-        seed: int = 1234,
+        seed: Optional[int] = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         cache_dir: Optional[str] = None,
@@ -154,6 +157,14 @@ class TextDataModule(pl.LightningDataModule):
         self.val_dataset: Optional[Dataset] = None
         self._sampler: Optional[ResumableSampler] = None
         self._resume: Optional[dict[str, Any]] = None
+        self._seed: Optional[int] = None
+
+    @property
+    def seed(self) -> int:
+        """The seed of the data order: ``seed`` when given, else derived from the run seed (resolved once)."""
+        if self._seed is None:
+            self._seed = derive_seed("data", self.hparams.seed)
+        return self._seed
 
     # ----------------------------------------------------------------------------------------------- sources, tokens
     def train_source(self) -> TextSource:
@@ -301,7 +312,7 @@ class TextDataModule(pl.LightningDataModule):
         return PaddedDataset(train, bs, pad_id, docs[: train.n_docs - n_val]), val_ds
 
     def _shift_seed(self) -> Optional[int]:
-        return self.hparams.seed if self.hparams.shift_windows else None
+        return self.seed if self.hparams.shift_windows else None
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
@@ -338,7 +349,7 @@ class TextDataModule(pl.LightningDataModule):
         shifting = getattr(self.train_dataset, "shift_seed", None) is not None
         previous = self._sampler
         self._sampler = ResumableSampler(
-            len(self.train_dataset), world, rank, shuffle=True, seed=self.hparams.seed, epoch_in_index=shifting
+            len(self.train_dataset), world, rank, shuffle=True, seed=self.seed, epoch_in_index=shifting
         )
         if self._resume is not None:  # a restored position is used once, by the first loader built after it
             self._apply_resume(self._resume)
@@ -385,7 +396,7 @@ class TextDataModule(pl.LightningDataModule):
             consumed = self._sampler.start_index // self.hparams.batch_size
         elif self._sampler is not None and trainer is not None:
             epoch = self._sampler.epoch
-            consumed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            consumed = batches_processed_this_epoch(trainer)
             per_epoch = trainer.num_training_batches  # honours limit_train_batches
             if not isinstance(per_epoch, int) or per_epoch <= 0:
                 per_epoch = self._batches_per_epoch()
@@ -399,7 +410,7 @@ class TextDataModule(pl.LightningDataModule):
             "batches_consumed": int(consumed),
             "batch_size": self.hparams.batch_size,
             "world_size": world,
-            "seed": self.hparams.seed,
+            "seed": self.seed,
             "tokenizer_fingerprint": self.tokenizer.fingerprint() if self._tokenizer is not None else None,
         }
 
@@ -416,7 +427,7 @@ class TextDataModule(pl.LightningDataModule):
                 f"module's {self.tokenizer.describe()}; resume with the same source/tokenizer settings, or pass "
                 "tokenizer='<the checkpoint path>' to reuse the checkpoint's tokenizer."
             )
-        now = {"batch_size": self.hparams.batch_size, "world_size": self._rank_world()[1], "seed": self.hparams.seed}
+        now = {"batch_size": self.hparams.batch_size, "world_size": self._rank_world()[1], "seed": self.seed}
         for name, value in now.items():
             if state_dict.get(name) is not None and state_dict[name] != value:
                 log.warning(

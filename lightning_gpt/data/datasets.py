@@ -13,11 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lightning_gpt.config import IGNORE_INDEX
 from lightning_gpt.data.cache import TokenArray, load_token_cache
 
 __all__ = ["IGNORE_INDEX", "PackedDataset", "PaddedDataset"]
-
-IGNORE_INDEX = -100
 
 
 class _CachedTokens(Dataset):

@@ -12,6 +12,8 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DistributedSampler
 
+from lightning_gpt.seeding import derive_seed
+
 __all__ = ["ResumableSampler"]
 
 
@@ -34,7 +36,8 @@ class ResumableSampler(DistributedSampler):
         num_replicas: world size.
         rank: this process's rank.
         shuffle: permute each epoch (``False``: dataset order).
-        seed: base seed of the permutation.
+        seed: base seed of the permutation; ``None``: derived from the run seed (``seed_everything``), the same one
+            ``TextDataModule`` derives.
         drop_last: drop the uneven tail instead of padding it.
         epoch_in_index: yield ``epoch * num_samples + index`` so the dataset can vary with the epoch (the packed
             dataset shifts its window grid) even inside persistent worker processes.
@@ -46,7 +49,7 @@ class ResumableSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         shuffle: bool = True,
-        seed: int = 0,
+        seed: Optional[int] = None,
         drop_last: bool = True,
         epoch_in_index: bool = False,
     ) -> None:
@@ -59,7 +62,7 @@ class ResumableSampler(DistributedSampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.shuffle = shuffle
-        self.seed = seed
+        self.seed = derive_seed("data", seed)
         self.drop_last = drop_last
         self.epoch_in_index = epoch_in_index
         self.epoch = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Iterable, Optional, Sequence
 
-from lightning_gpt.data.tokenizers import BOS, EOS, PAD, Tokenizer, _ids_list
+from lightning_gpt.data.tokenizer_base import BOS, EOS, PAD, Tokenizer, _ids_list
 
 __all__ = ["TiktokenTokenizer"]
 
@@ -21,6 +21,7 @@ class TiktokenTokenizer(Tokenizer):
     """
 
     kind = "tiktoken"
+    state_kinds = ("tiktoken",)
 
     def __init__(
         self,

@@ -17,12 +17,22 @@ Kinds (``build_tokenizer(kind, ...)``):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
+
+from lightning_gpt.data.tiktoken_tokenizer import TiktokenTokenizer
+from lightning_gpt.data.tokenizer_base import (
+    BOS,
+    EOS,
+    PAD,
+    SPECIALS,
+    UNK,
+    Tokenizer,
+    _ids_list,
+    tokenizer_from_state_dict,
+)
 
 __all__ = [
     "BOS",
@@ -36,118 +46,11 @@ __all__ = [
     "tokenizer_from_state_dict",
 ]
 
-BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
-SPECIALS = (BOS, EOS, PAD, UNK)
 TRAINABLE = ("char", "bpe", "unigram")
 # Names pretrained tokenizers commonly use for their special tokens (first match wins).
 _BOS_NAMES = (BOS, "<|endoftext|>", "<s>", "[CLS]", "<bos>", "<|begin_of_text|>")
 _EOS_NAMES = (EOS, "<|endoftext|>", "</s>", "[SEP]", "<eos>", "<|end_of_text|>")
 _PAD_NAMES = (PAD, "<pad>", "[PAD]", "<|padding|>")
-
-
-class Tokenizer:
-    """Base class of every tokenizer: text <-> token ids, with explicit special tokens.
-
-    Attributes:
-        vocab_size: number of ids (every id is in ``[0, vocab_size)``).
-        bos_id: id of the beginning-of-sequence token, or ``None``.
-        eos_id: id of the end-of-sequence token, or ``None``.
-        pad_id: id of the padding token, or ``None``.
-    """
-
-    kind: str = "base"
-    vocab_size: int
-    bos_id: Optional[int]
-    eos_id: Optional[int]
-    pad_id: Optional[int]
-
-    def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
-        """Encode ``text`` to ids; special-token strings inside ``text`` are treated as plain text where possible.
-
-        Args:
-            text: the text.
-            bos: prepend ``bos_id``.
-            eos: append ``eos_id``.
-        """
-        return self._wrap(self._encode(text), bos, eos)
-
-    def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
-        """Encode several texts (faster than a loop for the library-backed kinds).
-
-        Args:
-            texts: the texts.
-            bos: prepend ``bos_id`` to each.
-            eos: append ``eos_id`` to each.
-        """
-        return [self.encode(t, bos=bos, eos=eos) for t in texts]
-
-    def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
-        """Decode ids to text.
-
-        Args:
-            ids: token ids (a list, tuple, numpy array or 1-D tensor).
-            skip_special: drop BOS/EOS/PAD (and UNK) ids instead of rendering them as their token strings.
-        """
-        raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        """A JSON-serializable, self-contained description; ``tokenizer_from_state_dict`` rebuilds the tokenizer."""
-        raise NotImplementedError
-
-    def _encode(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    @property
-    def special_ids(self) -> set[int]:
-        """Ids of the special tokens (BOS, EOS, PAD, and UNK where present)."""
-        return {i for i in (self.bos_id, self.eos_id, self.pad_id, getattr(self, "unk_id", None)) if i is not None}
-
-    def fingerprint(self) -> str:
-        """A stable hash of ``state_dict()``: equal fingerprints encode and decode identically."""
-        blob = json.dumps(self.state_dict(), sort_keys=True, ensure_ascii=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
-    def check_compatible(self, other: "Tokenizer | dict[str, Any]") -> None:
-        """Raise ``ValueError`` unless ``other`` (a tokenizer or its ``state_dict``) encodes exactly like this one.
-
-        Args:
-            other: the tokenizer (or state) to compare with, e.g. ``checkpoint["tokenizer"]``.
-        """
-        other_tok = tokenizer_from_state_dict(other) if isinstance(other, dict) else other
-        if other_tok.fingerprint() == self.fingerprint():
-            return
-        raise ValueError(
-            f"Tokenizer mismatch: this tokenizer is {self.describe()} but the other (e.g. the checkpoint's) is "
-            f"{other_tok.describe()}; ids would mean different text. Use the checkpoint's tokenizer "
-            "(TextDataModule(tokenizer='path/to/model.ckpt')) or train from scratch."
-        )
-
-    def describe(self) -> str:
-        """A one-line human description (kind, vocab size, fingerprint)."""
-        return f"{self.kind!r} (vocab_size={self.vocab_size}, fingerprint={self.fingerprint()})"
-
-    def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
-        if bos:
-            if self.bos_id is None:
-                raise ValueError(f"{self.describe()} has no BOS token; call encode(..., bos=False).")
-            ids = [self.bos_id, *ids]
-        if eos:
-            if self.eos_id is None:
-                raise ValueError(f"{self.describe()} has no EOS token; call encode(..., eos=False).")
-            ids = [*ids, self.eos_id]
-        return ids
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, eos_id={self.eos_id}, "
-            f"pad_id={self.pad_id})"
-        )
-
-
-def _ids_list(ids: Iterable[int]) -> list[int]:
-    if hasattr(ids, "tolist"):
-        ids = ids.tolist()  # numpy array or tensor
-    return [int(i) for i in ids]
 
 
 class CharTokenizer(Tokenizer):
@@ -158,6 +61,16 @@ class CharTokenizer(Tokenizer):
     """
 
     kind = "char"
+    state_kinds = ("char",)
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "CharTokenizer":
+        """Rebuild from ``state_dict()``.
+
+        Args:
+            state: what ``state_dict()`` returned.
+        """
+        return cls(state["chars"])
 
     def __init__(self, chars: Iterable[str]) -> None:
         chars = sorted(set(chars))
@@ -226,6 +139,23 @@ class HFTokenizer(Tokenizer):
         eos_token: EOS token string; ``None`` detects a common name.
         pad_token: PAD token string; ``None`` detects a common name (may stay unset).
     """
+
+    state_kinds = ("bpe", "unigram", "pretrained")
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "HFTokenizer":
+        """Rebuild from ``state_dict()`` (the trained vocabulary and merges are in it).
+
+        Args:
+            state: what ``state_dict()`` returned.
+        """
+        return cls(
+            state["tokenizer_json"],
+            kind=state["kind"],
+            bos_token=state.get("bos_token"),
+            eos_token=state.get("eos_token"),
+            pad_token=state.get("pad_token"),
+        )
 
     def __init__(
         self,
@@ -324,34 +254,6 @@ class HFTokenizer(Tokenizer):
         }
 
 
-def tokenizer_from_state_dict(state: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer from its ``state_dict()`` (e.g. ``checkpoint["tokenizer"]``).
-
-    Args:
-        state: the dict a ``Tokenizer.state_dict()`` returned (possibly after a JSON round trip).
-    """
-    if not isinstance(state, dict) or "kind" not in state:
-        raise ValueError(
-            "tokenizer_from_state_dict: expected a dict with a 'kind' key, as Tokenizer.state_dict() gives."
-        )
-    kind = state["kind"]
-    if kind == "char":
-        return CharTokenizer(state["chars"])
-    if kind in ("bpe", "unigram", "pretrained"):
-        return HFTokenizer(
-            state["tokenizer_json"],
-            kind=kind,
-            bos_token=state.get("bos_token"),
-            eos_token=state.get("eos_token"),
-            pad_token=state.get("pad_token"),
-        )
-    if kind == "tiktoken":
-        from lightning_gpt.data.tiktoken_tokenizer import TiktokenTokenizer
-
-        return TiktokenTokenizer.from_state_dict(state)
-    raise ValueError(f"tokenizer_from_state_dict: unknown tokenizer kind {kind!r}.")
-
-
 def build_tokenizer(
     kind: str,
     texts: Optional[Iterable[str]] = None,
@@ -380,8 +282,6 @@ def build_tokenizer(
             return CharTokenizer.train(texts)
         return HFTokenizer.train(texts, kind, vocab_size)
     if kind.startswith("tiktoken:"):
-        from lightning_gpt.data.tiktoken_tokenizer import TiktokenTokenizer
-
         return TiktokenTokenizer(kind.split(":", 1)[1])
     path = os.path.expanduser(kind)
     if path.endswith(".ckpt"):

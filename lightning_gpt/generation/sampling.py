@@ -43,6 +43,9 @@ class DecodeState:
     ) -> None:
         self.model = model
         self.use_cache = use_cache
+        # Ids from the config's vocab_size up to the table's padded size are padding, never real tokens.
+        config = getattr(model, "config", None)
+        self.n_real = getattr(config, "vocab_size", None)
         B, T0 = input_ids.shape
         self.batch_size, self.prompt_len = B, T0
         self.max_len = T0 + max_new_tokens
@@ -94,7 +97,11 @@ class DecodeState:
         finally:
             if self.use_cache:
                 self.model.swap_cache(previous)
-        return logits[:, -1].float()  # (B, V)
+        logits = logits[:, -1].float()  # (B, V)
+        if self.n_real is not None and logits.size(-1) > self.n_real:
+            # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
+            logits[:, self.n_real :] = float("-inf")
+        return logits
 
     def prefill(self) -> Tensor:
         """Run the prompt (one call, ``start_pos=0``); return the next-token logits ``(B, V)`` in float32."""

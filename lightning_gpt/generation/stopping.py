@@ -7,16 +7,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightning_gpt.config import is_int
+
 __all__ = ["StopCriteria", "NOT_STOPPED", "STOP_EOS", "STOP_SEQUENCE", "FINISH_REASONS"]
 
 NOT_STOPPED, STOP_EOS, STOP_SEQUENCE = 0, 1, 2
 FINISH_REASONS = {NOT_STOPPED: "length", STOP_EOS: "eos", STOP_SEQUENCE: "stop"}
 
 StopSpec = Union[None, str, Sequence[int], Sequence[Union[str, Sequence[int]]]]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class StopCriteria:
@@ -45,7 +43,7 @@ class StopCriteria:
         self.stop_strings: list[str] = []
         if stop is None:
             stop = []
-        elif isinstance(stop, str) or (isinstance(stop, Sequence) and len(stop) and all(_is_int(t) for t in stop)):
+        elif isinstance(stop, str) or (isinstance(stop, Sequence) and len(stop) and all(is_int(t) for t in stop)):
             stop = [stop]  # a single string or a single id sequence
         elif isinstance(stop, Tensor):
             stop = [stop.tolist()]
@@ -56,7 +54,7 @@ class StopCriteria:
                 if not item:
                     raise ValueError("stop contains an empty string; stop strings must be non-empty.")
                 self.stop_strings.append(item)
-            elif isinstance(item, Sequence) and len(item) and all(_is_int(t) for t in item):
+            elif isinstance(item, Sequence) and len(item) and all(is_int(t) for t in item):
                 if vocab_size is not None and any(not 0 <= t < vocab_size for t in item):
                     raise ValueError(f"stop sequence {list(item)} holds ids outside the vocabulary [0, {vocab_size}).")
                 self.stop_ids.append(list(item))

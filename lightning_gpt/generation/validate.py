@@ -8,11 +8,9 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightning_gpt.config import is_int
+
 __all__ = ["normalize_eos", "validate_prompt"]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def normalize_eos(eos_token_id: Union[None, int, Sequence[int], Tensor], vocab_size: int) -> Optional[list[int]]:
@@ -26,11 +24,11 @@ def normalize_eos(eos_token_id: Union[None, int, Sequence[int], Tensor], vocab_s
         return None
     if isinstance(eos_token_id, Tensor):
         eos_token_id = eos_token_id.flatten().tolist()
-    ids = [eos_token_id] if _is_int(eos_token_id) else list(eos_token_id)
+    ids = [eos_token_id] if is_int(eos_token_id) else list(eos_token_id)
     if not ids:
         return None
     for i in ids:
-        if not _is_int(i) or not 0 <= i < vocab_size:
+        if not is_int(i) or not 0 <= i < vocab_size:
             raise ValueError(f"eos_token_id={i!r} is not a valid token id: it must be an integer in [0, {vocab_size}).")
     return ids
 

@@ -1,0 +1,123 @@
+"""Each private Lightning internal we rely on (``lightning_gpt/_lightning_internals.py``), on the installed version."""
+
+from __future__ import annotations
+
+import importlib
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gpt import _lightning_internals as internals
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.randn(32, 4)), batch_size=4)
+
+
+class _Record(Callback):
+    def __init__(self) -> None:
+        self.logging, self.processed, self.batch_idx, self.optimizers = [], [], [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.logging.append(internals.should_update_logs(trainer))
+        self.processed.append(internals.batches_processed_this_epoch(trainer))
+        self.batch_idx.append(batch_idx)
+        self.optimizers.append(internals.unwrap_optimizer(pl_module.optimizers()))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("internals")
+    module, record = _Tiny(), _Record()
+    assert internals.attached_trainer(module) is None  # detached: the public property would raise
+    checkpoint = ModelCheckpoint(dirpath=tmp, every_n_train_steps=3, save_top_k=-1)
+    trainer = pl.Trainer(
+        max_steps=6,
+        log_every_n_steps=2,
+        callbacks=[record, checkpoint],
+        logger=pl.loggers.CSVLogger(tmp),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(module)
+    return trainer, module, record, checkpoint
+
+
+def test_attached_trainer(fitted):
+    trainer, module, _, _ = fitted
+    assert internals.attached_trainer(module) is trainer
+
+
+def test_should_update_logs_follows_log_every_n_steps(fitted):
+    _, _, record, _ = fitted
+    assert record.logging == [False, True] * 3  # steps 2, 4, 6 are logging steps
+    assert internals.should_update_logs(object()) is True  # no connector: log
+
+
+def test_batches_processed_this_epoch(fitted):
+    _, _, record, _ = fitted
+    assert record.processed == record.batch_idx == list(range(6))
+
+
+def test_last_global_step_saved(fitted):
+    _, _, _, checkpoint = fitted
+    assert internals.last_global_step_saved(checkpoint) == 6
+    assert internals.last_global_step_saved(object()) is None
+
+
+def test_unwrap_optimizer(fitted):
+    trainer, _, record, _ = fitted
+    assert all(opt is trainer.optimizers[0] for opt in record.optimizers)
+    assert isinstance(record.optimizers[0], torch.optim.SGD)
+    plain = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert internals.unwrap_optimizer(plain) is plain
+
+
+def test_model_parallel_strategy_fields():
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    strategy = ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)
+    assert internals.model_parallel_sizes(strategy) == ("auto", 1)
+    internals.set_data_parallel_size(strategy, 4)
+    assert internals.model_parallel_sizes(strategy) == (4, 1)
+    assert internals.saves_distributed_checkpoint(strategy) is True  # Lightning's default
+    assert internals.saves_distributed_checkpoint(ModelParallelStrategy(save_distributed_checkpoint=False)) is False
+
+
+def test_load_raw_module_state():
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    internals.load_raw_module_state(source.state_dict(), target)
+    torch.testing.assert_close(target.weight, source.weight)
+    with pytest.raises(RuntimeError):
+        internals.load_raw_module_state({"weight": source.weight}, torch.nn.Linear(3, 2), strict=True)
+
+
+@pytest.mark.parametrize("class_path, names", sorted(internals.OVERRIDDEN.items()))
+def test_overridden_private_methods_exist(class_path, names):
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    for name in names:
+        assert callable(getattr(cls, name, None)), f"{class_path}.{name} is gone: update lightning_gpt's subclass"
+
+
+def test_our_subclasses_override_exactly_the_listed_methods():
+    from lightning_gpt.cli_lightning import GPTLightningCLI
+    from lightning_gpt.strategies import FSDP2Strategy
+
+    assert "_prepare_subcommand_parser" in vars(GPTLightningCLI) and "_parse_ckpt_path" in vars(GPTLightningCLI)
+    assert "_setup_distributed" in vars(FSDP2Strategy)
