@@ -13,11 +13,20 @@ from typing import Any, Optional
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-__all__ = ["PromptDataModule", "read_prompts"]
+__all__ = ["PromptDataModule", "read_numbered_prompts", "read_prompts"]
 
 
 def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     """Read prompts from a file: JSONL (one object per line with a ``field`` key) or plain text (one per line).
+
+    See ``read_numbered_prompts`` (the same, with each prompt's line number).
+    """
+    return [prompt for _, prompt in read_numbered_prompts(path, field)]
+
+
+def read_numbered_prompts(path: str | Path, field: str = "prompt") -> list[tuple[int, str]]:
+    """Read ``(line number, prompt)`` pairs from a file: JSONL (one object per line with a ``field`` key) or plain
+    text (one per line).
 
     The format is JSONL when the file name ends in ``.jsonl``/``.ndjson`` or its first non-blank line starts with
     ``{``. In plain text, blank lines are skipped and a literal ``\\n`` inside a line stands for a newline.
@@ -25,6 +34,10 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     Args:
         path: the prompts file.
         field: the key holding the prompt in JSONL records.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a malformed JSONL line (named ``file:line``), or no prompts at all.
     """
     path = Path(path)
     if not path.is_file():
@@ -32,12 +45,12 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     lines = path.read_text(encoding="utf-8").splitlines()
     first = next((line for line in lines if line.strip()), "")
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson") or first.lstrip().startswith("{")
-    prompts: list[str] = []
+    prompts: list[tuple[int, str]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if not is_jsonl:
-            prompts.append(line.replace("\\n", "\n"))
+            prompts.append((number, line.replace("\\n", "\n")))
             continue
         try:
             record = json.loads(line)
@@ -45,7 +58,7 @@ def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
             raise ValueError(f"{path}:{number} is not valid JSON ({err.msg}): one object per line.") from err
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise ValueError(f'{path}:{number}: each JSONL record needs a string "{field}" field, got {line[:80]!r}.')
-        prompts.append(record[field])
+        prompts.append((number, record[field]))
     if not prompts:
         raise ValueError(f"Prompts file {str(path)!r} holds no prompts.")
     return prompts
@@ -84,13 +97,40 @@ class PromptDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.field = field
         self._prompts: Optional[list[str]] = list(prompts) if prompts is not None else None
+        self._where: Optional[list[str]] = [f"prompt {i}" for i in range(1, len(prompts) + 1)] if prompts else None
 
     @property
     def prompts(self) -> list[str]:
         """The prompts, read from ``path`` on first use."""
         if self._prompts is None:
-            self._prompts = read_prompts(self.path, self.field)
+            numbered = read_numbered_prompts(self.path, self.field)
+            self._prompts = [prompt for _, prompt in numbered]
+            self._where = [f"{self.path}:{number}" for number, _ in numbered]
         return self._prompts
+
+    def check_prompt_lengths(self, tokenizer: Any, block_size: int, max_new_tokens: Optional[int]) -> None:
+        """Check every prompt against the model's context before any is decoded.
+
+        Args:
+            tokenizer: the model's tokenizer (``encode(text) -> list[int]``).
+            block_size: the model's context length.
+            max_new_tokens: tokens generated per prompt; ``None`` fills the context (so at least 1 must fit).
+
+        Raises:
+            ValueError: the first prompt that does not fit, named by ``file:line`` (or ``prompt <n>``).
+        """
+        new = max_new_tokens or 1
+        for where, prompt in zip(self._where or [], self.prompts):
+            n = max(len(tokenizer.encode(prompt)), 1)  # an empty prompt starts from BOS
+            if n + new > block_size:
+                fixes = [f"shorten that prompt to at most {block_size - new} tokens"] if new < block_size else []
+                if n < block_size:
+                    fixes.append(f"lower max_new_tokens to at most {block_size - n}")
+                fix = " or ".join(fixes) or "use a model with a longer context"
+                raise ValueError(
+                    f"{where}: The prompt ({n} tokens) plus max_new_tokens ({new}) is {n + new} tokens, more than the "
+                    f"model's context (block_size={block_size}): {fix}. Nothing was decoded."
+                )
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Read the prompts file (fails early with a clear message when it is missing or malformed)."""
