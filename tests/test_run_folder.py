@@ -254,3 +254,19 @@ def test_resuming_with_another_max_steps_warns_about_the_lr_schedule(cli, run_ya
         )
     assert result.code == 0, result
     assert not [w for w in record if "learning-rate schedule" in str(w.message)]
+
+
+def test_a_requeued_slurm_job_is_not_refused(tmp_path, monkeypatch):
+    """Under SLURM auto-requeue the same command runs again without --ckpt_path and Lightning resumes it from its
+    ``hpc_ckpt_*.ckpt``: that rerun is a resume, not a new run over the old one."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from lightning_gpt.cli_lightning import _slurm_requeue_resumes
+
+    cfg = {"trainer.default_root_dir": str(tmp_path)}
+    monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: True))
+    assert not _slurm_requeue_resumes(cfg)
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    assert _slurm_requeue_resumes(cfg)
+    monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: False))
+    assert not _slurm_requeue_resumes(cfg)

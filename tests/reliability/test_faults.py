@@ -223,6 +223,43 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, corpus, reference, cli, s
     assert_same_weights(weights(ckpt_dir / "last.ckpt"), weights(reference["last"]))
 
 
+def test_sigterm_during_validation_in_fit_still_saves_and_exits_non_zero(tmp_path, corpus, cli, monkeypatch, caplog):
+    """Lightning acts on a SIGTERM that arrives during validation itself (it ends the stage with status 0): the
+    training state, at a step boundary, is saved as last.ckpt, the exit status is 143, and the run can be resumed."""
+    from lightning_gpt.module import GPTModule as Module
+
+    config = fault_config(
+        tmp_path,
+        corpus,
+        tmp_path / "cache",
+        **{
+            "trainer.max_steps": 8,
+            "trainer.limit_val_batches": 2,
+            "trainer.val_check_interval": 3,
+            "checkpoint.every_n_train_steps": 100,
+        },
+    )
+    original = Module.validation_step
+
+    def validation_step(self, *args, **kwargs):
+        if self.trainer.global_step == 3:  # as if SIGTERM came in during the first validation
+            self.trainer._signal_connector.received_sigterm = True
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Module, "validation_step", validation_step)
+    with single_thread(), caplog.at_level("INFO"):
+        result = cli("fit", "--config", config)
+    assert result.code == 143, result
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert step_of(ckpt_dir / "last.ckpt") == 3
+    assert f"SIGTERM at step 3: saved {ckpt_dir / 'last.ckpt'}" in caplog.text
+    monkeypatch.setattr(Module, "validation_step", original)
+    with single_thread():
+        result = cli("fit", "--config", config, "--ckpt_path", "last")
+    assert result.code == 0, result
+    assert step_of(ckpt_dir / "last.ckpt") == 8
+
+
 @pytest.mark.slow
 def test_sigterm_during_predict_stops_and_leaves_no_partial_results(tmp_path, trained):
     """SIGTERM while predict decodes: it stops after the current batch, exit 143, the message says what was kept
