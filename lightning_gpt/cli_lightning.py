@@ -354,8 +354,8 @@ class GPTLightningCLI(LightningCLI):
             return
         if cfg.get("checkpoint.dirpath") is None:
             cfg["checkpoint.dirpath"] = _checkpoint_dir(cfg)
-        if self.subcommand == "fit":
-            self._claim_run_folder(cfg)
+        if self.subcommand == "fit" and _is_launch_rank_zero():
+            self._claim_run_folder(cfg)  # once per job: the other ranks (launched later) write into the same folder
 
     def _claim_run_folder(self, cfg: Any) -> None:
         from lightning_gpt.run_folder import RunFolderLock, check_fresh_run, check_writable
@@ -379,7 +379,7 @@ class GPTLightningCLI(LightningCLI):
         from lightning_gpt.run_folder import remove_checkpoints
 
         cfg = self.config[self.subcommand]
-        if self._overwrite and cfg.get("ckpt_path") is None:
+        if self._overwrite and cfg.get("ckpt_path") is None and _is_launch_rank_zero():
             removed = remove_checkpoints(str(cfg["checkpoint.dirpath"]))
             if removed:
                 folder = cfg["checkpoint.dirpath"]
@@ -419,6 +419,14 @@ def _checkpoint_dir(cfg: Any) -> str:
         return str(cfg["checkpoint.dirpath"])
     root = cfg.get("trainer.default_root_dir") or os.getcwd()
     return os.path.join(str(root), "checkpoints")
+
+
+def _is_launch_rank_zero() -> bool:
+    """Whether this process is the job's first one, before any process group exists: torchrun, SLURM and Lightning's
+    launcher set ``RANK``/``SLURM_PROCID``/``NODE_RANK``/``LOCAL_RANK`` to non-zero values for the others (Lightning's
+    launcher starts them from rank 0 during ``fit``, after rank 0 has claimed the run folder)."""
+    names = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in names)
 
 
 def _slurm_requeue_resumes(cfg: Any) -> bool:
