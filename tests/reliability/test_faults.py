@@ -25,6 +25,7 @@ import torch
 
 from lightning_gpt.checkpoint import load_checkpoint
 from lightning_gpt.module import GPTModule
+from lightning_gpt.run_folder import resolve_last_checkpoint
 
 from .conftest import PYTHON, REPO, assert_no_partial_files, python_env, tiny_config, write_yaml
 
@@ -59,7 +60,8 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def check_checkpoint_dir(folder: Path) -> int:
     """Every ``*.ckpt`` loads (model, tokenizer, finite weights); stray temporary files are never ``*.ckpt``.
 
-    Returns the step of ``last.ckpt``.
+    Returns the step that ``--ckpt_path last`` resumes from: the newest complete checkpoint (``last.ckpt``, unless a
+    kill landed between a periodic save and the update of ``last.ckpt``).
     """
     ckpts = sorted(folder.glob("*.ckpt"))
     assert ckpts, f"no checkpoint in {folder}"
@@ -71,7 +73,8 @@ def check_checkpoint_dir(folder: Path) -> int:
     # nor find_checkpoint can pick it, and the next save of that name deletes it.
     for stray in folder.iterdir():
         assert stray.suffix == ".ckpt" or ".ckpt.tmp-" in stray.name, stray
-    return step_of(folder / "last.ckpt")
+    resume_from, _ = resolve_last_checkpoint(str(folder))
+    return step_of(Path(resume_from))
 
 
 def start_fit(config: Path, *extra: str, log: Path) -> subprocess.Popen:
