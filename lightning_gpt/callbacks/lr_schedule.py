@@ -130,10 +130,10 @@ class LRSchedule(Callback):
         before, after = self._first_lr(trainer, pl_module, saved), self._first_lr(trainer, pl_module, decay_steps)
         source = "trainer.max_steps" if self.decay_steps is None else "lr_schedule.decay_steps"
         rank_zero_warn(
-            f"Resuming at step {step}: the learning-rate schedule now decays over {decay_steps} steps ({source}), the "
-            f"checkpoint's run decayed over {saved}, so the rate jumps from {before:.3g} to {after:.3g} here instead "
-            f"of following the original curve. To keep it, add --lr_schedule.decay_steps {saved} (the rate stays at "
-            "its floor after that step); to decay over the new length, ignore this warning."
+            f"Resuming at step {step}: the learning-rate schedule now decays over {decay_steps} steps ({source}), but "
+            f"the checkpoint's run decayed over {saved}, so the curve from here on is not the original one (at this "
+            f"step {after:.3g}; the original: {before:.3g}). To keep the original curve, add --lr_schedule.decay_steps "
+            f"{saved} (the rate stays at its floor after that step); to decay over the new length, ignore this warning."
         )
 
     def _first_lr(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", decay_steps: int) -> float:
