@@ -37,6 +37,8 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERT)
     # Lightning 2.6's own pytree helper trips a torch deprecation warning on every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # A fit only writes into a non-empty checkpoint folder when it resumes there or was told --overwrite true.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class InterruptCheckpoint(Callback):

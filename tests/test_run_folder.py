@@ -77,6 +77,7 @@ def _lasts(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------- one last.ckpt per run
 
 
+@pytest.mark.slow
 def test_one_last_ckpt_per_run_and_resume_with_larger_max_steps_equals_the_longer_run(cli, run_yaml, tmp_path):
     """A finished 3-step run resumed to 6 steps == 6 steps in one go; never a ``last-v1.ckpt`` beside ``last.ckpt``."""
     full = run_yaml("full.yaml", **{"trainer.max_steps": 6, "trainer.default_root_dir": str(tmp_path / "full")})
@@ -149,6 +150,7 @@ def test_resolve_last_prefers_the_highest_step(tmp_path):
 # --------------------------------------------------------------------------------------------- fit into a used folder
 
 
+@pytest.mark.slow
 def test_fit_twice_refuses_to_overwrite_the_first_run(cli, run_yaml, tmp_path):
     """``lightning-gpt fit`` twice into one folder: the second is refused (exit 2), the first run's files untouched;
     ``--overwrite true`` starts over; ``--ckpt_path last`` goes on."""
