@@ -21,7 +21,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     The rename is atomic on POSIX and Windows, so the file under the final name is always a complete checkpoint: a
     crash or SIGKILL mid-save leaves the previous file (and at worst a stray ``.tmp-<pid>`` file, removed on the next
-    successful save of the same path). Remote filesystems (``s3://``...) fall back to the plain write.
+    successful save of the same path, but only when the process that wrote it is gone: a live writer's file is never
+    touched). Remote filesystems (``s3://``...) fall back to the plain write.
 
     Reading (``fit --ckpt_path``, ``validate``/``test``/``predict``) is weights-only whatever Lightning asks for: a file
     that needs a full unpickle is refused (``UnsafeCheckpointError``) unless ``trust_checkpoint`` is set. A weights
@@ -64,7 +65,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f"{path.name}.tmp-*"):  # left by an earlier crash
-            stale.unlink(missing_ok=True)
+            if not _writer_alive(stale.name.rsplit(".tmp-", 1)[-1]):
+                stale.unlink(missing_ok=True)
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
@@ -80,6 +82,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise wrapped from err
             raise
         _fsync_dir(path.parent)
+
+
+def _writer_alive(pid_text: str) -> bool:
+    """Whether the process that owns a ``.tmp-<pid>`` file still runs (ours counts as gone: we replace it)."""
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid() or pid <= 0:
+        return False
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume it lives
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but belongs to someone else (or cannot be asked): leave it
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -91,6 +91,13 @@ def main(args: Optional[list[str]] = None) -> None:
 
         parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
         GPTLightningCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
+    except SystemExit as err:
+        # Lightning ends a stage on SIGTERM with SIGTERMException() (status 0); a run that did not finish must not
+        # look successful to a scheduler or a script: 143, as a process ended by SIGTERM.
+        if type(err).__name__ == "SIGTERMException" and not err.code:
+            sys.stderr.write("lightning-gpt: stopped by SIGTERM before the end.\n")
+            raise SystemExit(143) from None
+        raise
     except NonFiniteError as err:
         # Not a usage error, but the message says all (the step, what was kept, how to go on): no traceback.
         if show_traceback:

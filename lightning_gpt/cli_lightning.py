@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_gpt._lightning_internals import last_global_step_saved
 from lightning_gpt.checkpoint import find_checkpoint
@@ -42,17 +42,27 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DROP_ADVERT)
     # Lightning 2.6's own pytree helper trips a torch deprecation warning on every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # A fit only writes into a non-empty checkpoint folder when it resumes there or was told --overwrite true.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class InterruptCheckpoint(Callback):
-    """Ctrl-C during ``fit`` saves a resumable checkpoint, then stops.
+    """Ctrl-C or SIGTERM during ``fit`` saves a resumable checkpoint, then stops with a non-zero exit status.
 
     The first SIGINT only sets a flag; at the end of the current optimizer step (a consistent state: weights, optimizer,
     loop counters, sampler position and RNG all agree) every rank saves ``<checkpoint dir>/last.ckpt`` and training
-    stops with ``KeyboardInterrupt``. ``lightning-gpt fit ... --ckpt_path last`` then continues exactly from there.
-    A second Ctrl-C interrupts immediately, without a checkpoint. When ``fit`` ends (``max_steps``) after the last
-    periodic checkpoint, ``last.ckpt`` is brought up to the final step as well (saved at the last batch's end).
-    With gradient accumulation, a step ends with its last micro-batch (a checkpoint cannot hold half a step).
+    stops with ``KeyboardInterrupt`` (exit status 1). ``lightning-gpt fit ... --ckpt_path last`` then continues exactly
+    from there. A second Ctrl-C interrupts immediately, without a checkpoint. With gradient accumulation, a step
+    ends with its last micro-batch (a checkpoint cannot hold half a step).
+
+    SIGTERM (what schedulers send before a kill) is received by Lightning's own handler (``trainer.received_sigterm``;
+    under SLURM with auto-requeue it also requeues the job); this callback reads that flag, so the two coexist: the
+    step finishes, ``last.ckpt`` is saved and training stops with ``SIGTERMException(143)`` (exit status 143, as a
+    process killed by SIGTERM). A SIGTERM that Lightning acts on first (during validation) saves in ``on_exception``.
+
+    When ``fit`` ends (``max_steps``) after the last periodic checkpoint, ``last.ckpt`` is brought up to the final step
+    as well (saved at the last batch's end). Every save is registered with the ``ModelCheckpoint``, so Lightning's own
+    end-of-fit save neither repeats it nor writes a second ``last-v1.ckpt``: a run has exactly one ``last.ckpt``.
 
     Args:
         filename: file name of the checkpoint inside the ``ModelCheckpoint`` directory; ``last.ckpt`` is what
@@ -62,6 +72,7 @@ class InterruptCheckpoint(Callback):
     def __init__(self, filename: str = "last.ckpt") -> None:
         self.filename = filename
         self._requested = False
+        self._saved_at: Optional[int] = None
         self._previous_handler: Any = None
         self._step_at_batch_start = -1
 
@@ -79,6 +90,12 @@ class InterruptCheckpoint(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._requested = False
+        self._saved_at = None
+        callback = trainer.checkpoint_callback
+        if getattr(callback, "save_last", False) and not getattr(callback, "last_model_path", "x"):
+            # A run started fresh, or resumed from a folder that moved (Lightning then forgets the path): without this,
+            # Lightning's first save of `last` finds our last.ckpt there and writes last-v1.ckpt beside it.
+            callback.last_model_path = self.checkpoint_path(trainer)
         try:
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread (e.g. a notebook worker): keep Lightning's default behaviour
@@ -95,20 +112,46 @@ class InterruptCheckpoint(Callback):
         if self._final_step_unsaved(trainer):
             # fit is about to stop at max_steps; save here (mid-epoch state Lightning resumes exactly), not at
             # on_train_end (where the epoch already counts as finished).
-            trainer.save_checkpoint(self.checkpoint_path(trainer), weights_only=False)
-        requested = self._requested
+            self._save(trainer)
+        requested, sigterm = self._requested, bool(getattr(trainer, "received_sigterm", False))
         if trainer.world_size > 1:  # every rank must agree, or the collective save would hang
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if not requested:
+            sigterm = trainer.strategy.reduce_boolean_decision(sigterm, all=False)
+        if not (requested or sigterm):
             return
-        path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)
-        rank_zero_info(
-            f"Interrupted at step {trainer.global_step}: saved {path}. Resume with the same command plus "
-            "--ckpt_path last."
-        )
+        path = self._save(trainer)
         self._restore()
+        if sigterm:
+            rank_zero_info(_stopped_message("SIGTERM", trainer.global_step, path))
+            raise _sigterm_exit()
+        rank_zero_info(_stopped_message("Interrupted", trainer.global_step, path))
         raise KeyboardInterrupt
+
+    def _save(self, trainer: Trainer) -> str:
+        """Save ``last.ckpt`` and tell the ``ModelCheckpoint`` that this step is saved (see the class docstring)."""
+        path = self.checkpoint_path(trainer)
+        if self._saved_at == trainer.global_step and os.path.isfile(path):
+            return path
+        trainer.save_checkpoint(path, weights_only=False)
+        self._saved_at = trainer.global_step
+        callback = trainer.checkpoint_callback
+        if getattr(callback, "save_last", False) and os.path.basename(path) == os.path.basename(
+            getattr(callback, "last_model_path", "") or path
+        ):
+            # Lightning-private bookkeeping of ModelCheckpoint (covered by tests/test_run_folder.py): last.ckpt is its
+            # own `last` (so it is never written again under another name, nor replaced at on_train_end by a state
+            # whose epoch already counts as finished).
+            callback.last_model_path = path
+            callback._last_checkpoint_saved = path
+        return path
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Runs before ModelCheckpoint's epoch-end save: the final step is saved (mid-epoch state, which resumes
+        # exactly), so that save must not write the same step again as an "epoch finished" state. Not set earlier, at
+        # the batch end, where ModelCheckpoint's own periodic save of this step still has to happen.
+        callback = trainer.checkpoint_callback
+        if self._saved_at == trainer.global_step and hasattr(callback, "_last_global_step_saved"):
+            callback._last_global_step_saved = trainer.global_step
 
     @staticmethod
     def _final_step_unsaved(trainer: Trainer) -> bool:
@@ -132,6 +175,26 @@ class InterruptCheckpoint(Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self._restore()
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException) or exception.code:
+            return  # ours (already saved) or not a signal
+        # Lightning stopped on SIGTERM before a training batch ended (during validation or at an epoch end): the
+        # training state is still at a step boundary, so save it.
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.global_step > 0:
+            path = self._save(trainer)
+            rank_zero_info(_stopped_message("SIGTERM", trainer.global_step, path))
+
+
+def _stopped_message(what: str, step: int, path: str) -> str:
+    return f"{what} at step {step}: saved {path}. Resume with the same command plus --ckpt_path last."
+
+
+def _sigterm_exit() -> BaseException:
+    """Lightning's ``SIGTERMException`` (so ``on_exception`` hooks recognise it) with exit status 143 (128 + 15)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return SIGTERMException(143)
 
 
 class CompactUsageParser(LightningArgumentParser):
@@ -185,8 +248,15 @@ class GPTLightningCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", _trainer_defaults())
         kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
         kwargs.setdefault("parser_class", CompactUsageParser)
+        self._run_lock: Optional[Any] = None
+        self._overwrite = False
         _quiet_lightning()
-        super().__init__(model_class or GPTModule, datamodule_class or TextDataModule, args=args, run=run, **kwargs)
+        try:
+            super().__init__(model_class or GPTModule, datamodule_class or TextDataModule, args=args, run=run, **kwargs)
+        finally:
+            if self._run_lock is not None:  # held from before the model was built to the end of fit
+                self._run_lock.release()
+                self._run_lock = None
 
     # -- parser ------------------------------------------------------------------------------------------------------
 
@@ -238,6 +308,14 @@ class GPTLightningCLI(LightningCLI):
         parser.add_lightning_class_args(LossCurve, "loss_curve")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+        if self._building == "fit":
+            parser.add_argument(
+                "--overwrite",
+                type=bool,
+                default=False,
+                help="Start a new run in a checkpoint folder that holds an earlier run's checkpoints, deleting them "
+                "first. Without it such a fit is refused (to continue the earlier run, pass --ckpt_path last).",
+            )
 
     # -- checkpoint hyperparameters ----------------------------------------------------------------------------------
 
@@ -254,6 +332,9 @@ class GPTLightningCLI(LightningCLI):
         if ckpt_path and is_pretrained_path(ckpt_path):
             self._parse_weights_folder(subcommand, str(ckpt_path))
             return
+        if subcommand == "fit" and ckpt_path == "last":
+            ckpt_path = self._resolve_last(self.config[subcommand]) or "last"
+            self.config[subcommand]["ckpt_path"] = ckpt_path
         if ckpt_path and os.path.isdir(ckpt_path) and not _is_sharded_checkpoint(ckpt_path):
             ckpt_path = self.config[subcommand]["ckpt_path"] = find_checkpoint(ckpt_path)
         if not ckpt_path or ckpt_path in ("last", "best", "hpc") or not os.path.isfile(ckpt_path):
@@ -315,11 +396,23 @@ class GPTLightningCLI(LightningCLI):
         if isinstance(tokenizer, str) and not _differs(tokenizer, _get_or_missing(defaults, "data.tokenizer")):
             cfg["data.tokenizer"] = path
 
+    @staticmethod
+    def _resolve_last(cfg: Any) -> Optional[str]:
+        """``--ckpt_path last``: the newest complete checkpoint of the run folder (see ``run_folder``), or ``None``
+        when the folder holds none yet (Lightning then warns and starts the first run)."""
+        from lightning_gpt.run_folder import resolve_last_checkpoint
+
+        path, note = resolve_last_checkpoint(_checkpoint_dir(cfg))
+        if note:
+            rank_zero_warn(f"--ckpt_path last: {note}")
+        return path
+
     # -- trainer ------------------------------------------------------------------------------------------------------
 
     def before_instantiate_classes(self) -> None:
         """Checkpoints go to ``<default_root_dir>/checkpoints`` (not a per-version logger folder), so that
-        ``--ckpt_path last`` finds them from a new process."""
+        ``--ckpt_path last`` finds them from a new process. For ``fit``, before anything is built: the folder must be
+        writable, no other ``fit`` may be using it, and an earlier run's checkpoints are only replaced when asked."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_settings(cfg)
         if self.subcommand == "fit":
@@ -332,8 +425,37 @@ class GPTLightningCLI(LightningCLI):
         if cfg.get("trust_checkpoint") and cfg.get("data.trust_checkpoint") is not None:
             cfg["data.trust_checkpoint"] = True  # the same opt-in covers a tokenizer=<file>.ckpt
         if cfg.get("checkpoint.dirpath") is None:
-            root = cfg.get("trainer.default_root_dir") or os.getcwd()
-            cfg["checkpoint.dirpath"] = os.path.join(str(root), "checkpoints")
+            cfg["checkpoint.dirpath"] = _checkpoint_dir(cfg)
+        if self.subcommand == "fit" and _is_launch_rank_zero():
+            self._claim_run_folder(cfg)  # once per job: the other ranks (launched later) write into the same folder
+
+    def _claim_run_folder(self, cfg: Any) -> None:
+        from lightning_gpt.run_folder import RunFolderLock, check_fresh_run, check_writable
+
+        folder = str(cfg["checkpoint.dirpath"])
+        self._overwrite = bool(cfg.get("overwrite"))
+        cfg["overwrite"] = False  # the saved config.yaml must not carry a deletion into a later run
+        check_writable(folder)
+        self._run_lock = RunFolderLock(folder).acquire()
+        ckpt_path = cfg.get("ckpt_path")
+        resumes_here = ckpt_path is not None and (
+            ckpt_path in ("last", "hpc") or os.path.dirname(os.path.abspath(str(ckpt_path))) == os.path.abspath(folder)
+        )
+        if resumes_here or self._overwrite or _slurm_requeue_resumes(cfg):
+            return
+        check_fresh_run(folder)
+
+    def before_fit(self) -> None:
+        """``--overwrite true`` without ``--ckpt_path``: delete the earlier run's checkpoints (the run folder holds one
+        run, so ``--ckpt_path last`` and ``generate --ckpt_path <run>`` cannot pick the old one)."""
+        from lightning_gpt.run_folder import remove_checkpoints
+
+        cfg = self.config[self.subcommand]
+        if self._overwrite and cfg.get("ckpt_path") is None and _is_launch_rank_zero():
+            removed = remove_checkpoints(str(cfg["checkpoint.dirpath"]))
+            if removed:
+                folder = cfg["checkpoint.dirpath"]
+                rank_zero_info(f"--overwrite: deleted {len(removed)} checkpoint(s) of the earlier run in {folder}.")
 
     def _apply_init_from(self, cfg: Any, path: str) -> None:
         """``--model.init_from``: the model config fields not given explicitly take PATH's values (the explicit ones
@@ -494,6 +616,32 @@ def _trainer_defaults() -> dict[str, Any]:
 
 
 _MISSING = object()
+
+
+def _checkpoint_dir(cfg: Any) -> str:
+    """The run's checkpoint folder: ``--checkpoint.dirpath``, else ``<trainer.default_root_dir>/checkpoints``."""
+    if cfg.get("checkpoint.dirpath") is not None:
+        return str(cfg["checkpoint.dirpath"])
+    root = cfg.get("trainer.default_root_dir") or os.getcwd()
+    return os.path.join(str(root), "checkpoints")
+
+
+def _is_launch_rank_zero() -> bool:
+    """Whether this process is the job's first one, before any process group exists: torchrun, SLURM and Lightning's
+    launcher set ``RANK``/``SLURM_PROCID``/``NODE_RANK``/``LOCAL_RANK`` to non-zero values for the others (Lightning's
+    launcher starts them from rank 0 during ``fit``, after rank 0 has claimed the run folder)."""
+    names = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in names)
+
+
+def _slurm_requeue_resumes(cfg: Any) -> bool:
+    """A requeued SLURM job reruns the same command; Lightning resumes it from its ``hpc_ckpt_*.ckpt``."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    root = str(cfg.get("trainer.default_root_dir") or os.getcwd())
+    if not SLURMEnvironment.detect() or not os.path.isdir(root):
+        return False
+    return any(n.startswith("hpc_ckpt_") and n.endswith(".ckpt") for n in os.listdir(root))
 
 
 def _is_sharded_checkpoint(path: str) -> bool:

@@ -491,6 +491,13 @@ class GPTModule(LightningModule):
             )
         return self.generate_text(list(batch))
 
+    def on_predict_start(self) -> None:
+        """Before decoding anything: every prompt of the data module must fit the context (a data module with
+        ``check_prompt_lengths``, such as ``PromptDataModule``, names the file and line of one that does not)."""
+        check = getattr(getattr(self.trainer, "datamodule", None), "check_prompt_lengths", None)
+        if callable(check) and self.tokenizer is not None:
+            check(self.tokenizer, self.config.block_size, self.generation.max_new_tokens)
+
     def generate_text(self, prompts: list[str], **overrides: Any) -> list[dict[str, Any]]:
         """Decode ``prompts`` with the module's tokenizer and ``generation`` settings (``overrides`` win)."""
         if self.tokenizer is None and self.init_from is not None:

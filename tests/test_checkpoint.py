@@ -123,6 +123,23 @@ def test_atomic_save_failing_midway_keeps_the_previous_file(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt"]
 
 
+def test_atomic_save_removes_only_temporaries_of_dead_writers(tmp_path):
+    """Two processes saving into one folder: a save never deletes the other (live) writer's temporary file."""
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        (tmp_path / f"last.ckpt.tmp-{live.pid}").write_bytes(b"a save in progress")
+        (tmp_path / f"last.ckpt.tmp-{dead.pid}").write_bytes(b"left by a killed save")
+        io.save_checkpoint({"x": torch.arange(3)}, path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", f"last.ckpt.tmp-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
+
+
 _KILL_CHILD = """
 import sys, torch
 from lightning_gpt.checkpoint import AtomicCheckpointIO

@@ -144,6 +144,7 @@ def test_sliding_stream_ends_at_eos_or_a_stop_string_on_a_window_edge(bpe_ckpt):
     text = "".join(stream_text(model, tok, prompt, max_new_tokens=40, eos_token_id=None, stop=["or"], slide=True))
     assert text == "r "
     # Without a stop, 40 tokens through several windows.
-    assert "".join(stream_text(model, tok, prompt, max_new_tokens=40, eos_token_id=None, slide=True)) == (
-        (CYCLE * 14)[1:41]
+    assert (
+        "".join(stream_text(model, tok, prompt, max_new_tokens=40, eos_token_id=None, slide=True))
+        == ((CYCLE * 14)[1:41])
     )

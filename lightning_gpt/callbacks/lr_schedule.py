@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_gpt.module import is_logging_step
 
@@ -52,7 +53,10 @@ def lr_at(
 class LRSchedule(Callback):
     """Set every optimizer param group's learning rate from ``trainer.global_step`` before each batch.
 
-    The rate depends only on the step, so a resumed run follows the schedule exactly. The peak rate of a group is its
+    The rate depends only on the step, so a resumed run follows the schedule exactly, as long as the decay length is
+    the same: with ``decay_steps=None`` it follows ``Trainer(max_steps)``, so resuming with another ``max_steps``
+    stretches the curve and the rate jumps. The decay length used is saved with the checkpoint, and a resumed run that
+    would change it warns and names the ``decay_steps`` that keeps the original curve. The peak rate of a group is its
     initial ``lr`` (``GPTModule.learning_rate``), stored once as ``initial_lr`` in the group (which the optimizer's
     state dict, hence the checkpoint, keeps). Works with ``LearningRateMonitor``; also logs ``train/lr`` (on logging
     steps).
@@ -95,6 +99,8 @@ class LRSchedule(Callback):
         self.min_lr_ratio = min_lr_ratio
         self.schedule = schedule
         self.log = log
+        self._used_decay_steps: Optional[int] = None
+        self._saved_decay_steps: Optional[int] = None
 
     def _decay_steps(self, trainer: "pl.Trainer") -> int:
         if self.decay_steps is not None:
@@ -108,8 +114,44 @@ class LRSchedule(Callback):
             )
         return max(trainer.max_steps, self.warmup_steps)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The decay length in use (checked against the new run's when resuming)."""
+        return {} if self._used_decay_steps is None else {"decay_steps": self._used_decay_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_decay_steps = state_dict.get("decay_steps")
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        saved, self._saved_decay_steps = self._saved_decay_steps, None
+        decay_steps = self._used_decay_steps = self._decay_steps(trainer)
+        if saved is None or saved == decay_steps or self.schedule == "constant" or not trainer.optimizers:
+            return
+        step = trainer.global_step
+        before, after = self._first_lr(trainer, pl_module, saved), self._first_lr(trainer, pl_module, decay_steps)
+        source = "trainer.max_steps" if self.decay_steps is None else "lr_schedule.decay_steps"
+        rank_zero_warn(
+            f"Resuming at step {step}: the learning-rate schedule now decays over {decay_steps} steps ({source}), but "
+            f"the checkpoint's run decayed over {saved}, so the curve from here on is not the original one (at this "
+            f"step {after:.3g}; the original: {before:.3g}). To keep the original curve, add --lr_schedule.decay_steps "
+            f"{saved} (the rate stays at its floor after that step); to decay over the new length, ignore this warning."
+        )
+
+    def _first_lr(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", decay_steps: int) -> float:
+        group = trainer.optimizers[0].param_groups[0]
+        base = group.get("initial_lr", group["lr"])
+        reference = getattr(pl_module, "learning_rate", None)
+        ratio = self.min_lr / (reference if reference else base) if self.min_lr is not None else self.min_lr_ratio
+        return lr_at(
+            trainer.global_step,
+            base_lr=base,
+            warmup_steps=self.warmup_steps,
+            decay_steps=decay_steps,
+            min_lr=base * ratio,
+            schedule=self.schedule,
+        )
+
     def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch, batch_idx) -> None:
-        decay_steps = self._decay_steps(trainer)
+        decay_steps = self._used_decay_steps = self._decay_steps(trainer)
         reference = getattr(pl_module, "learning_rate", None)
         first_lr = None
         for optimizer in trainer.optimizers:

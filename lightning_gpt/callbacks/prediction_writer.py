@@ -39,6 +39,10 @@ class JSONLPredictionWriter(BasePredictionWriter):
     The other fields of each input record (a JSONL prompts file's ``"id"``, ``"meta"``, ...) come first in its output
     record, so results join back to their inputs (with ``PromptDataModule``; the generated keys win a name clash).
 
+    SIGTERM (received by Lightning's handler, ``trainer.received_sigterm``) stops prediction after the current batch:
+    the temporary file is removed, the final file is not written (an earlier one stays as it was), a message says how
+    many completions were discarded, and the run ends with ``SIGTERMException(143)``.
+
     Args:
         output_path: the ``.jsonl`` file to write; parent directories are created.
         fields: keys to keep from each generated record, in this order (others are dropped); ``None`` keeps every key.
@@ -54,6 +58,11 @@ class JSONLPredictionWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         if not output_path:
             raise ValueError("JSONLPredictionWriter.output_path must be a file path, e.g. predictions.jsonl.")
+        if os.path.isdir(output_path):
+            raise ValueError(
+                f"--writer.output_path {output_path} is an existing directory; name a file, e.g. "
+                f"{os.path.join(str(output_path), 'predictions.jsonl')}."
+            )
         self.output_path = str(output_path)
         self.fields = list(fields) if fields is not None else None
         self.carry_input_fields = carry_input_fields
@@ -75,6 +84,11 @@ class JSONLPredictionWriter(BasePredictionWriter):
     @override
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._target = self._path_for(trainer)
+        if self._target.is_dir():
+            raise ValueError(
+                f"--writer.output_path {self._target} is an existing directory; name a file, e.g. "
+                f"{self._target / 'predictions.jsonl'}."
+            )
         try:
             self._target.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self._target.with_name(self._target.name + ".tmp"), "w", encoding="utf-8")
@@ -116,6 +130,29 @@ class JSONLPredictionWriter(BasePredictionWriter):
             return []
         per_input = max(1, n_records // len(batch_indices))
         return [source.input_record(int(batch_indices[i // per_input])) for i in range(n_records)]
+
+    @override
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        super().on_predict_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        if getattr(trainer, "received_sigterm", False):
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+            from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+            target = self._target
+            kept = f"{target} is unchanged" if target is not None and target.exists() else f"{target} was not written"
+            rank_zero_info(
+                f"SIGTERM: stopped after {batch_idx + 1} batch(es); the {self.num_written} completion(s) decoded so "
+                f"far were discarded and {kept}. Run the same command again to decode every prompt."
+            )
+            raise SIGTERMException(143)
 
     @override
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

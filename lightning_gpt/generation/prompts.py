@@ -13,23 +13,34 @@ from typing import Any, Optional
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-__all__ = ["PromptDataModule", "read_prompts", "read_prompt_records"]
+__all__ = ["PromptDataModule", "read_numbered_prompts", "read_prompt_records", "read_prompts"]
 
 
 def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     """Read prompts from a file: JSONL (one object per line with a ``field`` key) or plain text (one per line).
 
-    See ``read_prompt_records`` for the format; this returns only the prompt texts.
+    See ``_read_prompts`` for the format; this returns only the prompt texts.
 
     Args:
         path: the prompts file.
         field: the key holding the prompt in JSONL records.
     """
-    return [text for text, _ in read_prompt_records(path, field)]
+    return [text for _, text, _ in _read_prompts(path, field)]
 
 
 def read_prompt_records(path: str | Path, field: str = "prompt") -> list[tuple[str, dict[str, Any]]]:
-    """Read prompts and their whole input records: ``(prompt, record)`` per prompt (``record`` is ``{}`` for text).
+    """``(prompt, record)`` per prompt: the whole input record (``{}`` for plain text), so that results can carry
+    its other fields. See ``_read_prompts`` for the format."""
+    return [(text, record) for _, text, record in _read_prompts(path, field)]
+
+
+def read_numbered_prompts(path: str | Path, field: str = "prompt") -> list[tuple[int, str]]:
+    """``(line number, prompt)`` pairs, so that an error can name ``file:line``. See ``_read_prompts``."""
+    return [(number, text) for number, text, _ in _read_prompts(path, field)]
+
+
+def _read_prompts(path: str | Path, field: str = "prompt") -> list[tuple[int, str, dict[str, Any]]]:
+    """Read ``(line number, prompt, record)`` per prompt from a file (``record`` is ``{}`` for plain text).
 
     The format is JSONL when the file name ends in ``.jsonl``/``.ndjson`` or its first non-blank line starts with
     ``{``. In plain text, blank lines are skipped and a literal ``\\n`` inside a line stands for a newline.
@@ -37,6 +48,10 @@ def read_prompt_records(path: str | Path, field: str = "prompt") -> list[tuple[s
     Args:
         path: the prompts file.
         field: the key holding the prompt in JSONL records.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a malformed JSONL line (named ``file:line``), or no prompts at all.
     """
     path = Path(path)
     if not path.is_file():
@@ -52,12 +67,12 @@ def read_prompt_records(path: str | Path, field: str = "prompt") -> list[tuple[s
         ) from None
     first = next((line for line in lines if line.strip()), "")
     is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson") or first.lstrip().startswith("{")
-    prompts: list[tuple[str, dict[str, Any]]] = []
+    prompts: list[tuple[int, str, dict[str, Any]]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if not is_jsonl:
-            prompts.append((line.replace("\\n", "\n"), {}))
+            prompts.append((number, line.replace("\\n", "\n"), {}))
             continue
         try:
             record = json.loads(line)
@@ -65,7 +80,7 @@ def read_prompt_records(path: str | Path, field: str = "prompt") -> list[tuple[s
             raise ValueError(f"{path}:{number} is not valid JSON ({err.msg}): one object per line.") from err
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise ValueError(f'{path}:{number}: each JSONL record needs a string "{field}" field, got {line[:80]!r}.')
-        prompts.append((record[field], record))
+        prompts.append((number, record[field], record))
     if not prompts:
         raise ValueError(f"Prompts file {str(path)!r} holds no prompts.")
     return prompts
@@ -105,14 +120,16 @@ class PromptDataModule(LightningDataModule):
         self.field = field
         self._prompts: Optional[list[str]] = list(prompts) if prompts is not None else None
         self._records: list[dict[str, Any]] = [{} for _ in self._prompts] if self._prompts is not None else []
+        self._where: Optional[list[str]] = [f"prompt {i}" for i in range(1, len(prompts) + 1)] if prompts else None
 
     @property
     def prompts(self) -> list[str]:
         """The prompts, read from ``path`` on first use."""
         if self._prompts is None:
-            pairs = read_prompt_records(self.path, self.field)
-            self._prompts = [text for text, _ in pairs]
-            self._records = [record for _, record in pairs]
+            rows = _read_prompts(self.path, self.field)
+            self._prompts = [text for _, text, _ in rows]
+            self._records = [record for _, _, record in rows]
+            self._where = [f"{self.path}:{number}" for number, _, _ in rows]
         return self._prompts
 
     def input_record(self, index: int) -> dict[str, Any]:
@@ -120,6 +137,31 @@ class PromptDataModule(LightningDataModule):
         can carry its other fields (an ``"id"``, ...) and be joined back to the inputs."""
         _ = self.prompts
         return self._records[index] if 0 <= index < len(self._records) else {}
+
+    def check_prompt_lengths(self, tokenizer: Any, block_size: int, max_new_tokens: Optional[int]) -> None:
+        """Check every prompt against the model's context before any is decoded.
+
+        Args:
+            tokenizer: the model's tokenizer (``encode(text) -> list[int]``).
+            block_size: the model's context length.
+            max_new_tokens: tokens generated per prompt; ``None`` fills the context (so at least 1 must fit).
+
+        Raises:
+            ValueError: the first prompt that does not fit, named by ``file:line`` (or ``prompt <n>``).
+        """
+        new = max_new_tokens or 1
+        prompts = self.prompts  # reads the file (and the line numbers) on first use
+        for where, prompt in zip(self._where or [], prompts):
+            n = max(len(tokenizer.encode(prompt)), 1)  # an empty prompt starts from BOS
+            if n + new > block_size:
+                fixes = [f"shorten that prompt to at most {block_size - new} tokens"] if new < block_size else []
+                if n < block_size:
+                    fixes.append(f"lower max_new_tokens to at most {block_size - n}")
+                fix = " or ".join(fixes) or "use a model with a longer context"
+                raise ValueError(
+                    f"{where}: The prompt ({n} tokens) plus max_new_tokens ({new}) is {n + new} tokens, more than the "
+                    f"model's context (block_size={block_size}): {fix}. Nothing was decoded."
+                )
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Read the prompts file (fails early with a clear message when it is missing or malformed)."""

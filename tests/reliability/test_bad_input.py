@@ -281,6 +281,43 @@ def test_prompt_too_long_through_predict_leaves_no_partial_results(cli, tmp_path
     assert_no_partial_files(tmp_path)
 
 
+def test_over_long_prompt_at_the_end_of_the_file_is_found_before_decoding(cli, tmp_path, trained, monkeypatch):
+    """The check runs over every prompt when predict starts and names the file and line; nothing is decoded."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\n\nthe dog\n" + "the dog " * 2 + "\nthe end\n")  # line 4 is too long
+    decoded = []
+    monkeypatch.setattr("lightning_gpt.module.GPTModule.generate_text", lambda self, p, **k: decoded.append(p))
+    out = tmp_path / "predictions.jsonl"
+    result = cli(
+        "predict",
+        "--ckpt_path",
+        trained["ckpt"],
+        "--data.path",
+        prompts,
+        "--data.batch_size",
+        "1",
+        "--model.generation.max_new_tokens",
+        "8",
+        "--writer.output_path",
+        out,
+    )
+    _user_error(result, f"{prompts}:4: The prompt (16 tokens) plus max_new_tokens (8)", "block_size=16")
+    assert not decoded, "prompts were decoded before the bad one was found"
+    assert not out.exists()
+    assert_no_partial_files(tmp_path)
+
+
+def test_predict_output_path_that_is_a_directory(cli, tmp_path, trained):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\n")
+    out = tmp_path / "results"
+    out.mkdir()
+    result = cli("predict", "--ckpt_path", trained["ckpt"], "--data.path", prompts, "--writer.output_path", out)
+    _user_error(result, f"--writer.output_path {out} is an existing directory", "predictions.jsonl")
+    assert list(out.iterdir()) == []
+    assert_no_partial_files(tmp_path)
+
+
 def test_out_of_range_top_p_on_the_command_line(cli, trained):
     result = cli(
         "generate", "--ckpt_path", trained["root"], "--prompt", "the", "--max_new_tokens", "4", "--top_p", "1.5"

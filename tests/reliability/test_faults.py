@@ -25,6 +25,7 @@ import torch
 
 from lightning_gpt.checkpoint import load_checkpoint
 from lightning_gpt.module import GPTModule
+from lightning_gpt.run_folder import resolve_last_checkpoint
 
 from .conftest import PYTHON, REPO, assert_no_partial_files, python_env, tiny_config, write_yaml
 
@@ -59,7 +60,8 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def check_checkpoint_dir(folder: Path) -> int:
     """Every ``*.ckpt`` loads (model, tokenizer, finite weights); stray temporary files are never ``*.ckpt``.
 
-    Returns the step of ``last.ckpt``.
+    Returns the step that ``--ckpt_path last`` resumes from: the newest complete checkpoint (``last.ckpt``, unless a
+    kill landed between a periodic save and the update of ``last.ckpt``).
     """
     ckpts = sorted(folder.glob("*.ckpt"))
     assert ckpts, f"no checkpoint in {folder}"
@@ -71,7 +73,8 @@ def check_checkpoint_dir(folder: Path) -> int:
     # nor find_checkpoint can pick it, and the next save of that name deletes it.
     for stray in folder.iterdir():
         assert stray.suffix == ".ckpt" or ".ckpt.tmp-" in stray.name, stray
-    return step_of(folder / "last.ckpt")
+    resume_from, _ = resolve_last_checkpoint(str(folder))
+    return step_of(Path(resume_from))
 
 
 def start_fit(config: Path, *extra: str, log: Path) -> subprocess.Popen:
@@ -191,24 +194,29 @@ def test_sigkill_at_random_moments_then_resume_last(tmp_path, corpus, reference,
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, corpus, reference, cli):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, corpus, reference, cli, sig):
+    """Ctrl-C, or SIGTERM (what schedulers send before a kill): the step finishes, last.ckpt is saved, the exit
+    status is non-zero (1; 143 for SIGTERM), the message says how to resume, and resuming ends with the weights of
+    the uninterrupted run."""
     config = fault_config(tmp_path, corpus, reference["cache"], **{"checkpoint.every_n_train_steps": 2})
     ckpt_dir = tmp_path / "run" / "checkpoints"
     log = tmp_path / "fit.log"
     proc = start_fit(config, log=log)
     wait_for_checkpoint_after(ckpt_dir, 2, proc, log)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail(f"fit did not stop after Ctrl-C:\n{log.read_text()[-3000:]}")
+        pytest.fail(f"fit did not stop after {sig.name}:\n{log.read_text()[-3000:]}")
     text = log.read_text()
-    assert proc.returncode != 0, text[-2000:]
+    assert proc.returncode == (143 if sig == signal.SIGTERM else 1), text[-2000:]
     assert "Traceback" not in text, text[-3000:]
     step = check_checkpoint_dir(ckpt_dir)
     assert 2 < step < MAX_STEPS
-    assert f"Interrupted at step {step}: saved {ckpt_dir / 'last.ckpt'}" in text
+    what = "SIGTERM" if sig == signal.SIGTERM else "Interrupted"
+    assert f"{what} at step {step}: saved {ckpt_dir / 'last.ckpt'}" in text
     assert "--ckpt_path last" in text  # the message says how to resume
     assert_no_partial_files(ckpt_dir)
     with single_thread():
@@ -216,6 +224,76 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, corpus, reference, cli):
     assert result.code == 0, result
     assert step_of(ckpt_dir / "last.ckpt") == MAX_STEPS
     assert_same_weights(weights(ckpt_dir / "last.ckpt"), weights(reference["last"]))
+
+
+def test_sigterm_during_validation_in_fit_still_saves_and_exits_non_zero(tmp_path, corpus, cli, monkeypatch, caplog):
+    """Lightning acts on a SIGTERM that arrives during validation itself (it ends the stage with status 0): the
+    training state, at a step boundary, is saved as last.ckpt, the exit status is 143, and the run can be resumed."""
+    from lightning_gpt.module import GPTModule as Module
+
+    config = fault_config(
+        tmp_path,
+        corpus,
+        tmp_path / "cache",
+        **{
+            "trainer.max_steps": 8,
+            "trainer.limit_val_batches": 2,
+            "trainer.val_check_interval": 3,
+            "checkpoint.every_n_train_steps": 100,
+        },
+    )
+    original = Module.validation_step
+
+    def validation_step(self, *args, **kwargs):
+        if self.trainer.global_step == 3:  # as if SIGTERM came in during the first validation
+            self.trainer._signal_connector.received_sigterm = True
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Module, "validation_step", validation_step)
+    with single_thread(), caplog.at_level("INFO"):
+        result = cli("fit", "--config", config)
+    assert result.code == 143, result
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    assert step_of(ckpt_dir / "last.ckpt") == 3
+    assert f"SIGTERM at step 3: saved {ckpt_dir / 'last.ckpt'}" in caplog.text
+    monkeypatch.setattr(Module, "validation_step", original)
+    with single_thread():
+        result = cli("fit", "--config", config, "--ckpt_path", "last")
+    assert result.code == 0, result
+    assert step_of(ckpt_dir / "last.ckpt") == 8
+
+
+@pytest.mark.slow
+def test_sigterm_during_predict_stops_and_leaves_no_partial_results(tmp_path, trained):
+    """SIGTERM while predict decodes: it stops after the current batch, exit 143, the message says what was kept
+    (nothing), and no file is left under the final name or as a temporary."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat\n" * 20000)
+    out = tmp_path / "out" / "predictions.jsonl"
+    log = tmp_path / "predict.log"
+    argv = ["predict", "--ckpt_path", str(trained["ckpt"]), "--data.path", str(prompts), "--data.batch_size", "1"]
+    argv += ["--model.generation.max_new_tokens", "4", "--writer.output_path", str(out)]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "lightning_gpt", *argv], cwd=REPO, env=python_env(), stdout=f, stderr=subprocess.STDOUT
+        )
+    tmp = out.with_name(out.name + ".tmp")
+    deadline = time.monotonic() + 240
+    while not (tmp.exists() and tmp.stat().st_size > 0) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"predict ended before the signal:\n{log.read_text()[-3000:]}"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"predict did not stop after SIGTERM:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert proc.returncode == 143, text[-2000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert "SIGTERM: stopped after" in text and f"{out} was not written" in text, text[-2000:]
+    assert not out.exists()
+    assert_no_partial_files(tmp_path / "out")
 
 
 # --------------------------------------------------------------------------------------------- non-finite loss
