@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
-import re
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -23,6 +21,7 @@ import torch
 
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
+from lightning_gpt.serialization import UnsafeCheckpointError, read_checkpoint, torch_load
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -39,97 +38,6 @@ log = logging.getLogger(__name__)
 _PREFIXES = ("model.", "_orig_mod.", "module.")
 # Fields that may differ between a checkpoint and an explicitly given config: they change no parameter shape.
 NON_ARCH_FIELDS = ("dropout",)
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint holds objects that only a full unpickle can rebuild, and the user did not opt in to that.
-
-    Unpickling can run arbitrary code, so such a file is loaded only with ``trust_checkpoint=True`` (Python) or
-    ``--trust_checkpoint`` (command line). A ``ValueError``: the command line shows it as one paragraph, exit status 2.
-    """
-
-
-def torch_load(
-    source: Any, map_location: Any = "cpu", trust_checkpoint: bool = False, name: Any = None, mmap: bool = False
-) -> Any:
-    """``torch.load`` that never unpickles code unless ``trust_checkpoint`` is set.
-
-    Args:
-        source: a path or a binary file object.
-        map_location: where tensors go.
-        trust_checkpoint: allow a full unpickle (``weights_only=False``); only for files from a trusted source.
-        name: how to name the file in the error (default: ``source``).
-        mmap: memory-map the file instead of reading it (a path only).
-
-    Returns:
-        What ``torch.load`` returns.
-
-    Raises:
-        UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is off.
-    """
-    kwargs = {"mmap": True} if mmap else {}
-    if trust_checkpoint:
-        return torch.load(source, map_location=map_location, weights_only=False, **kwargs)
-    try:
-        return torch.load(source, map_location=map_location, weights_only=True, **kwargs)
-    except pickle.UnpicklingError as err:
-        # Only a pickled object (a GLOBAL) is "unsafe"; other refusals (e.g. an unknown opcode) mean damaged bytes.
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if found is None:
-            raise
-        raise UnsafeCheckpointError(
-            f"{name if name is not None else source} holds more than tensors and plain data (an object of type "
-            f"{found.group(1)}), so it was not "
-            "loaded: rebuilding those objects means unpickling, which can run any code the file contains. "
-            "lightning-gpt writes checkpoints that load safely; load this one only if you trust where it came from, "
-            "with trust_checkpoint=True (Python) or --trust_checkpoint (command line)."
-        ) from None
-
-
-def read_checkpoint(
-    path: Union[str, Path], map_location: Any = "cpu", trust_checkpoint: bool = False
-) -> dict[str, Any]:
-    """``torch.load`` a checkpoint file with clear errors for a missing, unreadable, foreign or unsafe file.
-
-    Loads with ``weights_only=True``: no code in the file runs. A file that needs a full unpickle is refused unless
-    ``trust_checkpoint`` is set (never retried silently).
-
-    Args:
-        path: the ``.ckpt`` file.
-        map_location: where tensors go (``"cpu"`` by default).
-        trust_checkpoint: allow a full unpickle of a file from a trusted source.
-
-    Returns:
-        The checkpoint dict.
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is off.
-        ValueError: a directory, an empty, truncated or foreign file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(
-            f"{path} is a directory, not a checkpoint file. A sharded (distributed) checkpoint must be consolidated "
-            "first: save with the strategy's save_distributed_checkpoint=False, or convert the folder with "
-            "torch.distributed.checkpoint.format_utils.dcp_to_torch_save."
-        )
-    if not path.exists():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}. Check the path (e.g. --ckpt_path).")
-    if path.stat().st_size == 0:
-        raise ValueError(
-            f"{path} is not a readable checkpoint (truncated or corrupt?): the file is empty. Use the previous "
-            "checkpoint of the run (saves are atomic, so it is intact)."
-        )
-    try:
-        return torch_load(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
-    except UnsafeCheckpointError:
-        raise
-    except Exception as err:  # torch's loaders raise many types on damaged bytes (IndexError, KeyError, ...)
-        raise ValueError(
-            f"{path} is not a readable checkpoint (truncated or corrupt?): {type(err).__name__}: {err}. If a save was "
-            "interrupted, use the previous checkpoint (saves are atomic, so it is intact)."
-        ) from err
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -216,7 +124,7 @@ def load_checkpoint(
     model.eval()
     tokenizer = None
     if checkpoint.get("tokenizer") is not None:
-        from lightning_gpt.data import tokenizer_from_state_dict
+        from lightning_gpt.data.tokenizers import tokenizer_from_state_dict
 
         tokenizer = tokenizer_from_state_dict(checkpoint["tokenizer"])
     return model, tokenizer
@@ -247,11 +155,3 @@ def find_checkpoint(path: str) -> str:
         f"No .ckpt file in {path!r} or {os.path.join(path, 'checkpoints')!r}. Train first (lightning-gpt fit ...) or "
         "pass the checkpoint file itself."
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "AtomicCheckpointIO":  # imported on first use: it needs Lightning, reading checkpoints does not
-        from lightning_gpt.checkpoint_io import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@ the Ctrl-C checkpoint callback. ``lightning_gpt.cli.main`` dispatches here; see 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -430,13 +431,14 @@ class GPTLightningCLI(LightningCLI):
             self._claim_run_folder(cfg)  # once per job: the other ranks (launched later) write into the same folder
 
     def _claim_run_folder(self, cfg: Any) -> None:
-        from lightning_gpt.run_folder import RunFolderLock, check_fresh_run, check_writable
+        """Read-only checks of the run folder, before anything is built: an earlier run's checkpoints are only
+        replaced when asked. Nothing is created here (a run refused later, e.g. for a bad model setting, leaves no
+        folder behind); ``before_fit`` takes the lock and checks that the folder is writable."""
+        from lightning_gpt.run_folder import check_fresh_run
 
         folder = str(cfg["checkpoint.dirpath"])
         self._overwrite = bool(cfg.get("overwrite"))
         cfg["overwrite"] = False  # the saved config.yaml must not carry a deletion into a later run
-        check_writable(folder)
-        self._run_lock = RunFolderLock(folder).acquire()
         ckpt_path = cfg.get("ckpt_path")
         resumes_here = ckpt_path is not None and (
             ckpt_path in ("last", "hpc") or os.path.dirname(os.path.abspath(str(ckpt_path))) == os.path.abspath(folder)
@@ -446,16 +448,35 @@ class GPTLightningCLI(LightningCLI):
         check_fresh_run(folder)
 
     def before_fit(self) -> None:
-        """``--overwrite true`` without ``--ckpt_path``: delete the earlier run's checkpoints (the run folder holds one
-        run, so ``--ckpt_path last`` and ``generate --ckpt_path <run>`` cannot pick the old one)."""
-        from lightning_gpt.run_folder import remove_checkpoints
+        """Once every class is built and before any data is read: the run folder must be writable and no other
+        ``fit`` may be using it (a lock, dropped by the OS when the process dies). ``--overwrite true`` without
+        ``--ckpt_path``: delete the earlier run's checkpoints (the run folder holds one run, so ``--ckpt_path last``
+        and ``generate --ckpt_path <run>`` cannot pick the old one)."""
+        from lightning_gpt.run_folder import RunFolderLock, check_writable, remove_checkpoints
 
         cfg = self.config[self.subcommand]
-        if self._overwrite and cfg.get("ckpt_path") is None and _is_launch_rank_zero():
-            removed = remove_checkpoints(str(cfg["checkpoint.dirpath"]))
+        if not _is_launch_rank_zero():
+            return
+        folder = str(cfg["checkpoint.dirpath"])
+        self._new_run_folder = folder if not os.path.exists(folder) else None
+        check_writable(folder)
+        self._run_lock = RunFolderLock(folder).acquire()
+        if self._overwrite and cfg.get("ckpt_path") is None:
+            removed = remove_checkpoints(folder)
             if removed:
-                folder = cfg["checkpoint.dirpath"]
                 rank_zero_info(f"--overwrite: deleted {len(removed)} checkpoint(s) of the earlier run in {folder}.")
+
+    def fit(self, model: LightningModule, **kwargs: Any) -> None:
+        """``trainer.fit``; a run that fails before its first checkpoint leaves no empty checkpoint folder behind
+        (LightningCLI calls a method named after the subcommand when the CLI class defines one)."""
+        try:
+            self.trainer.fit(model, **kwargs)
+        except BaseException:
+            folder = getattr(self, "_new_run_folder", None)
+            if folder is not None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # only succeeds while it is empty
+            raise
 
     def _apply_init_from(self, cfg: Any, path: str) -> None:
         """``--model.init_from``: the model config fields not given explicitly take PATH's values (the explicit ones

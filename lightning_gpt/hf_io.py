@@ -29,7 +29,19 @@ from lightning_gpt.convert import (
     state_dict_from_hf_gpt2,
     state_dict_to_hf_gpt2,
 )
+from lightning_gpt.data.tokenizers import read_pretrained_tokenizer
 from lightning_gpt.model import GPT
+from lightning_gpt.serialization import (
+    BIN_FILE,
+    CONFIG_FILE,
+    LAYOUT,
+    NATIVE_FILE,
+    SAFETENSORS_FILE,
+    _folder,
+    _read_json,
+    is_pretrained_path,
+    read_checkpoint,
+)
 
 __all__ = [
     "FORMATS",
@@ -41,15 +53,7 @@ __all__ = [
     "write_pretrained",
 ]
 
-CONFIG_FILE = "config.json"
-NATIVE_FILE = "lightning_gpt.json"
-SAFETENSORS_FILE = "model.safetensors"
-BIN_FILE = "pytorch_model.bin"
 FORMATS = ("hf", "safetensors")
-LAYOUT = (
-    "config.json (model_type gpt2), model.safetensors or pytorch_model.bin, and the tokenizer as tokenizer.json or "
-    "vocab.json + merges.txt, as GPT2LMHeadModel.save_pretrained and the tokenizer's save_pretrained write them"
-)
 # transformers.GPT2Config's defaults, for fields a config.json may leave out.
 _HF_DEFAULTS = dict(
     vocab_size=50257,
@@ -62,43 +66,6 @@ _HF_DEFAULTS = dict(
     layer_norm_epsilon=1e-5,
     tie_word_embeddings=True,
 )
-
-
-def is_pretrained_path(path: Union[str, Path]) -> bool:
-    """Whether ``path`` is a weights folder (``config.json``, ``lightning_gpt.json`` or weights inside) or a
-    ``.safetensors`` file, rather than a Lightning ``.ckpt``."""
-    path = Path(path)
-    if path.is_dir():  # weights without a config count too: reading then says what is missing
-        return any((path / name).is_file() for name in (CONFIG_FILE, NATIVE_FILE, SAFETENSORS_FILE, BIN_FILE))
-    return path.suffix == ".safetensors"
-
-
-def _folder(path: Union[str, Path]) -> tuple[Path, Optional[Path]]:
-    """``(folder, weights file or None)`` of a folder or a ``.safetensors`` file, with clear errors."""
-    path = Path(path)
-    if path.suffix == ".safetensors" and not path.is_dir():
-        if not path.is_file():
-            raise FileNotFoundError(f"Weights file not found: {path}.")
-        return path.parent, path
-    if not path.is_dir():
-        raise FileNotFoundError(f"Weights folder not found: {path}. Expected a folder with {LAYOUT}.")
-    if not (path / CONFIG_FILE).is_file() and not (path / NATIVE_FILE).is_file():
-        raise ValueError(
-            f"{path} has no config.json, so it is not a Hugging Face model folder (nor a lightning-gpt export). "
-            f"Expected {LAYOUT}."
-        )
-    return path, None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not readable JSON ({type(err).__name__}: {err}).") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} should hold a JSON object, got {type(data).__name__}.")
-    return data
 
 
 def _hf_config(folder: Path) -> GPTConfig:
@@ -152,55 +119,10 @@ def _read_weights(folder: Path, weights: Optional[Path], trust_checkpoint: bool)
             return load_file(str(weights), device="cpu")
         except Exception as err:  # noqa: BLE001 - safetensors raises its own error types on bad bytes
             raise ValueError(f"{weights} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
-    from lightning_gpt.checkpoint import read_checkpoint
-
     state = read_checkpoint(weights, trust_checkpoint=trust_checkpoint)
     if not isinstance(state, dict):
         raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict of tensors.")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def _special(value: Any) -> Optional[str]:
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _hf_tokenizer_state(folder: Path) -> Optional[dict[str, Any]]:
-    """The ``HFTokenizer`` state of a Hugging Face folder's tokenizer files, or ``None`` when it has none."""
-    config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-    specials = {name: _special(config.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
-    if (folder / "tokenizer.json").is_file():
-        text = (folder / "tokenizer.json").read_text(encoding="utf-8")
-    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-        tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        names = {v for v in specials.values() if v} | {"<|endoftext|>"}
-        tok.add_special_tokens([AddedToken(n, special=True) for n in sorted(names) if tok.token_to_id(n) is not None])
-        text = tok.to_str()
-    else:
-        return None
-    from lightning_gpt.data.tokenizers import HFTokenizer
-
-    # Only names the vocabulary has; HFTokenizer detects the usual ones (<|endoftext|> for GPT-2) for the rest.
-    probe = HFTokenizer(text, kind="pretrained")
-    given = {k: v for k, v in specials.items() if v is not None and probe._tok.token_to_id(v) is not None}
-    return HFTokenizer(text, kind="pretrained", **given).state_dict()
-
-
-def read_pretrained_tokenizer(path: Union[str, Path]) -> Optional[dict[str, Any]]:
-    """The tokenizer state (``Tokenizer.state_dict()``) of a weights folder, or ``None`` when it has no tokenizer.
-
-    Args:
-        path: the folder, or a ``.safetensors`` file in it.
-    """
-    folder, _ = _folder(path)
-    if (folder / NATIVE_FILE).is_file():
-        return _read_json(folder / NATIVE_FILE).get("tokenizer")
-    return _hf_tokenizer_state(folder)
 
 
 def read_pretrained(
@@ -264,7 +186,7 @@ def load_pretrained(
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
     tokenizer = None
     if tokenizer_state is not None:
-        from lightning_gpt.data import tokenizer_from_state_dict
+        from lightning_gpt.data.tokenizers import tokenizer_from_state_dict
 
         tokenizer = tokenizer_from_state_dict(tokenizer_state)
     return model, tokenizer

@@ -97,7 +97,7 @@ def test_default_callbacks_and_plugins(run_yaml, monkeypatch):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from lightning_gpt.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
-    from lightning_gpt.checkpoint import AtomicCheckpointIO
+    from lightning_gpt.checkpoint_io import AtomicCheckpointIO
     from lightning_gpt.cli import GPTLightningCLI, InterruptCheckpoint
 
     monkeypatch.setattr(sys, "argv", ["lightning-gpt"])

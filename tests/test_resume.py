@@ -12,7 +12,7 @@ import torch
 
 from lightning_gpt import GPTConfig
 from lightning_gpt.callbacks import GradientClipping, LRSchedule, ModelCheckpoint, NonFiniteGuard, SampleGeneration
-from lightning_gpt.checkpoint import AtomicCheckpointIO
+from lightning_gpt.checkpoint_io import AtomicCheckpointIO
 from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
 from lightning_gpt.module import GPTModule
 

@@ -30,7 +30,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from lightning_gpt.generation.validate import _is_int
+from lightning_gpt.config import is_int
 
 __all__ = ["GenerationConfig", "CLI_DEFAULTS", "SAMPLE_CALLBACK_DEFAULTS", "DOCUMENTED_DIFFERENCES"]
 
@@ -84,7 +84,7 @@ class GenerationConfig:
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens is not None and (not _is_int(self.max_new_tokens) or self.max_new_tokens < 1):
+        if self.max_new_tokens is not None and (not is_int(self.max_new_tokens) or self.max_new_tokens < 1):
             raise ValueError(
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r} (or None to fill the context)."
             )
@@ -95,7 +95,7 @@ class GenerationConfig:
                 f"temperature must be a number >= 0, got {self.temperature!r}. Use temperature=0 (or do_sample=False) "
                 "for greedy decoding, and values > 0 to sample."
             )
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 0):
             raise ValueError(f"top_k must be None or an integer >= 0 (0 disables it), got {self.top_k!r}.")
         if self.top_p is not None and (not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}.")
@@ -103,9 +103,9 @@ class GenerationConfig:
             raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {self.min_p!r}.")
         if not _is_number(self.repetition_penalty) or self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty!r}.")
-        if not _is_int(self.num_beams) or self.num_beams < 1:
+        if not is_int(self.num_beams) or self.num_beams < 1:
             raise ValueError(f"num_beams must be an integer >= 1 (1: no beam search), got {self.num_beams!r}.")
-        if not _is_int(self.num_return_sequences) or self.num_return_sequences < 1:
+        if not is_int(self.num_return_sequences) or self.num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be an integer >= 1, got {self.num_return_sequences!r}.")
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
             raise ValueError(
@@ -124,14 +124,14 @@ class GenerationConfig:
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}.")
         if not isinstance(self.use_cache, bool):
             raise ValueError(f"use_cache must be True or False, got {self.use_cache!r}.")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed must be None or an integer, got {self.seed!r}.")
         if self.stop is not None:
             self._check_stop()
 
     def _check_stop(self) -> None:
         stop = self.stop
-        if isinstance(stop, str) or (isinstance(stop, (list, tuple)) and stop and all(_is_int(t) for t in stop)):
+        if isinstance(stop, str) or (isinstance(stop, (list, tuple)) and stop and all(is_int(t) for t in stop)):
             stop = [stop]  # one string or one id sequence
         if not isinstance(stop, (list, tuple)):
             raise ValueError(f"stop must be a string, a list of token ids, or a list of them; got {stop!r}.")
@@ -139,7 +139,7 @@ class GenerationConfig:
         for item in stop:
             if isinstance(item, str) and item:
                 items.append(item)
-            elif isinstance(item, (list, tuple)) and item and all(_is_int(t) for t in item):
+            elif isinstance(item, (list, tuple)) and item and all(is_int(t) for t in item):
                 items.append(list(item))
             elif isinstance(item, str):
                 raise ValueError("stop contains an empty string; stop strings must be non-empty.")

@@ -9,11 +9,12 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from lightning_gpt.config import is_int
 from lightning_gpt.generation.beam import beam_search
 from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.sampling import DecodeState, sample_steps
 from lightning_gpt.generation.stopping import FINISH_REASONS, StopCriteria
-from lightning_gpt.generation.validate import _is_int, normalize_eos, validate_prompt
+from lightning_gpt.generation.validate import normalize_eos, validate_prompt
 
 __all__ = ["GenerateOutput", "generate", "stream_generate"]
 
@@ -77,7 +78,7 @@ def _prepare(
     generator: Optional[torch.Generator],
 ) -> dict[str, Any]:
     block_size, vocab_size = _model_config(model)
-    if pad_token_id is not None and (not _is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
+    if pad_token_id is not None and (not is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
         raise ValueError(f"pad_token_id={pad_token_id!r} must be None or an integer in [0, {vocab_size}).")
     config.warn_ignored()
     input_ids, attention_mask = validate_prompt(input_ids, attention_mask, vocab_size)
