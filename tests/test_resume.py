@@ -292,9 +292,10 @@ def test_cli_resume_with_ckpt_path_last_from_an_epoch_end_checkpoint_is_exact(tm
         return ckpt["state_dict"]
 
     full = fit("full", total)
-    first = fit("first", per_epoch)
-    # The checkpoint written after the end-of-epoch validation, or the one InterruptCheckpoint writes at the end of
-    # the epoch's last batch when max_steps stops fit there, as the only (last) checkpoint of a new run folder.
+    # The checkpoint written after the end-of-epoch validation (the first run goes one step past the epoch, so that the
+    # epoch's end is not also the end of fit), or the one InterruptCheckpoint writes at the end of the epoch's last
+    # batch when max_steps stops fit there, as the only (last) checkpoint of a new run folder.
+    first = fit("first", per_epoch + 1 if which == "after_validation" else per_epoch)
     name = f"epoch=0-step={per_epoch}.ckpt" if which == "after_validation" else "last.ckpt"
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copy(first / "checkpoints" / name, tmp_path / "resumed" / "checkpoints" / "last.ckpt")
@@ -302,7 +303,7 @@ def test_cli_resume_with_ckpt_path_last_from_an_epoch_end_checkpoint_is_exact(tm
 
     full_losses = losses(full)
     assert len(full_losses) == total
-    assert losses(first) == full_losses[:per_epoch]
+    assert losses(first)[:per_epoch] == full_losses[:per_epoch]
     assert losses(resumed) == full_losses[per_epoch:]  # exact: the same float text, step by step
     a, b = final_weights(full), final_weights(resumed)
     for name in a:
