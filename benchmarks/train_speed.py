@@ -55,7 +55,7 @@ def make_batches(tokens: torch.Tensor, n: int, seed: int = 0) -> list[tuple[torc
 
 
 def lr_for(step: int, max_steps: int = 2000) -> float:
-    from lightning_gpt.callbacks import lr_at
+    from lightning_gpt.training.callbacks import lr_at
 
     return lr_at(step, base_lr=LR, warmup_steps=WARMUP, decay_steps=max_steps, min_lr=MIN_LR)
 
@@ -133,14 +133,14 @@ class LightningRun:
     name = "lightning-gpt (GPTModule + Trainer)"
 
     def __init__(self, config: GPTConfig) -> None:
-        from lightning_gpt.module import GPTModule
+        from lightning_gpt.training.module import GPTModule
 
         self.module = GPTModule(config, learning_rate=LR, weight_decay=0.1, betas=(0.9, 0.99))
 
     def run(self, batches: list) -> list[float]:
         import lightning.pytorch as pl
 
-        from lightning_gpt.callbacks import GradientClipping, LRSchedule
+        from lightning_gpt.training.callbacks import GradientClipping, LRSchedule
 
         times: list[float] = []
 

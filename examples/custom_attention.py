@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gpt import GPTConfig
 from lightning_gpt.attention import StandardAttention, register_attention
-from lightning_gpt.module import GPTModule
+from lightning_gpt.training.module import GPTModule
 
 
 class ALiBiAttention(StandardAttention):

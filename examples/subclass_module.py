@@ -20,8 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gpt import GPTConfig
-from lightning_gpt.callbacks import GradientClipping, LRSchedule
-from lightning_gpt.module import IGNORE_INDEX, GPTModule
+from lightning_gpt.training.callbacks import GradientClipping, LRSchedule
+from lightning_gpt.training.module import IGNORE_INDEX, GPTModule
 
 
 class ZLossGPTModule(GPTModule):

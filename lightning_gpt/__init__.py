@@ -12,8 +12,8 @@ from lightning_gpt.model import GPT
 __version__ = "0.1.0"
 
 _LAZY = {
-    "GPTModule": "lightning_gpt.module",
-    "TextDataModule": "lightning_gpt.data",
+    "GPTModule": "lightning_gpt.training.module",
+    "TextDataModule": "lightning_gpt.training.datamodule",
 }
 
 __all__ = ["GPT", "GPTConfig", "GPTModule", "TextDataModule", "__version__"]

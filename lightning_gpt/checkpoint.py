@@ -5,7 +5,7 @@
 
 ``AtomicCheckpointIO`` is a Lightning ``CheckpointIO`` plugin: it writes to a temporary file in the target directory,
 fsyncs it and renames it into place, so a process killed mid-save (even by SIGKILL) leaves the previous checkpoint
-readable and never a truncated one under the final name. It lives in ``lightning_gpt.checkpoint_io`` (and is
+readable and never a truncated one under the final name. It lives in ``lightning_gpt.training.checkpoint_io`` (and is
 importable from here too), so that reading a checkpoint does not import Lightning.
 """
 

@@ -192,22 +192,6 @@ def load_pretrained(
     return model, tokenizer
 
 
-def as_lightning_checkpoint(path: Union[str, Path], trust_checkpoint: bool = False) -> dict[str, Any]:
-    """A weights folder as the dict a ``GPTModule`` checkpoint holds (weights, ``gpt_config``, ``tokenizer``), so
-    Lightning's ``predict``/``validate``/``test`` can take the folder as ``ckpt_path``."""
-    import lightning
-
-    config, state, tokenizer = read_pretrained(path, trust_checkpoint=trust_checkpoint)
-    return {
-        "state_dict": {f"model.{k}": v for k, v in state.items()},
-        "gpt_config": config.to_dict(),
-        "tokenizer": tokenizer,
-        "pytorch-lightning_version": lightning.__version__,
-        "epoch": 0,
-        "global_step": 0,
-    }
-
-
 # ------------------------------------------------------------------------------------------------------------- writing
 
 

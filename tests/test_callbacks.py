@@ -12,7 +12,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gpt import GPT, GPTConfig
-from lightning_gpt.callbacks import (
+from lightning_gpt.data import CharTokenizer
+from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
+from lightning_gpt.training.callbacks import (
     GradientClipping,
     LRSchedule,
     ModelCheckpoint,
@@ -24,9 +26,7 @@ from lightning_gpt.callbacks import (
     lr_at,
     num_parameters,
 )
-from lightning_gpt.data import CharTokenizer
-from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
-from lightning_gpt.module import GPTModule
+from lightning_gpt.training.module import GPTModule
 
 TINY = dict(vocab_size=33, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -315,7 +315,7 @@ def test_clipping_unscales_fp16_gradients_first(fused):
     """Under fp16 AMP a fused optimizer's grads reach the hook still scaled; the clip must see true units."""
     from types import SimpleNamespace
 
-    from lightning_gpt.callbacks.clipping import _ensure_unscaled
+    from lightning_gpt.training.callbacks.clipping import _ensure_unscaled
 
     results = []
     for scaled in (True, False):
@@ -336,7 +336,7 @@ def test_clipping_unscales_fp16_gradients_first(fused):
 def test_throughput_monitor_logs_tokens_and_flops(tmp_path):
     import csv
 
-    from lightning_gpt.callbacks import GPTThroughputMonitor
+    from lightning_gpt.training.callbacks import GPTThroughputMonitor
 
     torch.manual_seed(0)
     module = GPTModule(GPTConfig(**TINY))

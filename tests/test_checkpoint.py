@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.checkpoint import load_checkpoint, model_state_dict, read_checkpoint
-from lightning_gpt.checkpoint_io import AtomicCheckpointIO
-from lightning_gpt.module import GPTModule
+from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
+from lightning_gpt.training.module import GPTModule
 
 TINY = GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -143,7 +143,7 @@ def test_atomic_save_removes_only_temporaries_of_dead_writers(tmp_path):
 
 _KILL_CHILD = """
 import sys, torch
-from lightning_gpt.checkpoint_io import AtomicCheckpointIO
+from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 i = 0
 while True:

@@ -96,9 +96,9 @@ def test_fit_writes_checkpoint_with_config_and_tokenizer(cli, run_yaml, tmp_path
 def test_default_callbacks_and_plugins(run_yaml, monkeypatch):
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from lightning_gpt.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
-    from lightning_gpt.checkpoint_io import AtomicCheckpointIO
     from lightning_gpt.cli import GPTLightningCLI, InterruptCheckpoint
+    from lightning_gpt.training.callbacks import GradientClipping, LRSchedule, NonFiniteGuard, SampleGeneration
+    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
 
     monkeypatch.setattr(sys, "argv", ["lightning-gpt"])
     cli = GPTLightningCLI(args=["--config", run_yaml(**{"trainer.logger": True})], run=False)
@@ -317,7 +317,7 @@ def test_validate_and_test_from_a_run_directory(cli, run_yaml, tmp_path):
 
 def test_a_subclass_gets_the_same_command_line(run_yaml, monkeypatch):
     from lightning_gpt.cli import GPTLightningCLI
-    from lightning_gpt.module import GPTModule
+    from lightning_gpt.training.module import GPTModule
 
     class ZLossModule(GPTModule):
         def __init__(self, z_weight: float = 1e-4, **kwargs) -> None:

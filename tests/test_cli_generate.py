@@ -87,15 +87,15 @@ def test_beam_search_with_the_default_max_new_tokens_fits_the_context(cli, bpe_c
 
 
 def test_generate_defaults_come_from_the_documented_presets():
-    from lightning_gpt.callbacks import SampleGeneration
-    from lightning_gpt.cli_generate import _generate_parser
+    from lightning_gpt.cli.generate import _generate_parser
     from lightning_gpt.generation.config import (
         CLI_DEFAULTS,
         DOCUMENTED_DIFFERENCES,
         SAMPLE_CALLBACK_DEFAULTS,
         GenerationConfig,
     )
-    from lightning_gpt.module import GPTModule
+    from lightning_gpt.training.callbacks import SampleGeneration
+    from lightning_gpt.training.module import GPTModule
 
     base = GenerationConfig()
     fields = [f.name for f in dataclasses.fields(GenerationConfig)]

@@ -114,7 +114,10 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _strategy(kind: str, timeout_minutes: float = 5.0) -> str:
-    path = {"ddp": "lightning_gpt.strategies.DDPStrategy", "fsdp2": "lightning_gpt.strategies.FSDP2Strategy"}[kind]
+    path = {
+        "ddp": "lightning_gpt.training.strategies.DDPStrategy",
+        "fsdp2": "lightning_gpt.training.strategies.FSDP2Strategy",
+    }[kind]
     return json.dumps({"class_path": path, "init_args": {"timeout_minutes": timeout_minutes}})
 
 

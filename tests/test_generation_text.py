@@ -111,7 +111,7 @@ lightning = pytest.importorskip("lightning")
 
 
 def test_prompt_datamodule_reads_text_and_jsonl(tmp_path):
-    from lightning_gpt.generation.prompts import PromptDataModule, read_prompts
+    from lightning_gpt.training.prompts import PromptDataModule, read_prompts
 
     txt = tmp_path / "p.txt"
     txt.write_text("first\n\nsecond line\\nwith newline\n", encoding="utf-8")
@@ -149,8 +149,8 @@ def _trainer(writer):
 
 
 def test_jsonl_prediction_writer(tmp_path, model, tok):
-    from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
-    from lightning_gpt.generation.prompts import PromptDataModule
+    from lightning_gpt.training.callbacks.prediction_writer import JSONLPredictionWriter
+    from lightning_gpt.training.prompts import PromptDataModule
 
     out = tmp_path / "sub" / "preds.jsonl"
     writer = JSONLPredictionWriter(output_path=str(out))
@@ -164,8 +164,8 @@ def test_jsonl_prediction_writer(tmp_path, model, tok):
 
 
 def test_jsonl_prediction_writer_leaves_no_partial_file(tmp_path, model, tok):
-    from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
-    from lightning_gpt.generation.prompts import PromptDataModule
+    from lightning_gpt.training.callbacks.prediction_writer import JSONLPredictionWriter
+    from lightning_gpt.training.prompts import PromptDataModule
 
     out = tmp_path / "preds.jsonl"
     out.write_text("old results\n", encoding="utf-8")

@@ -104,7 +104,7 @@ def test_no_import_cycles_in_the_package():
     "lower, upper",
     [
         ("lightning_gpt.config", "lightning_gpt.attention"),
-        ("lightning_gpt.callbacks.throughput", "lightning_gpt.module"),
+        ("lightning_gpt.training.callbacks.throughput", "lightning_gpt.training.module"),
         ("lightning_gpt.data.tiktoken_tokenizer", "lightning_gpt.data.tokenizers"),
     ],
 )
@@ -118,8 +118,64 @@ def test_model_side_imports_without_lightning():
         "import sys\n"
         "import lightning_gpt.config, lightning_gpt.model, lightning_gpt.attention, lightning_gpt.generation\n"
         "import lightning_gpt.convert, lightning_gpt.checkpoint, lightning_gpt.seeding, lightning_gpt.batch\n"
+        "import lightning_gpt.hf_io, lightning_gpt.init_from, lightning_gpt.serialization, lightning_gpt.data.cache\n"
         "from lightning_gpt.data import Tokenizer, build_tokenizer, tokenizer_from_state_dict\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The layers, read off the folders: lightning_gpt/training/ (Lightning side) and lightning_gpt/cli/ (command line) may
+# import Lightning; everything else is the model side or plain data and never does. The three compatibility paths
+# (lightning_gpt.module, .strategies, .callbacks) only re-export the Lightning side.
+COMPAT = {"lightning_gpt.module", "lightning_gpt.strategies", "lightning_gpt.callbacks"}
+UPPER = ("lightning_gpt.training", "lightning_gpt.cli")
+# ``from lightning_gpt.data import TextDataModule`` (the path of earlier versions) still works through a lazy module
+# attribute that imports the Lightning side only when that name is asked for.
+LAZY_COMPAT = {("lightning_gpt.data", "lightning_gpt.training.datamodule")}
+
+
+def _third_party_imports(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_model_side_and_plain_data_never_import_lightning_or_the_layers_above():
+    graph = import_graph()
+    entry = {"lightning_gpt", "lightning_gpt.__main__"}  # the package root (lazy names) and `python -m` entry
+    lower = [m for m in graph if not m.startswith(UPPER) and m not in COMPAT and m not in entry]
+    assert "lightning_gpt.model" in lower and "lightning_gpt.data.tokenizers" in lower
+    for name in lower:
+        path = PACKAGE.parent.joinpath(*name.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        third = _third_party_imports(ast.parse(path.read_text()))
+        assert not third & {"lightning", "pytorch_lightning", "torchmetrics"}, f"{name} imports Lightning"
+        above = [m for m in graph[name] if (m.startswith(UPPER) or m in COMPAT) and (name, m) not in LAZY_COMPAT]
+        assert not above, f"{name} (model side / plain data) imports {above}"
+
+
+def test_the_public_import_paths_of_earlier_versions_keep_working():
+    import lightning_gpt
+    import lightning_gpt.callbacks
+    import lightning_gpt.module
+    import lightning_gpt.strategies
+    from lightning_gpt.training import callbacks, module, strategies
+    from lightning_gpt.training.datamodule import TextDataModule
+
+    assert lightning_gpt.module is module and lightning_gpt.strategies is strategies
+    assert lightning_gpt.GPTModule is module.GPTModule
+    assert lightning_gpt.callbacks.SampleGeneration is callbacks.SampleGeneration
+    assert lightning_gpt.callbacks.JSONLPredictionWriter is callbacks.JSONLPredictionWriter
+    assert lightning_gpt.strategies.FSDP2Strategy is strategies.FSDP2Strategy
+    from lightning_gpt.data import TextDataModule as old_path
+
+    assert old_path is TextDataModule is lightning_gpt.TextDataModule
+    from lightning_gpt import checkpoint, convert, generation
+
+    assert callable(checkpoint.load_checkpoint) and callable(convert.from_hf_gpt2) and callable(generation.generate)

@@ -116,8 +116,8 @@ def test_overridden_private_methods_exist(class_path, names):
 
 
 def test_our_subclasses_override_exactly_the_listed_methods():
-    from lightning_gpt.cli_lightning import GPTLightningCLI
-    from lightning_gpt.strategies import FSDP2Strategy
+    from lightning_gpt.cli.lightning_cli import GPTLightningCLI
+    from lightning_gpt.training.strategies import FSDP2Strategy
 
     assert "_prepare_subcommand_parser" in vars(GPTLightningCLI) and "_parse_ckpt_path" in vars(GPTLightningCLI)
     assert "_setup_distributed" in vars(FSDP2Strategy)

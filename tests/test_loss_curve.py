@@ -27,7 +27,7 @@ def test_fit_writes_a_loss_png(cli, tmp_path, run_config):
 
 def test_resumed_run_draws_the_whole_curve(cli, tmp_path, run_config):
     pytest.importorskip("matplotlib")
-    from lightning_gpt.callbacks import LossCurve
+    from lightning_gpt.training.callbacks import LossCurve
 
     assert cli("fit", "--config", run_config).code == 0
     curves: list[LossCurve] = []

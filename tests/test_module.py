@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.checkpoint import load_checkpoint
 from lightning_gpt.data import CharTokenizer
-from lightning_gpt.module import GPTModule
+from lightning_gpt.training.module import GPTModule
 
 TINY = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -232,9 +232,9 @@ _FSDP2_SCRIPT = """
 import sys, torch, lightning.pytorch as pl
 from torch.utils.data import DataLoader, TensorDataset
 from lightning_gpt import GPTConfig
-from lightning_gpt.module import GPTModule
-from lightning_gpt.strategies import FSDP2Strategy
-from lightning_gpt.callbacks import GradientClipping, NonFiniteGuard
+from lightning_gpt.training.module import GPTModule
+from lightning_gpt.training.strategies import FSDP2Strategy
+from lightning_gpt.training.callbacks import GradientClipping, NonFiniteGuard
 torch.set_num_threads(1)
 pl.seed_everything(0)
 tokens = torch.randint(0, 40, (32, 17))
@@ -361,7 +361,7 @@ def _rows(n_ignored_rows: int, n_rows: int = 3, T: int = 16):
 
 
 def _fit_rows(tmp_path, module, x, y, *, batch_size=1, callbacks=(), **kwargs):
-    from lightning_gpt.callbacks import NonFiniteGuard
+    from lightning_gpt.training.callbacks import NonFiniteGuard
 
     rec = GradsAtFirstStep()
     loader = DataLoader(TensorDataset(x, y), batch_size=batch_size)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from reliability.conftest import tiny_config, write_corpus
 
-from lightning_gpt.callbacks.progress import GPTProgressBar
+from lightning_gpt.training.callbacks.progress import GPTProgressBar
 
 
 @pytest.fixture

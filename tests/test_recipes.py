@@ -94,7 +94,7 @@ def test_recipe_trains_two_steps_when_shrunk(cli, recipe, tmp_path):
 
 def test_distributed_recipes_build_their_strategies(monkeypatch):
     from lightning_gpt.cli import GPTLightningCLI
-    from lightning_gpt.strategies import DDPStrategy, FSDP2Strategy
+    from lightning_gpt.training.strategies import DDPStrategy, FSDP2Strategy
 
     monkeypatch.setattr(sys, "argv", ["lightning-gpt"])
     cpu = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes", "1"]

@@ -11,10 +11,16 @@ import pytest
 import torch
 
 from lightning_gpt import GPTConfig
-from lightning_gpt.callbacks import GradientClipping, LRSchedule, ModelCheckpoint, NonFiniteGuard, SampleGeneration
-from lightning_gpt.checkpoint_io import AtomicCheckpointIO
 from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
-from lightning_gpt.module import GPTModule
+from lightning_gpt.training.callbacks import (
+    GradientClipping,
+    LRSchedule,
+    ModelCheckpoint,
+    NonFiniteGuard,
+    SampleGeneration,
+)
+from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
+from lightning_gpt.training.module import GPTModule
 
 CONFIG = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 
@@ -316,7 +322,7 @@ def test_ctrl_c_during_gradient_accumulation_saves_at_the_end_of_the_step_and_re
     (a mid-step checkpoint would lose the gradients accumulated so far), and resuming from it is exact."""
     import signal
 
-    from lightning_gpt.cli_lightning import InterruptCheckpoint
+    from lightning_gpt.cli.lightning_cli import InterruptCheckpoint
 
     class CtrlCAt(pl.Callback):
         def __init__(self, batch_idx: int) -> None:

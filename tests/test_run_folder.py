@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_gpt.run_folder import RunFolderLock, inspect_checkpoint, resolve_last_checkpoint
+from lightning_gpt.training.run_folder import RunFolderLock, inspect_checkpoint, resolve_last_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
@@ -214,7 +214,7 @@ def test_unwritable_checkpoint_folder_is_found_before_training(cli, run_yaml, tm
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     trained = []
-    monkeypatch.setattr("lightning_gpt.module.GPTModule.training_step", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr("lightning_gpt.training.module.GPTModule.training_step", lambda *a, **k: trained.append(1))
     result = cli("fit", "--config", run_yaml(), "--checkpoint.dirpath", blocker / "checkpoints")
     assert result.code == 2, result
     assert f"Checkpoints cannot be written to {blocker / 'checkpoints'}" in result.err
@@ -263,7 +263,7 @@ def test_a_requeued_slurm_job_is_not_refused(tmp_path, monkeypatch):
     ``hpc_ckpt_*.ckpt``: that rerun is a resume, not a new run over the old one."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from lightning_gpt.cli_lightning import _slurm_requeue_resumes
+    from lightning_gpt.cli.lightning_cli import _slurm_requeue_resumes
 
     cfg = {"trainer.default_root_dir": str(tmp_path)}
     monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: True))

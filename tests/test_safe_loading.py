@@ -143,7 +143,7 @@ def test_predict_refuses_a_malicious_checkpoint(cli, trained, evil, tmp_path):
 def test_lightning_resume_hook_is_safe_even_when_lightning_is_asked_for_a_full_unpickle(evil):
     # Lightning passes weights_only through to the CheckpointIO; without --trust_checkpoint ours never unpickles code.
     from lightning_gpt.checkpoint import UnsafeCheckpointError
-    from lightning_gpt.checkpoint_io import AtomicCheckpointIO
+    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
 
     path, marker = evil
     with pytest.raises(UnsafeCheckpointError):

@@ -46,8 +46,8 @@ def _cli_config(tmp: Path) -> str:
 
 
 def _first_batches(config: str, *extra: str) -> tuple[list[int], int, int]:
-    from lightning_gpt.callbacks import SampleGeneration
     from lightning_gpt.cli import GPTLightningCLI
+    from lightning_gpt.training.callbacks import SampleGeneration
 
     cli = GPTLightningCLI(args=["--config", config, *extra], run=False)
     dm = cli.datamodule
@@ -84,7 +84,7 @@ def test_window_shift_follows_the_run_seed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("explicit", [None, 11])
 def test_dropout_seed_derives_from_the_run_seed(monkeypatch, explicit):
     from lightning_gpt.config import GPTConfig
-    from lightning_gpt.module import GPTModule
+    from lightning_gpt.training.module import GPTModule
 
     seeds = []
     for run in ("1", "2"):

@@ -1,14 +1,16 @@
+
 """The named distributed presets: construction, options, errors, and selection from the CLI/YAML."""
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import timedelta
 
 import pytest
 import torch
 
-from lightning_gpt.strategies import DDPStrategy, FSDP1Strategy, FSDP2Strategy, resolve_dtype
+from lightning_gpt.training.strategies import DDPStrategy, FSDP1Strategy, FSDP2Strategy, resolve_dtype
 
 
 def test_ddp_timeout_is_configurable_in_minutes():
@@ -66,7 +68,12 @@ def test_yaml_selects_a_preset_with_init_args(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["lightning-gpt"])
     (tmp_path / "c.txt").write_text("hello world " * 200)
-    spec = '{"class_path": "lightning_gpt.strategies.FSDP2Strategy", "init_args": {"activation_checkpointing": true}}'
+    spec = json.dumps(
+        {
+            "class_path": "lightning_gpt.training.strategies.FSDP2Strategy",
+            "init_args": {"activation_checkpointing": True},
+        }
+    )
     cli = GPTLightningCLI(
         args=[
             "--trainer.accelerator=cpu",
@@ -80,7 +87,7 @@ def test_yaml_selects_a_preset_with_init_args(tmp_path, monkeypatch):
     )
     assert isinstance(cli.trainer.strategy, FSDP2Strategy)
     assert cli.trainer.strategy.activation_checkpointing is True
-    spec = '{"class_path": "lightning_gpt.strategies.DDPStrategy", "init_args": {"timeout_minutes": 2}}'
+    spec = '{"class_path": "lightning_gpt.training.strategies.DDPStrategy", "init_args": {"timeout_minutes": 2}}'
     cli = GPTLightningCLI(
         args=["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.logger=false", "--trainer.strategy", spec],
         run=False,

@@ -29,7 +29,7 @@ def _attach_tokenizer(module, vocab: int) -> None:
 
 
 def test_module_keeps_the_padding_and_only_grows_the_table():
-    from lightning_gpt.module import GPTModule
+    from lightning_gpt.training.module import GPTModule
 
     module = GPTModule(GPTConfig(vocab_size=50304, padded_vocab_multiple=64, **TINY))
     _attach_tokenizer(module, 50257)

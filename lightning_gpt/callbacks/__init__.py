@@ -1,54 +1,12 @@
-"""Training callbacks: gradient clipping, LR schedule, sample generation, non-finite guard, throughput/MFU.
-
-Lightning's own ``ModelCheckpoint``, ``LearningRateMonitor``, ``ThroughputMonitor`` and progress bars are re-exported
-so a YAML can name them from one place.
-"""
+"""Compatibility path: the callbacks live in ``lightning_gpt.training.callbacks``; every public name is here too
+(``from lightning_gpt.callbacks import SampleGeneration``, YAML ``class_path: lightning_gpt.callbacks.LossCurve``)."""
 
 from typing import Any
 
-from lightning.pytorch.callbacks import (
-    LearningRateMonitor,
-    ModelCheckpoint,
-    RichProgressBar,
-    ThroughputMonitor,
-    TQDMProgressBar,
-)
-
-from lightning_gpt.callbacks.clipping import GradientClipping, clip_grad_norm
-from lightning_gpt.callbacks.loss_curve import LossCurve
-from lightning_gpt.callbacks.lr_schedule import LRSchedule, lr_at
-from lightning_gpt.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
-from lightning_gpt.callbacks.progress import GPTModelSummary, GPTProgressBar
-from lightning_gpt.callbacks.sampling import SampleGeneration
-from lightning_gpt.callbacks.throughput import GPTThroughputMonitor, flops_per_token, num_parameters
-
-__all__ = [
-    "GPTModelSummary",
-    "GPTProgressBar",
-    "GPTThroughputMonitor",
-    "GradientClipping",
-    "JSONLPredictionWriter",
-    "LRSchedule",
-    "LossCurve",
-    "LearningRateMonitor",
-    "ModelCheckpoint",
-    "NonFiniteError",
-    "NonFiniteGuard",
-    "RichProgressBar",
-    "SampleGeneration",
-    "TQDMProgressBar",
-    "ThroughputMonitor",
-    "clip_grad_norm",
-    "flops_per_token",
-    "lr_at",
-    "num_parameters",
-]
+from lightning_gpt.training import callbacks as _callbacks
+from lightning_gpt.training.callbacks import *  # noqa: F403
+from lightning_gpt.training.callbacks import __all__  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
-    # The prediction writer lives with the generation code; imported on first use.
-    if name == "JSONLPredictionWriter":
-        from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
-
-        return JSONLPredictionWriter
-    raise AttributeError(f"module 'lightning_gpt.callbacks' has no attribute {name!r}")
+    return getattr(_callbacks, name)

@@ -34,7 +34,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "TextDataModule":
-        from lightning_gpt.data.datamodule import TextDataModule
+        from lightning_gpt.training.datamodule import TextDataModule
 
         return TextDataModule
     raise AttributeError(f"module 'lightning_gpt.data' has no attribute {name!r}")

@@ -5,7 +5,7 @@
 * ``generate_text`` / ``stream_text``: the same from prompt strings through a tokenizer.
 * ``processors``: the pure ``(B, V) -> (B, V)`` logits functions (temperature, top-k, top-p, min-p, repetition penalty).
 
-``lightning_gpt.generation.prompts.PromptDataModule`` (a LightningDataModule for ``predict``) is not imported here, so
+``lightning_gpt.training.prompts.PromptDataModule`` (a LightningDataModule for ``predict``) is not imported here, so
 this package stays free of Lightning.
 """
 

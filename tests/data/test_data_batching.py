@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from lightning_gpt.data.cache import build_token_cache, load_token_cache
-from lightning_gpt.data.datamodule import TextDataModule
 from lightning_gpt.data.datasets import IGNORE_INDEX, PackedDataset, PaddedDataset
 from lightning_gpt.data.sampler import ResumableSampler
 from lightning_gpt.data.tokenizers import build_tokenizer
+from lightning_gpt.training.datamodule import TextDataModule
 
 
 def make_dm(tmp_path, docs, **kw):

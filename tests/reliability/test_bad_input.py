@@ -286,7 +286,7 @@ def test_over_long_prompt_at_the_end_of_the_file_is_found_before_decoding(cli, t
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the cat\n\nthe dog\n" + "the dog " * 2 + "\nthe end\n")  # line 4 is too long
     decoded = []
-    monkeypatch.setattr("lightning_gpt.module.GPTModule.generate_text", lambda self, p, **k: decoded.append(p))
+    monkeypatch.setattr("lightning_gpt.training.module.GPTModule.generate_text", lambda self, p, **k: decoded.append(p))
     out = tmp_path / "predictions.jsonl"
     result = cli(
         "predict",

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from lightning_gpt.checkpoint import load_checkpoint
-from lightning_gpt.module import GPTModule
-from lightning_gpt.run_folder import resolve_last_checkpoint
+from lightning_gpt.training.module import GPTModule
+from lightning_gpt.training.run_folder import resolve_last_checkpoint
 
 from .conftest import PYTHON, REPO, assert_no_partial_files, python_env, tiny_config, write_yaml
 
@@ -229,7 +229,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, corpus, reference, cli, s
 def test_sigterm_during_validation_in_fit_still_saves_and_exits_non_zero(tmp_path, corpus, cli, monkeypatch, caplog):
     """Lightning acts on a SIGTERM that arrives during validation itself (it ends the stage with status 0): the
     training state, at a step boundary, is saved as last.ckpt, the exit status is 143, and the run can be resumed."""
-    from lightning_gpt.module import GPTModule as Module
+    from lightning_gpt.training.module import GPTModule as Module
 
     config = fault_config(
         tmp_path,
@@ -316,7 +316,7 @@ def all_finite(state: dict[str, torch.Tensor]) -> bool:
 
 
 def _fit_with_nan(cli, monkeypatch, config: Path, *extra: str) -> Optional[object]:
-    monkeypatch.setattr("lightning_gpt.module.GPTModule", NaNAtStep)  # what the CLI builds
+    monkeypatch.setattr("lightning_gpt.training.module.GPTModule", NaNAtStep)  # what the CLI builds
     with single_thread():
         return cli("fit", "--config", config, *extra)
 
@@ -337,7 +337,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_finite_checkpoints(tmp_path, c
     assert step_of(ckpt_dir / "last.ckpt") == NAN_STEP  # the last good state, before the bad step
     assert_no_partial_files(ckpt_dir)
     # Recovery: fix the cause (here: the plain module) and resume from the last good checkpoint.
-    monkeypatch.setattr("lightning_gpt.module.GPTModule", GPTModule)
+    monkeypatch.setattr("lightning_gpt.training.module.GPTModule", GPTModule)
     with single_thread():
         result = cli("fit", "--config", config, "--ckpt_path", "last")
     assert result.code == 0, result

@@ -174,7 +174,7 @@ class GPTProgressBar(RichProgressBar):
 
 class GPTModelSummary(ModelSummary):
     """The layer table (name, type, parameters, mode) without the FLOPs column Lightning leaves at zero, plus the
-    training FLOPs per token from the config (``6 N + 12 L T d``, see ``lightning_gpt.callbacks.throughput``).
+    training FLOPs per token from the config (``6 N + 12 L T d``, see ``lightning_gpt.training.callbacks.throughput``).
 
     Args:
         max_depth: depth of nested layers shown (``-1``: all, ``0``: no summary).
@@ -190,7 +190,7 @@ class GPTModelSummary(ModelSummary):
         lines.append(f"Total params: {get_human_readable_count(summary.total_parameters)}")
         config = getattr(pl_module, "config", None)
         if config is not None and hasattr(config, "n_layer"):
-            from lightning_gpt.callbacks.throughput import flops_per_token
+            from lightning_gpt.training.callbacks.throughput import flops_per_token
 
             per_token = flops_per_token(config)
             lines.append(f"Training FLOPs per token (6N + 12LTd): {get_human_readable_count(per_token)}")

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_gpt._lightning_internals import batches_processed_this_epoch
 from lightning_gpt.data.cache import (
     TokenArray,
     build_token_cache,
@@ -24,6 +23,7 @@ from lightning_gpt.data.sampler import ResumableSampler
 from lightning_gpt.data.sources import TextSource, resolve_source
 from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer, build_tokenizer
 from lightning_gpt.seeding import derive_seed
+from lightning_gpt.training._lightning_internals import batches_processed_this_epoch
 
 __all__ = ["TextDataModule"]
 

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_gpt.module import is_logging_step
+from lightning_gpt.training.module import is_logging_step
 
 __all__ = ["LossCurve", "plot_loss_curve"]
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+import lightning
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -40,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: Any, map_location: Optional[Any] = lambda storage, loc: storage, weights_only: Optional[bool] = None
     ) -> dict[str, Any]:
         from lightning_gpt.checkpoint import read_checkpoint, torch_load
-        from lightning_gpt.hf_io import as_lightning_checkpoint, is_pretrained_path
+        from lightning_gpt.hf_io import is_pretrained_path
 
         fs = get_filesystem(path)
         if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
@@ -49,7 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with fs.open(path, "rb") as f:
                 return torch_load(f, map_location=map_location, trust_checkpoint=self.trust_checkpoint, name=path)
         if is_pretrained_path(path):
-            return as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
+            return _as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
         return read_checkpoint(path, map_location=map_location, trust_checkpoint=self.trust_checkpoint)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
@@ -115,3 +116,19 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """A weights folder as the dict a ``GPTModule`` checkpoint holds (weights, ``gpt_config``, ``tokenizer``), so
+    Lightning's ``predict``/``validate``/``test`` can take the folder as ``ckpt_path``."""
+    from lightning_gpt.hf_io import read_pretrained
+
+    config, state, tokenizer = read_pretrained(path, trust_checkpoint=trust_checkpoint)
+    return {
+        "state_dict": {f"model.{k}": v for k, v in state.items()},
+        "gpt_config": config.to_dict(),
+        "tokenizer": tokenizer,
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 0,
+    }

@@ -16,8 +16,8 @@ Accessed here (wrapped in a function):
 Overridden or called in subclasses (the names are listed in ``OVERRIDDEN`` and their presence is tested):
 
 * ``LightningCLI._prepare_subcommand_parser``, ``LightningCLI._parse_ckpt_path``, ``LightningCLI._parser``
-  (``lightning_gpt.cli_lightning``);
-* ``ModelParallelStrategy._setup_distributed`` (``lightning_gpt.strategies``).
+  (``lightning_gpt.cli.lightning_cli``);
+* ``ModelParallelStrategy._setup_distributed`` (``lightning_gpt.training.strategies``).
 """
 
 from __future__ import annotations

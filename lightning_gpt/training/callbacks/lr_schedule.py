@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lightning_gpt.module import is_logging_step
+from lightning_gpt.training.module import is_logging_step
 
 __all__ = ["LRSchedule", "lr_at"]
 

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lightning_gpt.module import is_logging_step
+from lightning_gpt.training.module import is_logging_step
 
 __all__ = ["GradientClipping", "clip_grad_norm"]
 

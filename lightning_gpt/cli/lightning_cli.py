@@ -15,9 +15,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_gpt._lightning_internals import last_global_step_saved
 from lightning_gpt.checkpoint import find_checkpoint
 from lightning_gpt.errors import lead_with_reason
+from lightning_gpt.training._lightning_internals import last_global_step_saved
 
 __all__ = ["GPTLightningCLI", "InterruptCheckpoint"]
 
@@ -239,7 +239,7 @@ class GPTLightningCLI(LightningCLI):
         **kwargs: Any,
     ) -> None:
         from lightning_gpt.data import TextDataModule
-        from lightning_gpt.module import GPTModule
+        from lightning_gpt.training.module import GPTModule
 
         self._building: Optional[str] = None
         kwargs.setdefault("subclass_mode_model", False)
@@ -274,7 +274,7 @@ class GPTLightningCLI(LightningCLI):
         if self._building != "predict":
             super().add_core_arguments_to_parser(parser)
             return
-        from lightning_gpt.generation.prompts import PromptDataModule
+        from lightning_gpt.training.prompts import PromptDataModule
 
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
@@ -287,7 +287,13 @@ class GPTLightningCLI(LightningCLI):
         ``loss_curve.*``, ``checkpoint.*``) and, for ``predict``, the JSONL writer (``writer.*``)."""
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        from lightning_gpt.callbacks import GradientClipping, LossCurve, LRSchedule, NonFiniteGuard, SampleGeneration
+        from lightning_gpt.training.callbacks import (
+            GradientClipping,
+            LossCurve,
+            LRSchedule,
+            NonFiniteGuard,
+            SampleGeneration,
+        )
 
         parser.add_argument(
             "--trust_checkpoint",
@@ -297,7 +303,7 @@ class GPTLightningCLI(LightningCLI):
             "from the file. Only for files from a trusted source; by default such a file is refused.",
         )
         if self._building == "predict":
-            from lightning_gpt.callbacks.prediction_writer import JSONLPredictionWriter
+            from lightning_gpt.training.callbacks.prediction_writer import JSONLPredictionWriter
 
             parser.add_lightning_class_args(JSONLPredictionWriter, "writer")
             return
@@ -401,7 +407,7 @@ class GPTLightningCLI(LightningCLI):
     def _resolve_last(cfg: Any) -> Optional[str]:
         """``--ckpt_path last``: the newest complete checkpoint of the run folder (see ``run_folder``), or ``None``
         when the folder holds none yet (Lightning then warns and starts the first run)."""
-        from lightning_gpt.run_folder import resolve_last_checkpoint
+        from lightning_gpt.training.run_folder import resolve_last_checkpoint
 
         path, note = resolve_last_checkpoint(_checkpoint_dir(cfg))
         if note:
@@ -434,7 +440,7 @@ class GPTLightningCLI(LightningCLI):
         """Read-only checks of the run folder, before anything is built: an earlier run's checkpoints are only
         replaced when asked. Nothing is created here (a run refused later, e.g. for a bad model setting, leaves no
         folder behind); ``before_fit`` takes the lock and checks that the folder is writable."""
-        from lightning_gpt.run_folder import check_fresh_run
+        from lightning_gpt.training.run_folder import check_fresh_run
 
         folder = str(cfg["checkpoint.dirpath"])
         self._overwrite = bool(cfg.get("overwrite"))
@@ -452,7 +458,7 @@ class GPTLightningCLI(LightningCLI):
         ``fit`` may be using it (a lock, dropped by the OS when the process dies). ``--overwrite true`` without
         ``--ckpt_path``: delete the earlier run's checkpoints (the run folder holds one run, so ``--ckpt_path last``
         and ``generate --ckpt_path <run>`` cannot pick the old one)."""
-        from lightning_gpt.run_folder import RunFolderLock, check_writable, remove_checkpoints
+        from lightning_gpt.training.run_folder import RunFolderLock, check_writable, remove_checkpoints
 
         cfg = self.config[self.subcommand]
         if not _is_launch_rank_zero():
@@ -502,7 +508,7 @@ class GPTLightningCLI(LightningCLI):
         from lightning.fabric.plugins import CheckpointIO
         from lightning.pytorch.callbacks import LearningRateMonitor
 
-        from lightning_gpt.checkpoint_io import AtomicCheckpointIO
+        from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
 
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         plugins = trainer_cfg.get("plugins")
@@ -518,7 +524,7 @@ class GPTLightningCLI(LightningCLI):
         if (
             self.subcommand != "predict"
         ):  # steps and loss lines (plain when stdout is a log file); summary without FLOPs 0
-            from lightning_gpt.callbacks.progress import default_progress_callbacks
+            from lightning_gpt.training.callbacks.progress import default_progress_callbacks
 
             callbacks = trainer_cfg.get("callbacks") or []
             callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]

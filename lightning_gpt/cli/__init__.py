@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from lightning_gpt.errors import NonFiniteError, describe_storage_error, lead_with_reason
 
-__all__ = ["main"]  # GPTLightningCLI and InterruptCheckpoint: lightning_gpt.cli_lightning (also reachable here)
+__all__ = ["main"]  # GPTLightningCLI and InterruptCheckpoint: lightning_gpt.cli.lightning_cli (also reachable here)
 
 # Exceptions that mean "the user asked for something impossible": shown as one message, not a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
@@ -78,16 +78,16 @@ def main(args: Optional[list[str]] = None) -> None:
         return
     try:
         if argv and argv[0] == "generate":
-            from lightning_gpt.cli_generate import generate_command
+            from lightning_gpt.cli.generate import generate_command
 
             generate_command(argv[1:])
             return
         if argv and argv[0] == "export":
-            from lightning_gpt.cli_export import export_command
+            from lightning_gpt.cli.export import export_command
 
             export_command(argv[1:])
             return
-        from lightning_gpt.cli_lightning import DESCRIPTION, GPTLightningCLI
+        from lightning_gpt.cli.lightning_cli import DESCRIPTION, GPTLightningCLI
 
         parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
         GPTLightningCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
@@ -120,7 +120,7 @@ def main(args: Optional[list[str]] = None) -> None:
 def __getattr__(name: str) -> Any:
     # The Lightning classes are imported on first use, so ``lightning-gpt generate`` starts without importing Lightning.
     if name in ("GPTLightningCLI", "InterruptCheckpoint"):
-        from lightning_gpt import cli_lightning
+        from lightning_gpt.cli import lightning_cli as cli_lightning
 
         return getattr(cli_lightning, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

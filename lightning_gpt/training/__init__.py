@@ -1,0 +1,13 @@
+"""The Lightning side of lightning-gpt: ``GPTModule`` (loss, metrics, optimizer groups, ``predict_step``), the data
+modules (``TextDataModule``, ``PromptDataModule``), callbacks, strategy presets and atomic checkpoint writing.
+
+Everything below ``lightning_gpt.training`` may import Lightning; the model side (``lightning_gpt.model``,
+``.config``, ``.attention``, ``.generation``, ``.checkpoint``, ``.convert``, ``.hf_io``) and the plain data pieces
+(``lightning_gpt.data``) never do (``tests/test_imports.py``).
+"""
+
+from lightning_gpt.training.datamodule import TextDataModule
+from lightning_gpt.training.module import GPTModule
+from lightning_gpt.training.prompts import PromptDataModule
+
+__all__ = ["GPTModule", "PromptDataModule", "TextDataModule"]

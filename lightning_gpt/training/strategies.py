@@ -1,0 +1,264 @@
+"""Named, configurable distributed presets that a recipe selects with ``trainer.strategy``.
+
+```yaml
+trainer:
+  strategy:
+    class_path: lightning_gpt.training.strategies.FSDP2Strategy
+    init_args: {activation_checkpointing: true, param_dtype: bfloat16, reduce_dtype: float32}
+```
+
+- ``DDPStrategy`` (or the plain string ``ddp``): data parallel, gradients all-reduced; ``timeout_minutes`` bounds how
+  long the surviving ranks wait on a collective when another rank died, so a crashed job exits with an error instead
+  of hanging. gloo on CPU, nccl on CUDA.
+- ``FSDP2Strategy``: Lightning's ``ModelParallelStrategy`` set up for pure FSDP2 (``fully_shard``): every
+  ``Block`` and then the root are sharded in ``GPTModule.configure_model``, which reads ``activation_checkpointing``,
+  ``param_dtype`` and ``reduce_dtype`` from this object. Checkpoints are one consolidated file by default (loadable by
+  DDP, by a single process and by ``lightning_gpt.checkpoint.load_checkpoint``); set ``save_distributed_checkpoint``
+  for very large models (a sharded directory; convert with
+  ``python -m lightning.fabric.utilities.consolidate_checkpoint <dir>``).
+- ``FSDP1Strategy``: Lightning's ``FSDPStrategy`` (CUDA only) wrapping each ``Block``, with optional activation
+  checkpointing of each ``Block``.
+
+Multi-node runs use Lightning's usual launchers: set ``trainer.num_nodes`` and ``trainer.devices`` and start the same
+command on every node with ``torchrun`` (``--nnodes --nproc_per_node --rdzv_endpoint``) or under SLURM with ``srun``
+(Lightning detects the SLURM environment; one task per device).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal, Optional
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy as _LightningDDP
+from lightning.pytorch.strategies import FSDPStrategy as _LightningFSDP
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+from lightning_gpt.training._lightning_internals import (
+    load_raw_module_state,
+    model_parallel_sizes,
+    saves_distributed_checkpoint,
+    set_data_parallel_size,
+    unwrap_optimizer,
+)
+
+__all__ = ["DDPStrategy", "FSDP1Strategy", "FSDP2Strategy", "resolve_dtype"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_dtype(name: Optional[str], field: str = "dtype") -> Optional[torch.dtype]:
+    """Turn a dtype name from a YAML (``bfloat16``, ``bf16``, ``float16``, ``float32``...) into a ``torch.dtype``.
+
+    Args:
+        name: the name, or ``None`` (keep the parameters' own dtype).
+        field: the option name used in the error message.
+    """
+    if name is None:
+        return None
+    key = str(name).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ValueError(f"{field}={name!r} is not a known dtype. Use one of {sorted(_DTYPES)} or null.")
+    return _DTYPES[key]
+
+
+def _timeout(minutes: float, field: str = "timeout_minutes") -> timedelta:
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0:
+        raise ValueError(f"{field} must be a positive number of minutes, got {minutes!r}.")
+    return timedelta(minutes=float(minutes))
+
+
+class DDPStrategy(_LightningDDP):
+    """Distributed data parallel with a bounded wait for dead ranks.
+
+    Args:
+        timeout_minutes: how long a collective may wait for the other ranks before the process group raises. If a
+            rank dies, the others exit with an error after at most this long instead of hanging.
+        process_group_backend: ``gloo``, ``nccl`` or ``None`` (gloo on CPU, nccl on CUDA).
+        find_unused_parameters: forwarded to ``torch.nn.parallel.DistributedDataParallel``.
+        gradient_as_bucket_view: forwarded to ``DistributedDataParallel`` (saves memory).
+        static_graph: forwarded to ``DistributedDataParallel``.
+        start_method: how Lightning starts the other local ranks (``popen`` re-runs the command line).
+    """
+
+    def __init__(
+        self,
+        timeout_minutes: float = 30.0,
+        process_group_backend: Optional[str] = None,
+        find_unused_parameters: bool = False,
+        gradient_as_bucket_view: bool = True,
+        static_graph: bool = False,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+    ) -> None:
+        self.timeout_minutes = timeout_minutes
+        super().__init__(
+            process_group_backend=process_group_backend,
+            timeout=_timeout(timeout_minutes),
+            start_method=start_method,
+            find_unused_parameters=find_unused_parameters,
+            gradient_as_bucket_view=gradient_as_bucket_view,
+            static_graph=static_graph,
+        )
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Fully sharded data parallel with ``torch.distributed.fsdp.fully_shard`` (FSDP2), one shard group per block.
+
+    ``GPTModule.configure_model`` applies ``fully_shard`` to each ``Block`` and then to the whole model using the
+    options below (read as attributes of this strategy).
+
+    Args:
+        activation_checkpointing: recompute each block's activations in the backward pass (less memory, ~30% more
+            compute).
+        param_dtype: dtype of parameters during forward/backward (e.g. ``bfloat16``); ``None`` keeps the stored dtype.
+        reduce_dtype: dtype of the gradient reduce-scatter (e.g. ``float32``); ``None`` uses ``param_dtype``.
+        reshard_after_forward: free the gathered parameters after each block's forward (ZeRO-3); ``False`` keeps them
+            until backward (ZeRO-2-like, more memory, less communication).
+        data_parallel_size: number of shards; ``auto`` uses every process (pure FSDP).
+        tensor_parallel_size: kept at 1 for pure FSDP (tensor parallelism is not implemented by ``GPT``).
+        save_distributed_checkpoint: write a sharded checkpoint directory instead of one consolidated file.
+        timeout_minutes: bound on how long a collective waits for a dead rank (see ``DDPStrategy``).
+        process_group_backend: ``gloo``, ``nccl`` or ``None`` for the device's default.
+    """
+
+    def __init__(
+        self,
+        activation_checkpointing: bool = False,
+        param_dtype: Optional[str] = None,
+        reduce_dtype: Optional[str] = None,
+        reshard_after_forward: bool = True,
+        data_parallel_size: int | Literal["auto"] = "auto",
+        tensor_parallel_size: int = 1,
+        save_distributed_checkpoint: bool = False,
+        timeout_minutes: float = 30.0,
+        process_group_backend: Optional[str] = None,
+    ) -> None:
+        if tensor_parallel_size != 1:
+            raise ValueError(
+                f"FSDP2Strategy(tensor_parallel_size={tensor_parallel_size}): GPT has no tensor-parallel plan; use "
+                "tensor_parallel_size=1 (pure FSDP)."
+            )
+        # Fail at construction (in the CLI parser), not in the middle of configure_model.
+        self.param_dtype = resolve_dtype(param_dtype, "FSDP2Strategy.param_dtype")
+        self.reduce_dtype = resolve_dtype(reduce_dtype, "FSDP2Strategy.reduce_dtype")
+        self.activation_checkpointing = bool(activation_checkpointing)
+        self.reshard_after_forward = bool(reshard_after_forward)
+        self.timeout_minutes = timeout_minutes
+        super().__init__(
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=tensor_parallel_size,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=_timeout(timeout_minutes),
+        )
+
+    def _setup_distributed(self) -> None:
+        super()._setup_distributed()
+        # Lightning's "auto" means one data-parallel group per node; pure FSDP shards over every process.
+        data_parallel, tensor_parallel = model_parallel_sizes(self)
+        if data_parallel == "auto":
+            set_data_parallel_size(self, self.world_size // tensor_parallel)
+
+    def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
+        """The consolidated optimizer state keyed like a plain optimizer's (ids in ``param_groups`` order).
+
+        Lightning numbers the parameters in ``model.parameters()`` order, which differs from the order of
+        ``GPTModule``'s two parameter groups: a DDP run or a single process would then give each parameter another
+        one's Adam moments. Keyed this way, the checkpoint resumes correctly under any strategy.
+        """
+        if saves_distributed_checkpoint(self):
+            return super().optimizer_state(optimizer)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optimizer = unwrap_optimizer(optimizer)  # a LightningOptimizer
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_optimizer_state_dict(self.model, optimizer, options=options)
+        if not state or not state.get("param_groups"):
+            return state
+        order = [name for group in state["param_groups"] for name in group["params"]]
+        index = {name: i for i, name in enumerate(order)}
+        return {
+            "state": {index[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
+        }
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        """Load a consolidated ``.ckpt`` (from any strategy) into the sharded model and optimizer; numbered optimizer
+        states are matched to parameters in ``param_groups`` order (see ``optimizer_state``)."""
+        from pathlib import Path
+
+        path = Path(self.broadcast(checkpoint_path))
+        # Weights-only unless the user trusts the file (--trust_checkpoint), whatever Lightning passes.
+        trust = bool(getattr(self.checkpoint_io, "trust_checkpoint", False))
+        if not path.is_file():  # a sharded checkpoint directory: Lightning's loader
+            return super().load_checkpoint(checkpoint_path, weights_only=weights_only if trust else True)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        strict = self.lightning_module.strict_loading
+        from lightning_gpt.checkpoint import torch_load
+
+        checkpoint = torch_load(path, map_location="cpu", trust_checkpoint=trust, mmap=True)
+        load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        options = StateDictOptions(broadcast_from_rank0=True, full_state_dict=True, strict=strict)
+        names = {param: name for name, param in self.model.named_parameters()}
+        for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", [])):
+            order = [names[p] for group in optimizer.param_groups for p in group["params"]]
+            groups = state.get("param_groups") or [{"params": []}]
+            if any(isinstance(i, int) for g in groups for i in g["params"]):
+                state = {
+                    "state": {order[i]: value for i, value in state["state"].items()},
+                    "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
+                }
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state, options=options)
+        return checkpoint
+
+    def mixed_precision_policy(self):  # -> Optional[MixedPrecisionPolicy]
+        """The ``MixedPrecisionPolicy`` for ``fully_shard``, or ``None`` when no dtype is set."""
+        if self.param_dtype is None and self.reduce_dtype is None:
+            return None
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
+        return MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+
+
+class FSDP1Strategy(_LightningFSDP):
+    """Lightning's ``FSDPStrategy`` (FSDP1, CUDA only) wrapping each transformer ``Block``.
+
+    Args:
+        sharding_strategy: ``FULL_SHARD`` (ZeRO-3), ``SHARD_GRAD_OP`` (ZeRO-2), ``NO_SHARD`` or ``HYBRID_SHARD``
+            (shard within a node, replicate across nodes).
+        activation_checkpointing: recompute each block's activations in the backward pass.
+        state_dict_type: ``full`` (one consolidated checkpoint file) or ``sharded`` (a directory per checkpoint).
+        cpu_offload: keep parameters and gradients on the CPU between uses.
+        timeout_minutes: bound on how long a collective waits for a dead rank.
+        process_group_backend: ``nccl`` (default on CUDA) or another backend.
+    """
+
+    def __init__(
+        self,
+        sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = "FULL_SHARD",
+        activation_checkpointing: bool = False,
+        state_dict_type: Literal["full", "sharded"] = "full",
+        cpu_offload: bool = False,
+        timeout_minutes: float = 30.0,
+        process_group_backend: Optional[str] = None,
+    ) -> None:
+        from lightning_gpt.model import Block
+
+        self.timeout_minutes = timeout_minutes
+        super().__init__(
+            auto_wrap_policy={Block},
+            activation_checkpointing_policy={Block} if activation_checkpointing else None,
+            sharding_strategy=sharding_strategy,
+            state_dict_type=state_dict_type,
+            cpu_offload=cpu_offload,
+            timeout=_timeout(timeout_minutes),
+            process_group_backend=process_group_backend,
+        )
