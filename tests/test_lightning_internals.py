@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_gpt import _lightning_internals as internals
+from lightning_gpt.training import _lightning_internals as internals
 
 
 class _Tiny(pl.LightningModule):
