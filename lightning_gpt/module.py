@@ -72,6 +72,10 @@ class GPTModule(LightningModule):
             from ``(dropout_seed, rank, global_step, batch_idx)``, so a run resumed from a checkpoint draws exactly
             the dropout masks of the uninterrupted run. ``None``: ``torch.initial_seed()`` at fit start (what
             ``seed_everything`` set).
+        compile: run the training/validation/test forward through ``torch.compile`` (inductor: the system C compiler
+            on CPU, Triton on CUDA). The first steps pay the compilation; decoding (``predict``, ``generate``) keeps
+            the eager model, and checkpoints hold the plain ``GPT``'s parameter names. Under FSDP2 the sharded model
+            is compiled.
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class GPTModule(LightningModule):
         fused: Optional[bool] = None,
         generation: Optional[GenerationConfig] = None,
         dropout_seed: Optional[int] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(config, dict):
@@ -98,6 +103,8 @@ class GPTModule(LightningModule):
             raise ValueError(f"GPTModule.weight_decay must be >= 0, got {weight_decay!r}.")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"GPTModule.betas must be two numbers in [0, 1), got {betas!r}.")
+        if not isinstance(compile, bool):
+            raise ValueError(f"GPTModule.compile must be true or false, got {compile!r}.")
         self._config_given = config is not None
         self.config: GPTConfig = config if config is not None else GPTConfig()
         self.learning_rate = learning_rate
@@ -107,12 +114,14 @@ class GPTModule(LightningModule):
         self.fused = fused
         self.generation = generation if generation is not None else GenerationConfig()
         self.dropout_seed = dropout_seed
+        self._compile_forward = compile  # (not self.compile: that would hide nn.Module.compile)
         # Hyperparameters stay plain (dicts, numbers) so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["config", "generation"])
         self.hparams["config"] = config.to_dict() if config is not None else None
         self.hparams["generation"] = dataclasses.asdict(self.generation)
 
         self.model: Optional[GPT] = None
+        self._compiled: Optional[tuple[GPT, Any]] = None  # (model, its torch.compile wrapper), not a submodule
         self.tokenizer: Any = None
         self._step_seed: Optional[int] = None
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=False)
@@ -231,10 +240,19 @@ class GPTModule(LightningModule):
 
     def _shared_step(self, batch: Any) -> tuple[Tensor, Tensor]:
         idx, targets = self.split_batch(batch)
-        logits = self.model(idx)  # (B, T, vocab_size)
+        logits = self._training_model()(idx)  # (B, T, vocab_size)
         n_tokens = (targets != IGNORE_INDEX).sum()
         self._batch_shape = tuple(idx.shape)
         return self.compute_loss(logits, targets), n_tokens
+
+    def _training_model(self) -> Any:
+        """The model the loss steps call: ``self.model``, or its ``torch.compile`` wrapper when ``compile`` is on."""
+        if not self._compile_forward:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            # Kept in a tuple so the wrapper is no submodule: state_dict keys stay the plain GPT's (no _orig_mod.).
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1]
 
     @property
     def flops_per_batch(self) -> Optional[int]:
