@@ -58,6 +58,7 @@ def _generate_parser() -> Any:
     add("--stop", action="append", default=None, help="stop string (repeatable)")
     add("--seed", type=int, default=None, help="seed of the sampling generator (reproducible output)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add("--dtype", default=None, help="decode in this dtype: float32, bfloat16 or float16 (default: the checkpoint's)")
     add("--echo", type=_bool, default=True, help="print the prompt before the completion (default true)")
     return parser
 
@@ -78,7 +79,7 @@ def generate_command(argv: list[str]) -> None:
     prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
     path = find_checkpoint(opts.ckpt_path)
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_checkpoint(path, map_location="cpu")
+    model, tokenizer = load_checkpoint(path, map_location="cpu", dtype=opts.dtype)
     if tokenizer is None:
         raise ValueError(
             f"Checkpoint {path!r} holds no tokenizer, so text cannot be encoded. Use a checkpoint written by "
