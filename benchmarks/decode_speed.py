@@ -212,11 +212,11 @@ def bench_roofline(args: argparse.Namespace) -> list[str]:
             hf = copy.deepcopy(hf32).to(dtype)
             ours = from_hf_gpt2(hf32, attention="standard").eval().to(dtype)
 
-            def run_hf(hf=hf) -> torch.Tensor:
+            def run_hf(hf=hf, prompt=prompt) -> torch.Tensor:
                 with torch.inference_mode():
                     return hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
 
-            def run_ours(ours=ours) -> torch.Tensor:
+            def run_ours(ours=ours, prompt=prompt) -> torch.Tensor:
                 return generate(ours, prompt, max_new_tokens=n)
 
             runs = {"hf": run_hf, "ours": run_ours}
@@ -233,15 +233,20 @@ def bench_roofline(args: argparse.Namespace) -> list[str]:
             roof = bandwidth / nbytes
             same_fp32 = (outs["ours"][0, args.prompt_len :] == fp32_tokens[0, args.prompt_len :]).float().mean()
             first_diff = (outs["ours"][0] != fp32_tokens[0]).nonzero()
-            diff_note = "yes" if first_diff.numel() == 0 else f"no: first at new token {int(first_diff[0]) - args.prompt_len}"
+            diff_note = (
+                "yes" if first_diff.numel() == 0 else f"no: first at new token {int(first_diff[0]) - args.prompt_len}"
+            )
             rows.append(
                 f"| {name} | {dtype_name} | {nbytes / 1e6:.1f} | {roof:.0f} | {tps['hf']:.0f} | {tps['ours']:.0f} | "
                 f"{tps['ours'] / tps['hf']:.2f}x | {100 * tps['ours'] / roof:.0f}% | "
-                f"{'yes' if torch.equal(outs['hf'], outs['ours']) else 'NO'} | {diff_note} ({100 * float(same_fp32):.0f}%) |"
+                f"{'yes' if torch.equal(outs['hf'], outs['ours']) else 'NO'} | "
+                f"{diff_note} ({100 * float(same_fp32):.0f}%) |"
             )
             print(rows[-1], flush=True)
         if "float32" in tps_by_dtype and "bfloat16" in tps_by_dtype:
-            rows.append(f"| {name} | bf16 / fp32 | | | | {tps_by_dtype['bfloat16'] / tps_by_dtype['float32']:.2f}x | | | | |")
+            rows.append(
+                f"| {name} | bf16 / fp32 | | | | {tps_by_dtype['bfloat16'] / tps_by_dtype['float32']:.2f}x | | | | |"
+            )
             print(rows[-1], flush=True)
     return rows
 

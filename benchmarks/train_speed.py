@@ -15,7 +15,8 @@ fp32), and first checks that bf16-mixed trains like fp32: ``--precision-steps`` 
 initialization on the same batches, reporting the largest and the mean absolute difference of the per-step losses
 and of their 20-step moving averages:
 
-    python benchmarks/train_speed.py --suite compile-bf16 --rounds 4 --steps 25 --out benchmarks/results/train_compile_bf16.md
+    python benchmarks/train_speed.py --suite compile-bf16 --rounds 4 --steps 15 --threads 1 \\
+        --out benchmarks/results/train_compile_bf16.md
 """
 
 from __future__ import annotations

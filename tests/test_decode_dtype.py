@@ -65,3 +65,20 @@ def test_generate_cli_dtype(cli, saved):
     bad = cli(*args, "--dtype", "int8")
     assert bad.code == 2
     assert "int8" in bad.err and "Traceback" not in bad.err
+
+
+def test_decoding_head_copy_gives_the_same_logits_and_tokens():
+    # setup_cache keeps transposed copies of the wide weights (float32 on CPU: faster mat-vec products); logits and
+    # greedy tokens stay the same.
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    x = torch.randint(0, TINY.vocab_size, (2, 8))
+    with torch.inference_mode():
+        full = model(x)
+        model.setup_cache(2, 16)
+        assert model.lm_head.decode_weight_t.shape == (TINY.n_embd, TINY.vocab_size)
+        cached = model(x, start_pos=0)
+        model.clear_cache()
+    assert model.lm_head.decode_weight_t is None and model.transformer.h[0].mlp.c_fc.decode_weight_t is None
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(generate(model, x, max_new_tokens=8), generate(model, x, max_new_tokens=8, use_cache=False))
