@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -43,6 +44,40 @@ TRAINABLE = ("char", "bpe", "unigram")
 _BOS_NAMES = (BOS, "<|endoftext|>", "<s>", "[CLS]", "<bos>", "<|begin_of_text|>")
 _EOS_NAMES = (EOS, "<|endoftext|>", "</s>", "[SEP]", "<eos>", "<|end_of_text|>")
 _PAD_NAMES = (PAD, "<pad>", "[PAD]", "<|padding|>")
+
+# Batch encoding: documents longer than this are cut into pieces of about this many characters, so the Rust
+# tokenizer encodes them in parallel (one huge document, e.g. a whole book, would otherwise use one thread).
+_SPLIT_CHARS = 1 << 16
+# A cut point that no GPT-2-style (byte-level, regex) pre-tokenization crosses: just after a single newline that
+# follows a non-space and precedes a non-space. There the pattern always ends a piece ("\n" alone) and starts the
+# next one, so encoding the two sides separately gives the same ids. (Python's \s covers Unicode's White_Space, so
+# the test is, if anything, stricter than the tokenizer's.)
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def _split_long(text: str, size: int) -> list[str]:
+    """``text`` cut at safe line breaks into pieces of about ``size`` characters (one piece when there is none)."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        m = _SAFE_CUT.search(text, start + size)
+        if m is None:
+            break
+        pieces.append(text[start : m.start()])
+        start = m.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def _bytelevel_regex_only(tokenizer_json: str) -> bool:
+    """Whether a tokenizer is a BPE whose only text processing is the GPT-2 byte-level regex pre-tokenizer."""
+    spec = json.loads(tokenizer_json)
+    pre = spec.get("pre_tokenizer") or {}
+    return (
+        (spec.get("model") or {}).get("type") == "BPE"
+        and spec.get("normalizer") is None
+        and pre.get("type") == "ByteLevel"
+        and bool(pre.get("use_regex", True))
+    )
 
 
 class Tokenizer:
@@ -253,6 +288,7 @@ class HFTokenizer(Tokenizer):
         self.eos_id = None if self.eos_token is None else self._tok.token_to_id(self.eos_token)
         self.pad_id = None if self.pad_token is None else self._tok.token_to_id(self.pad_token)
         self.unk_id = self._tok.token_to_id(UNK)
+        self._splittable = _bytelevel_regex_only(tokenizer_json)
 
     def _find(self, explicit: Optional[str], names: Sequence[str], field: str) -> Optional[str]:
         if explicit is not None:
@@ -304,8 +340,25 @@ class HFTokenizer(Tokenizer):
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        return [self._wrap(e.ids, bos, eos) for e in encs]
+        """Encode many texts in parallel (Rust threads); long GPT-2-style texts are cut at safe line breaks first so
+        that they spread over the threads too (same ids as encoding each text whole)."""
+        texts = list(texts)
+        pieces, owner = texts, None
+        if self._splittable and any(len(t) > _SPLIT_CHARS for t in texts):
+            pieces, owner = [], []
+            for i, text in enumerate(texts):
+                parts = _split_long(text, _SPLIT_CHARS) if len(text) > _SPLIT_CHARS else [text]
+                pieces += parts
+                owner += [i] * len(parts)
+        # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never read.
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        encs = encode(pieces, add_special_tokens=False)
+        if owner is None:
+            return [self._wrap(e.ids, bos, eos) for e in encs]
+        out: list[list[int]] = [[] for _ in texts]
+        for i, e in zip(owner, encs):
+            out[i] += e.ids
+        return [self._wrap(ids, bos, eos) for ids in out]
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
         ids = _ids_list(ids)
