@@ -90,6 +90,7 @@ def cached_run(kwargs: dict) -> dict:
 def _tiktoken_from_bpe(tok):
     """A tiktoken Encoding with the vocabulary and merge order of our trained byte-level BPE (rank = id)."""
     import tiktoken
+
     # The byte-level alphabet: printable bytes stand for themselves, the others are shifted past 255, in byte order.
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(0xAE, 0x100)]
     byte_of, extra = {}, 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -38,14 +39,21 @@ def bpe():
     return HFTokenizer.train([_text(0), _text(1)], "bpe", 400)
 
 
-def test_long_documents_are_split_and_give_the_same_ids(bpe, monkeypatch):
+@pytest.mark.parametrize("engine", ["tiktoken", "tokenizers"])
+def test_long_documents_are_split_and_give_the_same_ids(bpe, monkeypatch, engine):
     monkeypatch.setattr(tokmod, "_SPLIT_CHARS", 200)  # cut every ~200 characters
+    if engine == "tokenizers":
+        monkeypatch.setattr(bpe, "_twin", None)
+    else:
+        pytest.importorskip("tiktoken")
+        monkeypatch.setattr(bpe, "_twin", False)  # rebuilt on first use
     docs = [_text(s) for s in range(2, 6)] + ["", "short", "no newline " * 100]
     assert bpe._splittable
     pieces = tokmod._split_long(docs[0], 200)
     assert len(pieces) > 10 and "".join(pieces) == docs[0]
     expected = [bpe._tok.encode(d, add_special_tokens=False).ids for d in docs]
     assert bpe.encode_batch(docs) == expected
+    assert (bpe._twin is not None) == (engine == "tiktoken")
     assert bpe.encode_batch(docs, bos=True, eos=True) == [[bpe.bos_id, *ids, bpe.eos_id] for ids in expected]
 
 
@@ -66,3 +74,16 @@ def test_large_cache_builds_show_a_progress_bar(tmp_path, monkeypatch, capsys):
     assert arr.n_docs == 30
     small = cache.build_token_cache(str(tmp_path), {"k": 2}, docs[:1], tok, description="tiny")
     assert small and "tokenizing tiny" not in capsys.readouterr().err
+
+
+def test_tiktoken_twin_only_for_plain_bytelevel_bpe(bpe):
+    pytest.importorskip("tiktoken")
+    assert tokmod._tiktoken_twin(bpe._json) is not None
+    spec = json.loads(bpe._json)
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+    assert tokmod._tiktoken_twin(json.dumps(spec)) is None
+    spec = json.loads(bpe._json)
+    spec["model"]["merges"] = spec["model"]["merges"][::-1]  # results no longer numbered in merge order
+    assert tokmod._tiktoken_twin(json.dumps(spec)) is None
+    uni = HFTokenizer.train([_text(0)], "unigram", 300)
+    assert tokmod._tiktoken_twin(uni._json) is None
