@@ -150,7 +150,7 @@ def encoders(args: argparse.Namespace) -> None:
 
     runs = {
         "char -> our token cache": into_cache(char),
-        "bpe -> our token cache (encode_batch, split + parallel)": into_cache(bpe),
+        "bpe -> our token cache (encode_batch: tiktoken twin, split + threads)": into_cache(bpe),
         "bpe, previous path (encode_batch of whole documents)": old_bpe,
         "nanoGPT prepare.py: tiktoken encode_ordinary(whole text) -> uint16": nanogpt,
         "tiktoken encode_ordinary_batch (threads)": tiktoken_batch,
