@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> str:
         "",
         f"Core: best linear {core['sdpa'] / best:.1f}x SDPA (goal >= 5x); default chunk (64): "
         f"{core['sdpa'] / core.get('linear C=64', best):.1f}x. Whole layer: linear "
-        f"{whole['flash'] / whole['linear']:.2f}x faster than flash (goal >= 2x). 1-min load average {load_start:.1f} at the start, "
+        f"{whole['flash'] / whole['linear']:.2f}x faster than flash (goal >= 2x). "
+        f"1-min load average {load_start:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end.",
     ]
     report = "\n".join(lines) + "\n"
