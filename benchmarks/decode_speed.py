@@ -12,7 +12,14 @@ Three measurements, all greedy, in one process:
    length L (``stream_generate``; the prefill and first token are not timed, the next N - 1 steps are), for L in
    ``--contexts``.
 
-Prints markdown tables and writes them to ``<out>/decode_speed.md``.
+4. **roofline**: at batch 1 every weight is read once per token, so tokens/s <= bandwidth / weight bytes. The
+   bandwidth is measured here (median of a large float32 matrix-vector product, ``--bw_size`` square), and our
+   greedy decode (``--roof_new_tokens`` 128 new tokens, batch 1) is reported as a percentage of that bound, next to
+   ``transformers`` ``generate`` on the same converted weights, for the ``tiny`` (2 layers, 128 wide, vocab 512) and
+   ``small`` (6 layers, 384 wide, vocab 50257) configurations in float32 and bfloat16 (interleaved rounds, alternating
+   who goes first, medians). Also: whether the bfloat16 greedy tokens equal the float32 ones.
+
+Prints markdown tables and writes them to ``<out>/decode_speed.md`` (``--only roofline``: ``<out>/decode_roofline.md``).
 
 Usage::
 
@@ -22,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
@@ -147,6 +155,102 @@ def bench_context(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+ROOF_CONFIGS = {
+    "tiny": dict(n_layer=2, n_embd=128, n_head=4, vocab_size=512),
+    "small": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=50257),
+}
+
+
+def measure_bandwidth(size: int, rounds: int = 9) -> float:
+    """Bytes/s one ``torch.mv`` streams from a ``size x size`` float32 matrix (far larger than the caches)."""
+    W = torch.randn(size, size)
+    x = torch.randn(size)
+    torch.mv(W, x)
+    times = [timed(lambda: torch.mv(W, x)) for _ in range(rounds)]
+    return W.numel() * W.element_size() / statistics.median(times)
+
+
+def weight_bytes(model: GPT) -> int:
+    """Bytes read per decoded token at batch 1: every parameter once (a tied head once), the position table not."""
+    n = sum(p.numel() * p.element_size() for p in model.parameters())
+    wpe = model.transformer.wpe.weight
+    return n - wpe.numel() * wpe.element_size()
+
+
+def bench_roofline(args: argparse.Namespace) -> list[str]:
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    bandwidth = measure_bandwidth(args.bw_size)
+    rows = [f"Measured bandwidth (float32 mat-vec, {args.bw_size}x{args.bw_size}): {bandwidth / 1e9:.1f} GB/s.", ""]
+    rows += [
+        "| config | dtype | weight MB | roofline tok/s | HF tok/s | ours tok/s | ours / HF | ours % of roofline "
+        "| same tokens as HF | same tokens as fp32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    print("\n".join(rows), flush=True)
+    n = args.roof_new_tokens
+    for name in args.roof_configs:
+        spec = ROOF_CONFIGS[name]
+        torch.manual_seed(0)
+        hf_cfg = transformers.GPT2Config(
+            vocab_size=spec["vocab_size"],
+            n_positions=args.prompt_len + n,
+            n_embd=spec["n_embd"],
+            n_layer=spec["n_layer"],
+            n_head=spec["n_head"],
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+        hf32 = transformers.GPT2LMHeadModel(hf_cfg).eval()
+        prompt = torch.randint(0, spec["vocab_size"], (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+        fp32_tokens = None
+        tps_by_dtype = {}
+        for dtype_name in args.roof_dtypes:
+            dtype = getattr(torch, dtype_name)
+            hf = copy.deepcopy(hf32).to(dtype)
+            ours = from_hf_gpt2(hf32, attention="standard").eval().to(dtype)
+
+            def run_hf(hf=hf, prompt=prompt) -> torch.Tensor:
+                with torch.inference_mode():
+                    return hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+            def run_ours(ours=ours, prompt=prompt) -> torch.Tensor:
+                return generate(ours, prompt, max_new_tokens=n)
+
+            runs = {"hf": run_hf, "ours": run_ours}
+            outs = {k: fn() for k, fn in runs.items()}  # warm-up and the equality checks
+            if fp32_tokens is None:
+                fp32_tokens = outs["ours"]
+            times: dict[str, list[float]] = {k: [] for k in runs}
+            for r in range(args.rounds):
+                for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                    times[k].append(timed(runs[k]))
+            tps = {k: n / statistics.median(t) for k, t in times.items()}
+            tps_by_dtype[dtype_name] = tps["ours"]
+            nbytes = weight_bytes(ours)
+            roof = bandwidth / nbytes
+            same_fp32 = (outs["ours"][0, args.prompt_len :] == fp32_tokens[0, args.prompt_len :]).float().mean()
+            first_diff = (outs["ours"][0] != fp32_tokens[0]).nonzero()
+            diff_note = (
+                "yes" if first_diff.numel() == 0 else f"no: first at new token {int(first_diff[0]) - args.prompt_len}"
+            )
+            rows.append(
+                f"| {name} | {dtype_name} | {nbytes / 1e6:.1f} | {roof:.0f} | {tps['hf']:.0f} | {tps['ours']:.0f} | "
+                f"{tps['ours'] / tps['hf']:.2f}x | {100 * tps['ours'] / roof:.0f}% | "
+                f"{'yes' if torch.equal(outs['hf'], outs['ours']) else 'NO'} | "
+                f"{diff_note} ({100 * float(same_fp32):.0f}%) |"
+            )
+            print(rows[-1], flush=True)
+        if "float32" in tps_by_dtype and "bfloat16" in tps_by_dtype:
+            rows.append(
+                f"| {name} | bf16 / fp32 | | | | {tps_by_dtype['bfloat16'] / tps_by_dtype['float32']:.2f}x | | | | |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -167,9 +271,16 @@ def main() -> None:
     parser.add_argument("--small_heads", type=int, default=4)
     parser.add_argument("--small_vocab", type=int, default=4096)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["hf", "cache", "context"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["hf", "cache", "context", "roofline"])
+    parser.add_argument("--only", default=None, choices=["hf", "cache", "context", "roofline"], help="run one part")
+    parser.add_argument("--roof_configs", nargs="+", default=["tiny", "small"], choices=sorted(ROOF_CONFIGS))
+    parser.add_argument("--roof_dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--roof_new_tokens", type=int, default=128)
+    parser.add_argument("--bw_size", type=int, default=8192, help="side of the bandwidth-probe matrix")
     parser.add_argument("--out", default=None, help="directory for decode_speed.md")
     args = parser.parse_args()
+    if args.only:
+        args.skip = [part for part in ("hf", "cache", "context", "roofline") if part != args.only]
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
@@ -211,11 +322,26 @@ def main() -> None:
         ]
         print("\n".join(lines[-4:]), flush=True)
         lines += bench_context(args) + [""]
+    if "roofline" not in args.skip:
+        lines += [
+            f"## Roofline: greedy batch 1, {args.roof_new_tokens} new tokens after a {args.prompt_len}-token prompt; "
+            f"ours vs `transformers` `generate` on the same converted weights (median of {args.rounds} interleaved "
+            "rounds)",
+            "",
+        ]
+        lines += bench_roofline(args) + [""]
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "n/a"
+    lines += [f"Load average at the end: {load}.", ""]
+    print(lines[-2])
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "decode_speed.md").write_text("\n".join(lines), encoding="utf-8")
-        print(f"wrote {out / 'decode_speed.md'}")
+        name = "decode_roofline.md" if args.only == "roofline" else "decode_speed.md"
+        (out / name).write_text("\n".join(lines), encoding="utf-8")
+        print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,15 @@ the same pre-drawn batches, each with AdamW (decay on matrices), gradient clippi
 clip, optimizer, loop/logging overhead): for Lightning, between consecutive ``on_train_batch_end`` calls.
 
     python benchmarks/train_speed.py --rounds 5 --steps 30 --out benchmarks/results/train_speed.md
+
+``--suite compile-bf16`` instead times GPTModule + Trainer four ways, side by side in the same interleaved rounds:
+eager fp32, ``compile=True`` fp32, eager ``precision="bf16-mixed"`` and compiled bf16-mixed (ratios against eager
+fp32), and first checks that bf16-mixed trains like fp32: ``--precision-steps`` (200) steps from the same
+initialization on the same batches, reporting the largest and the mean absolute difference of the per-step losses
+and of their 20-step moving averages:
+
+    python benchmarks/train_speed.py --suite compile-bf16 --rounds 4 --steps 15 --threads 1 \\
+        --out benchmarks/results/train_compile_bf16.md
 """
 
 from __future__ import annotations
@@ -132,10 +141,17 @@ class LightningRun:
 
     name = "lightning-gpt (GPTModule + Trainer)"
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(
+        self, config: GPTConfig, *, compile: bool = False, precision: str = "32-true", name: str | None = None
+    ) -> None:
         from lightning_gpt.training.module import GPTModule
 
-        self.module = GPTModule(config, learning_rate=LR, weight_decay=0.1, betas=(0.9, 0.99))
+        torch.manual_seed(0)  # every variant starts from the same weights
+        self.module = GPTModule(config, learning_rate=LR, weight_decay=0.1, betas=(0.9, 0.99), compile=compile)
+        self.precision = precision
+        self.losses: list[float] = []
+        if name is not None:
+            self.name = name
 
     def run(self, batches: list) -> list[float]:
         import lightning.pytorch as pl
@@ -143,6 +159,7 @@ class LightningRun:
         from lightning_gpt.training.callbacks import GradientClipping, LRSchedule
 
         times: list[float] = []
+        losses = self.losses
 
         class Clock(pl.Callback):
             last = None
@@ -152,6 +169,7 @@ class LightningRun:
                 if self.last is not None:
                     times.append(now - self.last)
                 self.last = now
+                losses.append(float(outputs["loss"]))
 
         trainer = pl.Trainer(
             accelerator="cpu",
@@ -162,6 +180,7 @@ class LightningRun:
             enable_checkpointing=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
+            precision=self.precision,
             callbacks=[
                 LRSchedule(warmup_steps=WARMUP, decay_steps=2000, min_lr=MIN_LR),
                 GradientClipping(1.0),
@@ -184,10 +203,10 @@ def measure(runners: list, batches: list, rounds: int, steps: int) -> dict[str, 
     return results
 
 
-def table(results: dict[str, list[float]], ref: str) -> str:
+def table(results: dict[str, list[float]], ref: str, ref_label: str = "vs plain loop") -> str:
     ref_median = statistics.median(results[ref])
     lines = [
-        "| implementation | median step (ms) | p25 (ms) | p75 (ms) | steps timed | vs plain loop |",
+        f"| implementation | median step (ms) | p25 (ms) | p75 (ms) | steps timed | {ref_label} |",
         "|---|---|---|---|---|---|",
     ]
     for name, ts in results.items():
@@ -199,6 +218,28 @@ def table(results: dict[str, list[float]], ref: str) -> str:
     return "\n".join(lines)
 
 
+def moving_average(xs: list[float], k: int = 20) -> list[float]:
+    return [statistics.fmean(xs[max(0, i - k + 1) : i + 1]) for i in range(len(xs))]
+
+
+def precision_check(config: GPTConfig, batches: list, steps: int) -> str:
+    """bf16-mixed vs fp32: same init, same batches, ``steps`` steps each; how far apart their losses run."""
+    runs = {p: LightningRun(config, precision=p) for p in ("32-true", "bf16-mixed")}
+    for run in runs.values():
+        run.run(batches[:steps])
+    fp32, bf16 = runs["32-true"].losses, runs["bf16-mixed"].losses
+    diff = [abs(a - b) for a, b in zip(fp32, bf16)]
+    smooth = [abs(a - b) for a, b in zip(moving_average(fp32), moving_average(bf16))]
+    tol = 0.05
+    ok = max(smooth) <= tol
+    return (
+        f"bf16-mixed vs fp32 over {len(diff)} steps (same init and batches): per-step loss |diff| max "
+        f"{max(diff):.4f}, mean {statistics.fmean(diff):.4f}; 20-step moving average |diff| max {max(smooth):.4f} "
+        f"(tolerance {tol}: {'met' if ok else 'NOT met'}); final loss fp32 {moving_average(fp32)[-1]:.4f}, "
+        f"bf16-mixed {moving_average(bf16)[-1]:.4f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -207,6 +248,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--attention", default="standard")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown report here")
+    parser.add_argument("--suite", choices=["overhead", "compile-bf16"], default="overhead")
+    parser.add_argument("--precision-steps", type=int, default=200, help="compile-bf16: steps of the loss check")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     import logging
@@ -227,9 +270,28 @@ def main(argv: list[str] | None = None) -> str:
         activation="gelu",
         attention=args.attention,
     )
-    batches = make_batches(tokens, max(args.steps * args.rounds, 10))
-    runners = [LightningRun(config), PlainLoop(config), HFLoop(config)]
+    batches = make_batches(tokens, max(args.steps * args.rounds, 10, args.precision_steps))
     start = time.perf_counter()
+    if args.suite == "compile-bf16":
+        check = precision_check(config, batches, args.precision_steps)
+        print(check, flush=True)
+        runners = [
+            LightningRun(config, name="eager fp32"),
+            LightningRun(config, compile=True, name="compiled fp32"),
+            LightningRun(config, precision="bf16-mixed", name="eager bf16-mixed"),
+            LightningRun(config, compile=True, precision="bf16-mixed", name="compiled bf16-mixed"),
+        ]
+        results = measure(runners, batches, args.rounds, args.steps)
+        elapsed = time.perf_counter() - start
+        body = table(results, "eager fp32", "vs eager fp32")
+        ref = statistics.median(results["eager fp32"])
+        ratios = {name: ref / statistics.median(ts) for name, ts in results.items()}
+        verdict = (
+            f"speed-up over eager fp32 (GPTModule + Trainer): compiled {ratios['compiled fp32']:.2f}x, bf16-mixed "
+            f"{ratios['eager bf16-mixed']:.2f}x, compiled bf16-mixed {ratios['compiled bf16-mixed']:.2f}x\n\n{check}"
+        )
+        return _report(args, argv, body, verdict, elapsed, data_desc, vocab, "Training step time: compile and bf16")
+    runners = [LightningRun(config), PlainLoop(config), HFLoop(config)]
     results = measure(runners, batches, args.rounds, args.steps)
     elapsed = time.perf_counter() - start
     body = table(results, PlainLoop.name)
@@ -241,6 +303,13 @@ def main(argv: list[str] | None = None) -> str:
         f"(target <= 1.1: {'met' if ratio_plain <= 1.1 else 'NOT met'}); "
         f"lightning-gpt / HF = {ratio_hf:.3f} (target <= 1.0: {'met' if ratio_hf <= 1.0 else 'NOT met'})"
     )
+    title = "Training step time (shakespeare-char configuration)"
+    return _report(args, argv, body, verdict, elapsed, data_desc, vocab, title)
+
+
+def _report(
+    args: argparse.Namespace, argv, body: str, verdict: str, elapsed: float, data_desc: str, vocab: int, title: str
+) -> str:
     try:
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
@@ -256,9 +325,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.out is not None:
         cmd = "python benchmarks/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            f"# Training step time (shakespeare-char configuration)\n\nCommand: `{cmd.strip()}`\n\n{report}"
-        )
+        args.out.write_text(f"# {title}\n\nCommand: `{cmd.strip()}`\n\n{report}")
     return report
 
 

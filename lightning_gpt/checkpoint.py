@@ -31,6 +31,7 @@ __all__ = [
     "model_state_dict",
     "resolve_checkpoint_config",
     "torch_load",
+    "resolve_dtype",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,38 @@ def resolve_checkpoint_config(saved: dict[str, Any], given: Optional[GPTConfig] 
     return dataclasses.replace(config, **{k: getattr(given, k) for k in NON_ARCH_FIELDS})
 
 
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """A floating-point ``torch.dtype`` from its name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"float32"``...).
+
+    Raises:
+        ValueError: for anything that is not float32, bfloat16 or float16.
+    """
+    value = _DTYPES.get(dtype.strip().lower().removeprefix("torch.")) if isinstance(dtype, str) else dtype
+    if value not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"Unsupported dtype {dtype!r} for the model's weights; use float32, bfloat16 (bf16) or float16 (fp16)."
+        )
+    return value
+
+
 def load_checkpoint(
-    path: Union[str, Path], map_location: Any = "cpu", strict: bool = True, trust_checkpoint: bool = False
+    path: Union[str, Path],
+    map_location: Any = "cpu",
+    strict: bool = True,
+    trust_checkpoint: bool = False,
+    dtype: Union[None, str, torch.dtype] = None,
 ) -> tuple[GPT, Optional[Any]]:
     """Build the ``GPT`` saved in a checkpoint (or a weights folder) and its tokenizer.
 
@@ -92,6 +123,8 @@ def load_checkpoint(
         map_location: device of the loaded weights.
         strict: require the weights to match the model exactly.
         trust_checkpoint: allow a full unpickle (code may run) of a file that needs it; trusted files only.
+        dtype: cast the weights to this floating dtype (``"bfloat16"``, ``torch.float16``, ...), e.g. to decode at
+            half the memory traffic; ``None`` keeps the saved dtype.
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode; the tokenizer, or ``None`` when the checkpoint holds none.
@@ -99,12 +132,14 @@ def load_checkpoint(
     Raises:
         FileNotFoundError: no such file.
         UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is off.
-        ValueError: a damaged or foreign file, or weights that do not fit the saved config.
+        ValueError: an unknown ``dtype``; a damaged or foreign file, or weights that do not fit the saved config.
     """
     from lightning_gpt import hf_io
 
+    target_dtype = None if dtype is None else resolve_dtype(dtype)
     if hf_io.is_pretrained_path(path):
-        return hf_io.load_pretrained(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+        model, tokenizer = hf_io.load_pretrained(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+        return (model if target_dtype is None else model.to(dtype=target_dtype)), tokenizer
     checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
     if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
         raise ValueError(
@@ -121,6 +156,8 @@ def load_checkpoint(
     except RuntimeError as err:
         raise ValueError(f"The weights in {path} do not fit its gpt_config ({config}): {err}") from err
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    if target_dtype is not None:
+        model.to(dtype=target_dtype)
     model.eval()
     tokenizer = None
     if checkpoint.get("tokenizer") is not None:

@@ -30,6 +30,26 @@ __all__ = ["GPT", "Block", "MLP", "CausalSelfAttention", "Cache"]
 Cache = list[Optional[State]]  # one decoding state per layer
 
 
+class _BoundCache(list):
+    """A ``Cache`` (one state per layer) that may also carry the transposed decode weights of its generation."""
+
+    weights_t: Optional[list[Optional[Tensor]]] = None
+
+
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``, or, while decoding with a transposed weight copy (see ``GPT.new_cache``), the same product from
+    that copy: ``x @ W^T + b`` with ``W^T`` contiguous, which CPU mat-vec kernels stream faster when out > in."""
+    weight_t = getattr(layer, "decode_weight_t", None)
+    if weight_t is None or torch.is_grad_enabled():
+        return layer(x)
+    out = (
+        x.reshape(-1, x.size(-1)) @ weight_t
+        if layer.bias is None
+        else torch.addmm(layer.bias, x.reshape(-1, x.size(-1)), weight_t)
+    )
+    return out.view(*x.shape[:-1], weight_t.size(1))
+
+
 class CausalSelfAttention(nn.Module):
     """Projects q, k, v, runs the configured attention core, projects back. Owns the layer's decoding state.
 
@@ -49,7 +69,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, start_pos: Optional[int] = None) -> Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q, k, v = _linear(self.c_attn, x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -79,7 +99,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
+        return self.dropout(self.c_proj(F.gelu(_linear(self.c_fc, x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -107,6 +127,10 @@ class GPT(nn.Module):
     Args:
         config: the architecture (a ``GPTConfig``).
     """
+
+    #: While decoding in float32 on CPU at batch <= 8, multiply by transposed copies of the wide layers' weights (faster
+    #: mat-vec products, one extra copy of those weights in memory; see ``setup_cache``).
+    transposed_decode_weights: bool = True
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -222,7 +246,7 @@ class GPT(nn.Module):
             if targets is not None:
                 raise ValueError("logits_to_keep cannot be combined with targets: the loss needs every position.")
             x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        logits = _linear(self.lm_head, self.transformer.ln_f(x))  # (B, T, vocab_size)
         if targets is None:
             return logits
         targets = targets.reshape(-1)
@@ -260,7 +284,11 @@ class GPT(nn.Module):
         param = self.lm_head.weight
         device = param.device if device is None else device
         dtype = param.dtype if dtype is None else dtype
-        return [block.attn.core.init_state(batch_size, max_seq_len, device, dtype) for block in self.transformer.h]
+        cache = _BoundCache(
+            block.attn.core.init_state(batch_size, max_seq_len, device, dtype) for block in self.transformer.h
+        )
+        cache.weights_t = self._transposed_decode_weights(batch_size, torch.device(device))
+        return cache
 
     def swap_cache(self, cache: Optional[Cache]) -> Cache:
         """Bind ``cache`` (from ``new_cache``; ``None`` unbinds) to the layers; return the binding it replaces.
@@ -271,9 +299,15 @@ class GPT(nn.Module):
         blocks = self.transformer.h
         if cache is not None and len(cache) != len(blocks):
             raise ValueError(f"The cache holds {len(cache)} layer states, the model has {len(blocks)} layers.")
-        previous = [block.attn.state for block in blocks]
+        layers = self._decode_layers()
+        previous = _BoundCache(block.attn.state for block in blocks)
+        held = [getattr(layer, "decode_weight_t", None) for layer in layers]
+        previous.weights_t = held if any(w is not None for w in held) else None
         for i, block in enumerate(blocks):
             block.attn.state = None if cache is None else cache[i]
+        weights = getattr(cache, "weights_t", None)
+        for j, layer in enumerate(layers):
+            layer.decode_weight_t = None if weights is None else weights[j]
         return previous
 
     def setup_cache(
@@ -285,6 +319,30 @@ class GPT(nn.Module):
     ) -> None:
         """Allocate every layer's decoding state and bind it (``swap_cache(new_cache(...))``); see ``new_cache``."""
         self.swap_cache(self.new_cache(batch_size, max_seq_len, device, dtype))
+
+    def _decode_layers(self) -> list[nn.Linear]:
+        return [m for block in self.transformer.h for m in (block.attn.c_attn, block.mlp.c_fc)] + [self.lm_head]
+
+    def _transposed_decode_weights(self, batch_size: int, device: torch.device) -> Optional[list[Optional[Tensor]]]:
+        # A decoded token is a matrix-vector product per layer. On CPU, for the layers with more outputs than inputs
+        # (c_attn, c_fc, the LM head) that product streams ~1.7-2.2x faster from a contiguous (in, out) copy of the
+        # weight than from nn.Linear's (out, in) layout (9 vs 20 GB/s for a 50257 x 384 head, one thread; see
+        # benchmarks/results/decode_roofline.md). The copies are taken from the current weights when a generation's
+        # cache is made and travel with that cache: they are bound only while it is (``swap_cache``), so a forward
+        # pass outside decoding (validation after more training steps) never sees them. Extra memory while decoding:
+        # one copy of those matrices (``GPT.transposed_decode_weights = False`` turns it off). Not in bfloat16: there
+        # this CPU's kernels are no faster from the transposed layout.
+        param = self.lm_head.weight
+        if not (device.type == "cpu" and param.dtype == torch.float32 and self.transposed_decode_weights):
+            return None
+        if batch_size > 8:
+            return None
+        out: list[Optional[Tensor]] = []
+        for layer in self._decode_layers():
+            weight = layer.weight
+            use = type(weight.data) is torch.Tensor and weight.dim() == 2  # not for sharded (DTensor) weights
+            out.append(weight.detach().t().contiguous() if use else None)  # (in, out)
+        return out
 
     def clear_cache(self) -> None:
         """Drop every layer's bound decoding state."""

@@ -478,3 +478,39 @@ def test_a_short_last_accumulation_window_is_weighted_by_its_own_tokens(tmp_path
     ref_grads, _ = _plain_pass(module.config, rec.weights, x[2:], y[2:])
     for name, grad in ref_grads.items():
         torch.testing.assert_close(rec.grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _fit_losses(tmp_path, steps: int, **module_kwargs) -> tuple[GPTModule, list[float]]:
+    torch.manual_seed(0)
+    precision = module_kwargs.pop("precision", "32-true")
+    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0, **module_kwargs)
+    rec = LossRecorder()
+    trainer(tmp_path, max_steps=steps, callbacks=[rec], precision=precision).fit(module, ToyData(n=8, batch_size=8))
+    return module, rec.losses
+
+
+@pytest.mark.slow  # ~40 s of inductor compilation on a 2-core CPU
+def test_compile_option_trains_like_eager_and_keeps_plain_weight_names(tmp_path):
+    # torch.compile (inductor, the system C compiler on CPU) for the training/validation forward; decoding stays eager.
+    _, eager = _fit_losses(tmp_path / "eager", 3)
+    module, compiled = _fit_losses(tmp_path / "compiled", 3, compile=True)
+    assert module.hparams["compile"] is True
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=1e-4, atol=1e-4)
+    # the checkpoint's weight names are the plain GPT's (no _orig_mod.), and the eager model decodes
+    assert not any("_orig_mod" in k for k in module.state_dict())
+    assert set(module.model.state_dict()) == set(GPT(module.config).state_dict())
+
+
+def test_compile_option_must_be_a_bool():
+    with pytest.raises(ValueError, match="compile"):
+        GPTModule(GPTConfig(**TINY), compile="yes")
+
+
+def test_bf16_mixed_on_cpu_tracks_fp32(tmp_path):
+    # 10 steps of bf16 autocast on CPU: the loss follows the fp32 run within 0.05 nats (the 200-step tolerance is
+    # measured by benchmarks/train_speed.py --precision-check).
+    _, fp32 = _fit_losses(tmp_path / "fp32", 10)
+    _, bf16 = _fit_losses(tmp_path / "bf16", 10, precision="bf16-mixed")
+    assert all(torch.isfinite(torch.tensor(bf16)))
+    assert max(abs(a - b) for a, b in zip(fp32, bf16)) < 0.05, (fp32, bf16)
+    assert bf16[-1] < bf16[0] - 0.3

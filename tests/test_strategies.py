@@ -1,4 +1,3 @@
-
 """The named distributed presets: construction, options, errors, and selection from the CLI/YAML."""
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ def _generate_parser() -> Any:
     add("--stop", action="append", default=d.stop, help="stop string (repeatable)")
     add("--seed", type=int, default=d.seed, help="seed of the sampling generator (reproducible output)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add("--dtype", default=None, help="decode in this dtype: float32, bfloat16 or float16 (default: the checkpoint's)")
     add("--echo", type=_bool, default=True, help="print the prompt before the completion (default true)")
     return parser
 
@@ -154,7 +155,9 @@ def generate_command(argv: list[str]) -> None:
     path = opts.ckpt_path if is_pretrained_path(opts.ckpt_path) else find_checkpoint(opts.ckpt_path)
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     _check_device(device)
-    model, tokenizer = load_checkpoint(path, map_location="cpu", trust_checkpoint=opts.trust_checkpoint)
+    model, tokenizer = load_checkpoint(
+        path, map_location="cpu", trust_checkpoint=opts.trust_checkpoint, dtype=opts.dtype
+    )
     if tokenizer is None:
         raise ValueError(
             f"Checkpoint {path!r} holds no tokenizer, so text cannot be encoded. Use a checkpoint written by "

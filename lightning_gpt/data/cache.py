@@ -273,7 +273,7 @@ def build_token_cache(
         offsets = [0]
         n_chars = 0
         with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
-            for chunk in _chunks(documents):
+            for chunk in _with_progress(_chunks(documents), description):
                 n_chars += sum(len(d) for d in chunk)
                 for ids in _encode_chunk(tokenizer, chunk, add_bos, True):
                     f.write(ids.astype(dtype).tobytes())
@@ -380,3 +380,27 @@ def cached_tokenizer(cache_dir: Optional[str], key_obj: dict[str, Any], build: C
         if tmp and os.path.exists(tmp):
             os.remove(tmp)
     return tok
+
+
+def _with_progress(chunks: Iterable[list[str]], description: str) -> Iterable[list[str]]:
+    """Pass ``chunks`` through; once a corpus is past ~8M characters, show a tqdm bar of the characters tokenized."""
+    bar, seen = None, 0
+    try:
+        for chunk in chunks:
+            size = sum(len(d) for d in chunk)
+            seen += size
+            if bar is None and seen >= 8 * _CHUNK_CHARS:
+                try:
+                    from tqdm.auto import tqdm
+                except ImportError:  # no bar without tqdm (a dependency of Lightning, not of this data layer)
+                    tqdm = None
+                if tqdm is None:
+                    yield chunk
+                    continue
+                bar = tqdm(desc=f"tokenizing {description}", unit="char", unit_scale=True, initial=seen - size)
+            if bar is not None:
+                bar.update(size)
+            yield chunk
+    finally:
+        if bar is not None:
+            bar.close()

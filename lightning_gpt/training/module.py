@@ -94,6 +94,10 @@ class GPTModule(LightningModule):
             (``save_pretrained`` layout), a ``lightning-gpt export`` folder or a ``.ckpt`` of this package. The
             architecture comes from there (``config`` may change only dropout and the attention kind, and shrink
             ``block_size``); the data module must use its tokenizer. Only weights are taken: not a resume.
+        compile: run the training/validation/test forward through ``torch.compile`` (inductor: the system C compiler
+            on CPU, Triton on CUDA). The first steps pay the compilation; decoding (``predict``, ``generate``) keeps
+            the eager model, and checkpoints hold the plain ``GPT``'s parameter names. Under FSDP2 the sharded model
+            is compiled.
 
     Loss weighting. The loss of one optimizer step is (sum of the token losses) / (number of target tokens), both
     over the whole accumulated batch (``Trainer(accumulate_grad_batches)`` micro-batches) and over every rank, so each
@@ -121,6 +125,7 @@ class GPTModule(LightningModule):
         generation: Optional[GenerationConfig] = None,
         dropout_seed: Optional[int] = None,
         init_from: Optional[str] = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(config, dict):
@@ -135,6 +140,8 @@ class GPTModule(LightningModule):
             raise ValueError(f"GPTModule.weight_decay must be >= 0, got {weight_decay!r}.")
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"GPTModule.betas must be two numbers in [0, 1), got {betas!r}.")
+        if not isinstance(compile, bool):
+            raise ValueError(f"GPTModule.compile must be true or false, got {compile!r}.")
         if init_from is not None:
             from lightning_gpt.init_from import resolve_init_config
 
@@ -150,6 +157,7 @@ class GPTModule(LightningModule):
         self.fused = fused
         self.generation = generation if generation is not None else GenerationConfig()
         self.dropout_seed = dropout_seed
+        self._compile_forward = compile  # (not self.compile: that would hide nn.Module.compile)
         # Hyperparameters stay plain (dicts, numbers) so checkpoints load with torch.load(weights_only=True).
         # init_from is not saved: the checkpoint holds the resolved config and the weights, so it stands alone.
         self.save_hyperparameters(ignore=["config", "generation", "init_from"])
@@ -157,6 +165,7 @@ class GPTModule(LightningModule):
         self.hparams["generation"] = dataclasses.asdict(self.generation)
 
         self.model: Optional[GPT] = None
+        self._compiled: Optional[tuple[GPT, Any]] = None  # (model, its torch.compile wrapper), not a submodule
         self.tokenizer: Any = None
         self._step_seed: Optional[int] = None
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long), persistent=False)
@@ -311,10 +320,19 @@ class GPTModule(LightningModule):
 
     def _shared_step(self, batch: Any) -> tuple[Tensor, Tensor]:
         idx, targets = self.split_batch(batch)
-        logits = self.model(idx)  # (B, T, vocab_size)
+        logits = self._training_model()(idx)  # (B, T, vocab_size)
         n_tokens = (targets != IGNORE_INDEX).sum()
         self._batch_shape = tuple(idx.shape)
         return self.compute_loss(logits, targets), n_tokens
+
+    def _training_model(self) -> Any:
+        """The model the loss steps call: ``self.model``, or its ``torch.compile`` wrapper when ``compile`` is on."""
+        if not self._compile_forward:
+            return self.model
+        if self._compiled is None or self._compiled[0] is not self.model:
+            # Kept in a tuple so the wrapper is no submodule: state_dict keys stay the plain GPT's (no _orig_mod.).
+            self._compiled = (self.model, torch.compile(self.model))
+        return self._compiled[1]
 
     @property
     def flops_per_batch(self) -> Optional[int]:
