@@ -82,3 +82,24 @@ def test_decoding_head_copy_gives_the_same_logits_and_tokens():
     assert model.lm_head.decode_weight_t is None and model.transformer.h[0].mlp.c_fc.decode_weight_t is None
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
     assert torch.equal(generate(model, x, max_new_tokens=8), generate(model, x, max_new_tokens=8, use_cache=False))
+
+
+def test_transposed_decode_weights_live_with_the_generation_and_never_go_stale():
+    """The copies belong to one generation's cache: bound only while it decodes. After it, a forward pass without
+    gradients (validation after more training steps) uses the current weights, and the next generation takes new
+    copies."""
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    first = generate(model, ids, max_new_tokens=6)
+    assert all(getattr(layer, "decode_weight_t", None) is None for layer in model._decode_layers())
+    with torch.no_grad():  # "a training step": the weights change after the generation
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reference = GPT(TINY).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.transposed_decode_weights = False
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), rtol=0, atol=0)
+    assert torch.equal(generate(model, ids, max_new_tokens=6), generate(reference, ids, max_new_tokens=6))
+    assert first.shape == (1, 9)
