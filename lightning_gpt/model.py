@@ -296,18 +296,20 @@ class GPT(nn.Module):
         A generation binds its own cache around each forward call and restores the previous binding after it, so
         generations interleaved on one model (two open streams) never read or free each other's state.
         """
-        blocks = self.transformer.h
-        if cache is not None and len(cache) != len(blocks):
-            raise ValueError(f"The cache holds {len(cache)} layer states, the model has {len(blocks)} layers.")
-        layers = self._decode_layers()
-        previous = _BoundCache(block.attn.state for block in blocks)
-        held = [getattr(layer, "decode_weight_t", None) for layer in layers]
+        attns, layers = self._cache_parts()
+        if cache is not None and len(cache) != len(attns):
+            raise ValueError(f"The cache holds {len(cache)} layer states, the model has {len(attns)} layers.")
+        # Called twice per decoded token: plain instance-dict reads and writes (``nn.Module.__setattr__``'s type checks
+        # cost more than the rest of a tiny model's step); ``state`` and ``decode_weight_t`` are plain attributes.
+        previous = _BoundCache(a.__dict__.get("state") for a in attns)
+        held = [layer.__dict__.get("decode_weight_t") for layer in layers]
         previous.weights_t = held if any(w is not None for w in held) else None
-        for i, block in enumerate(blocks):
-            block.attn.state = None if cache is None else cache[i]
+        for i, attn in enumerate(attns):
+            attn.__dict__["state"] = None if cache is None else cache[i]
         weights = getattr(cache, "weights_t", None)
-        for j, layer in enumerate(layers):
-            layer.decode_weight_t = None if weights is None else weights[j]
+        if weights is not None or previous.weights_t is not None:
+            for j, layer in enumerate(layers):
+                layer.__dict__["decode_weight_t"] = None if weights is None else weights[j]
         return previous
 
     def setup_cache(
@@ -319,6 +321,15 @@ class GPT(nn.Module):
     ) -> None:
         """Allocate every layer's decoding state and bind it (``swap_cache(new_cache(...))``); see ``new_cache``."""
         self.swap_cache(self.new_cache(batch_size, max_seq_len, device, dtype))
+
+    def _cache_parts(self) -> tuple[list[nn.Module], list[nn.Linear]]:
+        """The attention modules that hold the decoding states and the layers that may use transposed decode weights
+        (listed once: ``swap_cache`` runs twice per decoded token)."""
+        parts = self.__dict__.get("_cache_parts_list")
+        if parts is None or len(parts[0]) != len(self.transformer.h):
+            parts = ([block.attn for block in self.transformer.h], self._decode_layers())
+            self.__dict__["_cache_parts_list"] = parts
+        return parts
 
     def _decode_layers(self) -> list[nn.Linear]:
         return [m for block in self.transformer.h for m in (block.attn.c_attn, block.mlp.c_fc)] + [self.lm_head]
