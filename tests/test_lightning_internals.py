@@ -80,6 +80,18 @@ def test_last_global_step_saved(fitted):
     assert internals.last_global_step_saved(object()) is None
 
 
+def test_mark_step_saved_and_register_last_checkpoint(fitted, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callback = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    internals.mark_step_saved(callback, 7)
+    assert internals.last_global_step_saved(callback) == 7
+    internals.mark_step_saved(object(), 7)  # not a ModelCheckpoint: nothing to do
+    internals.register_last_checkpoint(callback, str(tmp_path / "last.ckpt"))
+    assert callback.last_model_path == str(tmp_path / "last.ckpt")
+    assert callback._last_checkpoint_saved == str(tmp_path / "last.ckpt")
+
+
 def test_unwrap_optimizer(fitted):
     trainer, _, record, _ = fitted
     assert all(opt is trainer.optimizers[0] for opt in record.optimizers)
@@ -121,3 +133,14 @@ def test_our_subclasses_override_exactly_the_listed_methods():
 
     assert "_prepare_subcommand_parser" in vars(GPTLightningCLI) and "_parse_ckpt_path" in vars(GPTLightningCLI)
     assert "_setup_distributed" in vars(FSDP2Strategy)
+
+
+def test_lightning_cli_calls_a_subcommand_method_of_the_cli_class():
+    """``GPTLightningCLI.fit`` (a refused run leaves no empty checkpoint folder) relies on ``LightningCLI`` running a
+    subcommand through a method of the CLI class when it defines one."""
+    import inspect
+
+    from lightning.pytorch.cli import LightningCLI
+
+    assert "getattr(self, subcommand, default)" in inspect.getsource(LightningCLI._run_subcommand)
+

@@ -17,7 +17,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_gpt.checkpoint import find_checkpoint
 from lightning_gpt.errors import lead_with_reason
-from lightning_gpt.training._lightning_internals import last_global_step_saved
+from lightning_gpt.training._lightning_internals import (
+    last_global_step_saved,
+    mark_step_saved,
+    register_last_checkpoint,
+)
 
 __all__ = ["GPTLightningCLI", "InterruptCheckpoint"]
 
@@ -142,8 +146,7 @@ class InterruptCheckpoint(Callback):
             # Lightning-private bookkeeping of ModelCheckpoint (covered by tests/test_run_folder.py): last.ckpt is its
             # own `last` (so it is never written again under another name, nor replaced at on_train_end by a state
             # whose epoch already counts as finished).
-            callback.last_model_path = path
-            callback._last_checkpoint_saved = path
+            register_last_checkpoint(callback, path)
         return path
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -151,8 +154,8 @@ class InterruptCheckpoint(Callback):
         # exactly), so that save must not write the same step again as an "epoch finished" state. Not set earlier, at
         # the batch end, where ModelCheckpoint's own periodic save of this step still has to happen.
         callback = trainer.checkpoint_callback
-        if self._saved_at == trainer.global_step and hasattr(callback, "_last_global_step_saved"):
-            callback._last_global_step_saved = trainer.global_step
+        if self._saved_at == trainer.global_step:
+            mark_step_saved(callback, trainer.global_step)
 
     @staticmethod
     def _final_step_unsaved(trainer: Trainer) -> bool:

@@ -8,7 +8,8 @@ Accessed here (wrapped in a function):
 * ``LightningModule._trainer``: the trainer, or ``None`` when detached (the public property raises then).
 * ``Trainer._logger_connector.should_update_logs``: whether this step's metrics reach the loggers.
 * ``Trainer.fit_loop.epoch_loop.batch_progress.current.processed``: batches trained in this epoch.
-* ``ModelCheckpoint._last_global_step_saved``: the step of the newest checkpoint it wrote.
+* ``ModelCheckpoint._last_global_step_saved``: the step of the newest checkpoint it wrote (read, and set so that it
+  does not save a step again), and ``ModelCheckpoint._last_checkpoint_saved`` (our ``last.ckpt`` counts as its own).
 * ``LightningOptimizer._optimizer``: the wrapped torch optimizer.
 * ``ModelParallelStrategy._data_parallel_size`` / ``_tensor_parallel_size`` / ``_save_distributed_checkpoint``.
 * ``lightning.fabric.strategies.model_parallel._load_raw_module_state``: load a full state dict into a sharded model.
@@ -18,6 +19,9 @@ Overridden or called in subclasses (the names are listed in ``OVERRIDDEN`` and t
 * ``LightningCLI._prepare_subcommand_parser``, ``LightningCLI._parse_ckpt_path``, ``LightningCLI._parser``
   (``lightning_gpt.cli.lightning_cli``);
 * ``ModelParallelStrategy._setup_distributed`` (``lightning_gpt.training.strategies``).
+
+Relied on: ``LightningCLI._run_subcommand`` calls ``GPTLightningCLI.fit`` (a method named after the subcommand) instead
+of ``trainer.fit`` (tested).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ __all__ = [
     "attached_trainer",
     "batches_processed_this_epoch",
     "last_global_step_saved",
+    "mark_step_saved",
+    "register_last_checkpoint",
     "load_raw_module_state",
     "model_parallel_sizes",
     "saves_distributed_checkpoint",
@@ -70,6 +76,20 @@ def batches_processed_this_epoch(trainer: Any) -> int:
 def last_global_step_saved(callback: Any) -> Optional[int]:
     """The global step of the newest checkpoint a ``ModelCheckpoint`` wrote, or ``None`` (not a ModelCheckpoint)."""
     return getattr(callback, "_last_global_step_saved", None)
+
+
+def mark_step_saved(callback: Any, step: int) -> None:
+    """Tell a ``ModelCheckpoint`` that ``step`` is saved, so it writes no second checkpoint of that step (no-op for
+    other callbacks)."""
+    if hasattr(callback, "_last_global_step_saved"):
+        callback._last_global_step_saved = step
+
+
+def register_last_checkpoint(callback: Any, path: str) -> None:
+    """Make ``path`` a ``ModelCheckpoint``'s own ``last`` checkpoint, so it is never written again under another name
+    (``last-v1.ckpt``) nor replaced by a later save of the same state."""
+    callback.last_model_path = path
+    callback._last_checkpoint_saved = path
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
