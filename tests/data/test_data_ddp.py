@@ -4,6 +4,7 @@ Slow (two spawned processes import torch and Lightning: ~65 s on the shared 2-co
 one); the simulated-rank tests in ``test_data_batching.py`` cover the same sharding quickly.
 """
 
+import atexit
 import os
 
 import pytest
@@ -22,6 +23,15 @@ class RankRecorder(Recorder):
 
     def on_train_end(self) -> None:
         torch.save(torch.cat(self.seen), os.path.join(self.out_dir, f"rank{self.global_rank}.pt"))
+        # Lightning's spawned ranks exit with the gloo process group still alive; its threads, torn down during
+        # interpreter finalization, now and then abort the process ("terminate called without an active exception")
+        # after training succeeded. Destroy it before finalization (nothing collective runs after fit in the worker).
+        atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
