@@ -143,4 +143,3 @@ def test_lightning_cli_calls_a_subcommand_method_of_the_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     assert "getattr(self, subcommand, default)" in inspect.getsource(LightningCLI._run_subcommand)
-

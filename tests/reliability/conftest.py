@@ -63,6 +63,16 @@ def last_error_line(err: str) -> str:
     return err[idx:] if idx >= 0 else err
 
 
+def user_error(result, *needles: str) -> str:
+    """A CLI user error: exit 2, the needles in the message, no traceback. Returns the message."""
+    assert result.code == 2, result
+    assert "Traceback (most recent call last)" not in result.err, result.err
+    message = last_error_line(result.err)
+    for needle in needles:
+        assert needle in message, f"{needle!r} not in {message!r}"
+    return message
+
+
 def assert_no_partial_files(folder: Path) -> None:
     """Nothing half-written under ``folder``: no ``*.tmp*`` files (atomic writes rename them into place)."""
     leftovers = [p for p in folder.rglob("*") if ".tmp" in p.name]
@@ -102,3 +112,13 @@ def trained(tmp_path_factory, corpus) -> dict[str, Path]:
     ckpt = base / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     return {"root": base / "run", "ckpt": ckpt, "config": cfg, "cache": base / "cache"}
+
+
+@pytest.fixture
+def run_yaml(tmp_path, corpus):
+    """Write a tiny fit config (with overrides) to tmp_path and return its path."""
+
+    def make(**overrides) -> Path:
+        return write_yaml(tmp_path / "run.yaml", tiny_config(tmp_path / "run", corpus, tmp_path / "cache", **overrides))
+
+    return make

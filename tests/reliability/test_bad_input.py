@@ -21,28 +21,15 @@ from lightning_gpt.data import TextDataModule
 from lightning_gpt.generation import generate
 from lightning_gpt.generation.text import generate_text
 
-from .conftest import PYTHON, REPO, assert_no_partial_files, last_error_line, python_env, tiny_config, write_yaml
-
-
-def _user_error(result, *needles: str) -> str:
-    """A CLI user error: exit 2, the needles in the message, no traceback. Returns the message."""
-    assert result.code == 2, result
-    assert "Traceback (most recent call last)" not in result.err, result.err
-    message = last_error_line(result.err)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
-
-
-@pytest.fixture
-def run_yaml(tmp_path, corpus):
-    """Write a tiny fit config (with overrides) to tmp_path and return its path."""
-
-    def make(**overrides) -> Path:
-        cfg = tiny_config(tmp_path / "run", corpus, tmp_path / "cache", **overrides)
-        return write_yaml(tmp_path / "run.yaml", cfg)
-
-    return make
+from .conftest import (
+    PYTHON,
+    REPO,
+    assert_no_partial_files,
+    python_env,
+    tiny_config,
+    user_error,
+    write_yaml,
+)
 
 
 def _no_checkpoints(tmp_path: Path) -> None:
@@ -57,40 +44,40 @@ def test_unknown_yaml_key(cli, tmp_path, run_yaml):
     path = run_yaml()
     path.write_text(path.read_text() + "model_typo: 3\n")
     result = cli("fit", "--config", path)
-    _user_error(result, "does not accept option 'model_typo'")
+    user_error(result, "does not accept option 'model_typo'")
     assert "fit --help" in result.err  # where the accepted options are listed
 
 
 def test_unknown_nested_yaml_key(cli, tmp_path, run_yaml):
     cfg = yaml.safe_load(run_yaml().read_text())
     cfg["model"]["config"]["n_layers"] = 2  # typo of n_layer
-    message = _user_error(cli("fit", "--config", write_yaml(tmp_path / "typo.yaml", cfg)), "n_layers")
+    message = user_error(cli("fit", "--config", write_yaml(tmp_path / "typo.yaml", cfg)), "n_layers")
     assert "n_layer" in message
 
 
 def test_wrong_type_in_yaml(cli, tmp_path, run_yaml):
     path = run_yaml(**{"model.config.n_layer": "two"})
-    _user_error(cli("fit", "--config", path), '"n_layer"', "Expected a <class 'int'>", "two")
+    user_error(cli("fit", "--config", path), '"n_layer"', "Expected a <class 'int'>", "two")
 
 
 def test_missing_config_file(cli, tmp_path):
     missing = tmp_path / "nope.yaml"
-    _user_error(cli("fit", "--config", missing), "File does not exist", str(missing))
+    user_error(cli("fit", "--config", missing), "File does not exist", str(missing))
 
 
 def test_n_embd_not_divisible_by_n_head(cli, tmp_path, run_yaml):
     path = run_yaml(**{"model.config.n_head": 3})
-    _user_error(cli("fit", "--config", path), "n_embd (32) must be divisible by GPTConfig.n_head (3)", "n_head=2")
+    user_error(cli("fit", "--config", path), "n_embd (32) must be divisible by GPTConfig.n_head (3)", "n_head=2")
     _no_checkpoints(tmp_path)
 
 
 def test_unknown_attention(cli, tmp_path, run_yaml):
     path = run_yaml(**{"model.config.attention": "magic"})
-    _user_error(cli("fit", "--config", path), "attention='magic'", "'standard'", "register_attention")
+    user_error(cli("fit", "--config", path), "attention='magic'", "'standard'", "register_attention")
 
 
 def test_unknown_nonfinite_policy(cli, tmp_path, run_yaml):
-    _user_error(cli("fit", "--config", run_yaml(), "--nonfinite.policy", "ignore"), "policy", "ignore", "skip")
+    user_error(cli("fit", "--config", run_yaml(), "--nonfinite.policy", "ignore"), "policy", "ignore", "skip")
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -99,14 +86,14 @@ def test_unknown_nonfinite_policy(cli, tmp_path, run_yaml):
 def test_missing_data_path(cli, tmp_path, run_yaml):
     missing = tmp_path / "no_such_corpus.txt"
     path = run_yaml(**{"data.source": str(missing)})
-    _user_error(cli("fit", "--config", path), f"source={str(missing)!r}: no such file", "python-stdlib")
+    user_error(cli("fit", "--config", path), f"source={str(missing)!r}: no such file", "python-stdlib")
     _no_checkpoints(tmp_path)
 
 
 def test_empty_corpus(cli, tmp_path, run_yaml):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n\n \t\n")
-    _user_error(cli("fit", "--config", run_yaml(**{"data.source": str(empty)})), str(empty), "has no text")
+    user_error(cli("fit", "--config", run_yaml(**{"data.source": str(empty)})), str(empty), "has no text")
     _no_checkpoints(tmp_path)
 
 
@@ -114,7 +101,7 @@ def test_text_column_missing(cli, tmp_path, run_yaml):
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"content": f"line {i} of text"}) + "\n" for i in range(20)))
     path = run_yaml(**{"data.source": str(rows)})
-    _user_error(cli("fit", "--config", path), "text_column='text'", "['content']", "Set text_column")
+    user_error(cli("fit", "--config", path), "text_column='text'", "['content']", "Set text_column")
     _no_checkpoints(tmp_path)
 
 
@@ -137,13 +124,13 @@ def test_unknown_tokenizer_name(tmp_path, corpus, monkeypatch):
 def test_corpus_shorter_than_one_block(cli, tmp_path, run_yaml):
     short = tmp_path / "short.txt"
     short.write_text("tiny text")
-    message = _user_error(cli("fit", "--config", run_yaml(**{"data.source": str(short)})), "block_size + 1 = 17")
+    message = user_error(cli("fit", "--config", run_yaml(**{"data.source": str(short)})), "block_size + 1 = 17")
     assert "smaller block_size or a larger corpus" in message
 
 
 def test_data_block_size_larger_than_the_position_table(cli, tmp_path, run_yaml):
     path = run_yaml(**{"data.block_size": 64})
-    _user_error(
+    user_error(
         cli("fit", "--config", path), "block_size=64) disagrees with the model's config.block_size=16", "unset (None)"
     )
     _no_checkpoints(tmp_path)
@@ -157,7 +144,7 @@ def test_sequence_longer_than_the_position_table():
 
 
 def test_bad_batch_size(cli, tmp_path, run_yaml):
-    _user_error(cli("fit", "--config", run_yaml(**{"data.batch_size": 0})), "batch_size must be a positive integer")
+    user_error(cli("fit", "--config", run_yaml(**{"data.batch_size": 0})), "batch_size must be a positive integer")
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -165,7 +152,7 @@ def test_bad_batch_size(cli, tmp_path, run_yaml):
 
 def test_ckpt_path_that_does_not_exist(cli, tmp_path, run_yaml):
     missing = tmp_path / "gone.ckpt"
-    _user_error(cli("fit", "--config", run_yaml(), "--ckpt_path", missing), str(missing), "'last'")
+    user_error(cli("fit", "--config", run_yaml(), "--ckpt_path", missing), str(missing), "'last'")
 
 
 def _damaged(data: bytes, damage: str) -> bytes:
@@ -182,7 +169,7 @@ def test_corrupt_checkpoint_fit(cli, tmp_path, run_yaml, trained, damage):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(_damaged(trained["ckpt"].read_bytes(), damage))
     before = bad.read_bytes()
-    message = _user_error(cli("fit", "--config", run_yaml(), "--ckpt_path", bad), str(bad), "truncated or corrupt")
+    message = user_error(cli("fit", "--config", run_yaml(), "--ckpt_path", bad), str(bad), "truncated or corrupt")
     assert "last.ckpt" in message or "previous checkpoint" in message  # the fix: point at a complete one
     assert bad.read_bytes() == before  # the user's file is left as it was
     assert not list((tmp_path / "run").rglob("*.ckpt")) if (tmp_path / "run").exists() else True
@@ -193,21 +180,21 @@ def test_truncated_checkpoint_generate(cli, tmp_path, trained):
     data = trained["ckpt"].read_bytes()
     bad = tmp_path / "truncated.ckpt"
     bad.write_bytes(data[: len(data) // 3])
-    message = _user_error(cli("generate", "--ckpt_path", bad, "--prompt", "the", "--max_new_tokens", "4"), str(bad))
+    message = user_error(cli("generate", "--ckpt_path", bad, "--prompt", "the", "--max_new_tokens", "4"), str(bad))
     assert "truncated or corrupt" in message and "previous checkpoint" in message
 
 
 def test_foreign_checkpoint_generate(cli, tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"weight": torch.zeros(2)}}, foreign)
-    message = _user_error(cli("generate", "--ckpt_path", foreign, "--prompt", "a", "--max_new_tokens", "2"))
+    message = user_error(cli("generate", "--ckpt_path", foreign, "--prompt", "a", "--max_new_tokens", "2"))
     assert "has no 'gpt_config' entry" in message and "lightning_gpt.convert" in message
 
 
 def test_checkpoint_from_an_incompatible_config(cli, tmp_path, run_yaml, trained):
     path = run_yaml(**{"trainer.max_steps": 6})
     result = cli("fit", "--config", path, "--ckpt_path", trained["ckpt"], "--model.config.n_layer", "3")
-    _user_error(result, "n_layer: checkpoint 2 vs given 3", "matching checkpoint")
+    user_error(result, "n_layer: checkpoint 2 vs given 3", "matching checkpoint")
     assert not list((tmp_path / "run").rglob("*.ckpt")) if (tmp_path / "run").exists() else True
 
 
@@ -215,7 +202,7 @@ def test_checkpoint_from_an_incompatible_tokenizer(cli, tmp_path, run_yaml, trai
     other = tmp_path / "other.txt"
     other.write_text("zebra quilt vexing jumbo " * 300)  # a different character set: a different char tokenizer
     path = run_yaml(**{"trainer.max_steps": 6, "data.source": str(other)})
-    message = _user_error(cli("fit", "--config", path, "--ckpt_path", trained["ckpt"]))
+    message = user_error(cli("fit", "--config", path, "--ckpt_path", trained["ckpt"]))
     ckpt_vocab = load_checkpoint(trained["ckpt"])[1].vocab_size
     new_vocab = len(set(other.read_text())) + 4  # characters + bos/eos/pad/unk
     # Today the mismatch surfaces as "vocab_size: checkpoint 32 vs given 22" (see the report: the message should
@@ -230,7 +217,7 @@ def test_checkpoint_without_tokenizer_cannot_decode_text(cli, tmp_path, trained)
     state.pop("tokenizer")
     path = tmp_path / "no_tok.ckpt"
     torch.save(state, path)
-    message = _user_error(cli("generate", "--ckpt_path", path, "--prompt", "the", "--max_new_tokens", "2"))
+    message = user_error(cli("generate", "--ckpt_path", path, "--prompt", "the", "--max_new_tokens", "2"))
     assert "holds no tokenizer" in message and "lightning_gpt.generation.generate" in message
 
 
@@ -276,7 +263,7 @@ def test_prompt_too_long_through_predict_leaves_no_partial_results(cli, tmp_path
         "--trainer.default_root_dir",
         tmp_path,
     )
-    _user_error(result, "The prompt (16 tokens) plus max_new_tokens (8)", "block_size=16")
+    user_error(result, "The prompt (16 tokens) plus max_new_tokens (8)", "block_size=16")
     assert not out.exists(), "no results file from a failed predict"
     assert_no_partial_files(tmp_path)
 
@@ -301,7 +288,7 @@ def test_over_long_prompt_at_the_end_of_the_file_is_found_before_decoding(cli, t
         "--writer.output_path",
         out,
     )
-    _user_error(result, f"{prompts}:4: The prompt (16 tokens) plus max_new_tokens (8)", "block_size=16")
+    user_error(result, f"{prompts}:4: The prompt (16 tokens) plus max_new_tokens (8)", "block_size=16")
     assert not decoded, "prompts were decoded before the bad one was found"
     assert not out.exists()
     assert_no_partial_files(tmp_path)
@@ -313,7 +300,7 @@ def test_predict_output_path_that_is_a_directory(cli, tmp_path, trained):
     out = tmp_path / "results"
     out.mkdir()
     result = cli("predict", "--ckpt_path", trained["ckpt"], "--data.path", prompts, "--writer.output_path", out)
-    _user_error(result, f"--writer.output_path {out} is an existing directory", "predictions.jsonl")
+    user_error(result, f"--writer.output_path {out} is an existing directory", "predictions.jsonl")
     assert list(out.iterdir()) == []
     assert_no_partial_files(tmp_path)
 
@@ -322,7 +309,7 @@ def test_out_of_range_top_p_on_the_command_line(cli, trained):
     result = cli(
         "generate", "--ckpt_path", trained["root"], "--prompt", "the", "--max_new_tokens", "4", "--top_p", "1.5"
     )
-    _user_error(result, "top_p must be in (0, 1]", "got 1.5", "1 disables it")
+    user_error(result, "top_p must be in (0, 1]", "got 1.5", "1 disables it")
 
 
 @pytest.mark.parametrize(
@@ -379,7 +366,7 @@ def test_missing_prompts_file_for_predict(cli, tmp_path, trained):
     result = cli(
         "predict", "--ckpt_path", trained["ckpt"], "--data.path", missing, "--writer.output_path", tmp_path / "p.jsonl"
     )
-    _user_error(result, f"Prompts file {str(missing)!r} does not exist", "one prompt per line")
+    user_error(result, f"Prompts file {str(missing)!r} does not exist", "one prompt per line")
     assert not (tmp_path / "p.jsonl").exists()
 
 
@@ -408,4 +395,4 @@ def test_console_entry_point_prints_one_paragraph_not_a_traceback(tmp_path, corp
 
 def test_generate_rejects_a_negative_temperature(cli, trained):
     result = cli("generate", "--ckpt_path", trained["ckpt"], "--prompt", "a", "--temperature", "-1")
-    _user_error(result, "--temperature must be a number >= 0", "-1")
+    user_error(result, "--temperature must be a number >= 0", "-1")

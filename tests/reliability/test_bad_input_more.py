@@ -13,36 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import assert_no_partial_files, last_error_line, tiny_config, write_yaml
-
-
-def _user_error(result, *needles: str) -> str:
-    assert result.code == 2, result
-    assert "Traceback (most recent call last)" not in result.err, result.err
-    message = last_error_line(result.err)
-    for needle in needles:
-        assert needle in message, f"{needle!r} not in {message!r}"
-    return message
-
-
-@pytest.fixture
-def run_yaml(tmp_path, corpus):
-    def make(**overrides) -> Path:
-        return write_yaml(tmp_path / "run.yaml", tiny_config(tmp_path / "run", corpus, tmp_path / "cache", **overrides))
-
-    return make
-
+from .conftest import assert_no_partial_files, user_error
 
 # --------------------------------------------------------------------------------------------- trainer settings
 
 
 def test_negative_max_steps(cli, run_yaml):
-    _user_error(cli("fit", "--config", run_yaml(), "--trainer.max_steps", "-5"), "max_steps", "-5", "-1")
+    user_error(cli("fit", "--config", run_yaml(), "--trainer.max_steps", "-5"), "max_steps", "-5", "-1")
 
 
 @pytest.mark.parametrize("devices", ["0", "-3"])
 def test_zero_devices(cli, run_yaml, devices):
-    _user_error(
+    user_error(
         cli("fit", "--config", run_yaml(), "--trainer.devices", devices), "devices", devices, "--trainer.devices 1"
     )
 
@@ -50,7 +32,7 @@ def test_zero_devices(cli, run_yaml, devices):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
 def test_gpu_accelerator_without_a_gpu(cli, run_yaml, accelerator):
-    message = _user_error(
+    message = user_error(
         cli("fit", "--config", run_yaml(), "--trainer.accelerator", accelerator),
         accelerator,
         "--trainer.accelerator cpu",
@@ -61,16 +43,14 @@ def test_gpu_accelerator_without_a_gpu(cli, run_yaml, accelerator):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_gpu_recipe_on_a_cpu_machine(cli, tmp_path):
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "long-context-standard.yaml"
-    message = _user_error(cli("fit", "--config", recipe, "--trainer.default_root_dir", tmp_path), "gpu")
+    message = user_error(cli("fit", "--config", recipe, "--trainer.default_root_dir", tmp_path), "gpu")
     assert "--trainer.accelerator cpu" in message
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_generate_on_cuda_without_cuda(cli, trained):
-    message = _user_error(
-        cli("generate", "--ckpt_path", trained["ckpt"], "--prompt", "the", "--device", "cuda"), "cuda"
-    )
+    message = user_error(cli("generate", "--ckpt_path", trained["ckpt"], "--prompt", "the", "--device", "cuda"), "cuda")
     assert "--device cpu" in message
 
 
@@ -95,7 +75,7 @@ def os_strerror(code: int) -> str:
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_disk_full_while_saving_a_checkpoint(cli, tmp_path, run_yaml, monkeypatch, code):
     _fail_writes(monkeypatch, code, "torch.save")
-    message = _user_error(cli("fit", "--config", run_yaml()), "checkpoint", str(tmp_path / "run" / "checkpoints"))
+    message = user_error(cli("fit", "--config", run_yaml()), "checkpoint", str(tmp_path / "run" / "checkpoints"))
     assert "default_root_dir" in message
     assert_no_partial_files(tmp_path)
 
@@ -103,7 +83,7 @@ def test_disk_full_while_saving_a_checkpoint(cli, tmp_path, run_yaml, monkeypatc
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_disk_full_while_writing_the_token_cache(cli, tmp_path, run_yaml, monkeypatch, code):
     _fail_writes(monkeypatch, code, "numpy.save")
-    message = _user_error(cli("fit", "--config", run_yaml()), "token cache", str(tmp_path / "cache"))
+    message = user_error(cli("fit", "--config", run_yaml()), "token cache", str(tmp_path / "cache"))
     assert "--data.cache_dir" in message
     assert_no_partial_files(tmp_path)
 
@@ -114,7 +94,7 @@ def test_disk_full_while_writing_predictions(cli, tmp_path, trained, monkeypatch
     out = tmp_path / "out" / "preds.jsonl"
     _fail_writes(monkeypatch, errno.ENOSPC, "json.dumps")
     args = ["predict", "--ckpt_path", trained["ckpt"], "--data.path", prompts, "--writer.output_path", out]
-    message = _user_error(cli(*args, "--model.generation.max_new_tokens", "2"), "predictions", str(out))
+    message = user_error(cli(*args, "--model.generation.max_new_tokens", "2"), "predictions", str(out))
     assert "--writer.output_path" in message
     assert not out.exists()
     assert_no_partial_files(tmp_path)
@@ -132,7 +112,7 @@ def test_hf_source_offline(cli, run_yaml, monkeypatch):
         monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     except ImportError:
         pytest.skip("datasets is not installed")
-    message = _user_error(cli("fit", "--config", run_yaml(**{"data.source": "hf://no-such-user/no-such-set"})))
+    message = user_error(cli("fit", "--config", run_yaml(**{"data.source": "hf://no-such-user/no-such-set"})))
     assert "hf://no-such-user/no-such-set" in message
     assert "offline" in message.lower() and "HF_HUB_OFFLINE" in message
 
@@ -142,7 +122,7 @@ def test_jsonl_row_without_text_names_file_and_line(cli, tmp_path, run_yaml, row
     rows = tmp_path / "rows.jsonl"
     good = "".join(json.dumps({"text": f"line {i} of some text"}) + "\n" for i in range(5))
     rows.write_text(good + row + "\n" + good)
-    _user_error(cli("fit", "--config", run_yaml(**{"data.source": str(rows)})), f"{rows}:6", "text_column")
+    user_error(cli("fit", "--config", run_yaml(**{"data.source": str(rows)})), f"{rows}:6", "text_column")
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
@@ -150,7 +130,7 @@ def test_invalid_utf8_in_training_text_names_the_file(cli, tmp_path, run_yaml, s
     bad = tmp_path / f"bad{suffix}"
     line = json.dumps({"text": "some good text here"}) if suffix == ".jsonl" else "some good text here"
     bad.write_bytes((line + "\n").encode() * 3 + b'{"text": "caf\xe9"}\n' + (line + "\n").encode())
-    message = _user_error(cli("fit", "--config", run_yaml(**{"data.source": str(bad)})), str(bad), "UTF-8")
+    message = user_error(cli("fit", "--config", run_yaml(**{"data.source": str(bad)})), str(bad), "UTF-8")
     assert ":4" in message  # the line
     assert "iconv" in message  # the fix
 
@@ -159,7 +139,7 @@ def test_invalid_utf8_in_prompts_file_names_the_file(cli, tmp_path, trained):
     prompts = tmp_path / "prompts.txt"
     prompts.write_bytes(b"the\nand\ncaf\xe9\n")
     args = ["predict", "--ckpt_path", trained["ckpt"], "--data.path", prompts, "--writer.output_path", tmp_path / "p"]
-    _user_error(cli(*args), str(prompts), ":3", "UTF-8")
+    user_error(cli(*args), str(prompts), ":3", "UTF-8")
 
 
 # --------------------------------------------------------------------------------------------- config messages
@@ -167,13 +147,13 @@ def test_invalid_utf8_in_prompts_file_names_the_file(cli, tmp_path, trained):
 
 def test_n_head_zero_leads_with_the_reason(cli, run_yaml):
     result = cli("fit", "--config", run_yaml(), "--model.config.n_head", "0")
-    message = _user_error(result, "n_head must be an integer >= 1, got 0")
+    message = user_error(result, "n_head must be an integer >= 1, got 0")
     assert "Union subtypes" not in result.err and "Namespace(" not in result.err
     assert len(message.strip().splitlines()) <= 3
 
 
 def test_misspelled_nested_key_names_the_nearest(cli, run_yaml):
     result = cli("fit", "--config", run_yaml(), "--model.config.n_layr", "2")
-    message = _user_error(result, "n_layr", "--model.config.n_layer")
+    message = user_error(result, "n_layr", "--model.config.n_layer")
     assert "NestedArg" not in result.err and "Namespace(" not in result.err
     assert len(message.strip().splitlines()) == 1
