@@ -45,7 +45,7 @@ SHAKESPEARE = REPO / ".." / "shared" / "data" / "tinyshakespeare.txt"
 CACHED_RUN = """
 import json, sys, time
 t0 = time.perf_counter()
-from lightning_gpt.data import TextDataModule
+from lightning_gpt.training import TextDataModule
 t1 = time.perf_counter()
 dm = TextDataModule(**json.loads(sys.argv[1]))
 dm.prepare_data()
@@ -57,7 +57,7 @@ print(json.dumps({"import_s": t1 - t0, "first_batch_s": t2 - t1, "shape": list(x
 
 
 def first_run(kwargs: dict) -> dict:
-    from lightning_gpt.data import TextDataModule
+    from lightning_gpt.training import TextDataModule
 
     t0 = time.perf_counter()
     dm = TextDataModule(**kwargs)

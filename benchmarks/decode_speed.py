@@ -40,8 +40,8 @@ from typing import Callable
 import torch
 
 from lightning_gpt import GPT, GPTConfig
-from lightning_gpt.convert import from_hf_gpt2
 from lightning_gpt.generation import generate, stream_generate
+from lightning_gpt.io.convert import from_hf_gpt2
 
 # The clock: process CPU time by default. On a shared, overloaded machine wall time mostly measures waiting for a core;
 # with one intra-op thread, CPU time is the work done (``--clock wall`` switches to wall-clock time).

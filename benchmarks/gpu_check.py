@@ -209,8 +209,8 @@ def part_decode(args: argparse.Namespace, device: torch.device) -> list[Row]:
     import transformers
     from transformers.utils import logging as hf_logging
 
-    from lightning_gpt.convert import from_hf_gpt2
     from lightning_gpt.generation import generate
+    from lightning_gpt.io.convert import from_hf_gpt2
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 import torch
+
+from tests.helpers import tiny_config, write_corpus, write_yaml
 
 # The tests use tiny models: one thread is faster than several that wait on each other, and a CI machine has 2 cores.
 torch.set_num_threads(1)
@@ -48,3 +51,37 @@ def cli(capsys, monkeypatch) -> Callable[..., CLIResult]:
         return CLIResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, corpus) -> dict[str, Path]:
+    """A tiny run trained for 2 steps with the CLI: its directory, ``last.ckpt`` and token cache."""
+    import pytest as _pytest
+
+    from lightning_gpt.cli import main
+
+    torch.manual_seed(0)
+    base = tmp_path_factory.mktemp("trained")
+    cfg = write_yaml(base / "run.yaml", tiny_config(base / "run", corpus, base / "cache", **{"trainer.max_steps": 2}))
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
+        mp.setattr(sys, "argv", ["lightning-gpt"])
+        main(["fit", "--config", str(cfg)])
+    ckpt = base / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return {"root": base / "run", "ckpt": ckpt, "config": cfg, "cache": base / "cache"}
+
+
+@pytest.fixture
+def run_yaml(tmp_path, corpus):
+    """Write a tiny fit config (with overrides) to tmp_path and return its path."""
+
+    def make(**overrides) -> Path:
+        return write_yaml(tmp_path / "run.yaml", tiny_config(tmp_path / "run", corpus, tmp_path / "cache", **overrides))
+
+    return make

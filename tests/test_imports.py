@@ -117,8 +117,9 @@ def test_model_side_imports_without_lightning():
     code = (
         "import sys\n"
         "import lightning_gpt.config, lightning_gpt.model, lightning_gpt.attention, lightning_gpt.generation\n"
-        "import lightning_gpt.convert, lightning_gpt.checkpoint, lightning_gpt.seeding, lightning_gpt.batch\n"
-        "import lightning_gpt.hf_io, lightning_gpt.init_from, lightning_gpt.serialization, lightning_gpt.data.cache\n"
+        "import lightning_gpt.io, lightning_gpt.io.convert, lightning_gpt.io.checkpoint, lightning_gpt.io.hf\n"
+        "import lightning_gpt.io.init_from, lightning_gpt.io.serialization, lightning_gpt.data.cache\n"
+        "import lightning_gpt.seeding, lightning_gpt.batch\n"
         "from lightning_gpt.data import Tokenizer, build_tokenizer, tokenizer_from_state_dict\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]\n"
         "assert not loaded, loaded\n"
@@ -126,14 +127,36 @@ def test_model_side_imports_without_lightning():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# The layers, read off the folders: lightning_gpt/training/ (Lightning side) and lightning_gpt/cli/ (command line) may
-# import Lightning; everything else is the model side or plain data and never does. The three compatibility paths
-# (lightning_gpt.module, .strategies, .callbacks) only re-export the Lightning side.
-COMPAT = {"lightning_gpt.module", "lightning_gpt.strategies", "lightning_gpt.callbacks"}
-UPPER = ("lightning_gpt.training", "lightning_gpt.cli")
-# ``from lightning_gpt.data import TextDataModule`` (the path of earlier versions) still works through a lazy module
-# attribute that imports the Lightning side only when that name is asked for.
-LAZY_COMPAT = {("lightning_gpt.data", "lightning_gpt.training.datamodule")}
+# The layers, lowest first, read off the folders (``../shared/docs/DESIGN.md``): a module imports only from its own
+# layer or the ones below, lazy imports inside functions included. Lightning is imported only by the two top layers.
+LAYERS = (
+    (
+        "model side",
+        (
+            "lightning_gpt.config",
+            "lightning_gpt.model",
+            "lightning_gpt.attention",
+            "lightning_gpt.generation",
+            "lightning_gpt.seeding",
+            "lightning_gpt.batch",
+            "lightning_gpt.errors",
+        ),
+    ),
+    ("data", ("lightning_gpt.data",)),
+    ("io", ("lightning_gpt.io",)),
+    ("serving and evaluation", ("lightning_gpt.serve", "lightning_gpt.evaluation")),
+    ("training", ("lightning_gpt.training",)),
+    ("cli", ("lightning_gpt.cli",)),
+)
+LIGHTNING_LAYERS = ("training", "cli")
+ENTRY = {"lightning_gpt", "lightning_gpt.__main__"}  # the package root (lazy names) and the `python -m` entry
+
+
+def _layer(module: str) -> int:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in tests/test_imports.py")
 
 
 def _third_party_imports(tree: ast.AST) -> set[str]:
@@ -146,36 +169,36 @@ def _third_party_imports(tree: ast.AST) -> set[str]:
     return names
 
 
-def test_model_side_and_plain_data_never_import_lightning_or_the_layers_above():
+def test_every_module_belongs_to_a_layer_and_imports_only_downward():
     graph = import_graph()
-    entry = {"lightning_gpt", "lightning_gpt.__main__"}  # the package root (lazy names) and `python -m` entry
-    lower = [m for m in graph if not m.startswith(UPPER) and m not in COMPAT and m not in entry]
-    assert "lightning_gpt.model" in lower and "lightning_gpt.data.tokenizers" in lower
-    for name in lower:
+    upward = []
+    for name, targets in graph.items():
+        if name in ENTRY:
+            continue
+        here = _layer(name)
+        upward += [f"{name} -> {t}" for t in sorted(targets) if t not in ENTRY and _layer(t) > here]
+    assert not upward, "imports that run up a layer:\n" + "\n".join(upward)
+
+
+def test_only_the_lightning_layers_import_lightning():
+    graph = import_graph()
+    for name in graph:
+        if name in ENTRY or LAYERS[_layer(name)][0] in LIGHTNING_LAYERS:
+            continue
         path = PACKAGE.parent.joinpath(*name.split("."))
         path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
         third = _third_party_imports(ast.parse(path.read_text()))
         assert not third & {"lightning", "pytorch_lightning", "torchmetrics"}, f"{name} imports Lightning"
-        above = [m for m in graph[name] if (m.startswith(UPPER) or m in COMPAT) and (name, m) not in LAZY_COMPAT]
-        assert not above, f"{name} (model side / plain data) imports {above}"
 
 
-def test_the_public_import_paths_of_earlier_versions_keep_working():
+def test_the_public_import_paths():
     import lightning_gpt
-    import lightning_gpt.callbacks
-    import lightning_gpt.module
-    import lightning_gpt.strategies
-    from lightning_gpt.training import callbacks, module, strategies
-    from lightning_gpt.training.datamodule import TextDataModule
+    from lightning_gpt.io import checkpoint, convert
+    from lightning_gpt.training import GPTModule, TextDataModule, callbacks, strategies
 
-    assert lightning_gpt.module is module and lightning_gpt.strategies is strategies
-    assert lightning_gpt.GPTModule is module.GPTModule
-    assert lightning_gpt.callbacks.SampleGeneration is callbacks.SampleGeneration
-    assert lightning_gpt.callbacks.JSONLPredictionWriter is callbacks.JSONLPredictionWriter
-    assert lightning_gpt.strategies.FSDP2Strategy is strategies.FSDP2Strategy
-    from lightning_gpt.data import TextDataModule as old_path
-
-    assert old_path is TextDataModule is lightning_gpt.TextDataModule
-    from lightning_gpt import checkpoint, convert, generation
-
-    assert callable(checkpoint.load_checkpoint) and callable(convert.from_hf_gpt2) and callable(generation.generate)
+    assert lightning_gpt.GPTModule is GPTModule and lightning_gpt.TextDataModule is TextDataModule
+    assert callbacks.SampleGeneration and strategies.FSDP2Strategy
+    assert callable(checkpoint.load_checkpoint) and callable(convert.from_hf_gpt2)
+    for old in ("lightning_gpt.module", "lightning_gpt.strategies", "lightning_gpt.callbacks", "lightning_gpt.hf_io"):
+        with pytest.raises(ImportError):  # removed in 0.2 (CHANGELOG.md names the new paths)
+            __import__(old)

@@ -35,7 +35,7 @@ def test_readme_has_python_blocks():
 @pytest.fixture
 def quickstart_checkpoint(tmp_path, monkeypatch, cli):
     """A tiny run at runs/quickstart (relative to a temporary working directory), as the quick start leaves one."""
-    from reliability.conftest import tiny_config, write_corpus, write_yaml
+    from tests.helpers import tiny_config, write_corpus, write_yaml
 
     corpus = write_corpus(tmp_path / "corpus.txt")
     monkeypatch.chdir(tmp_path)

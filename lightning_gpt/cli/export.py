@@ -7,7 +7,7 @@ lightning-gpt export --ckpt_path runs/long-context-linear --output_dir w --forma
 ```
 
 The folder loads with ``transformers.AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``, and
-with ``lightning-gpt generate --ckpt_path DIR`` / ``lightning_gpt.checkpoint.load_checkpoint(DIR)``.
+with ``lightning-gpt generate --ckpt_path DIR`` / ``lightning_gpt.io.checkpoint.load_checkpoint(DIR)``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ __all__ = ["export_command"]
 def _export_parser() -> Any:
     import argparse
 
-    from lightning_gpt.hf_io import FORMATS
+    from lightning_gpt.io.hf import FORMATS
 
     parser = argparse.ArgumentParser(
         prog="lightning-gpt export",
@@ -53,8 +53,8 @@ def export_command(argv: list[str]) -> None:
         FileNotFoundError: a missing checkpoint.
     """
     opts = _export_parser().parse_args(argv)
-    from lightning_gpt.checkpoint import find_checkpoint, load_checkpoint
-    from lightning_gpt.hf_io import is_pretrained_path, write_pretrained
+    from lightning_gpt.io.checkpoint import find_checkpoint, load_checkpoint
+    from lightning_gpt.io.hf import is_pretrained_path, write_pretrained
 
     path = opts.ckpt_path if is_pretrained_path(opts.ckpt_path) else find_checkpoint(opts.ckpt_path)
     model, tokenizer = load_checkpoint(path, map_location="cpu", trust_checkpoint=opts.trust_checkpoint)

@@ -15,8 +15,8 @@ import dataclasses
 import sys
 from typing import Any
 
-from lightning_gpt.checkpoint import find_checkpoint
 from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig
+from lightning_gpt.io.checkpoint import find_checkpoint
 
 __all__ = ["generate_command"]
 
@@ -147,10 +147,10 @@ def generate_command(argv: list[str]) -> None:
     config = _generation_config(opts)
     import torch
 
-    from lightning_gpt.checkpoint import load_checkpoint
+    from lightning_gpt.io.checkpoint import load_checkpoint
 
     prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
-    from lightning_gpt.hf_io import is_pretrained_path
+    from lightning_gpt.io.hf import is_pretrained_path
 
     path = opts.ckpt_path if is_pretrained_path(opts.ckpt_path) else find_checkpoint(opts.ckpt_path)
     device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,8 +15,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from lightning_gpt.checkpoint import find_checkpoint
 from lightning_gpt.errors import lead_with_reason
+from lightning_gpt.io.checkpoint import find_checkpoint
 from lightning_gpt.training._lightning_internals import (
     last_global_step_saved,
     mark_step_saved,
@@ -143,7 +143,7 @@ class InterruptCheckpoint(Callback):
         if getattr(callback, "save_last", False) and os.path.basename(path) == os.path.basename(
             getattr(callback, "last_model_path", "") or path
         ):
-            # Lightning-private bookkeeping of ModelCheckpoint (covered by tests/test_run_folder.py): last.ckpt is its
+            # Lightning-private bookkeeping of ModelCheckpoint (covered by tests/training/test_run_folder.py): last.ckpt is its
             # own `last` (so it is never written again under another name, nor replaced at on_train_end by a state
             # whose epoch already counts as finished).
             register_last_checkpoint(callback, path)
@@ -241,7 +241,7 @@ class GPTLightningCLI(LightningCLI):
         run: bool = True,
         **kwargs: Any,
     ) -> None:
-        from lightning_gpt.data import TextDataModule
+        from lightning_gpt.training import TextDataModule
         from lightning_gpt.training.module import GPTModule
 
         self._building: Optional[str] = None
@@ -337,7 +337,7 @@ class GPTLightningCLI(LightningCLI):
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
         trust = bool(self.config[subcommand].get("trust_checkpoint"))
-        from lightning_gpt.hf_io import is_pretrained_path
+        from lightning_gpt.io.hf import is_pretrained_path
 
         if ckpt_path and is_pretrained_path(ckpt_path):
             self._parse_weights_folder(subcommand, str(ckpt_path))
@@ -361,7 +361,7 @@ class GPTLightningCLI(LightningCLI):
             for key, value in self.config[subcommand].items()
             if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
         }
-        from lightning_gpt.checkpoint import UnsafeCheckpointError, read_checkpoint
+        from lightning_gpt.io.checkpoint import UnsafeCheckpointError, read_checkpoint
 
         # A damaged or unsafe file fails here with one paragraph, not torch's multi-page message.
         read_checkpoint(ckpt_path, trust_checkpoint=trust)
@@ -389,7 +389,7 @@ class GPTLightningCLI(LightningCLI):
         """``--ckpt_path`` is a weights folder (``lightning-gpt export`` or Hugging Face GPT-2): the model config
         comes from its JSON, as from a checkpoint's arguments, and validate/test use its tokenizer unless one is
         named."""
-        from lightning_gpt.hf_io import read_pretrained_config
+        from lightning_gpt.io.hf import read_pretrained_config
 
         source = read_pretrained_config(path)  # a foreign folder fails here, in one paragraph
         defaults = self._parser(subcommand).get_defaults()
@@ -491,7 +491,7 @@ class GPTLightningCLI(LightningCLI):
         """``--model.init_from``: the model config fields not given explicitly take PATH's values (the explicit ones
         are checked by ``GPTModule``), and the data module uses PATH's tokenizer unless one is named."""
         from lightning_gpt.config import GPTConfig
-        from lightning_gpt.init_from import init_config
+        from lightning_gpt.io.init_from import init_config
 
         defaults = self._parser(self.subcommand).get_defaults() if self.subcommand else self.parser.get_defaults()
         source = init_config(path, trust_checkpoint=bool(cfg.get("trust_checkpoint")))

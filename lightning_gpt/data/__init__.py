@@ -1,10 +1,7 @@
-"""Data: text sources, tokenizers, the on-disk token cache, packed/padded datasets, and ``TextDataModule``.
+"""Data (plain, no Lightning): text sources, tokenizers, the on-disk token cache, packed/padded datasets, samplers.
 
-``TextDataModule`` is imported lazily, so ``from lightning_gpt.data import Tokenizer`` (e.g. for decoding) does not
-import Lightning.
+The Lightning data modules that use them live in ``lightning_gpt.training`` (``TextDataModule``, ``PromptDataModule``).
 """
-
-from typing import Any
 
 from lightning_gpt.data.sources import HFSource, LocalSource, StdlibSource, TextSource, resolve_source
 from lightning_gpt.data.tiktoken_tokenizer import TiktokenTokenizer
@@ -22,7 +19,6 @@ __all__ = [
     "HFTokenizer",
     "LocalSource",
     "StdlibSource",
-    "TextDataModule",
     "TextSource",
     "TiktokenTokenizer",
     "Tokenizer",
@@ -30,11 +26,3 @@ __all__ = [
     "resolve_source",
     "tokenizer_from_state_dict",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "TextDataModule":
-        from lightning_gpt.training.datamodule import TextDataModule
-
-        return TextDataModule
-    raise AttributeError(f"module 'lightning_gpt.data' has no attribute {name!r}")

@@ -20,8 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -36,7 +35,6 @@ from lightning_gpt.data.tokenizer_base import (
     _ids_list,
     tokenizer_from_state_dict,
 )
-from lightning_gpt.serialization import NATIVE_FILE, _folder, _read_json, is_pretrained_path, read_checkpoint
 
 __all__ = [
     "BOS",
@@ -47,7 +45,6 @@ __all__ = [
     "HFTokenizer",
     "Tokenizer",
     "build_tokenizer",
-    "read_pretrained_tokenizer",
     "tokenizer_from_state_dict",
 ]
 
@@ -376,21 +373,22 @@ def build_tokenizer(
     texts: Optional[Iterable[str]] = None,
     *,
     vocab_size: int = 4096,
-    trust_checkpoint: bool = False,
 ) -> Tokenizer:
-    """Build a tokenizer: train one on ``texts`` or load a pretrained one.
+    """Build a tokenizer from a plain specification: train one on ``texts`` or load a pretrained one.
+
+    Files that hold weights too (a ``.ckpt``, a weights folder) are read by ``lightning_gpt.io.load_tokenizer``,
+    which accepts every specification this function does.
 
     Args:
         kind: ``char``, ``bpe`` or ``unigram`` (trained on ``texts``); ``tiktoken:<encoding>``; a path to a
-            ``tokenizer.json``; a path to a Lightning ``.ckpt`` holding ``checkpoint["tokenizer"]``; a weights folder
-            (Hugging Face GPT-2 or ``lightning-gpt export``); or a Hugging Face tokenizer id (``hf:<id>`` or a bare id
+            ``tokenizer.json`` (or a folder holding one); or a Hugging Face tokenizer id (``hf:<id>`` or a bare id
             such as ``gpt2``, loaded through ``Tokenizer.from_pretrained``).
         texts: the corpus documents, required for the trained kinds.
         vocab_size: vocabulary size of ``bpe``/``unigram`` (specials included); ignored otherwise.
-        trust_checkpoint: let a ``.ckpt`` that needs a full unpickle load (code may run); trusted files only.
 
     Raises:
-        UnsafeCheckpointError: (a ``ValueError``) a ``.ckpt`` that needs a full unpickle, without ``trust_checkpoint``.
+        ValueError: a trainable kind without ``texts``; an unknown kind or id.
+        FileNotFoundError: a ``tokenizer.json`` path that does not exist.
     """
     if kind in TRAINABLE:
         if texts is None:
@@ -401,20 +399,6 @@ def build_tokenizer(
     if kind.startswith("tiktoken:"):
         return TiktokenTokenizer(kind.split(":", 1)[1])
     path = os.path.expanduser(kind)
-    if path.endswith(".ckpt"):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer={kind!r}: checkpoint file not found.")
-        ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)  # weights-only unless trusted: no code runs
-        if not isinstance(ckpt, dict) or "tokenizer" not in ckpt:
-            raise ValueError(f"tokenizer={kind!r}: the checkpoint has no 'tokenizer' entry to reuse.")
-        return tokenizer_from_state_dict(ckpt["tokenizer"])
-    if is_pretrained_path(path):  # a Hugging Face or exported weights folder: its tokenizer
-        state = read_pretrained_tokenizer(path)
-        if state is None:
-            raise ValueError(
-                f"tokenizer={kind!r}: the folder has no tokenizer (tokenizer.json, or vocab.json + merges.txt)."
-            )
-        return tokenizer_from_state_dict(state)
     if path.endswith(".json") or os.path.isdir(path):
         file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
@@ -432,44 +416,3 @@ def build_tokenizer(
             f"tokenizer.json/.ckpt path, and could not be loaded as a Hugging Face tokenizer id ({err})."
         ) from err
     return HFTokenizer(tok.to_str(), kind="pretrained")
-
-
-def _special(value: Any) -> Optional[str]:
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _hf_tokenizer_state(folder: Path) -> Optional[dict[str, Any]]:
-    """The ``HFTokenizer`` state of a Hugging Face folder's tokenizer files, or ``None`` when it has none."""
-    config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-    specials = {name: _special(config.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
-    if (folder / "tokenizer.json").is_file():
-        text = (folder / "tokenizer.json").read_text(encoding="utf-8")
-    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-        tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        names = {v for v in specials.values() if v} | {"<|endoftext|>"}
-        tok.add_special_tokens([AddedToken(n, special=True) for n in sorted(names) if tok.token_to_id(n) is not None])
-        text = tok.to_str()
-    else:
-        return None
-    # Only names the vocabulary has; HFTokenizer detects the usual ones (<|endoftext|> for GPT-2) for the rest.
-    probe = HFTokenizer(text, kind="pretrained")
-    given = {k: v for k, v in specials.items() if v is not None and probe._tok.token_to_id(v) is not None}
-    return HFTokenizer(text, kind="pretrained", **given).state_dict()
-
-
-def read_pretrained_tokenizer(path: Union[str, Path]) -> Optional[dict[str, Any]]:
-    """The tokenizer state (``Tokenizer.state_dict()``) of a weights folder, or ``None`` when it has no tokenizer.
-
-    Args:
-        path: the folder, or a ``.safetensors`` file in it.
-    """
-    folder, _ = _folder(path)
-    if (folder / NATIVE_FILE).is_file():
-        return _read_json(folder / NATIVE_FILE).get("tokenizer")
-    return _hf_tokenizer_state(folder)

@@ -2,7 +2,7 @@
 modules (``TextDataModule``, ``PromptDataModule``), callbacks, strategy presets and atomic checkpoint writing.
 
 Everything below ``lightning_gpt.training`` may import Lightning; the model side (``lightning_gpt.model``,
-``.config``, ``.attention``, ``.generation``, ``.checkpoint``, ``.convert``, ``.hf_io``) and the plain data pieces
+``.config``, ``.attention``, ``.generation``, ``.io``) and the plain data pieces
 (``lightning_gpt.data``) never do (``tests/test_imports.py``).
 """
 

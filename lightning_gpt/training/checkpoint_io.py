@@ -40,8 +40,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Optional[Any] = lambda storage, loc: storage, weights_only: Optional[bool] = None
     ) -> dict[str, Any]:
-        from lightning_gpt.checkpoint import read_checkpoint, torch_load
-        from lightning_gpt.hf_io import is_pretrained_path
+        from lightning_gpt.io.checkpoint import read_checkpoint, torch_load
+        from lightning_gpt.io.hf import is_pretrained_path
 
         fs = get_filesystem(path)
         if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
@@ -121,7 +121,7 @@ def _fsync_dir(directory: Path) -> None:
 def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
     """A weights folder as the dict a ``GPTModule`` checkpoint holds (weights, ``gpt_config``, ``tokenizer``), so
     Lightning's ``predict``/``validate``/``test`` can take the folder as ``ckpt_path``."""
-    from lightning_gpt.hf_io import read_pretrained
+    from lightning_gpt.io.hf import read_pretrained
 
     config, state, tokenizer = read_pretrained(path, trust_checkpoint=trust_checkpoint)
     return {

@@ -21,7 +21,8 @@ from lightning_gpt.data.cache import (
 from lightning_gpt.data.datasets import PackedDataset, PaddedDataset
 from lightning_gpt.data.sampler import ResumableSampler
 from lightning_gpt.data.sources import TextSource, resolve_source
-from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer, build_tokenizer
+from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer
+from lightning_gpt.io.tokenizer import load_tokenizer
 from lightning_gpt.seeding import derive_seed
 from lightning_gpt.training._lightning_internals import batches_processed_this_epoch
 
@@ -210,11 +211,11 @@ class TextDataModule(pl.LightningDataModule):
                 }
                 size = self.hparams.tokenizer_vocab_size
                 self._tokenizer = cached_tokenizer(
-                    self.cache_dir, key, lambda: build_tokenizer(kind, _nonempty(src), vocab_size=size)
+                    self.cache_dir, key, lambda: load_tokenizer(kind, _nonempty(src), vocab_size=size)
                 )
                 log.info("tokenizer %s for %s", self._tokenizer.describe(), src.name)
             else:
-                self._tokenizer = build_tokenizer(kind, trust_checkpoint=self.hparams.trust_checkpoint)
+                self._tokenizer = load_tokenizer(kind, trust_checkpoint=self.hparams.trust_checkpoint)
         return self._tokenizer
 
     @tokenizer.setter

@@ -24,9 +24,9 @@ from torchmetrics import Metric
 
 from lightning_gpt.attention import get_attention
 from lightning_gpt.batch import split_batch
-from lightning_gpt.checkpoint import resolve_checkpoint_config
 from lightning_gpt.config import IGNORE_INDEX, GPTConfig
 from lightning_gpt.generation.config import GenerationConfig
+from lightning_gpt.io.checkpoint import resolve_checkpoint_config
 from lightning_gpt.model import GPT, Block
 from lightning_gpt.seeding import derive_seed, mix_seed
 from lightning_gpt.training._lightning_internals import attached_trainer, should_update_logs
@@ -143,7 +143,7 @@ class GPTModule(LightningModule):
         if not isinstance(compile, bool):
             raise ValueError(f"GPTModule.compile must be true or false, got {compile!r}.")
         if init_from is not None:
-            from lightning_gpt.init_from import resolve_init_config
+            from lightning_gpt.io.init_from import resolve_init_config
 
             config = resolve_init_config(init_from, config)
         self.init_from = init_from
@@ -221,7 +221,7 @@ class GPTModule(LightningModule):
         self.hparams["config"] = self.config.to_dict()
 
     def _check_init_tokenizer(self, tokenizer: Any) -> None:
-        from lightning_gpt.init_from import init_tokenizer_state
+        from lightning_gpt.io.init_from import init_tokenizer_state
 
         state = init_tokenizer_state(self.init_from, trust_checkpoint=self._trust_checkpoint())
         try:
@@ -247,7 +247,7 @@ class GPTModule(LightningModule):
         if self.model is None:
             self.model = GPT(self.config)
             if self.init_from is not None:
-                from lightning_gpt.init_from import init_state_dict
+                from lightning_gpt.io.init_from import init_state_dict
 
                 state = init_state_dict(self.init_from, self.config, trust_checkpoint=self._trust_checkpoint())
                 try:
@@ -520,7 +520,7 @@ class GPTModule(LightningModule):
         """Decode ``prompts`` with the module's tokenizer and ``generation`` settings (``overrides`` win)."""
         if self.tokenizer is None and self.init_from is not None:
             from lightning_gpt.data import tokenizer_from_state_dict
-            from lightning_gpt.init_from import init_tokenizer_state
+            from lightning_gpt.io.init_from import init_tokenizer_state
 
             state = init_tokenizer_state(self.init_from, trust_checkpoint=self._trust_checkpoint())
             self.tokenizer = tokenizer_from_state_dict(state) if state is not None else None
@@ -547,7 +547,7 @@ class GPTModule(LightningModule):
         if "gpt_config" not in checkpoint:
             raise ValueError(
                 "This checkpoint has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. Load "
-                "plain weights into a GPT yourself, or convert Hugging Face weights with lightning_gpt.convert."
+                "plain weights into a GPT yourself, or convert Hugging Face weights with lightning_gpt.io.convert."
             )
         # The tokenizer first: a different tokenizer also changes vocab_size, and its error names the real cause.
         self._restore_tokenizer(checkpoint.get("tokenizer"))

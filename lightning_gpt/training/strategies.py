@@ -13,7 +13,7 @@ trainer:
 - ``FSDP2Strategy``: Lightning's ``ModelParallelStrategy`` set up for pure FSDP2 (``fully_shard``): every
   ``Block`` and then the root are sharded in ``GPTModule.configure_model``, which reads ``activation_checkpointing``,
   ``param_dtype`` and ``reduce_dtype`` from this object. Checkpoints are one consolidated file by default (loadable by
-  DDP, by a single process and by ``lightning_gpt.checkpoint.load_checkpoint``); set ``save_distributed_checkpoint``
+  DDP, by a single process and by ``lightning_gpt.io.checkpoint.load_checkpoint``); set ``save_distributed_checkpoint``
   for very large models (a sharded directory; convert with
   ``python -m lightning.fabric.utilities.consolidate_checkpoint <dir>``).
 - ``FSDP1Strategy``: Lightning's ``FSDPStrategy`` (CUDA only) wrapping each ``Block``, with optional activation
@@ -202,7 +202,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         strict = self.lightning_module.strict_loading
-        from lightning_gpt.checkpoint import torch_load
+        from lightning_gpt.io.checkpoint import torch_load
 
         checkpoint = torch_load(path, map_location="cpu", trust_checkpoint=trust, mmap=True)
         load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)

@@ -16,12 +16,12 @@ import torch
 import yaml
 
 from lightning_gpt import GPT, GPTConfig
-from lightning_gpt.checkpoint import load_checkpoint
-from lightning_gpt.data import TextDataModule
 from lightning_gpt.generation import generate
 from lightning_gpt.generation.text import generate_text
+from lightning_gpt.io.checkpoint import load_checkpoint
+from lightning_gpt.training import TextDataModule
 
-from .conftest import (
+from tests.helpers import (
     PYTHON,
     REPO,
     assert_no_partial_files,
@@ -188,7 +188,7 @@ def test_foreign_checkpoint_generate(cli, tmp_path):
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"weight": torch.zeros(2)}}, foreign)
     message = user_error(cli("generate", "--ckpt_path", foreign, "--prompt", "a", "--max_new_tokens", "2"))
-    assert "has no 'gpt_config' entry" in message and "lightning_gpt.convert" in message
+    assert "has no 'gpt_config' entry" in message and "lightning_gpt.io.convert" in message
 
 
 def test_checkpoint_from_an_incompatible_config(cli, tmp_path, run_yaml, trained):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import assert_no_partial_files, user_error
+from tests.helpers import assert_no_partial_files, user_error
 
 # --------------------------------------------------------------------------------------------- trainer settings
 

@@ -4,7 +4,7 @@ End to end through the CLI. Training runs that must be interrupted run in a chil
 the rest run the CLI in this process (``lightning_gpt.cli.main``), single-threaded so that numbers match the child's.
 
 Resume exactness itself (per-step losses and bit-identical weights, dropout, shuffling, mid-epoch, every callback) is
-tested in ``tests/test_resume.py``; here the CLI-level variant checks that ``fit --ckpt_path last`` after a SIGKILL or
+tested in ``tests/training/test_resume.py``; here the CLI-level variant checks that ``fit --ckpt_path last`` after a SIGKILL or
 a Ctrl-C ends with the weights of the uninterrupted run.
 """
 
@@ -23,11 +23,11 @@ from typing import Iterator, Optional
 import pytest
 import torch
 
-from lightning_gpt.checkpoint import load_checkpoint
+from lightning_gpt.io.checkpoint import load_checkpoint
 from lightning_gpt.training.module import GPTModule
 from lightning_gpt.training.run_folder import resolve_last_checkpoint
 
-from .conftest import PYTHON, REPO, assert_no_partial_files, python_env, tiny_config, write_yaml
+from tests.helpers import PYTHON, REPO, assert_no_partial_files, python_env, tiny_config, write_yaml
 
 MAX_STEPS = 30
 EVERY_STEP = {"checkpoint.every_n_train_steps": 1, "checkpoint.save_top_k": -1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from .conftest import PYTHON, REPO, last_error_line, python_env
+from tests.helpers import PYTHON, REPO, last_error_line, python_env
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "generate", "export")
 

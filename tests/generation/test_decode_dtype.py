@@ -1,0 +1,105 @@
+"""Decoding in another dtype: ``load_checkpoint(..., dtype=...)`` and ``lightning-gpt generate --dtype``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_gpt import GPT, GPTConfig
+from lightning_gpt.data import CharTokenizer
+from lightning_gpt.generation import generate
+from lightning_gpt.io.checkpoint import load_checkpoint, resolve_dtype
+
+TINY = GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
+    model = GPT(GPTConfig(**{**TINY.to_dict(), "vocab_size": tokenizer.vocab_size}))
+    path = tmp_path / "tiny.ckpt"
+    torch.save(
+        {
+            "gpt_config": model.config.to_dict(),
+            "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+            "tokenizer": tokenizer.state_dict(),
+        },
+        path,
+    )
+    return model.eval(), path
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", torch.bfloat16, "float16", "bf16"])
+def test_load_checkpoint_casts_to_the_dtype_and_decodes(saved, dtype):
+    model, path = saved
+    loaded, _ = load_checkpoint(path, dtype=dtype)
+    assert {p.dtype for p in loaded.parameters()} == {resolve_dtype(dtype)}
+    x = torch.randint(0, model.config.vocab_size, (1, 8))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x).float(), model(x), rtol=0.05, atol=0.05)
+    out = generate(loaded, x, max_new_tokens=8)
+    assert out.shape == (1, 16)
+
+
+def test_load_checkpoint_default_dtype_is_the_saved_one(saved):
+    loaded, _ = load_checkpoint(saved[1])
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    loaded, _ = load_checkpoint(saved[1], dtype="float32")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("bad", ["int8", "float128", "magic", torch.int64])
+def test_bad_dtype_is_a_clear_error(saved, bad):
+    with pytest.raises(ValueError, match="dtype") as err:
+        load_checkpoint(saved[1], dtype=bad)
+    assert "bfloat16" in str(err.value)  # names what is accepted
+
+
+def test_generate_cli_dtype(cli, saved):
+    _, path = saved
+    args = ["generate", "--ckpt_path", path, "--prompt", "the ", "--max_new_tokens", "6", "--temperature", "0"]
+    result = cli(*args, "--dtype", "bfloat16")
+    assert result.code == 0, result.err
+    assert result.out.startswith("the ")
+    bad = cli(*args, "--dtype", "int8")
+    assert bad.code == 2
+    assert "int8" in bad.err and "Traceback" not in bad.err
+
+
+def test_decoding_head_copy_gives_the_same_logits_and_tokens():
+    # setup_cache keeps transposed copies of the wide weights (float32 on CPU: faster mat-vec products); logits and
+    # greedy tokens stay the same.
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    x = torch.randint(0, TINY.vocab_size, (2, 8))
+    with torch.inference_mode():
+        full = model(x)
+        model.setup_cache(2, 16)
+        assert model.lm_head.decode_weight_t.shape == (TINY.n_embd, TINY.vocab_size)
+        cached = model(x, start_pos=0)
+        model.clear_cache()
+    assert model.lm_head.decode_weight_t is None and model.transformer.h[0].mlp.c_fc.decode_weight_t is None
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+    assert torch.equal(generate(model, x, max_new_tokens=8), generate(model, x, max_new_tokens=8, use_cache=False))
+
+
+def test_transposed_decode_weights_live_with_the_generation_and_never_go_stale():
+    """The copies belong to one generation's cache: bound only while it decodes. After it, a forward pass without
+    gradients (validation after more training steps) uses the current weights, and the next generation takes new
+    copies."""
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    first = generate(model, ids, max_new_tokens=6)
+    assert all(getattr(layer, "decode_weight_t", None) is None for layer in model._decode_layers())
+    with torch.no_grad():  # "a training step": the weights change after the generation
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    reference = GPT(TINY).eval()
+    reference.load_state_dict(model.state_dict())
+    reference.transposed_decode_weights = False
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), rtol=0, atol=0)
+    assert torch.equal(generate(model, ids, max_new_tokens=6), generate(reference, ids, max_new_tokens=6))
+    assert first.shape == (1, 9)

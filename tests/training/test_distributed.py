@@ -1,0 +1,302 @@
+"""Real two-process runs on CPU (gloo) through the CLI: DDP and FSDP2 agree with one process, their checkpoints load
+into each other and into a single process, and a rank that dies makes the other exit with an error, not hang.
+
+Each run is a ``python -m lightning_gpt fit`` subprocess (Lightning starts the second rank itself), so the test process
+never joins a process group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
+]
+
+WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
+
+# Imported by the child processes (PYTHONPATH=tmp dir): per-rank weight dumps and a rank that dies mid-fit.
+HELPERS = '''
+import os
+import torch
+from lightning.pytorch import Callback
+
+
+class DumpWeights(Callback):
+    """At the end of fit, every rank writes its full (unsharded) weights to <folder>/rank<r>.pt."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        state = {}
+        for name, value in pl_module.model.state_dict().items():
+            value = value.full_tensor() if hasattr(value, "full_tensor") else value  # FSDP2 DTensor shards
+            state[name] = value.detach().cpu().clone()
+        os.makedirs(self.folder, exist_ok=True)
+        torch.save(state, os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))
+
+
+class DumpFirstStep(Callback):
+    """Every rank writes <folder>/rank<r>.pt: the config, the initial weights, the micro-batches it trained on and the
+    gradients and loss the first optimizer step sees."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.batches = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append([t.detach().cpu().clone() for t in batch])
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if trainer.global_step > 0:
+            return
+        grads = {n: p.grad.detach().cpu().clone() for n, p in pl_module.model.named_parameters() if p.grad is not None}
+        os.makedirs(self.folder, exist_ok=True)
+        state = {"config": pl_module.config.to_dict(), "initial": self.initial, "batches": self.batches}
+        state.update(grads=grads, loss=float(pl_module.last_loss))
+        torch.save(state, os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))
+
+
+class KillRank(Callback):
+    """Rank ``rank`` disappears (os._exit, as if killed) once ``step`` optimizer steps are done."""
+
+    def __init__(self, rank: int = 1, step: int = 2) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_rank == self.rank and trainer.global_step >= self.step:
+            os._exit(17)
+'''
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("dist")
+    rng = random.Random(0)
+    (tmp / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(300)))
+    (tmp / "dist_helpers.py").write_text(HELPERS)
+    cfg = {
+        "seed_everything": 11,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 4,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
+        },
+        # dropout 0: each rank draws its own dropout masks, which a single process cannot reproduce
+        "model": {"config": {"block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32, "dropout": 0.0}},
+        "data": {"source": str(tmp / "corpus.txt"), "tokenizer": "char", "batch_size": 4, "cache_dir": str(tmp / "c")},
+        "lr_schedule": {"warmup_steps": 1, "decay_steps": 100},  # the same schedule whatever max_steps is
+        "sampling": {"every_n_steps": 100000},
+        "checkpoint": {"every_n_train_steps": 2, "save_top_k": -1},
+    }
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp
+
+
+def _strategy(kind: str, timeout_minutes: float = 5.0) -> str:
+    path = {
+        "ddp": "lightning_gpt.training.strategies.DDPStrategy",
+        "fsdp2": "lightning_gpt.training.strategies.FSDP2Strategy",
+    }[kind]
+    return json.dumps({"class_path": path, "init_args": {"timeout_minutes": timeout_minutes}})
+
+
+def _fit(workdir: Path, name: str, *extra: str, devices: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(workdir), env.get("PYTHONPATH", "")])
+    env.pop("LIGHTNING_GPT_TRACEBACK", None)
+    # Half the per-device batch on two devices: the same global batch of 4 sequences as the single process.
+    batch = str(4 // devices)
+    args = [sys.executable, "-m", "lightning_gpt", "fit", "--config", str(workdir / "tiny.yaml")]
+    args += ["--trainer.default_root_dir", str(workdir / name), "--trainer.devices", str(devices)]
+    args += ["--data.batch_size", batch, *extra]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+
+
+def _ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+
+
+def _ckpt(workdir: Path, name: str, step: int) -> Path:
+    return next((workdir / name / "checkpoints").glob(f"*step={step}.ckpt"))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from lightning_gpt.io.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(path)
+    return model.state_dict()
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-4) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=tol, atol=tol, msg=name)
+
+
+def _dump_callback(folder: Path) -> list[str]:
+    spec = json.dumps({"class_path": "dist_helpers.DumpWeights", "init_args": {"folder": str(folder)}})
+    return ["--trainer.callbacks+", spec]
+
+
+@pytest.fixture(scope="module")
+def single(workdir) -> Path:
+    """One process, batch 4, 6 steps (checkpoints at 2, 4, 6)."""
+    _ok(_fit(workdir, "single", "--trainer.max_steps", "6", devices=1))
+    return workdir / "single"
+
+
+@pytest.fixture(scope="module")
+def ddp(workdir) -> Path:
+    _ok(_fit(workdir, "ddp", "--trainer.strategy", _strategy("ddp"), *_dump_callback(workdir / "ddp" / "dump")))
+    return workdir / "ddp"
+
+
+@pytest.fixture(scope="module")
+def fsdp2(workdir) -> Path:
+    _ok(_fit(workdir, "fsdp2", "--trainer.strategy", _strategy("fsdp2"), *_dump_callback(workdir / "fsdp2" / "dump")))
+    return workdir / "fsdp2"
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
+def test_two_ranks_agree_with_each_other_and_with_one_process(kind, request, workdir, single):
+    run_dir = request.getfixturevalue(kind)
+    rank0 = torch.load(run_dir / "dump" / "rank0.pt")
+    rank1 = torch.load(run_dir / "dump" / "rank1.pt")
+    _close(rank0, rank1, tol=0.0)  # the ranks hold the same model
+    # Same global batch -> same updates as one process, up to float summation order.
+    reference = _weights(_ckpt(workdir, "single", 4))
+    from_ckpt = _weights(_ckpt(workdir, kind, 4))
+    _close(from_ckpt, reference)
+    _close({k: v for k, v in rank0.items() if k in reference}, reference)
+
+
+def test_checkpoints_load_into_a_single_process_with_the_same_logits(workdir, ddp, fsdp2, single):
+    from lightning_gpt.io.checkpoint import load_checkpoint
+
+    idx = torch.randint(0, 20, (2, 16), generator=torch.Generator().manual_seed(0))
+    reference, _ = load_checkpoint(_ckpt(workdir, "single", 4))
+    for kind in ("ddp", "fsdp2"):
+        model, tokenizer = load_checkpoint(_ckpt(workdir, kind, 4))
+        assert tokenizer is not None
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(idx), reference.eval()(idx), rtol=1e-4, atol=1e-4)
+
+
+def test_every_ddp_and_fsdp2_checkpoint_loads_with_the_safe_loader(workdir, ddp, fsdp2):
+    # Nothing the package writes needs a full unpickle (Lightning's loop and callback states included).
+    for kind in ("ddp", "fsdp2"):
+        files = sorted((workdir / kind / "checkpoints").glob("*.ckpt"))
+        assert files
+        for path in files:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            assert {"gpt_config", "tokenizer", "loops", "callbacks", "optimizer_states"} <= set(ckpt)
+
+
+def test_fsdp2_checkpoint_resumes_under_ddp_and_vice_versa(workdir, ddp, fsdp2, single):
+    """4 steps under one strategy + 2 resumed under the other == 6 steps in one process."""
+    reference = _weights(_ckpt(workdir, "single", 6))
+    for source, target in (("fsdp2", "ddp"), ("ddp", "fsdp2")):
+        name = f"{target}_from_{source}"
+        ckpt = _ckpt(workdir, source, 4)
+        result = _fit(
+            workdir, name, "--trainer.strategy", _strategy(target), "--trainer.max_steps", "6", "--ckpt_path", ckpt
+        )
+        _ok(result)
+        _close(_weights(_ckpt(workdir, name, 6)), reference)
+    # ... and into a single process.
+    result = _fit(
+        workdir, "single_from_fsdp2", "--trainer.max_steps", "6", "--ckpt_path", _ckpt(workdir, "fsdp2", 4), devices=1
+    )
+    _ok(result)
+    _close(_weights(_ckpt(workdir, "single_from_fsdp2", 6)), reference)
+
+
+def test_a_dead_rank_makes_the_other_exit_with_an_error(workdir):
+    kill = '{"class_path": "dist_helpers.KillRank", "init_args": {"rank": 1, "step": 2}}'
+    start = time.monotonic()
+    result = _fit(
+        workdir,
+        "dead",
+        "--trainer.strategy",
+        _strategy("ddp", timeout_minutes=1.5),
+        "--trainer.max_steps",
+        "50",
+        "--trainer.callbacks+",
+        kill,
+        timeout=300,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert elapsed < 240, elapsed  # an error, not a hang (start-up of both ranks included)
+    log = result.stdout + result.stderr
+    assert any(s in log for s in ("Connection closed by peer", "timed out", "Timeout", "Connection reset")), log[-3000:]
+
+
+def test_ddp_with_padding_and_accumulation_weighs_tokens_like_one_process(workdir):
+    """Two ranks x batch 1 x accumulation 2 over padded documents of different lengths: the gradient of the one step
+    is that of one process over the same 4 rows, (sum of token losses) / (target tokens of all 4 rows)."""
+    from lightning_gpt import GPT, GPTConfig
+
+    docs = ["ab", "the quick brow", "fox j", "umps over a", "dog", "and the c", "at runs to it", "x"]
+    (workdir / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    folder = workdir / "ddp_pad" / "dump"
+    spec = json.dumps({"class_path": "dist_helpers.DumpFirstStep", "init_args": {"folder": str(folder)}})
+    result = _fit(
+        workdir,
+        "ddp_pad",
+        "--trainer.strategy",
+        _strategy("ddp"),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.accumulate_grad_batches",
+        "2",
+        "--data.batch_size",
+        "1",
+        "--data.mode",
+        "pad",
+        "--data.val_fraction",
+        "0",
+        "--data.source",
+        str(workdir / "docs.jsonl"),
+        "--clip.max_norm",
+        "1e9",
+        "--trainer.callbacks+",
+        spec,
+    )
+    _ok(result)
+    ranks = [torch.load(folder / f"rank{r}.pt") for r in (0, 1)]
+    _close(ranks[0]["grads"], ranks[1]["grads"], tol=0.0)
+    x = torch.cat([b[0] for rank in ranks for b in rank["batches"]])  # (4, T): the global batch
+    y = torch.cat([b[1] for rank in ranks for b in rank["batches"]])
+    counts = [int((b[1] != -100).sum()) for rank in ranks for b in rank["batches"]]
+    assert len(counts) == 4 and len(set(counts)) > 1  # the ranks' micro-batches really differ in token count
+
+    model = GPT(GPTConfig.from_dict(ranks[0]["config"]))
+    model.load_state_dict(ranks[0]["initial"])
+    logits = model(x)  # (4, T, vocab_size)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / sum(counts)
+    loss.backward()
+    reference = {n: p.grad for n, p in model.named_parameters()}
+    _close(ranks[0]["grads"], reference, tol=1e-5)
+    assert ranks[0]["loss"] == pytest.approx(float(loss), rel=1e-5)
