@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -143,9 +143,9 @@ class InterruptCheckpoint(Callback):
         if getattr(callback, "save_last", False) and os.path.basename(path) == os.path.basename(
             getattr(callback, "last_model_path", "") or path
         ):
-            # Lightning-private bookkeeping of ModelCheckpoint (covered by tests/training/test_run_folder.py): last.ckpt is its
-            # own `last` (so it is never written again under another name, nor replaced at on_train_end by a state
-            # whose epoch already counts as finished).
+            # Lightning-private bookkeeping of ModelCheckpoint (covered by tests/training/test_run_folder.py):
+            # last.ckpt is its own `last` (so it is never written again under another name, nor replaced at
+            # on_train_end by a state whose epoch already counts as finished).
             register_last_checkpoint(callback, path)
         return path
 

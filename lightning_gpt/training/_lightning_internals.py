@@ -1,4 +1,5 @@
-"""Every use of Lightning's private internals, in one place, each with a test (``tests/training/test_lightning_internals.py``).
+"""Every use of Lightning's private internals, in one place, each with a test
+(``tests/training/test_lightning_internals.py``).
 
 Lightning keeps these names out of its public API, so a minor release may move them. ``pyproject.toml`` bounds
 ``lightning`` to the versions the tests ran against; when an upgrade breaks, it breaks here and in that test file.

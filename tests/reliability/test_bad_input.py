@@ -20,7 +20,6 @@ from lightning_gpt.generation import generate
 from lightning_gpt.generation.text import generate_text
 from lightning_gpt.io.checkpoint import load_checkpoint
 from lightning_gpt.training import TextDataModule
-
 from tests.helpers import (
     PYTHON,
     REPO,

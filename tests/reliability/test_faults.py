@@ -4,8 +4,8 @@ End to end through the CLI. Training runs that must be interrupted run in a chil
 the rest run the CLI in this process (``lightning_gpt.cli.main``), single-threaded so that numbers match the child's.
 
 Resume exactness itself (per-step losses and bit-identical weights, dropout, shuffling, mid-epoch, every callback) is
-tested in ``tests/training/test_resume.py``; here the CLI-level variant checks that ``fit --ckpt_path last`` after a SIGKILL or
-a Ctrl-C ends with the weights of the uninterrupted run.
+tested in ``tests/training/test_resume.py``; here the CLI-level variant checks that ``fit --ckpt_path last`` after a
+SIGKILL or a Ctrl-C ends with the weights of the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 from lightning_gpt.io.checkpoint import load_checkpoint
 from lightning_gpt.training.module import GPTModule
 from lightning_gpt.training.run_folder import resolve_last_checkpoint
-
 from tests.helpers import PYTHON, REPO, assert_no_partial_files, python_env, tiny_config, write_yaml
 
 MAX_STEPS = 30

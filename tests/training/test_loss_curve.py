@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from tests.helpers import tiny_config, write_corpus, write_yaml
 
 

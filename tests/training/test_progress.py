@@ -7,9 +7,9 @@ import re
 
 import pytest
 import yaml
-from tests.helpers import tiny_config, write_corpus
 
 from lightning_gpt.training.callbacks.progress import GPTProgressBar
+from tests.helpers import tiny_config, write_corpus
 
 
 @pytest.fixture
