@@ -117,11 +117,15 @@ def nanogpt_config(model_args: dict[str, Any], state: dict[str, torch.Tensor], n
     )
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names a class or function (``GLOBAL``), which ``_MetaUnpickler`` never loads."""
+
+
 class _MetaUnpickler(pickle.Unpickler):
     """Rebuilds only plain data: no class or function may be loaded (so no code in the file runs)."""
 
     def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise _Refused(f"{module}.{name}")
 
 
 def read_meta(path: Union[str, Path]) -> Tokenizer:
@@ -144,7 +148,7 @@ def read_meta(path: Union[str, Path]) -> Tokenizer:
     data = path.read_bytes()
     try:
         meta = _MetaUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as err:
+    except _Refused as err:
         raise ValueError(
             f"{path} was not read: it holds {err} or other non-plain data (a nanoGPT meta.pkl is a dict of strings "
             f"and integers), and unpickling objects could run code from the file. {fix}"
