@@ -83,7 +83,9 @@ def _byte_level_tokens(tokenizer: Any) -> dict[int, bytes]:
         return {}
     alphabet = _byte_alphabet()
     out = {}
-    for token, i in ((spec.get("model") or {}).get("vocab") or {}).items():
+    vocab = (spec.get("model") or {}).get("vocab") or {}
+    pairs = vocab.items() if isinstance(vocab, dict) else ((piece, i) for i, (piece, _) in enumerate(vocab))  # unigram
+    for token, i in pairs:
         if all(c in alphabet for c in token):
             out[int(i)] = bytes(alphabet[c] for c in token)
     return out
