@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lightning_gpt.generation import GenerationConfig, generate
+from lightning_gpt.generation import GenerateOutput, GenerationConfig, generate
 from lightning_gpt.generation.text import _cut_at_stop
 
 __all__ = ["generate_until"]
@@ -91,6 +91,7 @@ def generate_until(lm: Any, requests: list[Any]) -> list[str]:
                 tokenizer=tokenizer if config.stop else None,
                 return_dict=True,
             )
+            assert isinstance(out, GenerateOutput)  # return_dict=True
             for i, tokens in zip(rows, out.new_tokens):
                 text, _ = _cut_at_stop(tokenizer.decode(tokens), until)
                 results[i] = text

@@ -33,6 +33,7 @@ from lm_eval.api.model import TemplateLM
 
 from lightning_gpt.evaluation.scoring import loglikelihood_tokens, rolling_windows
 from lightning_gpt.evaluation.text import prefix_token_id
+from lightning_gpt.model import GPT
 
 __all__ = ["LightningGPTLM", "MODEL_NAME"]
 
@@ -72,7 +73,7 @@ class LightningGPTLM(TemplateLM):
     def __init__(
         self,
         checkpoint: Optional[str] = None,
-        model: Optional[torch.nn.Module] = None,
+        model: Optional[GPT] = None,
         tokenizer: Any = None,
         batch_size: Union[int, str] = 8,
         device: Optional[str] = None,
@@ -82,7 +83,7 @@ class LightningGPTLM(TemplateLM):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        from lightning_gpt.evaluation.evaluate import load_model
+        from lightning_gpt.evaluation.loading import load_model
 
         if kwargs:
             log.info("lightning-gpt ignores lm-eval model arguments %s", sorted(kwargs))
@@ -101,7 +102,7 @@ class LightningGPTLM(TemplateLM):
             )
         elif tokenizer is None or isinstance(tokenizer, str):
             raise ValueError("LightningGPTLM(model=...) needs the tokenizer object too (tokenizer=...).")
-        self.model = model.eval()
+        self.model: Any = model.eval()
         self.tokenizer = tokenizer
         self._batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self._device = next(model.parameters()).device
@@ -111,12 +112,12 @@ class LightningGPTLM(TemplateLM):
     # ------------------------------------------------------------------ what TemplateLM needs
 
     @property
-    def eot_token_id(self) -> int:  # type: ignore[override]
+    def eot_token_id(self) -> int:
         """The end-of-text id (EOS)."""
         return self.tokenizer.eos_id
 
     @property
-    def prefix_token_id(self) -> int:  # type: ignore[override]
+    def prefix_token_id(self) -> int:
         """What an empty context becomes: BOS, else EOS (``HFLM.prefix_token_id``)."""
         prefix = prefix_token_id(self.tokenizer, self._n_real)
         if prefix is None:

@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from lightning_gpt.model import GPT
 
 __all__ = ["loglikelihood_tokens", "rolling_windows"]
 
@@ -54,7 +55,7 @@ def rolling_windows(ids: Sequence[int], prefix_id: int, block_size: int) -> list
 
 @torch.no_grad()
 def loglikelihood_tokens(
-    model: nn.Module, pairs: Sequence[Pair], batch_size: int = 8, n_real: Optional[int] = None
+    model: GPT, pairs: Sequence[Pair], batch_size: int = 8, n_real: Optional[int] = None
 ) -> list[tuple[float, bool]]:
     """``log p(continuation | context)`` and whether greedy decoding would produce the continuation, per pair.
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-from torch import nn
-
 from lightning_gpt.evaluation.metrics import bits_per_byte, perplexity, utf8_length
 from lightning_gpt.evaluation.scoring import Pair, loglikelihood_tokens, rolling_windows
+from lightning_gpt.model import GPT
 
 __all__ = ["TextScores", "prefix_token_id", "score_documents"]
 
@@ -73,7 +72,7 @@ def prefix_token_id(tokenizer: Any, n_real: int) -> Optional[int]:
     return None
 
 
-def score_documents(model: nn.Module, tokenizer: Any, documents: Iterable[str], batch_size: int = 8) -> TextScores:
+def score_documents(model: GPT, tokenizer: Any, documents: Iterable[str], batch_size: int = 8) -> TextScores:
     """Score every document of ``documents`` (see the module docstring).
 
     Args:
