@@ -111,6 +111,7 @@ def test_each_request_type_equals_hflm_in_process(eval_setup):
         )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kind",
     [
@@ -149,6 +150,7 @@ def test_every_attention_kind_evaluates_and_batching_changes_nothing(eval_setup,
     assert text_mode["bits_per_byte"] == pytest.approx(results["lgpt_roll"]["bits_per_byte,none"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_wrong_task_or_missing_include_path_is_one_paragraph(eval_setup, cli):
     user_error(cli("evaluate", "--ckpt_path", eval_setup["ckpt"], "--tasks", "no_such_task_xyz", "--include_path",
                    eval_setup["tasks"]), "Unknown lm-eval task", "no_such_task_xyz", "--include_path")  # fmt: skip
@@ -159,6 +161,7 @@ def test_a_wrong_task_or_missing_include_path_is_one_paragraph(eval_setup, cli):
                    eval_setup["text"]), "not both")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_lm_eval_command_line_with_our_model_registered(eval_setup, tmp_path):
     """``python -m lightning_gpt.evaluation.harness`` is the ``lm_eval`` command with ``--model lightning-gpt``."""
     out = tmp_path / "out"
