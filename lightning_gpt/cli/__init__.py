@@ -1,4 +1,5 @@
-"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI), ``generate``, ``export``.
+"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI), ``generate``, ``export``,
+``evaluate``.
 
 ```bash
 lightning-gpt fit --config recipes/quickstart.yaml                    # train (runs/quickstart/checkpoints)
@@ -7,6 +8,7 @@ lightning-gpt generate --ckpt_path runs/quickstart --prompt "def "     # stream 
 lightning-gpt predict --ckpt_path runs/quickstart/checkpoints/last.ckpt --data.path prompts.txt \\
     --writer.output_path predictions.jsonl                            # batch decoding to JSONL
 lightning-gpt export --ckpt_path runs/quickstart --output_dir hf/quickstart   # a Hugging Face GPT-2 folder
+lightning-gpt evaluate --ckpt_path runs/quickstart --data.source val.txt       # loss, perplexity, bits per byte
 lightning-gpt fit --help                                             # every option, documented
 ```
 

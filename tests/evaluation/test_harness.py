@@ -27,6 +27,14 @@ def _env(cache: Path) -> dict[str, str]:
     return env
 
 
+def _run_lm_eval(cmd: list[str], out: Path, cache: Path) -> dict:
+    """Run an ``lm_eval`` command line in a subprocess; the ``results`` of the JSON it wrote under ``out``."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(cache), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
+    return json.loads(Path(path).read_text())["results"]
+
+
 def _metrics(results: dict) -> dict[tuple[str, str], float]:
     return {
         (task, key): value
@@ -50,10 +58,7 @@ def hf_results(eval_setup) -> dict:
         "--batch_size", "4",
         "--output_path", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(eval_setup["base"] / "hf_cache"), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (path,) = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
-    return json.loads(Path(path).read_text())["results"]
+    return _run_lm_eval(cmd, out, eval_setup["base"] / "hf_cache")
 
 
 @pytest.mark.slow
@@ -174,7 +179,4 @@ def test_lm_eval_command_line_with_our_model_registered(eval_setup, tmp_path):
         "--limit", "4",
         "--output_path", str(out),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(eval_setup["base"] / "hf_cache"), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (path,) = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
-    assert "acc,none" in json.loads(Path(path).read_text())["results"]["lgpt_mc"]
+    assert "acc,none" in _run_lm_eval(cmd, out, eval_setup["base"] / "hf_cache")["lgpt_mc"]
