@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,9 @@ import torch
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.data import CharTokenizer
+from tests.helpers import python_env
 
+TASKS = "lgpt_mc,lgpt_roll,lgpt_gen"
 WORDS = "the quick brown fox jumps over a lazy dog and cat runs to its house while birds sing".split()
 
 
@@ -114,3 +120,34 @@ def eval_setup(tmp_path_factory) -> dict[str, Path]:
     model, tokenizer = load_checkpoint(ckpt)
     export = write_pretrained(model, tokenizer, base / "export")
     return {"base": base, "tasks": tasks, "ckpt": ckpt, "export": export, "text": base / "tasks" / "lgpt_roll.jsonl"}
+
+
+def _env(cache: Path) -> dict[str, str]:
+    env = python_env()
+    env.update(HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(cache), TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def run_lm_eval(cmd: list[str], out: Path, cache: Path) -> dict:
+    """Run an ``lm_eval`` command line in a subprocess; the ``results`` of the JSON it wrote under ``out``."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(cache), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (path,) = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
+    return json.loads(Path(path).read_text())["results"]
+
+
+@pytest.fixture(scope="session")
+def hf_results(eval_setup) -> dict:
+    """A real ``lm_eval --model hf`` run (the command, in a subprocess) on the export folder."""
+    out = eval_setup["base"] / "hf_out"
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "lm_eval"),
+        "--model", "hf",
+        "--model_args", f"pretrained={eval_setup['export']},dtype=float32",
+        "--tasks", TASKS,
+        "--include_path", str(eval_setup["tasks"]),
+        "--device", "cpu",
+        "--batch_size", "4",
+        "--output_path", str(out),
+    ]  # fmt: skip
+    return run_lm_eval(cmd, out, eval_setup["base"] / "hf_cache")

@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.evaluation.conftest import task_text, tiny_checkpoint
-from tests.helpers import python_env, user_error
+from tests.evaluation.conftest import TASKS, run_lm_eval, task_text, tiny_checkpoint
+from tests.helpers import user_error
 
 lm_eval = pytest.importorskip("lm_eval")
-
-TASKS = "lgpt_mc,lgpt_roll,lgpt_gen"
-
-
-def _env(cache: Path) -> dict[str, str]:
-    env = python_env()
-    env.update(HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(cache), TOKENIZERS_PARALLELISM="false")
-    return env
-
-
-def _run_lm_eval(cmd: list[str], out: Path, cache: Path) -> dict:
-    """Run an ``lm_eval`` command line in a subprocess; the ``results`` of the JSON it wrote under ``out``."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(cache), timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (path,) = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
-    return json.loads(Path(path).read_text())["results"]
 
 
 def _metrics(results: dict) -> dict[tuple[str, str], float]:
@@ -42,23 +22,6 @@ def _metrics(results: dict) -> dict[tuple[str, str], float]:
         for key, value in values.items()
         if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-
-
-@pytest.fixture(scope="session")
-def hf_results(eval_setup) -> dict:
-    """A real ``lm_eval --model hf`` run (the command, in a subprocess) on the export folder."""
-    out = eval_setup["base"] / "hf_out"
-    cmd = [
-        os.path.join(os.path.dirname(sys.executable), "lm_eval"),
-        "--model", "hf",
-        "--model_args", f"pretrained={eval_setup['export']},dtype=float32",
-        "--tasks", TASKS,
-        "--include_path", str(eval_setup["tasks"]),
-        "--device", "cpu",
-        "--batch_size", "4",
-        "--output_path", str(out),
-    ]  # fmt: skip
-    return _run_lm_eval(cmd, out, eval_setup["base"] / "hf_cache")
 
 
 @pytest.mark.slow
@@ -179,4 +142,4 @@ def test_lm_eval_command_line_with_our_model_registered(eval_setup, tmp_path):
         "--limit", "4",
         "--output_path", str(out),
     ]  # fmt: skip
-    assert "acc,none" in _run_lm_eval(cmd, out, eval_setup["base"] / "hf_cache")["lgpt_mc"]
+    assert "acc,none" in run_lm_eval(cmd, out, eval_setup["base"] / "hf_cache")["lgpt_mc"]
