@@ -1,4 +1,5 @@
-"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI), ``generate``, ``export``.
+"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI), ``generate``, ``export``,
+``evaluate``.
 
 ```bash
 lightning-gpt fit --config recipes/quickstart.yaml                    # train (runs/quickstart/checkpoints)
@@ -7,6 +8,7 @@ lightning-gpt generate --ckpt_path runs/quickstart --prompt "def "     # stream 
 lightning-gpt predict --ckpt_path runs/quickstart/checkpoints/last.ckpt --data.path prompts.txt \\
     --writer.output_path predictions.jsonl                            # batch decoding to JSONL
 lightning-gpt export --ckpt_path runs/quickstart --output_dir hf/quickstart   # a Hugging Face GPT-2 folder
+lightning-gpt evaluate --ckpt_path runs/quickstart --data.source val.txt       # loss, perplexity, bits per byte
 lightning-gpt fit --help                                             # every option, documented
 ```
 
@@ -38,6 +40,7 @@ SUBCOMMANDS = (
     ("predict", "decode a file of prompts (text or JSONL) in batches into a JSONL file"),
     ("generate", "stream one completion of a prompt from a checkpoint to the terminal"),
     ("export", "write a checkpoint's model out for use elsewhere (see lightning-gpt export --help)"),
+    ("evaluate", "loss, perplexity and bits per byte on a text source, or lm-eval task scores (--tasks)"),
 )
 
 
@@ -81,6 +84,11 @@ def main(args: Optional[list[str]] = None) -> None:
             from lightning_gpt.cli.generate import generate_command
 
             generate_command(argv[1:])
+            return
+        if argv and argv[0] == "evaluate":
+            from lightning_gpt.cli.evaluate import evaluate_command
+
+            evaluate_command(argv[1:])
             return
         if argv and argv[0] == "export":
             from lightning_gpt.cli.export import export_command

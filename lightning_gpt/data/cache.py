@@ -242,7 +242,7 @@ def build_token_cache(
         cache_dir: the cache root.
         key_obj: everything the ids depend on (source identity, tokenizer fingerprint, settings).
         documents: the documents, read only when the entry is missing.
-        tokenizer: the tokenizer (must have an EOS token).
+        tokenizer: the tokenizer (its EOS ends every document; without one, documents are joined as they are).
         add_bos: prepend BOS to every document.
         description: the source's name, for error messages.
     """
@@ -255,8 +255,9 @@ def build_token_cache(
         except CacheEntryError as err:
             log.warning("%s Rebuilding it now.", err)
             _discard(final, root)
-    if tokenizer.eos_id is None:
-        raise ValueError(f"{tokenizer.describe()} has no EOS token to separate documents; use a tokenizer with one.")
+    # A vocabulary without EOS (nanoGPT's meta.pkl characters) joins the documents without a separator, as
+    # nanoGPT's prepare.py does.
+    eos = tokenizer.eos_id is not None
     if add_bos and tokenizer.bos_id is None:
         raise ValueError(f"add_bos=True but {tokenizer.describe()} has no BOS token; set add_bos=False.")
     dtype = token_dtype(tokenizer.vocab_size)
@@ -275,7 +276,7 @@ def build_token_cache(
         with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
             for chunk in _with_progress(_chunks(documents), description):
                 n_chars += sum(len(d) for d in chunk)
-                for ids in _encode_chunk(tokenizer, chunk, add_bos, True):
+                for ids in _encode_chunk(tokenizer, chunk, add_bos, eos):
                     f.write(ids.astype(dtype).tobytes())
                     offsets.append(offsets[-1] + len(ids))
         if n_chars == 0:

@@ -35,6 +35,7 @@ from lightning_gpt.data.tokenizer_base import (
     _ids_list,
     tokenizer_from_state_dict,
 )
+from lightning_gpt.data.vocab_tokenizer import VocabTokenizer  # noqa: F401 - registers the 'vocab' state kind
 
 __all__ = [
     "BOS",

@@ -20,6 +20,7 @@ from typing import Any, Optional, Union
 import torch
 
 from lightning_gpt.config import GPTConfig
+from lightning_gpt.io.nanogpt import from_nanogpt, is_nanogpt_checkpoint
 from lightning_gpt.io.serialization import UnsafeCheckpointError, read_checkpoint, torch_load
 from lightning_gpt.model import GPT
 
@@ -113,18 +114,21 @@ def load_checkpoint(
     strict: bool = True,
     trust_checkpoint: bool = False,
     dtype: Union[None, str, torch.dtype] = None,
+    tokenizer: Optional[Any] = None,
 ) -> tuple[GPT, Optional[Any]]:
     """Build the ``GPT`` saved in a checkpoint (or a weights folder) and its tokenizer.
 
     Args:
         path: a ``.ckpt`` file saved by ``GPTModule`` (Lightning ``ModelCheckpoint`` or ``trainer.save_checkpoint``);
             a ``.safetensors`` file with its JSON config beside it; or a folder written by ``lightning-gpt export``
-            or by Hugging Face ``save_pretrained`` (GPT-2).
+            or by Hugging Face ``save_pretrained`` (GPT-2); or nanoGPT's ``ckpt.pt`` (``lightning_gpt.io.nanogpt``).
         map_location: device of the loaded weights.
         strict: require the weights to match the model exactly.
         trust_checkpoint: allow a full unpickle (code may run) of a file that needs it; trusted files only.
         dtype: cast the weights to this floating dtype (``"bfloat16"``, ``torch.float16``, ...), e.g. to decode at
             half the memory traffic; ``None`` keeps the saved dtype.
+        tokenizer: the tokenizer of a nanoGPT ``ckpt.pt`` (default: the ``meta.pkl`` beside it, else GPT-2's BPE);
+            ignored for other files, which carry their own.
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode; the tokenizer, or ``None`` when the checkpoint holds none.
@@ -141,6 +145,8 @@ def load_checkpoint(
         model, tokenizer = load_pretrained(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
         return (model if target_dtype is None else model.to(dtype=target_dtype)), tokenizer
     checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
+    if is_nanogpt_checkpoint(checkpoint):
+        checkpoint = from_nanogpt(checkpoint, path, tokenizer)
     if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
         raise ValueError(
             f"{path} has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. For Hugging Face "
@@ -185,7 +191,11 @@ def find_checkpoint(path: str) -> str:
         if not os.path.isdir(folder):
             continue
         ckpts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
-        ckpts = [c for c in ckpts if os.path.isfile(c)]
+        ckpts = [c for c in ckpts if os.path.isfile(c)] or [
+            c
+            for c in [os.path.join(folder, "ckpt.pt")]
+            if os.path.isfile(c)  # a nanoGPT out_dir
+        ]
         if ckpts:
             lasts = [c for c in ckpts if os.path.basename(c).startswith("last")]
             return max(lasts or ckpts, key=os.path.getmtime)

@@ -195,28 +195,60 @@ def load_pretrained(
 # ------------------------------------------------------------------------------------------------------------- writing
 
 
-def _char_tokenizer_json(tokenizer: Any) -> str:
-    """A ``tokenizers`` WordLevel tokenizer with one token per character: the ids of ``CharTokenizer``."""
+def _char_tokenizer_json(chars: list[str], specials: tuple[str, ...]) -> str:
+    """A ``tokenizers`` WordLevel tokenizer with one token per character, then ``specials``: the ids of
+    ``CharTokenizer`` (``SPECIALS``) and of ``VocabTokenizer`` (none; an unknown character is an encoding error)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
-    from lightning_gpt.data.tokenizers import SPECIALS, UNK
+    from lightning_gpt.data.tokenizers import UNK
 
-    vocab = {c: i for i, c in enumerate(tokenizer.chars)}
-    vocab.update({s: len(tokenizer.chars) + i for i, s in enumerate(SPECIALS)})
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({s: len(chars) + i for i, s in enumerate(specials)})
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([AddedToken(s, special=True) for s in SPECIALS])
+    tok.add_special_tokens([AddedToken(s, special=True) for s in specials])
     return tok.to_str()
+
+
+def generation_defaults(block_size: int) -> dict[str, Any]:
+    """The decoding settings an export writes into ``generation_config.json``: ``lightning-gpt generate``'s defaults
+    (``CLI_DEFAULTS``: sampling at temperature 0.8, no top-k/top-p), spelled so that ``transformers`` applies exactly
+    these and none of its own (its ``top_k=50`` default is switched off with ``top_k=0``).
+
+    The length differs on purpose: ``generate`` slides past the context (200 new tokens by default), which a GPT-2
+    model in ``transformers`` cannot, so the file says ``max_length = block_size`` (fill the context). Both give the
+    same text for the same ``max_new_tokens`` within the context and the same seed.
+
+    Args:
+        block_size: the model's context length.
+    """
+    from lightning_gpt.generation.config import CLI_DEFAULTS as d
+
+    return {
+        "do_sample": d.do_sample,
+        "temperature": d.temperature,
+        "top_k": d.top_k or 0,
+        "top_p": 1.0 if d.top_p is None else d.top_p,
+        "min_p": d.min_p,
+        "repetition_penalty": d.repetition_penalty,
+        "num_beams": d.num_beams,
+        "length_penalty": d.length_penalty,
+        "max_length": block_size,
+    }
 
 
 def _tokenizer_files(tokenizer: Any, block_size: int) -> dict[str, Any]:
     """``{file name: JSON text or object}`` of the Hugging Face tokenizer files for one of our tokenizers."""
-    from lightning_gpt.data.tokenizers import UNK, CharTokenizer, HFTokenizer
+    from lightning_gpt.data.tokenizers import SPECIALS, UNK, CharTokenizer, HFTokenizer
+    from lightning_gpt.data.vocab_tokenizer import VocabTokenizer
 
+    names: dict[str, Optional[str]]
     if isinstance(tokenizer, CharTokenizer):
-        text = _char_tokenizer_json(tokenizer)
+        text = _char_tokenizer_json(tokenizer.chars, SPECIALS)
         names = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>", "unk_token": UNK}
+    elif isinstance(tokenizer, VocabTokenizer):  # nanoGPT's meta.pkl vocabulary: no special tokens
+        text, names = _char_tokenizer_json(tokenizer.itos, ()), {}
     elif isinstance(tokenizer, HFTokenizer):
         text = tokenizer.state_dict()["tokenizer_json"]
         names = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token}
@@ -246,10 +278,11 @@ def write_pretrained(
 ) -> Path:
     """Write ``model`` (and ``tokenizer``) as a weights folder; nothing is left behind when it fails.
 
-    ``format="hf"``: ``config.json`` (``GPT2LMHeadModel``), ``model.safetensors``, ``generation_config.json`` and the
-    tokenizer files, loadable by ``transformers.AutoModelForCausalLM`` and ``AutoTokenizer``. ``format="safetensors"``:
-    ``model.safetensors`` under ``GPT``'s own parameter names, for any architecture. Both add ``lightning_gpt.json``
-    (the ``GPTConfig`` and the tokenizer's state), from which ``load_checkpoint`` rebuilds the model exactly.
+    ``format="hf"``: ``config.json`` (``GPT2LMHeadModel``), ``model.safetensors``, ``generation_config.json`` (the
+    decoding defaults of ``lightning-gpt generate``, see ``generation_defaults``) and the tokenizer files, loadable by
+    ``transformers.AutoModelForCausalLM`` and ``AutoTokenizer``. ``format="safetensors"``: ``model.safetensors`` under
+    ``GPT``'s own parameter names, for any architecture. Both add ``lightning_gpt.json`` (the ``GPTConfig`` and the
+    tokenizer's state), from which ``load_checkpoint`` rebuilds the model exactly.
 
     Args:
         model: the model to write (its weights are saved in their current dtype).
@@ -293,7 +326,7 @@ def write_pretrained(
             **special,
             "torch_dtype": dtype,
         }
-        files["generation_config.json"] = {"_from_model_config": True, **special}
+        files["generation_config.json"] = {**generation_defaults(config.block_size), **special}
     else:
         tensors = {k: v.contiguous() for k, v in sd.items() if not (k == "lm_head.weight" and config.tie_weights)}
     files[NATIVE_FILE] = {

@@ -1,10 +1,10 @@
 """Start a model from existing weights (``GPTModule(init_from=PATH)``, ``lightning-gpt fit --model.init_from PATH``).
 
-PATH is a Hugging Face GPT-2 folder, a ``lightning-gpt export`` folder (or a ``.safetensors`` file in one), or one of
-this package's ``.ckpt`` checkpoints. The architecture comes from PATH; the fields that no weight depends on (dropout
-and the attention kind with its options) may be changed, and ``block_size`` may shrink (the position table is cropped,
-as nanoGPT's ``crop_block_size`` does). Only the weights are taken: the optimizer, the step and the schedule start
-fresh.
+PATH is a Hugging Face GPT-2 folder, a ``lightning-gpt export`` folder (or a ``.safetensors`` file in one), one of
+this package's ``.ckpt`` checkpoints, or nanoGPT's ``ckpt.pt`` (``lightning_gpt.io.nanogpt``). The architecture comes
+from PATH; the fields that no weight depends on (dropout and the attention kind with its options) may be changed, and
+``block_size`` may shrink (the position table is cropped, as nanoGPT's ``crop_block_size`` does). Only the weights are
+taken: the optimizer, the step and the schedule start fresh.
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ def _is_folder(path: Union[str, Path]) -> bool:
 
 def _checkpoint(path: Union[str, Path], trust_checkpoint: bool) -> dict[str, Any]:
     from lightning_gpt.io.checkpoint import read_checkpoint
+    from lightning_gpt.io.nanogpt import from_nanogpt, is_nanogpt_checkpoint
 
     checkpoint = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    if is_nanogpt_checkpoint(checkpoint):  # nanoGPT's ckpt.pt: its model_args, weights and meta.pkl (or GPT-2 BPE)
+        checkpoint = from_nanogpt(checkpoint, path)
     if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
         raise ValueError(
             f"init_from={str(path)!r} has no 'gpt_config' entry, so it was not saved by lightning-gpt. Pass a "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from lightning_gpt.data.tokenizers import HFTokenizer, Tokenizer, build_tokenizer, tokenizer_from_state_dict
+from lightning_gpt.io.nanogpt import from_nanogpt, is_nanogpt_checkpoint
 from lightning_gpt.io.serialization import NATIVE_FILE, _folder, _read_json, is_pretrained_path, read_checkpoint
 
 __all__ = ["load_tokenizer", "read_pretrained_tokenizer"]
@@ -22,7 +23,8 @@ def load_tokenizer(
     trust_checkpoint: bool = False,
 ) -> Tokenizer:
     """Build or load a tokenizer from any specification: ``build_tokenizer``'s, plus a path to a ``.ckpt`` holding
-    ``checkpoint["tokenizer"]`` or a weights folder (Hugging Face GPT-2 or ``lightning-gpt export``).
+    ``checkpoint["tokenizer"]`` (or nanoGPT's ``ckpt.pt``: its ``meta.pkl``, else GPT-2's BPE) or a weights folder
+    (Hugging Face GPT-2 or ``lightning-gpt export``).
 
     Args:
         kind: the specification (see ``lightning_gpt.data.build_tokenizer`` for the plain ones).
@@ -36,10 +38,12 @@ def load_tokenizer(
         ValueError: a checkpoint or folder without a tokenizer; an unknown kind.
     """
     path = os.path.expanduser(kind)
-    if path.endswith(".ckpt"):
+    if path.endswith((".ckpt", ".pt")):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer={kind!r}: checkpoint file not found.")
         ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)  # weights-only unless trusted: no code runs
+        if is_nanogpt_checkpoint(ckpt):  # nanoGPT's ckpt.pt: the meta.pkl beside it, else GPT-2's BPE
+            ckpt = from_nanogpt(ckpt, path)
         if not isinstance(ckpt, dict) or "tokenizer" not in ckpt:
             raise ValueError(f"tokenizer={kind!r}: the checkpoint has no 'tokenizer' entry to reuse.")
         return tokenizer_from_state_dict(ckpt["tokenizer"])
