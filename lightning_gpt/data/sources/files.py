@@ -88,7 +88,8 @@ def _walk(base: str, max_depth: Optional[int], hidden: bool) -> Iterator[tuple[s
     def visit(folder: str, rel: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
         try:
             st = os.stat(folder)
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
         except OSError as err:
             raise FileNotFoundError(f"could not list the folder {folder!r} of the source ({err}).") from None
         if (st.st_dev, st.st_ino) in seen:
