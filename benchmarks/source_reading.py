@@ -11,15 +11,18 @@ the same process's RSS right after its imports subtracted too):
   (``build_token_cache``), the small local path of ``prepare`` (``--no-cache`` skips it), and ``bpe cache``: the
   same with a ``bpe`` tokenizer trained on the first 2 MB (up to ``--bpe-max-mb``, default 128);
 * ``identity (stat)``: ``resolve_source(path).key()`` as every rank computes it at start-up, vs ``identity
-  (sha256)``: the previous identity, a SHA-256 of every byte (what each rank did at each start).
+  (sha256)``: the previous identity, a SHA-256 of every byte (what each rank did at each start);
+* with ``--fit``, at the largest size: ``lightning-gpt fit`` of one step of a 1-layer, 32-wide model (``char``,
+  block 256, batch 4) on the file, tokenizer training and token cache included (peak RSS of the whole command).
 
 Prints a markdown table and writes it, with the command and load average, to
 ``benchmarks/results/source_reading.md``. About 3 minutes at 1024 MB on 2 quiet cores (the char cache build is most
-of it); the file is deleted at the end.
+of it; ``--fit`` adds about 3 more); the file is deleted at the end.
 
 Usage::
 
-    .venv/bin/python benchmarks/source_reading.py [--size-mb 1024] [--whole-max-mb 128] [--no-cache] [--workdir DIR]
+    .venv/bin/python benchmarks/source_reading.py [--size-mb 1024] [--whole-max-mb 128] [--no-cache] [--fit]
+        [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -100,6 +103,41 @@ def write_corpus(path: Path, size_mb: int) -> int:
     return written
 
 
+FIT_YAML = """
+seed_everything: 1337
+trainer: {default_root_dir: RUN, accelerator: cpu, devices: 1, max_steps: 1, logger: false,
+  enable_progress_bar: false, enable_model_summary: false, num_sanity_val_steps: 0, limit_val_batches: 0}
+model: {config: {block_size: 256, n_layer: 1, n_head: 1, n_embd: 32}}
+data: {source: SOURCE, tokenizer: char, batch_size: 4, cache_dir: CACHE, val_fraction: 0.001}
+sampling: {every_n_steps: 100000}
+"""
+
+
+FIT_CHILD = r"""
+import json, resource, sys, time
+from lightning_gpt.cli import main
+try:
+    main(["fit", "--config", sys.argv[1]])
+except SystemExit as exit:
+    if exit.code:
+        raise
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"cpu_s": usage.ru_utime + usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024}))
+"""
+
+
+def measure_fit(path: Path, work: Path) -> dict:
+    """Peak RSS and CPU seconds of ``lightning-gpt fit`` (one step) on ``path``, in a fresh process."""
+    config = work / "fit.yaml"
+    yaml = FIT_YAML.replace("RUN", str(work / "run")).replace("SOURCE", str(path))
+    config.write_text(yaml.replace("CACHE", str(work / "fit-cache")))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", FIT_CHILD, str(config)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"fit failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]), base_mb=float("nan"))
+
+
 def measure(what: str, path: Path, cache: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     out = subprocess.run(
@@ -116,6 +154,7 @@ def main() -> None:
     parser.add_argument("--whole-max-mb", type=int, default=128)
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--bpe-max-mb", type=int, default=128)
+    parser.add_argument("--fit", action="store_true")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="source_reading-", dir=args.workdir))
@@ -132,8 +171,10 @@ def main() -> None:
                 cases.append("cache")
                 if size <= args.bpe_max_mb:
                     cases.append("bpe-cache")
+            if args.fit and size == args.size_mb:
+                cases.append("fit")
             for what in cases:
-                r = measure(what, path, work / "cache")
+                r = measure_fit(path, work) if what == "fit" else measure(what, path, work / "cache")
                 rows.append((what, nbytes, r))
                 print(f"{size} MB {what}: {r}", file=sys.stderr)
             path.unlink()
@@ -146,15 +187,16 @@ def main() -> None:
         "bpe-cache": "bpe (trained on 2 MB) token cache",
         "identity-stat": "identity at start-up (stat)",
         "identity-sha256": "identity at start-up (SHA-256, previous)",
+        "fit": "lightning-gpt fit, 1 step (char, 1x32 model; whole command)",
     }
     lines = [
         "| what | file (MB) | peak RSS (MB) | above imports (MB) | CPU s | documents | largest document (chars) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for what, nbytes, r in rows:
-        above = max(0.0, r["peak_mb"] - r["base_mb"])
+        above = "" if r["base_mb"] != r["base_mb"] else f"{max(0.0, r['peak_mb'] - r['base_mb']):.0f}"
         lines.append(
-            f"| {names[what]} | {nbytes / 2**20:.0f} | {r['peak_mb']:.0f} | {above:.0f} | "
+            f"| {names[what]} | {nbytes / 2**20:.0f} | {r['peak_mb']:.0f} | {above} | "
             f"{r['cpu_s']:.3f} | {r.get('docs', '')} | {r.get('largest', '')} |"
         )
     table = "\n".join(lines)
