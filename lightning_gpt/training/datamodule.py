@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -86,6 +86,9 @@ class TextDataModule(pl.LightningDataModule):
         dataset_name: a Hugging Face dataset id or path (same as ``source="hf://<dataset_name>"``).
         dataset_config: the Hugging Face dataset configuration name.
         split: the Hugging Face split to train on.
+        data_files: for an ``hf://`` source, the files to load as ``datasets.load_dataset`` takes them: a path or
+            glob, a list, or a mapping from split to them (e.g. ``{train: a.jsonl, validation: b.jsonl}`` with
+            ``source: hf://json`` and ``val_split: validation``).
         streaming: stream the Hugging Face dataset instead of downloading it whole (combine with ``max_chars``).
         tokenizer_vocab_size: vocabulary size of a trained ``bpe``/``unigram`` tokenizer (special tokens included).
         add_bos: start every document with BOS (documents always end with EOS).
@@ -116,6 +119,7 @@ class TextDataModule(pl.LightningDataModule):
         dataset_name: Optional[str] = None,
         dataset_config: Optional[str] = None,
         split: str = "train",
+        data_files: Optional[Union[str, list[str], dict[str, Union[str, list[str]]]]] = None,
         streaming: bool = False,
         tokenizer_vocab_size: int = 4096,
         add_bos: bool = False,
@@ -149,6 +153,7 @@ class TextDataModule(pl.LightningDataModule):
             )
         self.save_hyperparameters()
         self.source = source
+        self.data_files = data_files
         self.block_size: Optional[int] = block_size
         self.cache_dir = cache_dir or default_cache_dir()
         self._tokenizer: Optional[Tokenizer] = None
@@ -171,19 +176,19 @@ class TextDataModule(pl.LightningDataModule):
     def train_source(self) -> TextSource:
         """The training ``TextSource``."""
         if self._train_src is None:
-            self._train_src = self._resolve(self.source, self.hparams.split)
+            self._train_src = self._resolve(self.source, self.hparams.split, self.data_files)
         return self._train_src
 
     def val_source(self) -> Optional[TextSource]:
         """The explicit validation source (``val_source`` / ``val_split``), or ``None`` (split by ``val_fraction``)."""
         if self._val_src is None:
             if self.hparams.val_split is not None:
-                self._val_src = self._resolve(self.source, self.hparams.val_split)
+                self._val_src = self._resolve(self.source, self.hparams.val_split, self.data_files)
             elif self.hparams.val_source is not None:
                 self._val_src = self._resolve(self.hparams.val_source, self.hparams.split)
         return self._val_src
 
-    def _resolve(self, source: str, split: str) -> TextSource:
+    def _resolve(self, source: str, split: str, data_files: Any = None) -> TextSource:
         hp = self.hparams
         return resolve_source(
             source,
@@ -192,6 +197,7 @@ class TextDataModule(pl.LightningDataModule):
             dataset_config=hp.dataset_config,
             split=split,
             streaming=hp.streaming,
+            data_files=data_files,
         )
 
     @property

@@ -115,3 +115,28 @@ def test_hf_missing_dataset_errors(tmp_path):
 def test_sources_never_need_shared_data():
     # The package resolves its default source without the test corpus.
     assert os.path.isdir(StdlibSource().root)
+
+
+def test_jsonl_bom_long_lines_and_parquet_edge_cases(tmp_path, monkeypatch, caplog):
+    from lightning_gpt.data.sources import readers
+
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": "after a BOM"}).encode() + b"\r\n")  # Notepad's UTF-8
+    assert list(resolve_source(str(bom)).documents()) == ["after a BOM"]
+    monkeypatch.setattr(readers, "MAX_JSONL_LINE_BYTES", 64)
+    write_jsonl(tmp_path / "long.jsonl", [{"text": "short"}, {"text": "x" * 100}])
+    with pytest.raises(ValueError, match=r"long\.jsonl:2: the line is longer than"):
+        list(resolve_source(str(tmp_path / "long.jsonl")).documents())
+    (tmp_path / "fake.parquet").write_text("not parquet at all")
+    with pytest.raises(ValueError, match=r"fake\.parquet: not a readable Parquet file"):
+        list(resolve_source(str(tmp_path / "fake.parquet")).documents())
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    words = pa.array(["one", "two", "one"]).dictionary_encode()  # a dictionary-encoded string column is text
+    pq.write_table(pa.table({"text": words}), str(tmp_path / "dict.parquet"))
+    assert list(resolve_source(str(tmp_path / "dict.parquet")).documents()) == ["one", "two", "one"]
+    pq.write_table(pa.table({"text": pa.nulls(3)}), str(tmp_path / "nulls.parquet"))  # a column of type null
+    with caplog.at_level("WARNING"):
+        assert list(resolve_source(str(tmp_path / "nulls.parquet")).documents()) == []
+    assert "3 rows with null text" in caplog.text
