@@ -218,6 +218,7 @@ def build_token_cache(
     *,
     add_bos: bool = False,
     description: str = "corpus",
+    allow_empty: bool = False,
 ) -> str:
     """Tokenize ``documents`` into the cache (unless an entry for ``key_obj`` exists) and return the entry path.
 
@@ -230,6 +231,7 @@ def build_token_cache(
         tokenizer: the tokenizer (must have an EOS token).
         add_bos: prepend BOS to every document.
         description: the source's name, for error messages.
+        allow_empty: write an entry without documents instead of raising (a held-out part can be empty).
     """
     root = os.path.join(cache_dir, "tokens")
     final = os.path.join(root, cache_key(key_obj))
@@ -260,7 +262,7 @@ def build_token_cache(
                 for ids in encode_documents(tokenizer, chunk, add_bos):
                     f.write(ids.astype(dtype).tobytes())
                     offsets.append(offsets[-1] + len(ids))
-        if n_chars == 0:
+        if n_chars == 0 and not allow_empty:
             raise ValueError(
                 f"source {description!r} has no text (it is empty or only whitespace); point source at a corpus "
                 "with some text."

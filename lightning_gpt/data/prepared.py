@@ -267,8 +267,7 @@ def prepare_dataset(
             num_workers=workers,
             chunk_bytes=chunk_bytes,
             item_loader=TokensLoader(),
-            keep_data_ordered=True,  # the same folder from the same inputs, whatever the timing of the workers
-            reorder_files=False,
+            reorder_files=False,  # shards keep their order (each worker takes a fixed slice of them)
             verbose=verbose,
         )
         parts = sorted(os.path.join(val_parts, p) for p in os.listdir(val_parts) if p.endswith(".bin"))
@@ -280,7 +279,6 @@ def prepare_dataset(
                 num_workers=1,
                 chunk_bytes=chunk_bytes,
                 item_loader=TokensLoader(),
-                keep_data_ordered=True,
                 reorder_files=False,
                 verbose=False,
             )

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 
 from lightning_gpt.data.sources import HFSource, LocalSource, TextSource, decode_utf8_line
 
-__all__ = ["DEFAULT_SHARD_BYTES", "plan_shards", "read_shard"]
+__all__ = ["DEFAULT_SHARD_BYTES", "plan_shards", "read_shard", "sample_documents"]
 
 DEFAULT_SHARD_BYTES = 16 << 20  # 16 MiB of text per shard: small enough to balance workers, large enough to amortize
 
@@ -101,10 +101,15 @@ def _jsonl(shard: dict[str, Any]) -> Iterator[str]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} (byte {off}): not valid JSON ({err}); each line must be one object.") from None
-        if not isinstance(row, dict) or column not in row:
+        if not isinstance(row, dict):
             raise ValueError(
-                f"{path} (byte {off}): the line is not an object with text_column={column!r}; each line must be one "
-                f'object with the text under text_column, e.g. {{"{column}": "..."}}. Fix the row or set text_column.'
+                f"{path} (byte {off}): holds a JSON {type(row).__name__}, not an object; each line must be one object "
+                f'with the text under text_column={column!r}, e.g. {{"{column}": "..."}}.'
+            )
+        if column not in row:
+            raise ValueError(
+                f"{path} (byte {off}): text_column={column!r} is not in this row; available columns: {sorted(row)}. "
+                "Set text_column to the field that holds the text, or fix the row."
             )
         yield str(row[column] or "")
 
@@ -158,3 +163,32 @@ def read_shard(shard: dict[str, Any], source: Optional[TextSource] = None) -> It
             return
         total += len(doc)
         yield doc
+
+
+def sample_documents(source: TextSource, max_chars: int, seed: int) -> Iterator[str]:
+    """A bounded, seeded sample of ``source``'s documents, for training a tokenizer.
+
+    The shards (``plan_shards``: byte ranges of files, row groups, dataset shards) are visited in a seeded random
+    order and read until ``max_chars`` characters were yielded (the last document truncated), so the time and memory
+    do not grow with the corpus past the sample. A source that is one shard (e.g. ``python-stdlib``) gives its first
+    ``max_chars`` characters.
+
+    Args:
+        source: the resolved source.
+        max_chars: the sample size in characters.
+        seed: the seed of the shard order.
+    """
+    import random
+
+    shards = plan_shards(source)
+    for shard in shards:
+        shard.pop("max_chars", None)  # the sample's own bound applies
+    random.Random(seed).shuffle(shards)
+    total = 0
+    for shard in shards:
+        for doc in read_shard(shard, source):
+            if total + len(doc) >= max_chars:
+                yield doc[: max_chars - total]
+                return
+            total += len(doc)
+            yield doc

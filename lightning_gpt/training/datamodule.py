@@ -1,13 +1,24 @@
-"""``TextDataModule``: text source -> tokenizer -> cached token ids -> packed or padded windows -> batches."""
+"""``TextDataModule``: text source -> tokenizer -> token ids -> packed or padded windows -> batches.
+
+Two paths, chosen by the source (README "Training at scale" says when each is used):
+
+- a prepared dataset (a folder written by ``lightning-gpt prepare``, or ``s3://...``): streamed with litdata
+  (``lightning_gpt.data.streaming``); nothing is tokenized at start-up and no corpus byte is read before the first
+  batch; the loader's position travels in the checkpoint (Lightning saves ``StreamingDataLoader.state_dict()``);
+- any other source (the embedded default, local files, a Hugging Face dataset): tokenized once into the on-disk token
+  cache (``lightning_gpt.data.cache``) by ``prepare_data`` on one process per node, while the other ranks wait in
+  Lightning's barrier without a timeout (``_InfiniteBarrier``); a source past ``max_unprepared_chars`` is refused at
+  once with the ``prepare`` command to run instead.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import zlib
 from typing import Any, Iterator, Literal, Optional
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -18,12 +29,24 @@ from lightning_gpt.data.cache import (
     default_cache_dir,
     load_token_cache,
 )
-from lightning_gpt.data.datasets import PackedDataset, PaddedDataset
+from lightning_gpt.data.encoding import is_held_out
+from lightning_gpt.data.local import PositionedLoader, check_unprepared_size, make_local_datasets, resolve_block_size
 from lightning_gpt.data.sampler import ResumableSampler
+from lightning_gpt.data.settings import (
+    DEFAULT_MAX_UNPREPARED_CHARS,
+    DEFAULT_TOKENIZER_SAMPLE_CHARS,
+    BatchSettings,
+    DataSettings,
+    SourceSettings,
+    TokenizerSettings,
+    ValidationSettings,
+)
+from lightning_gpt.data.shards import sample_documents
 from lightning_gpt.data.sources import TextSource, resolve_source
-from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer
+from lightning_gpt.data.streaming import collate_windows, is_streaming_source, read_any_manifest, streaming_dataset
+from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer, tokenizer_from_state_dict
 from lightning_gpt.io.tokenizer import load_tokenizer
-from lightning_gpt.seeding import derive_seed
+from lightning_gpt.seeding import derive_seed, mix_seed
 from lightning_gpt.training._lightning_internals import batches_processed_this_epoch
 
 __all__ = ["TextDataModule"]
@@ -31,74 +54,62 @@ __all__ = ["TextDataModule"]
 log = logging.getLogger(__name__)
 
 
-def _nonempty(src: TextSource) -> Iterator[str]:
-    """``src.documents()``, raising a clear error at the end if there were none."""
+def _nonempty(docs: Iterator[str], name: str) -> Iterator[str]:
     n = 0
-    for doc in src.documents():
+    for doc in docs:
         n += 1
         yield doc
     if n == 0:
         raise ValueError(
-            f"source {src.name!r} has no text (it is empty or only whitespace); point source at a corpus with "
-            "some text."
+            f"source {name!r} has no text (it is empty or only whitespace); point source at a corpus with some text."
         )
-
-
-class _PositionedLoader(DataLoader):
-    """A DataLoader that tells Lightning it is resumable: its position is saved and restored by the data module
-    (``TextDataModule.state_dict``), so Lightning has nothing to store here."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass
 
 
 class TextDataModule(pl.LightningDataModule):
     """Batches of fixed-length token windows for next-token training, configured by its typed arguments.
 
-    The context length is not configured twice: attached to a Trainer whose LightningModule has a ``config`` with a
-    ``block_size`` (``GPTModule`` does), ``setup()`` takes it from there. Standalone, pass ``block_size``.
+    The arguments are grouped into one frozen ``settings`` object (``lightning_gpt.data.settings``: source,
+    tokenizer, validation, batch); the flat names stay what users type (``--data.source``, ``--data.batch_size``...).
+    The context length is not configured twice: attached to a Trainer whose LightningModule has ``config.block_size``
+    (``GPTModule`` does), ``setup()`` takes it from there. Standalone, pass ``block_size``.
 
-    The train sampler is a DDP-aware :class:`~lightning_gpt.data.sampler.ResumableSampler` (a ``DistributedSampler``,
-    so Lightning keeps it under DDP): each rank reads a distinct shard, and the data module's ``state_dict()`` (saved
-    in every Lightning checkpoint) holds the epoch and the number of batches consumed, so a run resumed mid-epoch sees
-    exactly the batches it would have seen (with the same ``batch_size`` and number of devices).
+    Token-cache path: the train sampler is a DDP-aware :class:`~lightning_gpt.data.sampler.ResumableSampler`; the
+    data module's ``state_dict()`` holds the epoch and the global samples consumed, so a resumed run sees exactly the
+    samples it would have seen, also on another number of devices. Prepared path: litdata's loader state does this.
 
     Args:
-        source: ``python-stdlib`` (the embedded default: the running Python's standard library, offline everywhere),
-            ``hf://<dataset id or path>``, or a local ``.txt`` / ``.jsonl`` / ``.parquet`` file, directory or glob.
-        tokenizer: ``char``, ``bpe`` or ``unigram`` (trained on all of ``source``, the ``val_fraction`` tail included,
-            and cached), ``tiktoken:<encoding>``, a
-            ``tokenizer.json`` path, a ``.ckpt`` path (reuse that checkpoint's tokenizer), or a Hugging Face
-            tokenizer id.
-        block_size: context length; leave ``None`` to take it from the model's config (an explicit value must agree).
+        source: ``python-stdlib`` (embedded default), ``hf://<dataset>``, a local ``.txt`` / ``.jsonl`` /
+            ``.parquet`` file, directory or glob, a prepared folder (``lightning-gpt prepare``) or ``s3://...``.
+        tokenizer: ``char``, ``bpe`` or ``unigram`` (trained on a seeded sample of ``tokenizer_sample_chars``
+            characters of ``source``, cached), ``tiktoken:<encoding>``, a ``tokenizer.json`` path, a ``.ckpt`` path,
+            or a Hugging Face tokenizer id. A prepared source brings its own (a named one must match it).
+        block_size: context length; ``None`` takes it from the model's config (an explicit value must agree).
         batch_size: sequences per batch, per device.
-        mode: ``pack`` (documents joined with EOS and cut into ``block_size + 1`` windows) or ``pad`` (one document
-            per row, truncated and padded with PAD; padded targets are ``-100``).
-        val_fraction: fraction of the data (the tail of the packed stream, or the last documents in ``pad`` mode)
-            held out for validation; ignored when ``val_source`` or ``val_split`` is given; ``0`` for no validation.
+        mode: ``pack`` (documents joined, cut into ``block_size + 1`` windows) or ``pad`` (one document per row).
+        val_fraction: share held out for validation; ignored with ``val_source`` / ``val_split``; ``0``: none.
         val_source: an explicit validation source (same forms as ``source``).
-        val_split: for a Hugging Face source, the split to validate on (e.g. ``validation``).
+        val_split: for a Hugging Face source, the split to validate on.
         text_column: the text field of ``.jsonl`` / ``.parquet`` / Hugging Face data.
         max_chars: cap on the characters read from a source; ``None``: 5,000,000 for ``python-stdlib``, all otherwise.
         dataset_name: a Hugging Face dataset id or path (same as ``source="hf://<dataset_name>"``).
         dataset_config: the Hugging Face dataset configuration name.
         split: the Hugging Face split to train on.
-        streaming: stream the Hugging Face dataset instead of downloading it whole (combine with ``max_chars``).
+        streaming: stream the Hugging Face dataset instead of downloading it whole.
         tokenizer_vocab_size: vocabulary size of a trained ``bpe``/``unigram`` tokenizer (special tokens included).
         add_bos: start every document with BOS (documents always end with EOS).
-        shift_windows: in ``pack`` mode, move the training window grid by a seeded random offset each epoch, so
-            repeated epochs see differently cut sequences (validation windows never move).
-        seed: seed of the shuffling and of the window shifts. ``None`` (default): derived from the run seed
-            (``seed_everything`` / ``--seed_everything``), so changing the run seed changes the data order too.
+        shift_windows: in ``pack`` mode, move the training window grid by a seeded offset each epoch.
+        seed: seed of the shuffling, window shifts and validation sample; ``None``: derived from the run seed.
         num_workers: DataLoader worker processes.
         pin_memory: pin batches in page-locked memory (for GPU training).
-        cache_dir: where token ids and trained tokenizers are cached; ``None``: ``$LIGHTNING_GPT_CACHE`` or
-            ``~/.cache/lightning_gpt``.
-        trust_checkpoint: let ``tokenizer=<file>.ckpt`` load a checkpoint that needs a full unpickle (code in the
-            file may run); only for files from a trusted source. Off: such a file is refused.
+        cache_dir: token and tokenizer cache; ``None``: ``$LIGHTNING_GPT_CACHE`` or ``~/.cache/lightning_gpt``.
+        trust_checkpoint: let ``tokenizer=<file>.ckpt`` load a checkpoint that needs a full unpickle.
+        val_holdout: ``random`` (a seeded random sample of documents, the default) or ``tail`` (the end of the
+            corpus, nanoGPT's split). ``random`` falls back to ``tail``, with a warning, when the corpus has too few
+            documents to leave both parts non-empty (e.g. one ``.txt`` file).
+        tokenizer_sample_chars: characters a trainable tokenizer is trained on (a seeded sample of the source's
+            shards); characters outside the sample map to ``<|unk|>`` (``char``) or to bytes (``bpe``, ``unigram``).
+        max_unprepared_chars: an unprepared source larger than this is refused with the ``lightning-gpt prepare``
+            command to run instead (tokenizing it before step 0 would take too long).
     """
 
     def __init__(
@@ -125,195 +136,209 @@ class TextDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         cache_dir: Optional[str] = None,
         trust_checkpoint: bool = False,
+        val_holdout: Literal["random", "tail"] = "random",
+        tokenizer_sample_chars: int = DEFAULT_TOKENIZER_SAMPLE_CHARS,
+        max_unprepared_chars: int = DEFAULT_MAX_UNPREPARED_CHARS,
     ) -> None:
         super().__init__()
-        if mode not in ("pack", "pad"):
-            raise ValueError(f"mode must be 'pack' or 'pad', got {mode!r}.")
-        if block_size is not None and (isinstance(block_size, bool) or block_size < 1):
-            raise ValueError(
-                f"block_size must be a positive integer or None (take it from the model), got {block_size!r}."
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers!r}.")
         if dataset_name is not None:
             if source not in ("python-stdlib", f"hf://{dataset_name}"):
                 raise ValueError(f"Give either source={source!r} or dataset_name={dataset_name!r}, not both.")
             source = f"hf://{dataset_name}"
-        if val_split is not None and not source.startswith("hf://"):
-            raise ValueError(
-                "val_split selects a Hugging Face split; for other sources use val_source or val_fraction."
-            )
+        self.settings = DataSettings(
+            source=SourceSettings(
+                source, text_column, max_chars, dataset_config, split, streaming, max_unprepared_chars
+            ),
+            tokenizer=TokenizerSettings(
+                tokenizer, tokenizer_vocab_size, tokenizer_sample_chars, add_bos, trust_checkpoint
+            ),
+            validation=ValidationSettings(val_fraction, val_holdout, val_source, val_split),
+            batch=BatchSettings(block_size, batch_size, mode, shift_windows, num_workers, pin_memory),
+            seed=seed,
+            cache_dir=cache_dir,
+        )
         self.save_hyperparameters()
         self.source = source
         self.block_size: Optional[int] = block_size
         self.cache_dir = cache_dir or default_cache_dir()
         self._tokenizer: Optional[Tokenizer] = None
-        self._train_src: Optional[TextSource] = None
-        self._val_src: Optional[TextSource] = None
+        self._sources: dict[str, TextSource] = {}
         self.train_dataset: Optional[Dataset] = None
         self.val_dataset: Optional[Dataset] = None
         self._sampler: Optional[ResumableSampler] = None
         self._resume: Optional[dict[str, Any]] = None
         self._seed: Optional[int] = None
+        self._manifest: Optional[dict[str, Any]] = None
 
     @property
     def seed(self) -> int:
         """The seed of the data order: ``seed`` when given, else derived from the run seed (resolved once)."""
         if self._seed is None:
-            self._seed = derive_seed("data", self.hparams.seed)
+            self._seed = derive_seed("data", self.settings.seed)
         return self._seed
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the random validation sample (derived from ``seed``)."""
+        return mix_seed(self.seed, zlib.crc32(b"val_holdout")) & 0x7FFFFFFF
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the source is a prepared dataset (streamed with litdata) rather than text to tokenize here."""
+        return is_streaming_source(self.source)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The prepared dataset's manifest (tokenizer, token counts, settings); prepared sources only."""
+        if self._manifest is None:
+            self._manifest = read_any_manifest(self.source)
+        return self._manifest
 
     # ----------------------------------------------------------------------------------------------- sources, tokens
     def train_source(self) -> TextSource:
-        """The training ``TextSource``."""
-        if self._train_src is None:
-            self._train_src = self._resolve(self.source, self.hparams.split)
-        return self._train_src
+        """The training ``TextSource`` (an unprepared source)."""
+        return self._resolve("train", self.source, self.settings.source.split)
 
     def val_source(self) -> Optional[TextSource]:
-        """The explicit validation source (``val_source`` / ``val_split``), or ``None`` (split by ``val_fraction``)."""
-        if self._val_src is None:
-            if self.hparams.val_split is not None:
-                self._val_src = self._resolve(self.source, self.hparams.val_split)
-            elif self.hparams.val_source is not None:
-                self._val_src = self._resolve(self.hparams.val_source, self.hparams.split)
-        return self._val_src
+        """The explicit validation source (``val_source`` / ``val_split``), or ``None`` (held out of the source)."""
+        v = self.settings.validation
+        if v.split is not None:
+            return self._resolve("val", self.source, v.split)
+        if v.source is not None:
+            return self._resolve("val", v.source, self.settings.source.split)
+        return None
 
-    def _resolve(self, source: str, split: str) -> TextSource:
-        hp = self.hparams
-        return resolve_source(
-            source,
-            text_column=hp.text_column,
-            max_chars=hp.max_chars,
-            dataset_config=hp.dataset_config,
-            split=split,
-            streaming=hp.streaming,
-        )
+    def _resolve(self, role: str, source: str, split: str) -> TextSource:
+        if role not in self._sources:
+            s = self.settings.source
+            self._sources[role] = resolve_source(
+                source,
+                text_column=s.text_column,
+                max_chars=s.max_chars,
+                dataset_config=s.dataset_config,
+                split=split,
+                streaming=s.streaming,
+            )
+        return self._sources[role]
 
     @property
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer: trained on the train source (deterministically, cached on disk) or loaded; built lazily."""
+        """The tokenizer: a prepared dataset's own, trained on a seeded sample (cached on disk), or loaded."""
         if self._tokenizer is None:
-            kind = self.hparams.tokenizer
-            if kind in TRAINABLE:
+            t = self.settings.tokenizer
+            if self.streaming:
+                self._tokenizer = self._prepared_tokenizer()
+            elif t.name in TRAINABLE:
                 src = self.train_source()
                 import tokenizers
 
                 key = {
                     "source": src.identity(),
-                    "kind": kind,
-                    "vocab_size": None if kind == "char" else self.hparams.tokenizer_vocab_size,
-                    "tokenizers": None if kind == "char" else tokenizers.__version__,
+                    "kind": t.name,
+                    "vocab_size": None if t.name == "char" else t.vocab_size,
+                    "tokenizers": None if t.name == "char" else tokenizers.__version__,
+                    "sample": [t.sample_chars, self.seed],
                 }
-                size = self.hparams.tokenizer_vocab_size
+                docs = _nonempty(sample_documents(src, t.sample_chars, self.seed), src.name)
                 self._tokenizer = cached_tokenizer(
-                    self.cache_dir, key, lambda: load_tokenizer(kind, _nonempty(src), vocab_size=size)
+                    self.cache_dir, key, lambda: load_tokenizer(t.name, docs, vocab_size=t.vocab_size)
                 )
                 log.info("tokenizer %s for %s", self._tokenizer.describe(), src.name)
             else:
-                self._tokenizer = load_tokenizer(kind, trust_checkpoint=self.hparams.trust_checkpoint)
+                self._tokenizer = load_tokenizer(t.name, trust_checkpoint=t.trust_checkpoint)
         return self._tokenizer
 
     @tokenizer.setter
     def tokenizer(self, tokenizer: Tokenizer) -> None:
         """Use ``tokenizer`` (e.g. one restored from a checkpoint) instead of building one."""
+        if self.streaming:
+            self._check_prepared_tokenizer(tokenizer, "the given tokenizer")
         self._tokenizer = tokenizer
+
+    def _prepared_tokenizer(self) -> Tokenizer:
+        prepared = tokenizer_from_state_dict(self.manifest["tokenizer"])
+        name = self.settings.tokenizer.name
+        if name not in TRAINABLE:  # a named tokenizer (a file, a checkpoint, an id) must be the prepared one
+            named = load_tokenizer(name, trust_checkpoint=self.settings.tokenizer.trust_checkpoint)
+            self._check_prepared_tokenizer(named, f"tokenizer={name!r}", prepared)
+        return prepared
+
+    def _check_prepared_tokenizer(self, other: Tokenizer, what: str, prepared: Optional[Tokenizer] = None) -> None:
+        prepared = prepared or tokenizer_from_state_dict(self.manifest["tokenizer"])
+        if other.fingerprint() != prepared.fingerprint():
+            raise ValueError(
+                f"the prepared dataset {self.source!r} was tokenized with {prepared.describe()}, but {what} is "
+                f"{other.describe()}: its token ids would mean different text. Prepare the data again with this "
+                "tokenizer (lightning-gpt prepare --data.tokenizer ...), or train with the dataset's tokenizer."
+            )
 
     @property
     def vocab_size(self) -> int:
         """The tokenizer's vocabulary size (what the model's ``config.vocab_size`` must cover)."""
         return self.tokenizer.vocab_size
 
-    def _token_cache(self, src: TextSource) -> TokenArray:
-        tok = self.tokenizer
-        key = {"source": src.identity(), "tokenizer": tok.fingerprint(), "add_bos": self.hparams.add_bos}
+    def _token_cache(self, src: TextSource, part: str = "all") -> TokenArray:
+        """The cached ids of ``src``; ``part`` ``train``/``val`` keeps the documents on that side of the random
+        validation sample (``encoding.is_held_out`` of the document's index)."""
+        tok, add_bos = self.tokenizer, self.settings.tokenizer.add_bos
+        fraction = self.settings.validation.fraction
+        key: dict[str, Any] = {"source": src.identity(), "tokenizer": tok.fingerprint(), "add_bos": add_bos}
+        docs: Iterator[str] = src.documents()
+        if part != "all":
+            key["holdout"] = {"part": part, "seed": self.split_seed, "fraction": fraction}
+            held = part == "val"
+            seed = self.split_seed
+            docs = (d for i, d in enumerate(docs) if is_held_out(seed, str(i), fraction) == held)
         path = build_token_cache(
-            self.cache_dir, key, src.documents(), tok, add_bos=self.hparams.add_bos, description=src.name
+            self.cache_dir, key, docs, tok, add_bos=add_bos, description=src.name, allow_empty=part != "all"
         )
         return load_token_cache(path)
 
+    def _random_holdout(self) -> bool:
+        v = self.settings.validation
+        return v.holdout == "random" and v.fraction > 0 and self.val_source() is None
+
+    def _local_caches(self) -> tuple[TokenArray, Optional[TokenArray], bool]:
+        """(train ids, explicit or held-out validation ids, whether the tail split applies)."""
+        train_src = self.train_source()
+        if (vs := self.val_source()) is not None:
+            return self._token_cache(train_src), self._token_cache(vs), False
+        if self._random_holdout():
+            train, val = self._token_cache(train_src, "train"), self._token_cache(train_src, "val")
+            if train.n_docs > 0 and val.n_docs > 0:
+                return train, val, False
+            log.warning(
+                "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
+                "samples; holding out the tail (val_holdout='tail') instead.",
+                train.n_docs + val.n_docs,
+                train_src.name,
+            )
+        return self._token_cache(train_src), None, self.settings.validation.fraction > 0
+
     # ------------------------------------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        """Train/load the tokenizer and tokenize every source into the on-disk cache (once per node)."""
-        self._token_cache(self.train_source())
-        if (vs := self.val_source()) is not None:
-            self._token_cache(vs)
+        """Tokenize the source into the on-disk cache (once per node); a prepared source needs nothing."""
+        if self.streaming:
+            self.manifest  # noqa: B018 - fails here, in one paragraph, when the folder is incomplete
+            return
+        check_unprepared_size(self.train_source(), self.settings.source, self.source)
+        self._local_caches()
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Fix ``block_size`` (from the model's config when attached to a Trainer) and build the datasets."""
-        self.block_size = self._resolve_block_size()
-        train = self._token_cache(self.train_source())
-        vs = self.val_source()
-        val = self._token_cache(vs) if vs is not None else None
-        self.train_dataset, self.val_dataset = self._make_datasets(train, val)
-
-    def _resolve_block_size(self) -> int:
-        explicit = self.hparams.block_size
-        model_bs = None
-        trainer = self.trainer
-        if trainer is not None:
-            config = getattr(trainer.lightning_module, "config", None)
-            model_bs = getattr(config, "block_size", None)
-        if model_bs is not None:
-            if explicit is not None and explicit != model_bs:
-                raise ValueError(
-                    f"TextDataModule(block_size={explicit}) disagrees with the model's config.block_size={model_bs}; "
-                    "leave the data module's block_size unset (None) so it follows the model."
-                )
-            return int(model_bs)
-        if explicit is None:
-            raise ValueError(
-                "TextDataModule.block_size is unknown: attach the data module to a Trainer whose LightningModule has "
-                "config.block_size (e.g. GPTModule), or pass TextDataModule(block_size=...) for standalone use."
+        self.block_size = resolve_block_size(self.settings.batch.block_size, self.trainer)
+        if self.streaming:
+            val = self.manifest["splits"].get("val") and self.settings.validation.fraction > 0
+            self.train_dataset = streaming_dataset(self.source, "train", self.block_size, seed=self.seed, shuffle=True)
+            self.val_dataset = (
+                streaming_dataset(self.source, "val", self.block_size, seed=self.seed, shuffle=False) if val else None
             )
-        return explicit
-
-    def _too_short(self, cache: TokenArray, name: str) -> ValueError:
-        return ValueError(
-            f"source {name!r} has {cache.n_tokens} tokens, shorter than one block of block_size + 1 = "
-            f"{self.block_size + 1} tokens; use a smaller block_size or a larger corpus."
+            return
+        train, val, tail = self._local_caches()
+        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
+        self.train_dataset, self.val_dataset = make_local_datasets(
+            train, val, tail, self.settings, self.block_size, self.seed, pad, self.train_source().name
         )
-
-    def _n_val(self, n: int, what: str) -> int:
-        frac = self.hparams.val_fraction
-        if frac == 0:
-            return 0
-        n_val = max(1, int(round(n * frac)))
-        if n - n_val < 1:
-            raise ValueError(
-                f"the corpus yields only {n} {what}; val_fraction={frac} leaves none for training. Use a larger "
-                "corpus, a smaller block_size, val_fraction=0, or an explicit val_source."
-            )
-        return n_val
-
-    def _make_datasets(self, train: TokenArray, val: Optional[TokenArray]) -> tuple[Dataset, Optional[Dataset]]:
-        bs = self.block_size
-        src_name = self.train_source().name
-        if self.hparams.mode == "pack":
-            total = PackedDataset.total_windows(train.n_tokens, bs)
-            if total == 0:
-                raise self._too_short(train, src_name)
-            if val is not None:
-                if PackedDataset.total_windows(val.n_tokens, bs) == 0:
-                    raise self._too_short(val, self.val_source().name)
-                return PackedDataset(train, bs, shift_seed=self._shift_seed()), PackedDataset(val, bs)
-            n_val = self._n_val(total, f"windows of block_size + 1 = {bs + 1} tokens")
-            train_ds = PackedDataset(train, bs, 0, total - n_val, shift_seed=self._shift_seed())
-            return train_ds, (PackedDataset(train, bs, total - n_val, n_val) if n_val else None)
-        pad_id = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
-        if val is not None:
-            return PaddedDataset(train, bs, pad_id), PaddedDataset(val, bs, pad_id)
-        n_val = self._n_val(train.n_docs, "documents")
-        docs = np.arange(train.n_docs)
-        val_ds = PaddedDataset(train, bs, pad_id, docs[train.n_docs - n_val :]) if n_val else None
-        return PaddedDataset(train, bs, pad_id, docs[: train.n_docs - n_val]), val_ds
-
-    def _shift_seed(self) -> Optional[int]:
-        return self.seed if self.hparams.shift_windows else None
 
     def _rank_world(self) -> tuple[int, int]:
         if self.trainer is not None:
@@ -322,15 +347,25 @@ class TextDataModule(pl.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
-    def _loader(self, dataset: Dataset, sampler: ResumableSampler) -> DataLoader:
-        workers = self.hparams.num_workers
-        return _PositionedLoader(
+    def _loader(self, dataset: Any, sampler: Optional[ResumableSampler] = None) -> DataLoader:
+        b = self.settings.batch
+        if self.streaming:
+            from litdata import StreamingDataLoader
+
+            return StreamingDataLoader(
+                dataset,
+                batch_size=b.batch_size,
+                num_workers=b.num_workers,
+                pin_memory=b.pin_memory,
+                collate_fn=collate_windows,
+            )
+        return PositionedLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            batch_size=b.batch_size,
             sampler=sampler,
-            num_workers=workers,
-            pin_memory=self.hparams.pin_memory,
-            persistent_workers=workers > 0,
+            num_workers=b.num_workers,
+            pin_memory=b.pin_memory,
+            persistent_workers=b.num_workers > 0,
             drop_last=False,
         )
 
@@ -341,6 +376,8 @@ class TextDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded per epoch), rank-sharded windows; resumes mid-epoch after ``load_state_dict``."""
         self._require_setup()
+        if self.streaming:
+            return self._loader(self.train_dataset)
         rank, world = self._rank_world()
         if len(self.train_dataset) < world:
             raise ValueError(
@@ -358,7 +395,7 @@ class TextDataModule(pl.LightningDataModule):
         elif previous is not None:  # rebuilt (e.g. reload_dataloaders_every_n_epochs): keep the epoch and its position
             self._sampler.epoch_offset = previous.epoch_offset
             if previous.pending_start:
-                self._sampler.set_start(previous.start_epoch, previous.start_index)
+                self._sampler.set_start(previous.start_epoch, previous.start_global, previous.start_local)
             else:
                 self._sampler.epoch = previous.epoch
         return self._loader(self.train_dataset, self._sampler)
@@ -366,60 +403,65 @@ class TextDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> Any:
         """Validation windows in order, sharded across ranks (``[]`` when there is no validation set)."""
         self._require_setup()
-        if self.val_dataset is None or len(self.val_dataset) == 0:
+        if self.val_dataset is None or (not self.streaming and len(self.val_dataset) == 0):
             return []
+        if self.streaming:
+            return self._loader(self.val_dataset)
         rank, world = self._rank_world()
-        sampler = ResumableSampler(len(self.val_dataset), world, rank, shuffle=False, drop_last=False)
-        return self._loader(self.val_dataset, sampler)
+        return self._loader(self.val_dataset, ResumableSampler(len(self.val_dataset), world, rank, False, None, False))
 
     def test_dataloader(self) -> Any:
         """The validation data (there is no separate test split)."""
         return self.val_dataloader()
 
     # ------------------------------------------------------------------------------------------------------ resuming
-    def _batches_per_epoch(self) -> int:
-        return math.ceil(len(self._sampler) / self.hparams.batch_size)
-
     def state_dict(self) -> dict[str, Any]:
-        """Position in the data (epoch, batches consumed this epoch) and what it depends on; Lightning checkpoints it.
+        """The data position (epoch, global samples consumed) and what it depends on; Lightning checkpoints it.
 
         The consumed count comes from the Trainer's own progress tracking, not from the sampler (which runs ahead of
-        training when workers prefetch).
+        training when workers prefetch). A prepared source's position is in its loader's state (saved by Lightning).
         """
-        epoch, consumed = 0, 0
-        trainer = self.trainer
-        if self._resume is not None:  # restored but not yet used
-            epoch, consumed = self._resume["epoch"], self._resume["batches_consumed"]
-        elif self._sampler is not None and self._sampler.pending_start:
-            # Restored and applied, but no batch drawn from it yet (e.g. Lightning is still closing the epoch it
-            # re-entered on restart, with that epoch's counters): the restored position is still where the data is.
-            epoch = self._sampler.start_epoch
-            consumed = self._sampler.start_index // self.hparams.batch_size
-        elif self._sampler is not None and trainer is not None:
-            epoch = self._sampler.epoch
-            consumed = batches_processed_this_epoch(trainer)
-            per_epoch = trainer.num_training_batches  # honours limit_train_batches
-            if not isinstance(per_epoch, int) or per_epoch <= 0:
-                per_epoch = self._batches_per_epoch()
-            if consumed >= per_epoch:  # the epoch is over: the next one starts at its beginning
-                epoch, consumed = epoch + 1, 0
-        elif self._sampler is not None:
-            epoch = self._sampler.epoch
         _, world = self._rank_world()
-        return {
-            "epoch": int(epoch),
-            "batches_consumed": int(consumed),
-            "batch_size": self.hparams.batch_size,
+        bs = self.settings.batch.batch_size
+        state: dict[str, Any] = {
+            "batch_size": bs,
             "world_size": world,
             "seed": self.seed,
-            "tokenizer_fingerprint": self.tokenizer.fingerprint() if self._tokenizer is not None else None,
+            "tokenizer_fingerprint": self._tokenizer.fingerprint() if self._tokenizer is not None else None,
         }
+        if self.streaming:
+            return {**state, "streaming": True}
+        epoch, glob, local, trainer, sampler = 0, 0, 0, self.trainer, self._sampler
+        if self._resume is not None:  # restored but not yet used
+            epoch, glob, local = self._resume["epoch"], self._resume["global_consumed"], self._resume["local_consumed"]
+        elif sampler is not None and sampler.pending_start:  # restored, no batch drawn yet: still the position
+            epoch, glob, local = sampler.start_epoch, sampler.start_global, sampler.start_local
+        elif sampler is not None and trainer is not None:
+            epoch = sampler.epoch
+            done = batches_processed_this_epoch(trainer)
+            per_epoch = trainer.num_training_batches  # honours limit_train_batches
+            if not isinstance(per_epoch, int) or per_epoch <= 0:
+                per_epoch = math.ceil(len(sampler) / bs)
+            if done >= per_epoch:  # the epoch is over: the next one starts at its beginning
+                epoch = epoch + 1
+            else:  # every rank drew the same number of samples (drop_last): global = start + local * world
+                resumed = sampler.epoch == sampler.start_epoch
+                local = done * bs
+                glob = (sampler.start_global if resumed else 0) + (
+                    local - (sampler.start_local if resumed else 0)
+                ) * world
+        elif sampler is not None:
+            epoch = sampler.epoch
+        return {**state, "epoch": int(epoch), "global_consumed": int(glob), "local_consumed": int(local)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position saved by ``state_dict()`` (applied when the train loader is next built).
 
         Args:
             state_dict: what ``state_dict()`` returned (Lightning passes the checkpoint's entry).
+
+        Raises:
+            ValueError: the checkpoint was trained with another tokenizer, or from the other kind of source.
         """
         saved_fp = state_dict.get("tokenizer_fingerprint")
         if saved_fp is not None and saved_fp != self.tokenizer.fingerprint():
@@ -428,18 +470,30 @@ class TextDataModule(pl.LightningDataModule):
                 f"module's {self.tokenizer.describe()}; resume with the same source/tokenizer settings, or pass "
                 "tokenizer='<the checkpoint path>' to reuse the checkpoint's tokenizer."
             )
-        now = {"batch_size": self.hparams.batch_size, "world_size": self._rank_world()[1], "seed": self.seed}
-        for name, value in now.items():
-            if state_dict.get(name) is not None and state_dict[name] != value:
-                log.warning(
-                    "resuming with %s=%s but the checkpoint used %s: the data order will differ from the original run",
-                    name,
-                    value,
-                    state_dict[name],
-                )
-        self._resume = {"epoch": int(state_dict["epoch"]), "batches_consumed": int(state_dict["batches_consumed"])}
+        if bool(state_dict.get("streaming")) != self.streaming:
+            raise ValueError(
+                "the checkpoint's data position belongs to a "
+                + ("prepared (streamed)" if state_dict.get("streaming") else "token-cache")
+                + f" source, but source={self.source!r} is not one; resume with the source the run was trained on."
+            )
+        if self.streaming:
+            return  # litdata restores its loader's own state
+        if state_dict.get("batch_size") not in (None, self.settings.batch.batch_size) or state_dict.get("seed") not in (
+            None,
+            self.seed,
+        ):
+            log.warning("resuming with another batch_size or data seed than the checkpoint's: the data order differs.")
+        local = state_dict.get("local_consumed")
+        glob = state_dict.get("global_consumed")
+        if local is None or glob is None:  # a checkpoint of an earlier version: batches per rank
+            local = int(state_dict.get("batches_consumed") or 0) * self.settings.batch.batch_size
+            glob = local * int(state_dict.get("world_size") or 1)
+        self._resume = {"epoch": int(state_dict["epoch"]), "global_consumed": int(glob), "local_consumed": int(local)}
         if self._sampler is not None:
             self._apply_resume(self._resume)
 
     def _apply_resume(self, resume: dict[str, Any]) -> None:
-        self._sampler.set_start(resume["epoch"], resume["batches_consumed"] * self.hparams.batch_size)
+        # local_consumed: this rank's samples of the epoch as Lightning counts them (its restored batch counter), so
+        # the sampler's length keeps Lightning's count of the epoch right when the number of devices changed.
+        assert self._sampler is not None
+        self._sampler.set_start(resume["epoch"], resume["global_consumed"], resume["local_consumed"])

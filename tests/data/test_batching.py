@@ -150,7 +150,7 @@ def test_sampler_shards_are_disjoint_and_cover():
 def test_sampler_resume_offset_applies_to_its_epoch_only():
     s = ResumableSampler(10, seed=3)
     full0 = list(s)
-    s.set_start(epoch=0, index=4)
+    s.set_start(epoch=0, global_consumed=4, local_consumed=4)
     assert list(s) == full0[4:] and len(s) == 10
     s.set_epoch(1)
     assert len(list(s)) == 10
@@ -165,7 +165,7 @@ def test_sampler_restored_position_wins_over_the_callers_epoch_numbers():
     reference.set_epoch(2)
     epoch2 = list(reference)
     s = ResumableSampler(10, seed=3)
-    s.set_start(epoch=1, index=0)
+    s.set_start(epoch=1, global_consumed=0)
     s.set_epoch(1)
     s.set_epoch(2)
     assert list(s) == epoch1  # the data's own position, not Lightning's count
@@ -173,7 +173,7 @@ def test_sampler_restored_position_wins_over_the_callers_epoch_numbers():
     assert s.epoch == 2 and list(s) == epoch2
     # Mid-epoch restart (Lightning agrees): no offset.
     s = ResumableSampler(10, seed=3)
-    s.set_start(epoch=1, index=4)
+    s.set_start(epoch=1, global_consumed=4, local_consumed=4)
     s.set_epoch(1)
     assert list(s) == epoch1[4:] and s.epoch_offset == 0
 

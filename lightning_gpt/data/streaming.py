@@ -1,0 +1,110 @@
+"""Streaming a prepared dataset (``lightning-gpt prepare``) with litdata: windows of ``block_size + 1`` tokens.
+
+``StreamingDataset`` reads the chunks in place from a local folder, or downloads them from an object store
+(``s3://...``) into a bounded local cache as they are needed: the first batch comes after the first chunk, not after
+the whole corpus. It shuffles chunks and the windows inside them with a seed, splits them across ranks and loader
+workers, and ``StreamingDataLoader.state_dict()`` records how many global samples were consumed, so a resumed run
+continues exactly (also on another number of devices: litdata re-stripes the rest of the epoch over the new ranks).
+
+Windows are litdata's ``TokensLoader`` items: consecutive, non-overlapping runs of ``block_size + 1`` tokens inside a
+chunk (the last partial window of each chunk is dropped, a few hundred tokens per 64 MB chunk). Start-up reads only
+``index.json`` and the manifest; no corpus bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import torch
+
+from lightning_gpt.data.prepared import MANIFEST, PREPARED_VERSION, is_prepared, litdata_environment, read_manifest
+
+__all__ = ["collate_windows", "is_remote", "is_streaming_source", "read_any_manifest", "streaming_dataset"]
+
+_REMOTE = ("s3://", "gs://", "azure://", "r2://")
+
+
+def is_remote(source: str) -> bool:
+    """Whether ``source`` names an object-store folder (``s3://bucket/prefix`` and the like)."""
+    return isinstance(source, str) and source.startswith(_REMOTE)
+
+
+def is_streaming_source(source: str) -> bool:
+    """Whether ``source`` is a prepared dataset: a local folder with the manifest, or an object-store folder."""
+    return is_remote(source) or is_prepared(source)
+
+
+def read_any_manifest(source: str) -> dict[str, Any]:
+    """The manifest of a local or ``s3://`` prepared folder.
+
+    Args:
+        source: the folder.
+
+    Raises:
+        FileNotFoundError: no manifest there (not prepared, or an interrupted prepare).
+        ValueError: an unreadable manifest, or an object store other than S3 (local copies work for any).
+    """
+    if not is_remote(source):
+        return read_manifest(source)
+    if not source.startswith("s3://"):
+        raise ValueError(f"--data.source {source!r}: only s3:// object stores are read here; copy the folder locally.")
+    import boto3  # installed with litdata
+
+    bucket, _, prefix = source[len("s3://") :].partition("/")
+    key = f"{prefix.rstrip('/')}/{MANIFEST}" if prefix else MANIFEST
+    try:
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except Exception as err:  # noqa: BLE001 - botocore's errors come in many classes
+        raise FileNotFoundError(
+            f"--data.source {source!r}: could not read {key} ({type(err).__name__}: {err})."
+        ) from None
+    manifest = json.loads(body)
+    if int(manifest.get("version", -1)) != PREPARED_VERSION:
+        raise ValueError(f"{source!r} was prepared by another version of lightning-gpt; prepare it again.")
+    return manifest
+
+
+def collate_windows(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TokensLoader`` items of ``block_size + 1`` ids -> ``(input_ids, targets)``, each ``(B, block_size)`` int64.
+
+    Args:
+        items: the batch's items (``uint16``/``uint32`` tensors or arrays).
+    """
+    ids = torch.stack([torch.as_tensor(t).to(torch.int64) for t in items])  # (B, T + 1)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def streaming_dataset(
+    source: str,
+    split: str,
+    block_size: int,
+    *,
+    seed: int,
+    shuffle: bool,
+    cache_dir: Optional[str] = None,
+) -> Any:
+    """A ``litdata.StreamingDataset`` of ``block_size + 1``-id windows over one split of a prepared folder (batch them
+    with ``collate_windows``).
+
+    Args:
+        source: the prepared folder (local path or ``s3://...``).
+        split: ``train`` or ``val``.
+        block_size: the model's context length (items hold ``block_size + 1`` ids).
+        seed: the shuffling seed (from the run seed).
+        shuffle: shuffle chunks and windows (training).
+        cache_dir: where chunks of a remote folder are cached locally (``None``: litdata's default).
+    """
+    litdata_environment()
+    from litdata import StreamingDataset, TokensLoader
+
+    folder = f"{source.rstrip('/')}/{split}" if is_remote(source) else os.path.join(source, split)
+    return StreamingDataset(
+        folder,
+        cache_dir=cache_dir if is_remote(source) else None,
+        item_loader=TokensLoader(block_size=block_size + 1),
+        shuffle=shuffle,
+        drop_last=True if shuffle else None,
+        seed=seed,
+    )
