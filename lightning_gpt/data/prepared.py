@@ -73,6 +73,11 @@ def read_manifest(path: str) -> dict[str, Any]:
         ValueError: the manifest is unreadable or from an unknown version.
     """
     file = os.path.join(path, MANIFEST)
+    if os.path.isfile(os.path.join(path, _PREPARING)) and not os.path.isfile(file):
+        raise ValueError(
+            f"{path!r} holds an interrupted lightning-gpt prepare (killed or failed before it finished): run the same "
+            "prepare command again; it deletes the partial folder and starts over."
+        )
     if not os.path.isfile(file):
         raise FileNotFoundError(
             f"{path!r} is not a prepared dataset (no {MANIFEST}): prepare it first with lightning-gpt prepare "
@@ -190,7 +195,6 @@ def prepare_dataset(
     num_workers: Optional[int] = None,
     chunk_bytes: str = "64MB",
     shard_bytes: Optional[int] = None,
-    verbose: bool = True,
 ) -> dict[str, Any]:
     """Tokenize ``source`` into a litdata dataset folder; return its manifest (an up-to-date folder is kept).
 
@@ -205,7 +209,6 @@ def prepare_dataset(
         num_workers: processes; ``None``: all CPUs of this machine.
         chunk_bytes: litdata chunk size (the unit of streaming and shuffling).
         shard_bytes: bytes of text per work item (``None``: ``shards.DEFAULT_SHARD_BYTES``).
-        verbose: litdata's progress bar and messages.
 
     Raises:
         ValueError: ``output_dir`` holds something else (never deleted), or a different prepared dataset; the
@@ -268,7 +271,6 @@ def prepare_dataset(
             chunk_bytes=chunk_bytes,
             item_loader=TokensLoader(),
             reorder_files=False,  # shards keep their order (each worker takes a fixed slice of them)
-            verbose=verbose,
         )
         parts = sorted(os.path.join(val_parts, p) for p in os.listdir(val_parts) if p.endswith(".bin"))
         if parts:
@@ -280,7 +282,6 @@ def prepare_dataset(
                 chunk_bytes=chunk_bytes,
                 item_loader=TokensLoader(),
                 reorder_files=False,
-                verbose=False,
             )
     finally:
         for key, value in saved.items():

@@ -32,8 +32,9 @@ def is_remote(source: str) -> bool:
 
 
 def is_streaming_source(source: str) -> bool:
-    """Whether ``source`` is a prepared dataset: a local folder with the manifest, or an object-store folder."""
-    return is_remote(source) or is_prepared(source)
+    """Whether ``source`` is a prepared dataset: a local folder with the manifest (or an interrupted prepare, which
+    then fails with the command to finish it), or an object-store folder."""
+    return is_remote(source) or is_prepared(source) or os.path.isfile(os.path.join(source, ".preparing"))
 
 
 def read_any_manifest(source: str) -> dict[str, Any]:

@@ -477,7 +477,15 @@ class TextDataModule(pl.LightningDataModule):
                 + f" source, but source={self.source!r} is not one; resume with the source the run was trained on."
             )
         if self.streaming:
-            return  # litdata restores its loader's own state
+            saved_world, world = state_dict.get("world_size"), self._rank_world()[1]
+            if saved_world is not None and saved_world != world:
+                raise ValueError(
+                    f"this checkpoint streamed {self.source!r} on {saved_world} processes and this run has {world}: "
+                    "the streaming loader's position cannot be carried over to another number of processes without "
+                    f"repeating or skipping data. Resume with {saved_world} devices (trainer.devices x "
+                    "trainer.num_nodes), or start a new run from the weights (--model.init_from <checkpoint>)."
+                )
+            return  # litdata restores its loader's own state (Lightning passes it the saved loader state)
         if state_dict.get("batch_size") not in (None, self.settings.batch.batch_size) or state_dict.get("seed") not in (
             None,
             self.seed,
