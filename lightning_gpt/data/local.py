@@ -3,18 +3,134 @@ context length, and a loader that leaves its position to the data module."""
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_gpt.data.cache import TokenArray
+from lightning_gpt.data.cache import TokenArray, build_token_cache, cached_tokenizer, load_token_cache
 from lightning_gpt.data.datasets import PackedDataset, PaddedDataset
-from lightning_gpt.data.settings import DataSettings, SourceSettings
+from lightning_gpt.data.encoding import is_held_out
+from lightning_gpt.data.settings import DataSettings, SourceSettings, TokenizerSettings
+from lightning_gpt.data.shards import sample_documents
 from lightning_gpt.data.sources import HFSource, LocalSource, StdlibSource, TextSource
+from lightning_gpt.data.tokenizers import Tokenizer, build_tokenizer
 
-__all__ = ["PositionedLoader", "check_unprepared_size", "make_local_datasets", "resolve_block_size"]
+__all__ = [
+    "PositionedLoader",
+    "check_unprepared_size",
+    "local_caches",
+    "make_local_datasets",
+    "resolve_block_size",
+    "token_cache",
+    "trained_tokenizer",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _nonempty(docs: Iterator[str], name: str) -> Iterator[str]:
+    n = 0
+    for doc in docs:
+        n += 1
+        yield doc
+    if n == 0:
+        raise ValueError(
+            f"source {name!r} has no text (it is empty or only whitespace); point source at a corpus with some text."
+        )
+
+
+def trained_tokenizer(src: TextSource, settings: TokenizerSettings, cache_dir: str, seed: int) -> Tokenizer:
+    """A ``char`` / ``bpe`` / ``unigram`` tokenizer trained on a seeded sample of ``settings.sample_chars``
+    characters of ``src`` (``shards.sample_documents``), cached on disk under everything it depends on.
+
+    Args:
+        src: the training source.
+        settings: the tokenizer settings.
+        cache_dir: the cache root.
+        seed: the data seed (picks the sample).
+    """
+    import tokenizers
+
+    key = {
+        "source": src.identity(),
+        "kind": settings.name,
+        "vocab_size": None if settings.name == "char" else settings.vocab_size,
+        "tokenizers": None if settings.name == "char" else tokenizers.__version__,
+        "sample": [settings.sample_chars, seed],
+    }
+    docs = _nonempty(sample_documents(src, settings.sample_chars, seed), src.name)
+    tok = cached_tokenizer(cache_dir, key, lambda: build_tokenizer(settings.name, docs, vocab_size=settings.vocab_size))
+    log.info("tokenizer %s for %s", tok.describe(), src.name)
+    return tok
+
+
+def token_cache(
+    src: TextSource,
+    tokenizer: Tokenizer,
+    settings: DataSettings,
+    cache_dir: str,
+    part: str = "all",
+    split_seed: int = 0,
+) -> TokenArray:
+    """The cached ids of ``src`` (built once); ``part`` ``train`` / ``val`` keeps only the documents on that side of
+    the random validation sample (``encoding.is_held_out`` of the document's index).
+
+    Args:
+        src: the source.
+        tokenizer: the tokenizer.
+        settings: the data settings (``add_bos``, the validation fraction).
+        cache_dir: the cache root.
+        part: ``all``, ``train`` or ``val``.
+        split_seed: the seed of the validation sample.
+    """
+    add_bos, fraction = settings.tokenizer.add_bos, settings.validation.fraction
+    key: dict[str, Any] = {"source": src.identity(), "tokenizer": tokenizer.fingerprint(), "add_bos": add_bos}
+    docs: Iterator[str] = src.documents()
+    if part != "all":
+        key["holdout"] = {"part": part, "seed": split_seed, "fraction": fraction}
+        held = part == "val"
+        docs = (d for i, d in enumerate(docs) if is_held_out(split_seed, str(i), fraction) == held)
+    path = build_token_cache(
+        cache_dir, key, docs, tokenizer, add_bos=add_bos, description=src.name, allow_empty=part != "all"
+    )
+    return load_token_cache(path)
+
+
+def local_caches(
+    train_src: TextSource,
+    val_src: Optional[TextSource],
+    tokenizer: Tokenizer,
+    settings: DataSettings,
+    cache_dir: str,
+    split_seed: int,
+) -> tuple[TokenArray, Optional[TokenArray], bool]:
+    """(train ids, explicit or held-out validation ids, whether the tail split applies) of the token-cache path.
+
+    ``val_holdout='random'`` falls back to the tail split, with a warning, when the documents cannot be split into
+    non-empty sides (e.g. a single ``.txt`` file is one document).
+    """
+    if val_src is not None:
+        return (
+            token_cache(train_src, tokenizer, settings, cache_dir),
+            token_cache(val_src, tokenizer, settings, cache_dir),
+            False,
+        )
+    v = settings.validation
+    if v.holdout == "random" and v.fraction > 0:
+        train = token_cache(train_src, tokenizer, settings, cache_dir, "train", split_seed)
+        val = token_cache(train_src, tokenizer, settings, cache_dir, "val", split_seed)
+        if train.n_docs > 0 and val.n_docs > 0:
+            return train, val, False
+        log.warning(
+            "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
+            "samples; holding out the tail (val_holdout='tail') instead.",
+            train.n_docs + val.n_docs,
+            train_src.name,
+        )
+    return token_cache(train_src, tokenizer, settings, cache_dir), None, v.fraction > 0
 
 
 class PositionedLoader(DataLoader):

@@ -20,8 +20,17 @@ from typing import Any, Optional
 import torch
 
 from lightning_gpt.data.prepared import MANIFEST, PREPARED_VERSION, is_prepared, litdata_environment, read_manifest
+from lightning_gpt.data.tokenizers import Tokenizer, tokenizer_from_state_dict
 
-__all__ = ["collate_windows", "is_remote", "is_streaming_source", "read_any_manifest", "streaming_dataset"]
+__all__ = [
+    "check_prepared_tokenizer",
+    "collate_windows",
+    "is_remote",
+    "is_streaming_source",
+    "prepared_tokenizer",
+    "read_any_manifest",
+    "streaming_dataset",
+]
 
 _REMOTE = ("s3://", "gs://", "azure://", "r2://")
 
@@ -109,3 +118,40 @@ def streaming_dataset(
         drop_last=True if shuffle else None,
         seed=seed,
     )
+
+
+def check_prepared_tokenizer(manifest: dict[str, Any], other: Tokenizer, what: str, source: str) -> None:
+    """Raise unless ``other`` is the tokenizer the prepared dataset was made with (same fingerprint).
+
+    Args:
+        manifest: the prepared dataset's manifest.
+        other: the tokenizer to check (a named one, a checkpoint's, the model's).
+        what: how to name ``other`` in the message.
+        source: the prepared folder, for the message.
+
+    Raises:
+        ValueError: the tokenizers differ (one paragraph, before step 0).
+    """
+    prepared = tokenizer_from_state_dict(manifest["tokenizer"])
+    if other.fingerprint() != prepared.fingerprint():
+        raise ValueError(
+            f"the prepared dataset {source!r} was tokenized with {prepared.describe()}, but {what} is "
+            f"{other.describe()}: its token ids would mean different text. Prepare the data again with this "
+            "tokenizer (lightning-gpt prepare --data.tokenizer ...), or train with the dataset's tokenizer."
+        )
+
+
+def prepared_tokenizer(manifest: dict[str, Any], named: Optional[Tokenizer], source: str) -> Tokenizer:
+    """The prepared dataset's tokenizer; a tokenizer the user named (a file, a checkpoint, an id) must be it.
+
+    Args:
+        manifest: the prepared dataset's manifest.
+        named: the tokenizer named in the settings, or ``None`` (a trainable kind: the folder's was trained already).
+        source: the prepared folder, for messages.
+
+    Raises:
+        ValueError: ``named`` differs from the dataset's tokenizer.
+    """
+    if named is not None:
+        check_prepared_tokenizer(manifest, named, "the named tokenizer", source)
+    return tokenizer_from_state_dict(manifest["tokenizer"])

@@ -16,21 +16,21 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_gpt.data.cache import (
-    TokenArray,
-    build_token_cache,
-    cached_tokenizer,
-    default_cache_dir,
-    load_token_cache,
+from lightning_gpt.data.cache import TokenArray, default_cache_dir
+from lightning_gpt.data.local import (
+    PositionedLoader,
+    check_unprepared_size,
+    local_caches,
+    make_local_datasets,
+    resolve_block_size,
+    trained_tokenizer,
 )
-from lightning_gpt.data.encoding import is_held_out
-from lightning_gpt.data.local import PositionedLoader, check_unprepared_size, make_local_datasets, resolve_block_size
 from lightning_gpt.data.sampler import ResumableSampler
 from lightning_gpt.data.settings import (
     DEFAULT_MAX_UNPREPARED_CHARS,
@@ -41,10 +41,16 @@ from lightning_gpt.data.settings import (
     TokenizerSettings,
     ValidationSettings,
 )
-from lightning_gpt.data.shards import sample_documents
 from lightning_gpt.data.sources import TextSource, resolve_source
-from lightning_gpt.data.streaming import collate_windows, is_streaming_source, read_any_manifest, streaming_dataset
-from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer, tokenizer_from_state_dict
+from lightning_gpt.data.streaming import (
+    check_prepared_tokenizer,
+    collate_windows,
+    is_streaming_source,
+    prepared_tokenizer,
+    read_any_manifest,
+    streaming_dataset,
+)
+from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer
 from lightning_gpt.io.tokenizer import load_tokenizer
 from lightning_gpt.seeding import derive_seed, mix_seed
 from lightning_gpt.training._lightning_internals import batches_processed_this_epoch
@@ -52,17 +58,6 @@ from lightning_gpt.training._lightning_internals import batches_processed_this_e
 __all__ = ["TextDataModule"]
 
 log = logging.getLogger(__name__)
-
-
-def _nonempty(docs: Iterator[str], name: str) -> Iterator[str]:
-    n = 0
-    for doc in docs:
-        n += 1
-        yield doc
-    if n == 0:
-        raise ValueError(
-            f"source {name!r} has no text (it is empty or only whitespace); point source at a corpus with some text."
-        )
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -227,23 +222,10 @@ class TextDataModule(pl.LightningDataModule):
         if self._tokenizer is None:
             t = self.settings.tokenizer
             if self.streaming:
-                self._tokenizer = self._prepared_tokenizer()
+                named = None if t.name in TRAINABLE else load_tokenizer(t.name, trust_checkpoint=t.trust_checkpoint)
+                self._tokenizer = prepared_tokenizer(self.manifest, named, self.source)
             elif t.name in TRAINABLE:
-                src = self.train_source()
-                import tokenizers
-
-                key = {
-                    "source": src.identity(),
-                    "kind": t.name,
-                    "vocab_size": None if t.name == "char" else t.vocab_size,
-                    "tokenizers": None if t.name == "char" else tokenizers.__version__,
-                    "sample": [t.sample_chars, self.seed],
-                }
-                docs = _nonempty(sample_documents(src, t.sample_chars, self.seed), src.name)
-                self._tokenizer = cached_tokenizer(
-                    self.cache_dir, key, lambda: load_tokenizer(t.name, docs, vocab_size=t.vocab_size)
-                )
-                log.info("tokenizer %s for %s", self._tokenizer.describe(), src.name)
+                self._tokenizer = trained_tokenizer(self.train_source(), t, self.cache_dir, self.seed)
             else:
                 self._tokenizer = load_tokenizer(t.name, trust_checkpoint=t.trust_checkpoint)
         return self._tokenizer
@@ -252,68 +234,18 @@ class TextDataModule(pl.LightningDataModule):
     def tokenizer(self, tokenizer: Tokenizer) -> None:
         """Use ``tokenizer`` (e.g. one restored from a checkpoint) instead of building one."""
         if self.streaming:
-            self._check_prepared_tokenizer(tokenizer, "the given tokenizer")
+            check_prepared_tokenizer(self.manifest, tokenizer, "the given tokenizer", self.source)
         self._tokenizer = tokenizer
-
-    def _prepared_tokenizer(self) -> Tokenizer:
-        prepared = tokenizer_from_state_dict(self.manifest["tokenizer"])
-        name = self.settings.tokenizer.name
-        if name not in TRAINABLE:  # a named tokenizer (a file, a checkpoint, an id) must be the prepared one
-            named = load_tokenizer(name, trust_checkpoint=self.settings.tokenizer.trust_checkpoint)
-            self._check_prepared_tokenizer(named, f"tokenizer={name!r}", prepared)
-        return prepared
-
-    def _check_prepared_tokenizer(self, other: Tokenizer, what: str, prepared: Optional[Tokenizer] = None) -> None:
-        prepared = prepared or tokenizer_from_state_dict(self.manifest["tokenizer"])
-        if other.fingerprint() != prepared.fingerprint():
-            raise ValueError(
-                f"the prepared dataset {self.source!r} was tokenized with {prepared.describe()}, but {what} is "
-                f"{other.describe()}: its token ids would mean different text. Prepare the data again with this "
-                "tokenizer (lightning-gpt prepare --data.tokenizer ...), or train with the dataset's tokenizer."
-            )
 
     @property
     def vocab_size(self) -> int:
         """The tokenizer's vocabulary size (what the model's ``config.vocab_size`` must cover)."""
         return self.tokenizer.vocab_size
 
-    def _token_cache(self, src: TextSource, part: str = "all") -> TokenArray:
-        """The cached ids of ``src``; ``part`` ``train``/``val`` keeps the documents on that side of the random
-        validation sample (``encoding.is_held_out`` of the document's index)."""
-        tok, add_bos = self.tokenizer, self.settings.tokenizer.add_bos
-        fraction = self.settings.validation.fraction
-        key: dict[str, Any] = {"source": src.identity(), "tokenizer": tok.fingerprint(), "add_bos": add_bos}
-        docs: Iterator[str] = src.documents()
-        if part != "all":
-            key["holdout"] = {"part": part, "seed": self.split_seed, "fraction": fraction}
-            held = part == "val"
-            seed = self.split_seed
-            docs = (d for i, d in enumerate(docs) if is_held_out(seed, str(i), fraction) == held)
-        path = build_token_cache(
-            self.cache_dir, key, docs, tok, add_bos=add_bos, description=src.name, allow_empty=part != "all"
-        )
-        return load_token_cache(path)
-
-    def _random_holdout(self) -> bool:
-        v = self.settings.validation
-        return v.holdout == "random" and v.fraction > 0 and self.val_source() is None
-
     def _local_caches(self) -> tuple[TokenArray, Optional[TokenArray], bool]:
-        """(train ids, explicit or held-out validation ids, whether the tail split applies)."""
-        train_src = self.train_source()
-        if (vs := self.val_source()) is not None:
-            return self._token_cache(train_src), self._token_cache(vs), False
-        if self._random_holdout():
-            train, val = self._token_cache(train_src, "train"), self._token_cache(train_src, "val")
-            if train.n_docs > 0 and val.n_docs > 0:
-                return train, val, False
-            log.warning(
-                "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
-                "samples; holding out the tail (val_holdout='tail') instead.",
-                train.n_docs + val.n_docs,
-                train_src.name,
-            )
-        return self._token_cache(train_src), None, self.settings.validation.fraction > 0
+        return local_caches(
+            self.train_source(), self.val_source(), self.tokenizer, self.settings, self.cache_dir, self.split_seed
+        )
 
     # ------------------------------------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
