@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from lightning_gpt.data.prepared import MANIFEST, PREPARED_VERSION, is_prepared, litdata_environment, read_manifest
@@ -82,7 +83,10 @@ def collate_windows(items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     Args:
         items: the batch's items (``uint16``/``uint32`` tensors or arrays).
     """
-    ids = torch.stack([torch.as_tensor(t).to(torch.int64) for t in items])  # (B, T + 1)
+    ids = torch.stack(
+        [t.to(torch.int64) if torch.is_tensor(t) else torch.from_numpy(np.array(t, np.int64)) for t in items]
+    )
+    # (B, T + 1): np.array copies (litdata may hand out read-only views of a chunk)
     return ids[:, :-1], ids[:, 1:]
 
 

@@ -202,3 +202,43 @@ def test_workers_give_the_same_batches(tmp_path):
         batches.append([x for x, _ in dm.train_dataloader()])
     assert len(batches[0]) == len(batches[1]) > 3
     assert all(torch.equal(a, b) for a, b in zip(*batches))
+
+
+def test_sampler_permutation_is_a_seeded_bijection_without_a_list():
+    import tracemalloc
+
+    from lightning_gpt.data.sampler import _round_keys, permuted_index
+
+    for n in (1, 2, 7, 100, 1023, 1024, 5000):
+        keys = _round_keys(3, 0)
+        assert sorted(permuted_index(i, n, keys) for i in range(n)) == list(range(n))
+    n = 10_000_000
+    s = ResumableSampler(n, num_replicas=8, rank=3, seed=1)
+    tracemalloc.start()
+    it = iter(s)
+    first = [next(it) for _ in range(1000)]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000_000 and len(set(first)) == 1000  # O(1) state: no list of 10M windows
+    s.set_start(epoch=0, global_consumed=8 * 5000, local_consumed=5000)
+    assert next(iter(s)) == s.index_at(0, 8 * 5000 + 3)  # resumes without walking the skipped part
+
+
+@pytest.mark.parametrize(("old", "new"), [(2, 1), (1, 2), (2, 3)])
+def test_sampler_resume_on_another_world_size_is_exact_in_global_samples(old, new):
+    n, consumed_per_rank = 101, 13
+    full = ResumableSampler(n, 1, 0, seed=9)
+    order = list(full)
+    before = [list(ResumableSampler(n, old, r, seed=9))[:consumed_per_rank] for r in range(old)]
+    seen = [i for r in range(old) for i in before[r]]
+    glob = consumed_per_rank * old
+    assert sorted(seen) == sorted(order[:glob])  # the first ranks consumed exactly the first global samples
+    after = []
+    for r in range(new):
+        s = ResumableSampler(n, new, r, seed=9)
+        s.set_start(0, glob, consumed_per_rank)
+        rest = list(s)
+        assert len(s) == consumed_per_rank + len(rest)  # what Lightning counts for the epoch
+        after += rest
+    dropped = (n - glob) % new  # the uneven tail, as drop_last drops it
+    assert sorted(seen + after) == sorted(order[: n - dropped])  # nothing repeated, nothing skipped

@@ -73,7 +73,9 @@ def test_a_named_tokenizer_must_be_the_prepared_one(prepared, tmp_path):
     ckpt = tmp_path / "other.ckpt"
     torch.save({"tokenizer": other.state_dict()}, ckpt)
     dm = TextDataModule(source=str(prepared["out"]), tokenizer=str(ckpt), block_size=8)
-    with pytest.raises(ValueError, match="was tokenized with 'char'.*the named tokenizer is .*token ids would mean different text"):
+    with pytest.raises(
+        ValueError, match="was tokenized with 'char'.*the named tokenizer is .*token ids would mean different text"
+    ):
         dm.tokenizer  # noqa: B018
 
 
@@ -134,3 +136,27 @@ def test_a_killed_prepare_is_detected_and_redone(tmp_path):
     assert splits["train"]["n_tokens"] + splits["val"]["n_tokens"] == sum(len(d) + 1 for d in docs)
     assert not (out / ".preparing").exists() and not (out / ".val-parts").exists()
     assert np.dtype(manifest["dtype"]) == np.uint16
+
+
+def test_fit_refuses_an_unprepared_source_past_the_limit_at_once(cli, run_yaml, corpus):
+    from tests.helpers import user_error
+
+    result = cli("fit", "--config", run_yaml(**{"data.max_unprepared_chars": 1000}))
+    user_error(result, "more than max_unprepared_chars=1,000", "lightning-gpt prepare", "--data.source data/prepared")
+
+
+@pytest.mark.slow
+def test_prepare_then_fit_through_the_command(cli, run_yaml, tmp_path, corpus):
+    out = tmp_path / "prepared"
+    config = run_yaml(**{"data.val_fraction": 0.1, "trainer.limit_val_batches": 2, "trainer.val_check_interval": 2})
+    result = cli("prepare", "--config", config, "--output_dir", out, "--num_workers", "2")
+    assert result.code == 0, result
+    assert "Train on it: lightning-gpt fit" in result.out and is_prepared(str(out))
+    again = cli("prepare", "--config", config, "--output_dir", out)  # up to date: kept, not redone
+    assert again.code == 0 and (out / MANIFEST).stat().st_mtime == (out / MANIFEST).stat().st_mtime
+    fit = cli("fit", "--config", config, "--data.source", out)
+    assert fit.code == 0, fit
+    from lightning_gpt.io.checkpoint import load_checkpoint
+
+    _, tok = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert tok.state_dict() == read_manifest(str(out))["tokenizer"]  # the model decodes with the dataset's tokenizer
