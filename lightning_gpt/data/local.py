@@ -20,6 +20,7 @@ from lightning_gpt.data.tokenizers import Tokenizer, build_tokenizer
 
 __all__ = [
     "PositionedLoader",
+    "source_options",
     "check_unprepared_size",
     "local_caches",
     "make_local_datasets",
@@ -29,6 +30,22 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def source_options(settings: SourceSettings, split: str) -> dict[str, Any]:
+    """The ``resolve_source`` keyword arguments of ``settings`` for one Hugging Face ``split``.
+
+    Args:
+        settings: the source settings.
+        split: the split (the training one, or ``val_split``).
+    """
+    return {
+        "text_column": settings.text_column,
+        "max_chars": settings.max_chars,
+        "dataset_config": settings.dataset_config,
+        "split": split,
+        "streaming": settings.streaming,
+    }
 
 
 def _nonempty(docs: Iterator[str], name: str) -> Iterator[str]:

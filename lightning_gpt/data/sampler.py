@@ -21,7 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from lightning_gpt.seeding import derive_seed
 
-__all__ = ["ResumableSampler", "permuted_index"]
+__all__ = ["ResumableSampler", "permuted_index", "restored_position", "sampler_position", "train_sampler"]
 
 
 def _round_keys(seed: int, epoch: int) -> tuple[int, ...]:
@@ -191,3 +191,97 @@ class ResumableSampler(DistributedSampler):
     def state_dict(self) -> dict[str, Any]:
         """The sampler's settings and current epoch (the consumed position is tracked by the data module)."""
         return {"epoch": self.epoch, "seed": self.seed, "num_replicas": self.num_replicas, "rank": self.rank}
+
+
+def sampler_position(
+    sampler: Optional[ResumableSampler],
+    resume: Optional[dict[str, int]],
+    batches_done: Optional[int],
+    batches_per_epoch: Any,
+    batch_size: int,
+    world_size: int,
+) -> dict[str, int]:
+    """Where the training data stands: ``{"epoch", "global_consumed", "local_consumed"}`` (what a checkpoint holds).
+
+    Args:
+        sampler: the training sampler (``None`` before the first loader).
+        resume: a restored position not applied to a sampler yet, or ``None``.
+        batches_done: the batches this rank finished in the current epoch (the trainer's own count, not the
+            sampler's, which runs ahead when workers prefetch), or ``None`` without a trainer.
+        batches_per_epoch: the trainer's batches per epoch (honours ``limit_train_batches``); not an int: from the
+            sampler.
+        batch_size: samples per batch per rank.
+        world_size: the number of ranks.
+    """
+    if resume is not None:
+        return dict(resume)
+    if sampler is None:
+        return {"epoch": 0, "global_consumed": 0, "local_consumed": 0}
+    if sampler.pending_start:  # restored, no batch drawn yet: still the position
+        return {
+            "epoch": sampler.start_epoch,
+            "global_consumed": sampler.start_global,
+            "local_consumed": sampler.start_local,
+        }
+    if batches_done is None:
+        return {"epoch": sampler.epoch, "global_consumed": 0, "local_consumed": 0}
+    per_epoch = batches_per_epoch
+    if not isinstance(per_epoch, int) or per_epoch <= 0:
+        per_epoch = math.ceil(len(sampler) / batch_size)
+    if batches_done >= per_epoch:  # the epoch is over: the next one starts at its beginning
+        return {"epoch": sampler.epoch + 1, "global_consumed": 0, "local_consumed": 0}
+    resumed = sampler.epoch == sampler.start_epoch
+    local = batches_done * batch_size
+    # Every rank drew the same number of samples (drop_last): global = restored start + new local samples x ranks.
+    start_global, start_local = (sampler.start_global, sampler.start_local) if resumed else (0, 0)
+    return {
+        "epoch": sampler.epoch,
+        "global_consumed": start_global + (local - start_local) * world_size,
+        "local_consumed": local,
+    }
+
+
+def restored_position(state: dict[str, Any], batch_size: int) -> dict[str, int]:
+    """The position in a checkpoint's data state (also one written before positions were global).
+
+    Args:
+        state: the data module's saved state.
+        batch_size: samples per batch per rank (for states that counted batches).
+    """
+    local, glob = state.get("local_consumed"), state.get("global_consumed")
+    if local is None or glob is None:  # an earlier version: batches consumed per rank
+        local = int(state.get("batches_consumed") or 0) * batch_size
+        glob = local * int(state.get("world_size") or 1)
+    return {"epoch": int(state["epoch"]), "global_consumed": int(glob), "local_consumed": int(local)}
+
+
+def train_sampler(
+    n: int,
+    world: int,
+    rank: int,
+    seed: int,
+    epoch_in_index: bool,
+    resume: Optional[dict[str, int]],
+    previous: Optional[ResumableSampler],
+) -> ResumableSampler:
+    """The training sampler of a (re)built loader: at a restored position, or where the previous one stood.
+
+    Args:
+        n: dataset length.
+        world: number of ranks.
+        rank: this rank.
+        seed: the data seed.
+        epoch_in_index: see ``ResumableSampler``.
+        resume: a restored position (used once), or ``None``.
+        previous: the sampler of the loader built before (e.g. ``reload_dataloaders_every_n_epochs``), or ``None``.
+    """
+    sampler = ResumableSampler(n, world, rank, shuffle=True, seed=seed, epoch_in_index=epoch_in_index)
+    if resume is not None:
+        sampler.set_start(resume["epoch"], resume["global_consumed"], resume["local_consumed"])
+    elif previous is not None:  # keep the epoch and its position
+        sampler.epoch_offset = previous.epoch_offset
+        if previous.pending_start:
+            sampler.set_start(previous.start_epoch, previous.start_global, previous.start_local)
+        else:
+            sampler.epoch = previous.epoch
+    return sampler

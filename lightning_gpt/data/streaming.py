@@ -31,6 +31,8 @@ __all__ = [
     "prepared_tokenizer",
     "read_any_manifest",
     "streaming_dataset",
+    "streaming_loader",
+    "check_streaming_resume",
 ]
 
 _REMOTE = ("s3://", "gs://", "azure://", "r2://")
@@ -159,3 +161,40 @@ def prepared_tokenizer(manifest: dict[str, Any], named: Optional[Tokenizer], sou
     if named is not None:
         check_prepared_tokenizer(manifest, named, "the named tokenizer", source)
     return tokenizer_from_state_dict(manifest["tokenizer"])
+
+
+def streaming_loader(dataset: Any, batch_size: int, num_workers: int, pin_memory: bool) -> Any:
+    """A ``litdata.StreamingDataLoader`` of ``(input_ids, targets)`` batches (its ``state_dict`` is the position).
+
+    Args:
+        dataset: a ``streaming_dataset``.
+        batch_size: sequences per batch per rank.
+        num_workers: loader worker processes.
+        pin_memory: page-locked batches.
+    """
+    from litdata import StreamingDataLoader
+
+    return StreamingDataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_windows
+    )
+
+
+def check_streaming_resume(state: dict[str, Any], source: str, world_size: int) -> None:
+    """Refuse to resume a streamed position on another number of processes (litdata 0.2.44 cannot re-stripe it).
+
+    Args:
+        state: the data module's saved state.
+        source: the prepared folder, for the message.
+        world_size: this run's number of processes.
+
+    Raises:
+        ValueError: one paragraph naming the old and the new number of processes.
+    """
+    saved = state.get("world_size")
+    if saved is not None and saved != world_size:
+        raise ValueError(
+            f"this checkpoint streamed {source!r} on {saved} processes and this run has {world_size}: the streaming "
+            "loader's position cannot be carried over to another number of processes without repeating or skipping "
+            f"data. Resume with {saved} devices (trainer.devices x trainer.num_nodes), or start a new run from the "
+            "weights (--model.init_from <checkpoint>)."
+        )

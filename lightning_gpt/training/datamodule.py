@@ -14,24 +14,21 @@ Two paths, chosen by the source (README "Training at scale" says when each is us
 from __future__ import annotations
 
 import logging
-import math
-import zlib
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_gpt.data.cache import TokenArray, default_cache_dir
+from lightning_gpt.data.cache import default_cache_dir
 from lightning_gpt.data.local import (
     PositionedLoader,
     check_unprepared_size,
-    local_caches,
     make_local_datasets,
     resolve_block_size,
-    trained_tokenizer,
 )
-from lightning_gpt.data.sampler import ResumableSampler
+from lightning_gpt.data.pipeline import TextPipeline
+from lightning_gpt.data.sampler import ResumableSampler, restored_position, sampler_position, train_sampler
 from lightning_gpt.data.settings import (
     DEFAULT_MAX_UNPREPARED_CHARS,
     DEFAULT_TOKENIZER_SAMPLE_CHARS,
@@ -41,18 +38,14 @@ from lightning_gpt.data.settings import (
     TokenizerSettings,
     ValidationSettings,
 )
-from lightning_gpt.data.sources import TextSource, resolve_source
+from lightning_gpt.data.sources import TextSource
 from lightning_gpt.data.streaming import (
-    check_prepared_tokenizer,
-    collate_windows,
-    is_streaming_source,
-    prepared_tokenizer,
-    read_any_manifest,
+    check_streaming_resume,
     streaming_dataset,
+    streaming_loader,
 )
-from lightning_gpt.data.tokenizers import TRAINABLE, Tokenizer
+from lightning_gpt.data.tokenizers import Tokenizer
 from lightning_gpt.io.tokenizer import load_tokenizer
-from lightning_gpt.seeding import derive_seed, mix_seed
 from lightning_gpt.training._lightning_internals import batches_processed_this_epoch
 
 __all__ = ["TextDataModule"]
@@ -60,7 +53,7 @@ __all__ = ["TextDataModule"]
 log = logging.getLogger(__name__)
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(TextPipeline, pl.LightningDataModule):
     """Batches of fixed-length token windows for next-token training, configured by its typed arguments.
 
     The arguments are grouped into one frozen ``settings`` object (``lightning_gpt.data.settings``: source,
@@ -165,87 +158,9 @@ class TextDataModule(pl.LightningDataModule):
         self._seed: Optional[int] = None
         self._manifest: Optional[dict[str, Any]] = None
 
-    @property
-    def seed(self) -> int:
-        """The seed of the data order: ``seed`` when given, else derived from the run seed (resolved once)."""
-        if self._seed is None:
-            self._seed = derive_seed("data", self.settings.seed)
-        return self._seed
-
-    @property
-    def split_seed(self) -> int:
-        """The seed of the random validation sample (derived from ``seed``)."""
-        return mix_seed(self.seed, zlib.crc32(b"val_holdout")) & 0x7FFFFFFF
-
-    @property
-    def streaming(self) -> bool:
-        """Whether the source is a prepared dataset (streamed with litdata) rather than text to tokenize here."""
-        return is_streaming_source(self.source)
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        """The prepared dataset's manifest (tokenizer, token counts, settings); prepared sources only."""
-        if self._manifest is None:
-            self._manifest = read_any_manifest(self.source)
-        return self._manifest
-
-    # ----------------------------------------------------------------------------------------------- sources, tokens
-    def train_source(self) -> TextSource:
-        """The training ``TextSource`` (an unprepared source)."""
-        return self._resolve("train", self.source, self.settings.source.split)
-
-    def val_source(self) -> Optional[TextSource]:
-        """The explicit validation source (``val_source`` / ``val_split``), or ``None`` (held out of the source)."""
-        v = self.settings.validation
-        if v.split is not None:
-            return self._resolve("val", self.source, v.split)
-        if v.source is not None:
-            return self._resolve("val", v.source, self.settings.source.split)
-        return None
-
-    def _resolve(self, role: str, source: str, split: str) -> TextSource:
-        if role not in self._sources:
-            s = self.settings.source
-            self._sources[role] = resolve_source(
-                source,
-                text_column=s.text_column,
-                max_chars=s.max_chars,
-                dataset_config=s.dataset_config,
-                split=split,
-                streaming=s.streaming,
-            )
-        return self._sources[role]
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer: a prepared dataset's own, trained on a seeded sample (cached on disk), or loaded."""
-        if self._tokenizer is None:
-            t = self.settings.tokenizer
-            if self.streaming:
-                named = None if t.name in TRAINABLE else load_tokenizer(t.name, trust_checkpoint=t.trust_checkpoint)
-                self._tokenizer = prepared_tokenizer(self.manifest, named, self.source)
-            elif t.name in TRAINABLE:
-                self._tokenizer = trained_tokenizer(self.train_source(), t, self.cache_dir, self.seed)
-            else:
-                self._tokenizer = load_tokenizer(t.name, trust_checkpoint=t.trust_checkpoint)
-        return self._tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, tokenizer: Tokenizer) -> None:
-        """Use ``tokenizer`` (e.g. one restored from a checkpoint) instead of building one."""
-        if self.streaming:
-            check_prepared_tokenizer(self.manifest, tokenizer, "the given tokenizer", self.source)
-        self._tokenizer = tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        """The tokenizer's vocabulary size (what the model's ``config.vocab_size`` must cover)."""
-        return self.tokenizer.vocab_size
-
-    def _local_caches(self) -> tuple[TokenArray, Optional[TokenArray], bool]:
-        return local_caches(
-            self.train_source(), self.val_source(), self.tokenizer, self.settings, self.cache_dir, self.split_seed
-        )
+    def _named_tokenizer(self, name: str) -> Tokenizer:
+        # Also a checkpoint's or a weights folder's tokenizer (lightning_gpt.io reads those).
+        return load_tokenizer(name, trust_checkpoint=self.settings.tokenizer.trust_checkpoint)
 
     # ------------------------------------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -282,15 +197,7 @@ class TextDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Any, sampler: Optional[ResumableSampler] = None) -> DataLoader:
         b = self.settings.batch
         if self.streaming:
-            from litdata import StreamingDataLoader
-
-            return StreamingDataLoader(
-                dataset,
-                batch_size=b.batch_size,
-                num_workers=b.num_workers,
-                pin_memory=b.pin_memory,
-                collate_fn=collate_windows,
-            )
+            return streaming_loader(dataset, b.batch_size, b.num_workers, b.pin_memory)
         return PositionedLoader(
             dataset,
             batch_size=b.batch_size,
@@ -317,19 +224,9 @@ class TextDataModule(pl.LightningDataModule):
                 "data or a smaller block_size."
             )
         shifting = getattr(self.train_dataset, "shift_seed", None) is not None
-        previous = self._sampler
-        self._sampler = ResumableSampler(
-            len(self.train_dataset), world, rank, shuffle=True, seed=self.seed, epoch_in_index=shifting
-        )
-        if self._resume is not None:  # a restored position is used once, by the first loader built after it
-            self._apply_resume(self._resume)
-            self._resume = None
-        elif previous is not None:  # rebuilt (e.g. reload_dataloaders_every_n_epochs): keep the epoch and its position
-            self._sampler.epoch_offset = previous.epoch_offset
-            if previous.pending_start:
-                self._sampler.set_start(previous.start_epoch, previous.start_global, previous.start_local)
-            else:
-                self._sampler.epoch = previous.epoch
+        n = len(self.train_dataset)
+        self._sampler = train_sampler(n, world, rank, self.seed, shifting, self._resume, self._sampler)
+        self._resume = None  # a restored position is used once, by the first loader built after it
         return self._loader(self.train_dataset, self._sampler)
 
     def val_dataloader(self) -> Any:
@@ -363,28 +260,10 @@ class TextDataModule(pl.LightningDataModule):
         }
         if self.streaming:
             return {**state, "streaming": True}
-        epoch, glob, local, trainer, sampler = 0, 0, 0, self.trainer, self._sampler
-        if self._resume is not None:  # restored but not yet used
-            epoch, glob, local = self._resume["epoch"], self._resume["global_consumed"], self._resume["local_consumed"]
-        elif sampler is not None and sampler.pending_start:  # restored, no batch drawn yet: still the position
-            epoch, glob, local = sampler.start_epoch, sampler.start_global, sampler.start_local
-        elif sampler is not None and trainer is not None:
-            epoch = sampler.epoch
-            done = batches_processed_this_epoch(trainer)
-            per_epoch = trainer.num_training_batches  # honours limit_train_batches
-            if not isinstance(per_epoch, int) or per_epoch <= 0:
-                per_epoch = math.ceil(len(sampler) / bs)
-            if done >= per_epoch:  # the epoch is over: the next one starts at its beginning
-                epoch = epoch + 1
-            else:  # every rank drew the same number of samples (drop_last): global = start + local * world
-                resumed = sampler.epoch == sampler.start_epoch
-                local = done * bs
-                glob = (sampler.start_global if resumed else 0) + (
-                    local - (sampler.start_local if resumed else 0)
-                ) * world
-        elif sampler is not None:
-            epoch = sampler.epoch
-        return {**state, "epoch": int(epoch), "global_consumed": int(glob), "local_consumed": int(local)}
+        trainer = self.trainer
+        done = batches_processed_this_epoch(trainer) if trainer is not None else None
+        per_epoch = trainer.num_training_batches if trainer is not None else None
+        return {**state, **sampler_position(self._sampler, self._resume, done, per_epoch, bs, world)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the data position saved by ``state_dict()`` (applied when the train loader is next built).
@@ -409,31 +288,14 @@ class TextDataModule(pl.LightningDataModule):
                 + f" source, but source={self.source!r} is not one; resume with the source the run was trained on."
             )
         if self.streaming:
-            saved_world, world = state_dict.get("world_size"), self._rank_world()[1]
-            if saved_world is not None and saved_world != world:
-                raise ValueError(
-                    f"this checkpoint streamed {self.source!r} on {saved_world} processes and this run has {world}: "
-                    "the streaming loader's position cannot be carried over to another number of processes without "
-                    f"repeating or skipping data. Resume with {saved_world} devices (trainer.devices x "
-                    "trainer.num_nodes), or start a new run from the weights (--model.init_from <checkpoint>)."
-                )
+            check_streaming_resume(state_dict, self.source, self._rank_world()[1])
             return  # litdata restores its loader's own state (Lightning passes it the saved loader state)
         if state_dict.get("batch_size") not in (None, self.settings.batch.batch_size) or state_dict.get("seed") not in (
             None,
             self.seed,
         ):
             log.warning("resuming with another batch_size or data seed than the checkpoint's: the data order differs.")
-        local = state_dict.get("local_consumed")
-        glob = state_dict.get("global_consumed")
-        if local is None or glob is None:  # a checkpoint of an earlier version: batches per rank
-            local = int(state_dict.get("batches_consumed") or 0) * self.settings.batch.batch_size
-            glob = local * int(state_dict.get("world_size") or 1)
-        self._resume = {"epoch": int(state_dict["epoch"]), "global_consumed": int(glob), "local_consumed": int(local)}
-        if self._sampler is not None:
-            self._apply_resume(self._resume)
-
-    def _apply_resume(self, resume: dict[str, Any]) -> None:
-        # local_consumed: this rank's samples of the epoch as Lightning counts them (its restored batch counter), so
-        # the sampler's length keeps Lightning's count of the epoch right when the number of devices changed.
-        assert self._sampler is not None
-        self._sampler.set_start(resume["epoch"], resume["global_consumed"], resume["local_consumed"])
+        self._resume = restored_position(state_dict, self.settings.batch.batch_size)
+        if self._sampler is not None:  # a loader exists already: move its sampler now
+            r = self._resume
+            self._sampler.set_start(r["epoch"], r["global_consumed"], r["local_consumed"])
