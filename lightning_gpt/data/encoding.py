@@ -58,11 +58,11 @@ def encode_documents(tokenizer: Tokenizer, docs: Sequence[str], add_bos: bool) -
         One ``int64`` array per document.
     """
     if isinstance(tokenizer, CharTokenizer):
-        out = []
+        out: list[np.ndarray] = []
+        bos = np.asarray([tokenizer.bos_id] if add_bos else [], dtype=np.int64)
+        eos = np.asarray([tokenizer.eos_id], dtype=np.int64)
         for d in docs:
-            arr = tokenizer.encode_array(d)
-            parts = ([[tokenizer.bos_id]] if add_bos else []) + [arr] + [[tokenizer.eos_id]]
-            out.append(np.concatenate(parts))
+            out.append(np.concatenate([bos, tokenizer.encode_array(d), eos]))
         return out
     return [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch(list(docs), bos=add_bos, eos=True)]
 

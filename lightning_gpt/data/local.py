@@ -172,7 +172,9 @@ def _source_chars(src: TextSource) -> Optional[int]:
         return size if cap is None else min(cap, size)
     if isinstance(src, HFSource) and not src.streaming:
         nbytes = getattr(getattr(src.dataset(), "data", None), "nbytes", None)
-        return int(nbytes) if nbytes is not None and cap is None else cap if nbytes is None else min(cap, int(nbytes))
+        if nbytes is None:
+            return cap
+        return int(nbytes) if cap is None else min(int(cap), int(nbytes))
     return cap  # a stream: only its cap bounds it
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lightning_gpt.data.cache import default_cache_dir
 from lightning_gpt.data.local import (
@@ -151,8 +151,8 @@ class TextDataModule(TextPipeline, pl.LightningDataModule):
         self.cache_dir = cache_dir or default_cache_dir()
         self._tokenizer: Optional[Tokenizer] = None
         self._sources: dict[str, TextSource] = {}
-        self.train_dataset: Optional[Dataset] = None
-        self.val_dataset: Optional[Dataset] = None
+        self.train_dataset: Any = None  # a map-style Dataset (token cache) or a litdata StreamingDataset
+        self.val_dataset: Any = None
         self._sampler: Optional[ResumableSampler] = None
         self._resume: Optional[dict[str, Any]] = None
         self._seed: Optional[int] = None
