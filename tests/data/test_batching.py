@@ -242,3 +242,17 @@ def test_sampler_resume_on_another_world_size_is_exact_in_global_samples(old, ne
         after += rest
     dropped = (n - glob) % new  # the uneven tail, as drop_last drops it
     assert sorted(seen + after) == sorted(order[: n - dropped])  # nothing repeated, nothing skipped
+
+
+def test_packed_batch_gather_equals_one_window_at_a_time(tmp_path):
+    docs = ["".join(chr(97 + (i * 7 + j) % 26) for j in range(50)) for i in range(8)]
+    dm = make_dm(tmp_path, docs, block_size=8, batch_size=4, val_fraction=0.0)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    indices = [5, 0, len(ds) + 3, 2 * len(ds) - 1]  # epoch 0 and epoch 1 (shifted grid)
+    batch = ds.__getitems__(indices)
+    for (x, y), index in zip(batch, indices):
+        ex, ey = ds[index]
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    with pytest.raises(IndexError):
+        ds.__getitems__([-1])
