@@ -50,9 +50,19 @@ _BATCH_CHARS = 1 << 20  # encode ~1M characters at a time: bounded memory per wo
 def litdata_environment() -> None:
     """Settings litdata reads from the environment, set before it is imported: no PyPI version check over the network
     at every dataset construction (litdata >= 0.2.5x reads this; 0.2.44 still asks PyPI once per process, and its
-    "newer version available" warning is silenced: the version is pinned on purpose, see pyproject.toml)."""
+    "newer version available" warning is silenced: the version is pinned on purpose, see pyproject.toml).
+
+    Raises:
+        ValueError: litdata is not installed (with the install command).
+    """
+    import importlib.util
     import warnings
 
+    if importlib.util.find_spec("litdata") is None:
+        raise ValueError(
+            "prepared datasets (lightning-gpt prepare, and fit from a prepared folder or bucket) need litdata: "
+            "pip install 'lightning-gpt[scale]' (or pip install 'litdata<0.2.45')."
+        )
     os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
     warnings.filterwarnings("ignore", message=r"A newer version of litdata is available")
 

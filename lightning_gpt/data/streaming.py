@@ -172,6 +172,7 @@ def streaming_loader(dataset: Any, batch_size: int, num_workers: int, pin_memory
         num_workers: loader worker processes.
         pin_memory: page-locked batches.
     """
+    litdata_environment()
     from litdata import StreamingDataLoader
 
     return StreamingDataLoader(
