@@ -10,6 +10,8 @@ Parts (``--parts`` picks; the corpora are generated on local disk under ``--work
   (goal: the largest within 1.1x of the smallest; no corpus bytes read at start-up).
 - ``sampler``: the token-cache sampler at ``--windows`` windows: memory of its state and of an iterator, and the time
   from a resume far into the epoch to the first index (goal: <= 50 MB, <= 2 s at 10M windows).
+- ``txt``: one ``--txt-mb`` ``.txt`` file: ``prepare`` (``char``), then ``fit`` one step of a 1-layer, 32-wide model
+  from the folder: peak RSS of each (goal: <= 1 GB at 1 GB).
 - ``loader``: batches/s of our loaders on a ``--loader-mb`` token stream against nanoGPT's ``np.memmap`` ``get_batch``
   (random offsets, ``torch.stack``), batch 16 x 1024, interleaved rounds, medians (goal: ours >= nanoGPT's).
 
@@ -105,6 +107,38 @@ def part_prepare(args: argparse.Namespace, work: Path) -> str:
     return f"prepare, {args.prepare_mb:g} MB JSONL (wall time includes process start-up):\n\n" + "\n".join(lines)
 
 
+def part_txt(args: argparse.Namespace, work: Path) -> str:
+    rng = random.Random(3)
+    corpus = work / "one.txt"
+    with open(corpus, "w") as f:
+        size = 0
+        while size < args.txt_mb * 1e6:
+            line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) + "\n"
+            f.write(line)
+            size += len(line)
+    out = work / "txt_prepared"
+    prep = [sys.executable, "-m", "lightning_gpt", "prepare", "--data.source", str(corpus), "--output_dir", str(out)]
+    prep += ["--data.cache_dir", str(work / "cache"), "--data.val_fraction", "0.001"]
+    res_prep = measure(prep, env())
+    fit = [sys.executable, "-m", "lightning_gpt", "fit", "--data.source", str(out), "--trainer.max_steps", "1"]
+    fit += [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(work / "txt_run"),
+    ]
+    fit += ["--model.config.n_layer", "1", "--model.config.n_head", "1", "--model.config.n_embd", "32"]
+    fit += ["--model.config.block_size", "256", "--sampling.every_n_steps", "1000", "--overwrite", "true"]
+    res_fit = measure(fit, env())
+    lines = ["| step | wall s | CPU s | peak RSS of a process (MB) |", "|---|---:|---:|---:|"]
+    for name, res in (("prepare (char, all cores)", res_prep), ("fit 1 step (1 layer x 32) from the folder", res_fit)):
+        lines.append(f"| {name} | {res['wall']:.1f} | {res['cpu']:.1f} | {res['maxrss_mb']:.0f} |")
+    corpus.unlink()
+    return f"A single {args.txt_mb:g} MB .txt file:\n\n" + "\n".join(lines)
+
+
 def part_tokenizer(args: argparse.Namespace, work: Path) -> str:
     code = (
         "import sys; from lightning_gpt.data.local import trained_tokenizer; from lightning_gpt.data.settings import "
@@ -186,9 +220,9 @@ def part_startup(args: argparse.Namespace, work: Path) -> str:
         runs = [measure(cmd, env()) for _ in range(args.rounds)]
         cpu = statistics.median(r["cpu"] for r in runs)
         cpus.append(cpu)
-        lines.append(
-            f"| {int(mb * 1e6 / 2):,} | {disk:,.0f} | {cpu:.2f} | {statistics.median(r['wall'] for r in runs):.1f} |"
-        )
+        tokens = json.loads((folder / "lightning_gpt_dataset.json").read_text())["splits"]["train"]["n_tokens"]
+        wall = statistics.median(r["wall"] for r in runs)
+        lines.append(f"| {tokens:,} | {disk:,.0f} | {cpu:.2f} | {wall:.1f} |")
         shutil.rmtree(folder)
     ratio = cpus[-1] / cpus[0]
     return (
@@ -293,8 +327,9 @@ def part_loader(args: argparse.Namespace, work: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["sampler", "loader", "tokenizer", "startup", "prepare"])
+    parser.add_argument("--parts", nargs="+", default=["sampler", "loader", "tokenizer", "startup", "prepare", "txt"])
     parser.add_argument("--prepare-mb", type=float, default=1000)
+    parser.add_argument("--txt-mb", type=float, default=1000)
     parser.add_argument("--tokenizer-mb", type=float, nargs="+", default=[500, 4000])
     parser.add_argument("--startup-mb", type=float, nargs="+", default=[100, 4000])
     parser.add_argument("--windows", type=int, default=10_000_000)

@@ -8,8 +8,7 @@ lightning-gpt fit --config recipes/gpt2-124m.yaml --data.source data/fineweb-10b
 
 The options are ``fit``'s ``--data.*`` (and ``--seed_everything``, from which the validation sample and the tokenizer
 sample derive, as in ``fit``); ``--config`` reads a ``fit`` YAML and uses its ``data`` and ``seed_everything``
-entries. Across machines, run the same command on every node with ``DATA_OPTIMIZER_NUM_NODES`` and
-``DATA_OPTIMIZER_NODE_RANK`` set (litdata's multi-node preparation into one shared output folder).
+entries. It runs on one machine (all its cores); the folder is then read by any number of nodes.
 """
 
 from __future__ import annotations

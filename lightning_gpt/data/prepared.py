@@ -11,8 +11,8 @@ goes to ``val`` when ``is_held_out(split_seed, "<shard>/<index>", val_fraction)`
 fixed at preparation time (so it cannot change on resume). The manifest holds the tokenizer's state (so ``fit`` uses
 exactly the tokenizer the ids were made with, and refuses a model whose tokenizer differs), the token counts and the
 settings. ``litdata.optimize`` runs ``num_workers`` processes over the shards of ``lightning_gpt.data.shards``, with a
-progress bar (shards done, ETA); across machines set ``DATA_OPTIMIZER_NUM_NODES`` and ``DATA_OPTIMIZER_NODE_RANK`` as
-litdata documents (every node writes its part of the same output folder).
+progress bar (shards done, ETA). One machine: the manifest and the validation split are written by this process at the
+end, so preparing across machines (litdata's ``DATA_OPTIMIZER_NUM_NODES``) is not supported yet.
 
 A folder without the manifest is an interrupted prepare (killed, crashed): the next ``prepare`` into it deletes what
 it wrote (only files it recognises: ``train/``, ``val/``, ``.val-parts/``, the ``.preparing`` note) and starts over;
@@ -226,7 +226,7 @@ def prepare_dataset(
 
     Raises:
         ValueError: ``output_dir`` holds something else (never deleted), or a different prepared dataset; the
-            source has no text; the tokenizer lacks EOS (or BOS with ``add_bos``).
+            source has no text; the tokenizer lacks EOS (or BOS with ``add_bos``); a multi-machine environment.
     """
     litdata_environment()
     import litdata
@@ -234,6 +234,13 @@ def prepare_dataset(
 
     check_separators(tokenizer, add_bos)
     from lightning_gpt.data.shards import DEFAULT_SHARD_BYTES
+
+    if os.environ.get("DATA_OPTIMIZER_NUM_NODES", "1").strip() not in ("", "0", "1"):
+        raise ValueError(
+            "DATA_OPTIMIZER_NUM_NODES is set: lightning-gpt prepare runs on one machine (its manifest and validation "
+            "split are written by one process). Unset it and prepare on one machine; every node can then read the "
+            "folder."
+        )
 
     settings = {
         "source": source.identity(),
