@@ -18,6 +18,9 @@ from typing import Any
 
 __all__ = ["prepare_command"]
 
+# Options that only shape fit's batches (a recipe's data section may hold them; prepare ignores them).
+_FIT_ONLY = {"block_size", "batch_size", "num_workers", "pin_memory", "mode", "shift_windows", "max_unprepared_chars"}
+
 
 def _parser() -> Any:
     from jsonargparse import ArgumentParser
@@ -35,7 +38,7 @@ def _parser() -> Any:
     parser.add_argument("--num_workers", type=int, default=0, help="processes (0: every CPU of this machine)")
     parser.add_argument("--seed_everything", type=int, default=1337, help="the run seed fit will use (1337 in recipes)")
     parser.add_argument("--chunk_bytes", type=str, default="64MB", help="size of a dataset chunk (the streaming unit)")
-    parser.add_class_arguments(TextDataModule, "data", skip={"block_size", "batch_size", "num_workers", "pin_memory"})
+    parser.add_class_arguments(TextDataModule, "data", skip=_FIT_ONLY)
     return parser
 
 
@@ -48,7 +51,7 @@ def _config_defaults(path: str) -> dict[str, Any]:
         raise ValueError(f"--config {path!r} is not a YAML mapping of fit options.")
     out: dict[str, Any] = {}
     for key, value in (cfg.get("data") or {}).items():
-        if key not in ("block_size", "batch_size", "num_workers", "pin_memory"):
+        if key not in _FIT_ONLY:
             out[f"data.{key}"] = value
     if cfg.get("seed_everything") is not None:
         out["seed_everything"] = int(cfg["seed_everything"])

@@ -175,6 +175,8 @@ class TextDataModule(TextPipeline, pl.LightningDataModule):
         """Fix ``block_size`` (from the model's config when attached to a Trainer) and build the datasets."""
         self.block_size = resolve_block_size(self.settings.batch.block_size, self.trainer)
         if self.streaming:
+            if self.settings.batch.mode != "pack":
+                raise ValueError(f"mode='pad' needs the token cache; a prepared dataset ({self.source!r}) is packed.")
             val = self.manifest["splits"].get("val") and self.settings.validation.fraction > 0
             self.train_dataset = streaming_dataset(self.source, "train", self.block_size, seed=self.seed, shuffle=True)
             self.val_dataset = (
