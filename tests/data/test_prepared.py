@@ -87,11 +87,12 @@ def test_streaming_position_refuses_another_world_size(prepared):
 
 
 @pytest.mark.slow
-def test_streaming_resume_sees_the_same_batches(prepared, tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_streaming_resume_sees_the_same_batches(prepared, tmp_path, num_workers):
     source = str(prepared["out"])
 
     def dm():
-        return TextDataModule(source=source, batch_size=4, val_fraction=0.0)
+        return TextDataModule(source=source, batch_size=4, val_fraction=0.0, num_workers=num_workers)
 
     torch.manual_seed(0)
     ref = Recorder()
