@@ -12,6 +12,8 @@ Parts (``--parts`` picks; the corpora are generated on local disk under ``--work
   from a resume far into the epoch to the first index (goal: <= 50 MB, <= 2 s at 10M windows).
 - ``txt``: one ``--txt-mb`` ``.txt`` file: ``prepare`` (``char``), then ``fit`` one step of a 1-layer, 32-wide model
   from the folder: peak RSS of each (goal: <= 1 GB at 1 GB).
+- ``small``: the embedded default corpus through the token cache vs ``prepare`` + litdata streaming: cold-start CPU
+  seconds and CPU per batch (the measurement behind keeping the token cache for small local data).
 - ``loader``: batches/s of our loaders on a ``--loader-mb`` token stream against nanoGPT's ``np.memmap`` ``get_batch``
   (random offsets, ``torch.stack``), batch 16 x 1024, interleaved rounds, medians (goal: ours >= nanoGPT's).
 
@@ -45,9 +47,11 @@ WORDS = (
 RUSAGE = """
 import json, resource, subprocess, sys, time
 t = time.time()
-rc = subprocess.run(sys.argv[1:]).returncode
+p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, text=True)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"rc": rc, "wall": time.time() - t, "cpu": r.ru_utime + r.ru_stime, "maxrss_mb": r.ru_maxrss / 1024}))
+last = (p.stdout.strip().splitlines() or [""])[-1]
+print(json.dumps({"rc": p.returncode, "wall": time.time() - t, "cpu": r.ru_utime + r.ru_stime,
+                  "maxrss_mb": r.ru_maxrss / 1024, "stdout": last}))
 """
 
 
@@ -137,6 +141,51 @@ def part_txt(args: argparse.Namespace, work: Path) -> str:
         lines.append(f"| {name} | {res['wall']:.1f} | {res['cpu']:.1f} | {res['maxrss_mb']:.0f} |")
     corpus.unlink()
     return f"A single {args.txt_mb:g} MB .txt file:\n\n" + "\n".join(lines)
+
+
+SMALL = """
+import json, sys, time
+from lightning_gpt.training import TextDataModule
+kw = json.loads(sys.argv[1])
+if kw.pop("prepare_to", None):
+    from lightning_gpt.cli.prepare import prepare_command
+    prepare_command(["--data.source", kw["source"], "--output_dir", sys.argv[2], "--data.cache_dir", kw["cache_dir"],
+                     "--data.max_chars", "3000000", "--num_workers", "2"])
+    kw["source"] = sys.argv[2]
+dm = TextDataModule(**kw)
+dm.prepare_data(); dm.setup("fit")
+it = iter(dm.train_dataloader()); next(it)
+t = time.process_time()
+for _ in range(200):
+    next(it)
+print(json.dumps({"step_ms": (time.process_time() - t) / 200 * 1e3}))
+"""
+
+
+def part_small(args: argparse.Namespace, work: Path) -> str:
+    """The embedded default corpus (3M characters, char): token cache vs prepare + litdata, cold start each."""
+    lines = [
+        "| path | cold start to first batch + 200 batches: CPU s (all processes) | per batch, CPU ms |",
+        "|---|---:|---:|",
+    ]
+    for name, extra in (("token cache", {}), ("prepare + litdata streaming", {"prepare_to": True})):
+        kw = {
+            "source": "python-stdlib",
+            "max_chars": 3_000_000,
+            "block_size": 128,
+            "batch_size": 16,
+            "cache_dir": str(work / f"small-{len(extra)}"),
+            "val_fraction": 0.0,
+            **extra,
+        }
+        out = work / f"small-prepared-{len(extra)}"
+        res = measure([sys.executable, "-c", SMALL, json.dumps(kw), str(out)], env())
+        step = json.loads(res["stdout"])["step_ms"]
+        lines.append(f"| {name} | {res['cpu']:.1f} | {step:.2f} |")
+    return (
+        "Small local data (python-stdlib, 3M characters, char, block 128, batch 16), fresh cache each:\n\n"
+        + "\n".join(lines)
+    )
 
 
 def part_tokenizer(args: argparse.Namespace, work: Path) -> str:
@@ -342,6 +391,8 @@ def main() -> None:
     work = Path(args.workdir or REPO / ".bench-data")
     work.mkdir(parents=True, exist_ok=True)
     parts = {
+        "small": part_small,
+        "txt": part_txt,
         "prepare": part_prepare,
         "tokenizer": part_tokenizer,
         "startup": part_startup,
@@ -349,22 +400,19 @@ def main() -> None:
         "loader": part_loader,
     }
     command = "python benchmarks/data_scale.py " + " ".join(sys.argv[1:])
-    sections = []
-    try:
-        for name in args.parts:
-            load = os.getloadavg()[0]
-            table = parts[name](args, work)
-            section = f"### {name}\n\n{table}\n\n(1-min load average {load:.1f} -> {os.getloadavg()[0]:.1f})\n"
-            print(section, flush=True)
-            sections.append(section)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as f:
-        f.write(
-            f"## `{command.strip()}` ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n"
-            + "\n".join(sections)
-        )
+        f.write(f"## `{command.strip()}` ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs)\n\n")
+    try:
+        for name in args.parts:  # each table is appended as soon as it is measured
+            load = os.getloadavg()[0]
+            table = parts[name](args, work)
+            section = f"### {name}\n\n{table}\n\n(1-min load average {load:.1f} -> {os.getloadavg()[0]:.1f})\n\n"
+            print(section, flush=True)
+            with open(args.out, "a") as f:
+                f.write(section)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"appended to {args.out}")
 
 
