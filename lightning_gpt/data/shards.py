@@ -85,31 +85,52 @@ def _lines(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
             pos += len(line)
 
 
+def _line_of(path: str, offset: int) -> int:
+    """The 1-based line number of byte ``offset`` (counted only when a message needs it)."""
+    count, pos = 1, 0
+    with open(path, "rb") as f:
+        while pos < offset:
+            block = f.read(min(1 << 20, offset - pos))
+            if not block:
+                break
+            count += block.count(b"\n")
+            pos += len(block)
+    return count
+
+
+def _decode(raw: bytes, path: str, offset: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return decode_utf8_line(raw, path, _line_of(path, offset), offset)  # raises, naming file:line
+
+
 def _txt(shard: dict[str, Any]) -> Iterator[str]:
     path, start, end = shard["path"], shard["start"], shard["end"]
-    parts = [decode_utf8_line(raw, path, 0, off) for off, raw in _lines(path, start, end)]
-    yield "".join(parts)
+    yield "".join(_decode(raw, path, off) for off, raw in _lines(path, start, end))
 
 
 def _jsonl(shard: dict[str, Any]) -> Iterator[str]:
+    # The messages are LocalSource's (sources.py): they name file:line, the line counted only on the error path.
     path, column = shard["path"], shard["column"]
     for off, raw in _lines(path, shard["start"], shard["end"]):
-        line = decode_utf8_line(raw, path, 0, off)
+        line = _decode(raw, path, off)
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} (byte {off}): not valid JSON ({err}); each line must be one object.") from None
+            where = f"{path}:{_line_of(path, off)}"
+            raise ValueError(f"{where}: not valid JSON ({err}); each line must be one object.") from None
         if not isinstance(row, dict):
             raise ValueError(
-                f"{path} (byte {off}): holds a JSON {type(row).__name__}, not an object; each line must be one object "
-                f'with the text under text_column={column!r}, e.g. {{"{column}": "..."}}.'
+                f"{path}:{_line_of(path, off)}: holds a JSON {type(row).__name__}, not an object; each line must be "
+                f'one object with the text under text_column={column!r}, e.g. {{"text": "..."}}.'
             )
         if column not in row:
             raise ValueError(
-                f"{path} (byte {off}): text_column={column!r} is not in this row; available columns: {sorted(row)}. "
-                "Set text_column to the field that holds the text, or fix the row."
+                f"{path}:{_line_of(path, off)}: text_column={column!r} is not in this row; available columns: "
+                f"{sorted(row)}. Set text_column to the field that holds the text, or fix the row."
             )
         yield str(row[column] or "")
 
