@@ -110,6 +110,7 @@ def run_ours(data: Path, work: Path, iters: int, env: dict) -> dict:
     env = dict(env, PYTHONPATH=os.pathsep.join([str(work), str(REPO), env.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "lightning_gpt", "fit", "--config", str(REPO / "recipes" / "shakespeare-char.yaml")]
     cmd += ["--data.source", str(data), "--trainer.limit_val_batches", "20", "--trainer.max_steps", str(iters)]
+    cmd += ["--data.val_holdout", "tail"]  # nanoGPT validates on the last 10% of the text
     cmd += ["--trainer.default_root_dir", str(work / "ours"), "--trainer.callbacks+=sbs_clock.SideBySideClock"]
     cmd += ["--trainer.enable_progress_bar", "false"]
     lines, wall = stream(cmd, REPO, env)

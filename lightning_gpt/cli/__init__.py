@@ -41,6 +41,7 @@ SUBCOMMANDS = (
     ("generate", "stream one completion of a prompt from a checkpoint to the terminal"),
     ("export", "write a checkpoint's model out for use elsewhere (see lightning-gpt export --help)"),
     ("evaluate", "loss, perplexity and bits per byte on a text source, or lm-eval task scores (--tasks)"),
+    ("prepare", "tokenize a corpus once, in parallel, into a dataset folder that fit streams (--output_dir DIR)"),
 )
 
 
@@ -89,6 +90,11 @@ def main(args: Optional[list[str]] = None) -> None:
             from lightning_gpt.cli.evaluate import evaluate_command
 
             evaluate_command(argv[1:])
+            return
+        if argv and argv[0] == "prepare":
+            from lightning_gpt.cli.prepare import prepare_command
+
+            prepare_command(argv[1:])
             return
         if argv and argv[0] == "export":
             from lightning_gpt.cli.export import export_command

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
-from lightning_gpt.data.tokenizers import CharTokenizer, Tokenizer, tokenizer_from_state_dict
+from lightning_gpt.data.encoding import check_separators, encode_documents, token_dtype
+from lightning_gpt.data.tokenizers import Tokenizer, tokenizer_from_state_dict
 from lightning_gpt.errors import storage_error
 
 __all__ = [
@@ -166,11 +167,6 @@ def _write_failed(err: BaseException, path: str) -> Optional[BaseException]:
     return storage_error(err, path, "the token cache", _CACHE_FIX)
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    """``uint16`` when every id fits, else ``uint32``."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
 @dataclass
 class TokenArray:
     """A tokenized corpus: one flat id stream plus document boundaries.
@@ -201,17 +197,6 @@ class TokenArray:
         return int(self.meta["n_docs"])
 
 
-def _encode_chunk(tokenizer: Tokenizer, docs: list[str], bos: bool, eos: bool) -> list[np.ndarray]:
-    if isinstance(tokenizer, CharTokenizer):
-        out = []
-        for d in docs:
-            arr = tokenizer.encode_array(d)
-            parts = ([[tokenizer.bos_id]] if bos else []) + [arr] + ([[tokenizer.eos_id]] if eos else [])
-            out.append(np.concatenate(parts) if len(parts) > 1 else arr)
-        return out
-    return [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch(docs, bos=bos, eos=eos)]
-
-
 def _chunks(docs: Iterable[str]) -> Iterable[list[str]]:
     chunk: list[str] = []
     size = 0
@@ -233,6 +218,7 @@ def build_token_cache(
     *,
     add_bos: bool = False,
     description: str = "corpus",
+    allow_empty: bool = False,
 ) -> str:
     """Tokenize ``documents`` into the cache (unless an entry for ``key_obj`` exists) and return the entry path.
 
@@ -245,6 +231,7 @@ def build_token_cache(
         tokenizer: the tokenizer (its EOS ends every document; without one, documents are joined as they are).
         add_bos: prepend BOS to every document.
         description: the source's name, for error messages.
+        allow_empty: write an entry without documents instead of raising (a held-out part can be empty).
     """
     root = os.path.join(cache_dir, "tokens")
     final = os.path.join(root, cache_key(key_obj))
@@ -255,11 +242,7 @@ def build_token_cache(
         except CacheEntryError as err:
             log.warning("%s Rebuilding it now.", err)
             _discard(final, root)
-    # A vocabulary without EOS (nanoGPT's meta.pkl characters) joins the documents without a separator, as
-    # nanoGPT's prepare.py does.
-    eos = tokenizer.eos_id is not None
-    if add_bos and tokenizer.bos_id is None:
-        raise ValueError(f"add_bos=True but {tokenizer.describe()} has no BOS token; set add_bos=False.")
+    check_separators(tokenizer, add_bos)
     dtype = token_dtype(tokenizer.vocab_size)
     try:
         os.makedirs(root, exist_ok=True)
@@ -276,10 +259,10 @@ def build_token_cache(
         with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
             for chunk in _with_progress(_chunks(documents), description):
                 n_chars += sum(len(d) for d in chunk)
-                for ids in _encode_chunk(tokenizer, chunk, add_bos, eos):
+                for ids in encode_documents(tokenizer, chunk, add_bos):
                     f.write(ids.astype(dtype).tobytes())
                     offsets.append(offsets[-1] + len(ids))
-        if n_chars == 0:
+        if n_chars == 0 and not allow_empty:
             raise ValueError(
                 f"source {description!r} has no text (it is empty or only whitespace); point source at a corpus "
                 "with some text."

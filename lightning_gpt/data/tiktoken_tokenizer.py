@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any, Iterable, Optional, Sequence
 
-from lightning_gpt.data.tokenizer_base import BOS, EOS, PAD, Tokenizer, _ids_list
+from lightning_gpt.data.tokenizer_base import BOS, EOS, PAD, Tokenizer, _ids_list, encode_threads
 
 __all__ = ["TiktokenTokenizer"]
 
@@ -65,7 +65,10 @@ class TiktokenTokenizer(Tokenizer):
         return self._enc.encode_ordinary(text)
 
     def encode_batch(self, texts: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[list[int]]:
-        return [self._wrap(ids, bos, eos) for ids in self._enc.encode_ordinary_batch(list(texts))]
+        return [
+            self._wrap(ids, bos, eos)
+            for ids in self._enc.encode_ordinary_batch(list(texts), num_threads=encode_threads())
+        ]
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
         ids = _ids_list(ids)

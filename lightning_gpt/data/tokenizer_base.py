@@ -8,15 +8,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Tokenizer", "state_fingerprint", "tokenizer_from_state_dict"]
+__all__ = [
+    "BOS",
+    "EOS",
+    "PAD",
+    "SPECIALS",
+    "UNK",
+    "Tokenizer",
+    "encode_threads",
+    "state_fingerprint",
+    "tokenizer_from_state_dict",
+]
 
 # state_dict()["kind"] -> the class method that rebuilds it; filled by the subclasses (Tokenizer.state_kinds).
 _STATE_KINDS: dict[str, Callable[[dict[str, Any]], "Tokenizer"]] = {}
 
 BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIALS = (BOS, EOS, PAD, UNK)
+
+
+def encode_threads() -> int:
+    """Threads a batch encoder may use: ``$LIGHTNING_GPT_ENCODE_THREADS`` (``prepare`` sets it to the CPUs per worker
+    process, so N processes do not each start one thread per CPU), else every CPU."""
+    value = os.environ.get("LIGHTNING_GPT_ENCODE_THREADS", "")
+    return max(1, int(value)) if value.isdigit() else os.cpu_count() or 1
 
 
 def state_fingerprint(state: dict[str, Any]) -> str:

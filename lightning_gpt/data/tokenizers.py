@@ -33,6 +33,7 @@ from lightning_gpt.data.tokenizer_base import (
     UNK,
     Tokenizer,
     _ids_list,
+    encode_threads,
     tokenizer_from_state_dict,
 )
 from lightning_gpt.data.vocab_tokenizer import VocabTokenizer  # noqa: F401 - registers the 'vocab' state kind
@@ -340,7 +341,7 @@ class HFTokenizer(Tokenizer):
                 pieces += parts
                 owner += [i] * len(parts)
         if self._twin is not None:
-            encoded = self._twin.encode_ordinary_batch(pieces, num_threads=os.cpu_count() or 1)
+            encoded = self._twin.encode_ordinary_batch(pieces, num_threads=encode_threads())
         else:
             # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never read.
             encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)

@@ -150,7 +150,7 @@ def test_sampler_shards_are_disjoint_and_cover():
 def test_sampler_resume_offset_applies_to_its_epoch_only():
     s = ResumableSampler(10, seed=3)
     full0 = list(s)
-    s.set_start(epoch=0, index=4)
+    s.set_start(epoch=0, global_consumed=4, local_consumed=4)
     assert list(s) == full0[4:] and len(s) == 10
     s.set_epoch(1)
     assert len(list(s)) == 10
@@ -165,7 +165,7 @@ def test_sampler_restored_position_wins_over_the_callers_epoch_numbers():
     reference.set_epoch(2)
     epoch2 = list(reference)
     s = ResumableSampler(10, seed=3)
-    s.set_start(epoch=1, index=0)
+    s.set_start(epoch=1, global_consumed=0)
     s.set_epoch(1)
     s.set_epoch(2)
     assert list(s) == epoch1  # the data's own position, not Lightning's count
@@ -173,7 +173,7 @@ def test_sampler_restored_position_wins_over_the_callers_epoch_numbers():
     assert s.epoch == 2 and list(s) == epoch2
     # Mid-epoch restart (Lightning agrees): no offset.
     s = ResumableSampler(10, seed=3)
-    s.set_start(epoch=1, index=4)
+    s.set_start(epoch=1, global_consumed=4, local_consumed=4)
     s.set_epoch(1)
     assert list(s) == epoch1[4:] and s.epoch_offset == 0
 
@@ -202,3 +202,57 @@ def test_workers_give_the_same_batches(tmp_path):
         batches.append([x for x, _ in dm.train_dataloader()])
     assert len(batches[0]) == len(batches[1]) > 3
     assert all(torch.equal(a, b) for a, b in zip(*batches))
+
+
+def test_sampler_permutation_is_a_seeded_bijection_without_a_list():
+    import tracemalloc
+
+    from lightning_gpt.data.sampler import _round_keys, permuted_index
+
+    for n in (1, 2, 7, 100, 1023, 1024, 5000):
+        keys = _round_keys(3, 0)
+        assert sorted(permuted_index(i, n, keys) for i in range(n)) == list(range(n))
+    n = 10_000_000
+    s = ResumableSampler(n, num_replicas=8, rank=3, seed=1)
+    tracemalloc.start()
+    it = iter(s)
+    first = [next(it) for _ in range(1000)]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000_000 and len(set(first)) == 1000  # O(1) state: no list of 10M windows
+    s.set_start(epoch=0, global_consumed=8 * 5000, local_consumed=5000)
+    assert next(iter(s)) == s.index_at(0, 8 * 5000 + 3)  # resumes without walking the skipped part
+
+
+@pytest.mark.parametrize(("old", "new"), [(2, 1), (1, 2), (2, 3)])
+def test_sampler_resume_on_another_world_size_is_exact_in_global_samples(old, new):
+    n, consumed_per_rank = 101, 13
+    full = ResumableSampler(n, 1, 0, seed=9)
+    order = list(full)
+    before = [list(ResumableSampler(n, old, r, seed=9))[:consumed_per_rank] for r in range(old)]
+    seen = [i for r in range(old) for i in before[r]]
+    glob = consumed_per_rank * old
+    assert sorted(seen) == sorted(order[:glob])  # the first ranks consumed exactly the first global samples
+    after = []
+    for r in range(new):
+        s = ResumableSampler(n, new, r, seed=9)
+        s.set_start(0, glob, consumed_per_rank)
+        rest = list(s)
+        assert len(s) == consumed_per_rank + len(rest)  # what Lightning counts for the epoch
+        after += rest
+    dropped = (n - glob) % new  # the uneven tail, as drop_last drops it
+    assert sorted(seen + after) == sorted(order[: n - dropped])  # nothing repeated, nothing skipped
+
+
+def test_packed_batch_gather_equals_one_window_at_a_time(tmp_path):
+    docs = ["".join(chr(97 + (i * 7 + j) % 26) for j in range(50)) for i in range(8)]
+    dm = make_dm(tmp_path, docs, block_size=8, batch_size=4, val_fraction=0.0)
+    dm.setup("fit")
+    ds = dm.train_dataset
+    indices = [5, 0, len(ds) + 3, 2 * len(ds) - 1]  # epoch 0 and epoch 1 (shifted grid)
+    batch = ds.__getitems__(indices)
+    for (x, y), index in zip(batch, indices):
+        ex, ey = ds[index]
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    with pytest.raises(IndexError):
+        ds.__getitems__([-1])

@@ -30,7 +30,7 @@ def _datamodule(tmp_path, source):
 def _train_tokens(dm) -> list[int]:
     dm.prepare_data()
     dm.setup("fit")
-    return dm._token_cache(dm.train_source()).tokens.tolist()
+    return dm.train_dataset.cache.tokens.tolist()
 
 
 def test_content_change_with_size_and_mtime_restored_is_detected(tmp_path):

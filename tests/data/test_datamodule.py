@@ -158,12 +158,12 @@ def test_state_dict_round_trip_and_tokenizer_mismatch(tmp_path):
     dm = make_dm(tmp_path, block_size=8)
     dm.setup("fit")
     state = dm.state_dict()
-    assert state["epoch"] == 0 and state["batches_consumed"] == 0
+    assert state["epoch"] == 0 and state["global_consumed"] == 0
     assert state["tokenizer_fingerprint"] == dm.tokenizer.fingerprint()
     other = make_dm(tmp_path, block_size=8)
-    other.load_state_dict({**state, "epoch": 2, "batches_consumed": 3})
+    other.load_state_dict({**state, "epoch": 2, "global_consumed": 12, "local_consumed": 12})
     sampler = other.train_dataloader().sampler
-    assert sampler.epoch == 2 and sampler.start_index == 12
+    assert sampler.epoch == 2 and sampler.start_global == 12
     wrong = make_dm(tmp_path, block_size=8, source=corpus(tmp_path, 40, "other.txt"))
     with pytest.raises(ValueError, match="differs from this data module's"):
         wrong.load_state_dict(state)
@@ -221,7 +221,9 @@ def test_errors_for_bad_input(tmp_path):
 
 
 def test_embedded_stdlib_corpus_default(tmp_path):
-    dm = TextDataModule(block_size=32, batch_size=2, max_chars=50_000, cache_dir=str(tmp_path / "cache"))
+    dm = TextDataModule(
+        block_size=32, batch_size=2, max_chars=50_000, cache_dir=str(tmp_path / "cache"), val_holdout="tail"
+    )
     assert dm.source == "python-stdlib"
     dm.prepare_data()
     dm.setup("fit")
@@ -238,7 +240,9 @@ def test_tinyshakespeare_char(tmp_path):
     dm.setup("fit")
     assert dm.vocab_size == 65 + 4
     n = len(dm.train_dataset) + 1 + len(dm.val_dataset)  # + 1: the window given up for the per-epoch shift
-    assert n == (os.path.getsize(SHAKESPEARE) + 1 - 1) // 64
+    n_docs = sum(1 for _ in dm.train_source().documents())  # a .txt past 1 MiB characters is read in pieces
+    assert n_docs == 2
+    assert n == (os.path.getsize(SHAKESPEARE) + n_docs - 1) // 64  # one EOS per document
 
 
 def test_hf_source_with_val_split_and_pad_mode(tmp_path):

@@ -1,0 +1,341 @@
+"""``lightning-gpt prepare``: a text source tokenized into a litdata dataset folder, in parallel, resumably.
+
+Layout of a prepared folder::
+
+    <output_dir>/lightning_gpt_dataset.json   written last: its presence means the folder is complete
+    <output_dir>/train/                        litdata chunks (index.json + chunk-*.bin) of the training documents
+    <output_dir>/val/                          the same for the validation documents (absent with val_fraction 0)
+
+Each document is encoded once by the shared definition in ``lightning_gpt.data.encoding`` (``[BOS] ids EOS``), and
+goes to ``val`` when ``is_held_out(split_seed, "<shard>/<index>", val_fraction)``: a seeded random sample of documents,
+fixed at preparation time (so it cannot change on resume). The manifest holds the tokenizer's state (so ``fit`` uses
+exactly the tokenizer the ids were made with, and refuses a model whose tokenizer differs), the token counts and the
+settings. ``litdata.optimize`` runs ``num_workers`` processes over the shards of ``lightning_gpt.data.shards``, with a
+progress bar (shards done, ETA). One machine: the manifest and the validation split are written by this process at the
+end, so preparing across machines (litdata's ``DATA_OPTIMIZER_NUM_NODES``) is not supported yet.
+
+A folder without the manifest is an interrupted prepare (killed, crashed): the next ``prepare`` into it deletes what
+it wrote (only files it recognises: ``train/``, ``val/``, ``.val-parts/``, the ``.preparing`` note) and starts over;
+``fit`` never reads it (no manifest, no dataset).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from lightning_gpt.data.encoding import check_separators, encode_documents, is_held_out, token_dtype
+from lightning_gpt.data.shards import plan_shards, read_shard
+from lightning_gpt.data.sources import TextSource, resolve_source
+from lightning_gpt.data.tokenizers import Tokenizer, tokenizer_from_state_dict
+
+__all__ = ["MANIFEST", "PREPARED_VERSION", "is_prepared", "prepare_dataset", "read_manifest"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "lightning_gpt_dataset.json"
+PREPARED_VERSION = 1
+_PREPARING = ".preparing"
+_OURS = {"train", "val", ".val-parts", _PREPARING, f".{MANIFEST}.tmp"}
+_BATCH_CHARS = 1 << 20  # encode ~1M characters at a time: bounded memory per worker whatever the shard size
+
+
+def litdata_environment() -> None:
+    """Settings litdata reads from the environment, set before it is imported: no PyPI version check over the network
+    at every dataset construction (litdata >= 0.2.5x reads this; 0.2.44 still asks PyPI once per process, and its
+    "newer version available" warning is silenced: the version is pinned on purpose, see pyproject.toml).
+
+    Raises:
+        ValueError: litdata is not installed (with the install command).
+    """
+    import importlib.util
+    import warnings
+
+    if importlib.util.find_spec("litdata") is None:
+        raise ValueError(
+            "prepared datasets (lightning-gpt prepare, and fit from a prepared folder or bucket) need litdata: "
+            "pip install 'lightning-gpt[scale]' (or pip install 'litdata<0.2.45')."
+        )
+    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+    warnings.filterwarnings("ignore", message=r"A newer version of litdata is available")
+
+
+def is_prepared(path: str) -> bool:
+    """Whether ``path`` is a complete prepared dataset folder (it holds the manifest, written last).
+
+    Args:
+        path: a local folder.
+    """
+    return isinstance(path, str) and os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+    """The manifest of a prepared folder (tokenizer state, token counts, settings).
+
+    Args:
+        path: the prepared folder.
+
+    Raises:
+        FileNotFoundError: ``path`` holds no manifest (not prepared, or an interrupted prepare).
+        ValueError: the manifest is unreadable or from an unknown version.
+    """
+    file = os.path.join(path, MANIFEST)
+    if os.path.isfile(os.path.join(path, _PREPARING)) and not os.path.isfile(file):
+        raise ValueError(
+            f"{path!r} holds an interrupted lightning-gpt prepare (killed or failed before it finished): run the same "
+            "prepare command again; it deletes the partial folder and starts over."
+        )
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"{path!r} is not a prepared dataset (no {MANIFEST}): prepare it first with lightning-gpt prepare "
+            f"--data.source <your text> --output_dir {path} (a folder without it is an interrupted prepare)."
+        )
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+        version = int(manifest["version"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"{file!r} is damaged ({type(err).__name__}: {err}); run lightning-gpt prepare again."
+        ) from None
+    if version != PREPARED_VERSION:
+        raise ValueError(
+            f"{path!r} was prepared by another version of lightning-gpt (format {version}); prepare again."
+        )
+    return manifest
+
+
+def _worker_tokenizer(state_json: str) -> Tokenizer:
+    return _tokenizer_memo(state_json)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer_memo(state_json: str) -> Tokenizer:
+    return tokenizer_from_state_dict(json.loads(state_json))
+
+
+def _encode_shard(
+    item: tuple[int, dict[str, Any]],
+    *,
+    source_spec: dict[str, Any],
+    tokenizer_state: str,
+    add_bos: bool,
+    split_seed: int,
+    val_fraction: float,
+    val_parts: str,
+) -> Iterator[np.ndarray]:
+    """litdata ``fn``: yield the training tokens of one shard (in ~1M-character pieces); append its validation
+    documents' tokens to ``<val_parts>/<shard>.bin``."""
+    index, shard = item
+    tokenizer = _worker_tokenizer(tokenizer_state)
+    dtype = token_dtype(tokenizer.vocab_size)
+    source = resolve_source(**source_spec) if shard["kind"] in ("hf", "whole") else None
+    val_file = os.path.join(val_parts, f"{index:08d}.bin")
+    val_out = None
+    docs: list[str] = []
+    size = 0
+    n = 0
+    try:
+        for doc in [*read_shard(shard, source), None]:
+            if doc is not None:
+                docs.append(doc)
+                size += len(doc)
+                if size < _BATCH_CHARS:
+                    continue
+            if not docs:
+                break
+            train_ids = []
+            for ids in encode_documents(tokenizer, docs, add_bos):
+                if is_held_out(split_seed, f"{index}/{n}", val_fraction):
+                    if val_out is None:
+                        val_out = open(val_file + ".tmp", "wb")  # noqa: SIM115 - closed in finally
+                    val_out.write(ids.astype(dtype).tobytes())
+                else:
+                    train_ids.append(ids)
+                n += 1
+            if train_ids:
+                yield np.concatenate(train_ids).astype(dtype)
+            docs, size = [], 0
+    finally:
+        if val_out is not None:
+            val_out.close()
+    if val_out is not None:
+        os.replace(val_file + ".tmp", val_file)
+
+
+def _read_val_part(path: str, dtype: str) -> Iterator[np.ndarray]:
+    tokens = np.fromfile(path, dtype=np.dtype(dtype))
+    for start in range(0, len(tokens), 1 << 20):
+        yield tokens[start : start + (1 << 20)]
+
+
+def _clear_interrupted(output_dir: str) -> None:
+    """Remove what an interrupted prepare left in ``output_dir``; refuse to touch a folder holding anything else."""
+    if not os.path.isdir(output_dir):
+        return
+    names = set(os.listdir(output_dir))
+    if not names:
+        return
+    if not names <= _OURS or _PREPARING not in names:
+        raise ValueError(
+            f"--output_dir {output_dir!r} is not empty and is not a prepared dataset (found: {sorted(names)[:5]}). "
+            "Give an empty or new folder."
+        )
+    log.warning("%s holds an interrupted prepare; deleting it and preparing again.", output_dir)
+    for name in names:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def prepare_dataset(
+    source: TextSource,
+    source_spec: dict[str, Any],
+    tokenizer: Tokenizer,
+    output_dir: str,
+    *,
+    add_bos: bool = False,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
+    num_workers: Optional[int] = None,
+    chunk_bytes: str = "64MB",
+    shard_bytes: Optional[int] = None,
+) -> dict[str, Any]:
+    """Tokenize ``source`` into a litdata dataset folder; return its manifest (an up-to-date folder is kept).
+
+    Args:
+        source: the resolved source (read for planning: file sizes, shard counts).
+        source_spec: the ``resolve_source`` keyword arguments that rebuild ``source`` in the worker processes.
+        tokenizer: the tokenizer (with EOS; BOS too with ``add_bos``); saved in the manifest.
+        output_dir: a new or empty local folder (or one holding an interrupted or identical prepare).
+        add_bos: start every document with BOS.
+        val_fraction: expected share of documents held out for validation (a seeded random sample).
+        split_seed: the seed of that sample.
+        num_workers: processes; ``None``: all CPUs of this machine.
+        chunk_bytes: litdata chunk size (the unit of streaming and shuffling).
+        shard_bytes: bytes of text per work item (``None``: ``shards.DEFAULT_SHARD_BYTES``).
+
+    Raises:
+        ValueError: ``output_dir`` holds something else (never deleted), or a different prepared dataset; the
+            source has no text; the tokenizer lacks EOS (or BOS with ``add_bos``); a multi-machine environment.
+    """
+    litdata_environment()
+    import litdata
+    from litdata import TokensLoader
+
+    check_separators(tokenizer, add_bos)
+    from lightning_gpt.data.shards import DEFAULT_SHARD_BYTES
+
+    if os.environ.get("DATA_OPTIMIZER_NUM_NODES", "1").strip() not in ("", "0", "1"):
+        raise ValueError(
+            "DATA_OPTIMIZER_NUM_NODES is set: lightning-gpt prepare runs on one machine (its manifest and validation "
+            "split are written by one process). Unset it and prepare on one machine; every node can then read the "
+            "folder."
+        )
+
+    settings = {
+        "source": source.identity(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "add_bos": add_bos,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+    }
+    if is_prepared(output_dir):
+        manifest = read_manifest(output_dir)
+        if manifest.get("settings") == settings:
+            log.info("%s is already prepared with these settings.", output_dir)
+            return manifest
+        raise ValueError(
+            f"--output_dir {output_dir!r} already holds a prepared dataset made with other settings (source, "
+            "tokenizer, add_bos or validation split). Prepare into another folder, or delete that one first."
+        )
+    _clear_interrupted(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, _PREPARING), "w", encoding="utf-8") as f:
+        json.dump(settings, f)
+    shards = plan_shards(source, shard_bytes or DEFAULT_SHARD_BYTES)
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(shards)))
+    val_parts = os.path.join(output_dir, ".val-parts")
+    os.makedirs(val_parts, exist_ok=True)
+    dtype = token_dtype(tokenizer.vocab_size)
+    fn = functools.partial(
+        _encode_shard,
+        source_spec=source_spec,
+        tokenizer_state=json.dumps(tokenizer.state_dict()),
+        add_bos=add_bos,
+        split_seed=split_seed,
+        val_fraction=val_fraction,
+        val_parts=val_parts,
+    )
+    scratch = tempfile.mkdtemp(prefix="lightning-gpt-prepare-")
+    # litdata deletes and recreates its scratch folders ($TMPDIR/chunks and $TMPDIR/data by default!): private ones.
+    saved = {k: os.environ.get(k) for k in ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")}
+    saved["LIGHTNING_GPT_ENCODE_THREADS"] = os.environ.get("LIGHTNING_GPT_ENCODE_THREADS")
+    os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(scratch, "chunks")
+    os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(scratch, "data")
+    os.environ["LIGHTNING_GPT_ENCODE_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        litdata.optimize(
+            fn=fn,
+            inputs=list(enumerate(shards)),
+            output_dir=os.path.join(output_dir, "train"),
+            num_workers=workers,
+            chunk_bytes=chunk_bytes,
+            item_loader=TokensLoader(),
+            reorder_files=False,  # shards keep their order (each worker takes a fixed slice of them)
+        )
+        parts = sorted(os.path.join(val_parts, p) for p in os.listdir(val_parts) if p.endswith(".bin"))
+        if parts:
+            litdata.optimize(
+                fn=functools.partial(_read_val_part, dtype=dtype.name),
+                inputs=parts,
+                output_dir=os.path.join(output_dir, "val"),
+                num_workers=1,
+                chunk_bytes=chunk_bytes,
+                item_loader=TokensLoader(),
+                reorder_files=False,
+            )
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(scratch, ignore_errors=True)
+    manifest = {
+        "version": PREPARED_VERSION,
+        "settings": settings,
+        "tokenizer": tokenizer.state_dict(),
+        "dtype": dtype.name,
+        "splits": {name: _split_info(os.path.join(output_dir, name)) for name in ("train", "val")},
+        "num_shards": len(shards),
+    }
+    if manifest["splits"]["train"] is None:
+        raise ValueError(f"source {source.name!r} has no text (it is empty or only whitespace); nothing to prepare.")
+    shutil.rmtree(val_parts, ignore_errors=True)
+    tmp = os.path.join(output_dir, f".{MANIFEST}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(output_dir, MANIFEST))
+    os.remove(os.path.join(output_dir, _PREPARING))
+    return manifest
+
+
+def _split_info(folder: str) -> Optional[dict[str, Any]]:
+    index = os.path.join(folder, "index.json")
+    if not os.path.isfile(index):
+        return None
+    with open(index, encoding="utf-8") as f:
+        chunks = json.load(f).get("chunks", [])
+    return {"n_tokens": int(sum(int(c.get("dim") or 0) for c in chunks)), "n_chunks": len(chunks)}
