@@ -22,6 +22,17 @@ def write_corpus(path: Path, n_lines: int = 200, seed: int = 0) -> Path:
     return path
 
 
+TINY_GPT = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
+"""The fields of a tiny GPT (2 layers, 32 wide, context 16) for tests that build one directly."""
+
+
+def tiny_gpt_config(**overrides: Any) -> Any:
+    """``GPTConfig(**TINY_GPT)`` with ``overrides``."""
+    from lightning_gpt.config import GPTConfig
+
+    return GPTConfig(**{**TINY_GPT, **overrides})
+
+
 def tiny_config(root: Path, source: Path, cache_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A CLI config for a 2-layer, 32-wide GPT on ``source``, writing into ``root`` (no logger, no samples)."""
     cfg: dict[str, Any] = {

@@ -62,7 +62,7 @@ class LossRecorder(pl.Callback):
 def test_loss_decreases_on_a_repeated_batch(tmp_path):
     torch.manual_seed(0)
     data = ToyData(n=8, batch_size=8)
-    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0)
+    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0, default_callbacks=False)  # plain AdamW
     rec = LossRecorder()
     trainer(tmp_path, max_steps=20, callbacks=[rec]).fit(module, data)
     assert len(rec.losses) == 20
@@ -483,7 +483,9 @@ def test_a_short_last_accumulation_window_is_weighted_by_its_own_tokens(tmp_path
 def _fit_losses(tmp_path, steps: int, **module_kwargs) -> tuple[GPTModule, list[float]]:
     torch.manual_seed(0)
     precision = module_kwargs.pop("precision", "32-true")
-    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0, **module_kwargs)
+    module = GPTModule(
+        GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0, default_callbacks=False, **module_kwargs
+    )
     rec = LossRecorder()
     trainer(tmp_path, max_steps=steps, callbacks=[rec], precision=precision).fit(module, ToyData(n=8, batch_size=8))
     return module, rec.losses

@@ -322,7 +322,7 @@ def test_ctrl_c_during_gradient_accumulation_saves_at_the_end_of_the_step_and_re
     (a mid-step checkpoint would lose the gradients accumulated so far), and resuming from it is exact."""
     import signal
 
-    from lightning_gpt.cli.lightning_cli import InterruptCheckpoint
+    from lightning_gpt.training.callbacks.interrupt import InterruptCheckpoint
 
     class CtrlCAt(pl.Callback):
         def __init__(self, batch_idx: int) -> None:

@@ -263,12 +263,11 @@ def test_a_requeued_slurm_job_is_not_refused(tmp_path, monkeypatch):
     ``hpc_ckpt_*.ckpt``: that rerun is a resume, not a new run over the old one."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from lightning_gpt.cli.lightning_cli import _slurm_requeue_resumes
+    from lightning_gpt.training.run_folder import slurm_requeue_resumes
 
-    cfg = {"trainer.default_root_dir": str(tmp_path)}
     monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: True))
-    assert not _slurm_requeue_resumes(cfg)
+    assert not slurm_requeue_resumes(str(tmp_path))
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
-    assert _slurm_requeue_resumes(cfg)
+    assert slurm_requeue_resumes(str(tmp_path))
     monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: False))
-    assert not _slurm_requeue_resumes(cfg)
+    assert not slurm_requeue_resumes(str(tmp_path))

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lightning_gpt.training.module import is_logging_step
+from lightning_gpt.training._lightning_internals import should_update_logs
 
 __all__ = ["LRSchedule", "lr_at"]
 
@@ -63,7 +63,8 @@ class LRSchedule(Callback):
 
     Args:
         warmup_steps: steps of linear warmup.
-        decay_steps: step where the decay reaches the floor; ``None`` uses ``Trainer(max_steps)``.
+        decay_steps: step where the decay reaches the floor; ``None`` uses ``Trainer(max_steps)``, or without it the
+            optimizer steps of ``Trainer(max_epochs)`` (``trainer.estimated_stepping_batches``).
         min_lr: the floor (absolute, for the group with the module's ``learning_rate``; other groups scale alike).
             ``None`` uses ``min_lr_ratio``.
         min_lr_ratio: the floor as a fraction of the peak rate when ``min_lr`` is not given.
@@ -107,12 +108,21 @@ class LRSchedule(Callback):
             return self.decay_steps
         if self.schedule == "constant":
             return self.warmup_steps
-        if trainer.max_steps is None or trainer.max_steps < 0:
+        return max(self._run_length(trainer), self.warmup_steps)
+
+    @staticmethod
+    def _run_length(trainer: "pl.Trainer") -> int:
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            return trainer.max_steps
+        # No max_steps: the optimizer steps of Trainer(max_epochs) over the training data, when they are known.
+        steps = trainer.estimated_stepping_batches
+        if math.isinf(steps):
             raise ValueError(
-                "LRSchedule(decay_steps=None) takes the decay length from Trainer(max_steps), which is not set. Set "
-                "LRSchedule(decay_steps=...) or Trainer(max_steps=...)."
+                "LRSchedule(decay_steps=None) takes the decay length from Trainer(max_steps), which is not set, and "
+                "the number of steps of Trainer(max_epochs) is unknown (the training data has no length). Set "
+                "LRSchedule(decay_steps=...) (--lr_schedule.decay_steps) or Trainer(max_steps=...)."
             )
-        return max(trainer.max_steps, self.warmup_steps)
+        return int(steps)
 
     def state_dict(self) -> dict[str, Any]:
         """The decay length in use (checked against the new run's when resuming)."""
@@ -124,6 +134,8 @@ class LRSchedule(Callback):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         saved, self._saved_decay_steps = self._saved_decay_steps, None
         decay_steps = self._used_decay_steps = self._decay_steps(trainer)
+        if self.schedule != "constant" and trainer.global_step == 0:
+            self._check_warmup(self.decay_steps if self.decay_steps is not None else self._run_length(trainer))
         if saved is None or saved == decay_steps or self.schedule == "constant" or not trainer.optimizers:
             return
         step = trainer.global_step
@@ -135,6 +147,14 @@ class LRSchedule(Callback):
             f"step {after:.3g}; the original: {before:.3g}). To keep the original curve, add --lr_schedule.decay_steps "
             f"{saved} (the rate stays at its floor after that step); to decay over the new length, ignore this warning."
         )
+
+    def _check_warmup(self, end: int) -> None:
+        if 0 < end <= self.warmup_steps:
+            rank_zero_warn(
+                f"LRSchedule: the warmup ({self.warmup_steps} steps) lasts at least the whole run ({end} steps): the "
+                "learning rate never reaches its peak. Set a shorter warmup (--lr_schedule.warmup_steps) or train "
+                "longer."
+            )
 
     def _first_lr(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", decay_steps: int) -> float:
         group = trainer.optimizers[0].param_groups[0]
@@ -150,8 +170,12 @@ class LRSchedule(Callback):
             schedule=self.schedule,
         )
 
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch, batch_idx) -> None:
-        decay_steps = self._used_decay_steps = self._decay_steps(trainer)
+    def on_train_batch_start(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
+    ) -> None:
+        decay_steps = self._used_decay_steps
+        if decay_steps is None:  # on_train_start sets it; a hand-driven loop may not call it
+            decay_steps = self._used_decay_steps = self._decay_steps(trainer)
         reference = getattr(pl_module, "learning_rate", None)
         first_lr = None
         for optimizer in trainer.optimizers:
@@ -169,5 +193,5 @@ class LRSchedule(Callback):
                     schedule=self.schedule,
                 )
                 first_lr = group["lr"] if first_lr is None else first_lr
-        if self.log and first_lr is not None and is_logging_step(trainer):
+        if self.log and first_lr is not None and should_update_logs(trainer):
             pl_module.log("train/lr", first_lr)
