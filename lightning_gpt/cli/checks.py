@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_schedule", "check_trainer_settings", "check_training_length"]
+__all__ = ["check_clipping", "check_schedule", "check_trainer_settings", "check_training_length"]
 
 
 def check_trainer_settings(cfg: Any) -> None:
@@ -16,10 +16,18 @@ def check_trainer_settings(cfg: Any) -> None:
         cfg: the subcommand's parsed configuration (keys ``trainer.*``).
 
     Raises:
-        ValueError: ``max_steps`` below -1; ``devices`` 0 or below -1; a GPU accelerator on a machine without one.
+        ValueError: ``max_steps`` below -1; ``accumulate_grad_batches`` below 1; ``devices`` 0 or below -1; a GPU
+            accelerator on a machine without one.
     """
     import torch
 
+    accumulate = cfg.get("trainer.accumulate_grad_batches")
+    if isinstance(accumulate, int) and accumulate < 1:
+        # Lightning takes 0 (a ZeroDivisionError at the first batch) and negative numbers (gradients of the wrong sign).
+        raise ValueError(
+            f"--trainer.accumulate_grad_batches {accumulate}: must be a number of micro-batches >= 1 per optimizer "
+            "step (1: no accumulation)."
+        )
     max_steps = cfg.get("trainer.max_steps")
     if isinstance(max_steps, int) and max_steps < -1:
         raise ValueError(
@@ -72,8 +80,16 @@ def check_training_length(cfg: Any) -> None:
         cfg: the ``fit`` configuration.
 
     Raises:
-        ValueError: neither ``--trainer.max_steps`` nor ``--lr_schedule.decay_steps`` is set (a bare ``fit``).
+        ValueError: neither ``--trainer.max_steps`` nor ``--lr_schedule.decay_steps`` is set (a bare ``fit``); or
+            ``max_steps``, ``max_epochs`` or ``limit_train_batches`` is 0 (a fit that trains nothing and exits 0).
     """
+    for key in ("max_steps", "max_epochs", "limit_train_batches"):
+        value = cfg.get(f"trainer.{key}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+            raise ValueError(
+                f"--trainer.{key} 0: fit would train nothing and end as if it had succeeded. Give it a length (e.g. "
+                "--trainer.max_steps 1000); to only measure a checkpoint, use lightning-gpt validate --ckpt_path RUN."
+            )
     max_steps = cfg.get("trainer.max_steps")
     schedule = cfg.get("lr_schedule.schedule")
     if cfg.get("lr_schedule.decay_steps") is not None or schedule == "constant":
@@ -115,4 +131,18 @@ def check_schedule(cfg: Any, defaults: Any) -> None:
             f"--lr_schedule.warmup_steps {warmup} is at or past {name} {end}: the whole run would be warmup and the "
             f"learning rate would never reach its peak (--model.learning_rate). Set --lr_schedule.warmup_steps below "
             f"{end} (a few percent of the run is usual), or train longer; nothing was started."
+        )
+
+
+def check_clipping(cfg: Any) -> None:
+    """The command line clips with ``GradientClipping`` (``--clip.*``); Lightning's own clipping would clip twice.
+
+    Raises:
+        ValueError: ``--trainer.gradient_clip_val`` is set.
+    """
+    value = cfg.get("trainer.gradient_clip_val")
+    if value:
+        raise ValueError(
+            f"--trainer.gradient_clip_val {value}: lightning-gpt clips gradients itself (and logs the norm), so they "
+            f"would be clipped twice. Use --clip.max_norm {value} instead (--clip.max_norm null: no clipping)."
         )

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_gpt.cli.checks import check_schedule, check_trainer_settings, check_training_length
+from lightning_gpt.cli.checks import check_clipping, check_schedule, check_trainer_settings, check_training_length
 from lightning_gpt.cli.ckpt_args import apply_init_from, parse_ckpt_path
 from lightning_gpt.errors import lead_with_reason
 from lightning_gpt.training import run_folder
@@ -226,6 +226,7 @@ class GPTLightningCLI(LightningCLI):
         check_trainer_settings(cfg)
         if self.subcommand == "fit":
             check_training_length(cfg)
+            check_clipping(cfg)
             check_schedule(cfg, cli_subcommand_parser(self, self.subcommand).get_defaults())
         if cfg.get("model.init_from"):
             apply_init_from(self, self.subcommand, str(cfg["model.init_from"]))

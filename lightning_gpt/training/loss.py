@@ -200,14 +200,20 @@ def check_accumulation(accumulate_grad_batches: int, batches_per_epoch: float) -
             e.g. a streamed dataset, and then nothing is checked).
 
     Raises:
-        ValueError: ``accumulate_grad_batches`` is larger than ``batches_per_epoch``.
+        ValueError: ``accumulate_grad_batches`` is below 1 (Lightning accepts it: 0 divides by zero, a negative number
+            flips the gradients' sign), or larger than ``batches_per_epoch``.
     """
+    if accumulate_grad_batches < 1:
+        raise ValueError(
+            f"Trainer(accumulate_grad_batches={accumulate_grad_batches}): must be a number of micro-batches >= 1 per "
+            "optimizer step (1: no accumulation)."
+        )
     if math.isinf(batches_per_epoch) or batches_per_epoch <= 0 or accumulate_grad_batches <= batches_per_epoch:
         return
     raise ValueError(
-        f"--trainer.accumulate_grad_batches {accumulate_grad_batches} is larger than the {int(batches_per_epoch)} "
-        "training batch(es) of one epoch: every optimizer step would end at the epoch's end with only those "
-        f"batches, never the {accumulate_grad_batches} asked for. Set --trainer.accumulate_grad_batches to at most "
-        f"{int(batches_per_epoch)} (a larger --data.batch_size gives the same tokens per step), or give the run more "
-        "data (or a larger --trainer.limit_train_batches); nothing was trained."
+        f"Trainer(accumulate_grad_batches={accumulate_grad_batches}) (--trainer.accumulate_grad_batches) is larger "
+        f"than the {int(batches_per_epoch)} training batch(es) of one epoch: each optimizer step would end at the "
+        f"epoch's end with only those batches, never the {accumulate_grad_batches} asked for. Set it to at most "
+        f"{int(batches_per_epoch)} (a larger batch size gives the same tokens per step), or give the run more data (or "
+        "a larger limit_train_batches); nothing was trained."
     )
