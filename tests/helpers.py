@@ -7,7 +7,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning.pytorch as pl
 import torch
@@ -18,10 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 WORDS = "the quick brown fox jumps over a lazy dog and the cat runs to its house".split()
 
 
-def write_corpus(path: Path, n_lines: int = 200, seed: int = 0) -> Path:
-    """A small deterministic plain-text corpus (about 12 KB)."""
+MORE_WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
+
+
+def write_corpus(path: Path, n_lines: int = 200, seed: int = 0, words: list[str] = WORDS) -> Path:
+    """A small deterministic plain-text corpus (200 lines: about 12 KB) of lines of 12 ``words``."""
     rng = random.Random(seed)
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_lines)) + "\n")
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(n_lines)) + "\n")
     return path
 
 
@@ -125,6 +128,17 @@ def tiny_config(root: Path, source: Path, cache_dir: Path, **overrides: Any) -> 
 def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def yaml_factory(folder: Path, corpus: Path, **base: Any) -> Callable[..., str]:
+    """``make(name="run.yaml", **overrides) -> path``: a ``tiny_config`` run in ``folder/run`` on ``corpus``, with the
+    dotted ``base`` overrides of a test file and then the call's own, written to ``folder/name``."""
+
+    def make(name: str = "run.yaml", **overrides: Any) -> str:
+        cfg = tiny_config(folder / "run", corpus, folder / "c", **{**base, **overrides})
+        return str(write_yaml(folder / name, cfg))
+
+    return make
 
 
 def last_error_line(err: str) -> str:

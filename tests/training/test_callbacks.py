@@ -9,7 +9,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.data import CharTokenizer
@@ -27,37 +26,18 @@ from lightning_gpt.training.callbacks import (
     num_parameters,
 )
 from lightning_gpt.training.module import GPTModule
+from tests import helpers
 
 TINY = dict(vocab_size=33, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
-class ToyData(pl.LightningDataModule):
-    def __init__(self, n: int = 64, T: int = 16, vocab: int = 29, batch_size: int = 4, tokenizer=None) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.tokens = torch.randint(0, vocab, (n, T + 1), generator=g)
-        self.batch_size = batch_size
-        self.tokenizer = tokenizer
-
-    def train_dataloader(self):
-        g = torch.Generator().manual_seed(1)
-        ds = TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:])
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g)
+def ToyData(**kwargs):
+    """This file's data: 64 shuffled rows of 16 tokens below 29, in batches of 4."""
+    return helpers.ToyData(**{"vocab": 29, "batch_size": 4, "shuffle": True, **kwargs})
 
 
 def make_trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-        max_steps=6,
-    )
-    return pl.Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
+    return helpers.plain_trainer(tmp_path, callbacks, **{"max_steps": 6, **kwargs})
 
 
 class Recorder(pl.Callback):
