@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
@@ -205,6 +205,9 @@ def init_tokenizer(init_from: str, trust_checkpoint: bool) -> Any:
     return restore_tokenizer(None, init_tokenizer_state(init_from, trust_checkpoint=trust_checkpoint))
 
 
+_Module = TypeVar("_Module", bound="ConfigAndTokenizer")
+
+
 class ConfigAndTokenizer(LightningModule):
     """``GPTModule``'s base: the config and tokenizer that travel with the weights (see the module docstring).
 
@@ -217,6 +220,14 @@ class ConfigAndTokenizer(LightningModule):
     init_from: Optional[str]
     generation: GenerationConfig
     _config_given: bool  # the user named a config (a checkpoint's must then match it)
+
+    @classmethod
+    def from_model(cls: type[_Module], model: GPT, **kwargs: Any) -> _Module:
+        """Wrap an existing ``GPT`` (e.g. converted from Hugging Face; its config becomes the module's) for training
+        or prediction; ``kwargs`` are the other ``GPTModule`` arguments."""
+        module = cls(config=model.config, **kwargs)
+        module.model = model
+        return module
 
     def setup(self, stage: str) -> None:
         """Take the tokenizer from the data module and size the vocabulary from it."""

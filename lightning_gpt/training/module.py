@@ -1,8 +1,10 @@
 """``GPTModule``: the LightningModule that trains a ``GPT`` and decodes with it.
 
-The module owns the loss, the metrics, the optimizer's parameter groups, ``predict_step`` and what travels in the
-checkpoint (the model config and the tokenizer). The model itself is plain PyTorch (``lightning_gpt.model.GPT``),
-built in ``configure_model`` so that FSDP2 can shard it block by block there.
+The module keeps the Lightning hooks and owns the loss, the metrics, the optimizer's parameter groups and the default
+callbacks; the rules live beside it: the token-weighted loss in ``loss.py``, activation checkpointing / compile / FSDP2
+in ``parallelize.py``, the config and tokenizer that travel with the weights (and ``predict_step``) in its base class,
+``adoption.ConfigAndTokenizer``, the default callbacks in ``callbacks/defaults.py``. The model itself is plain PyTorch
+(``lightning_gpt.model.GPT``), built in ``configure_model`` so that FSDP2 can shard it block by block there.
 
 Subclassing is a first-class use: override ``compute_loss`` to add a loss term, or ``configure_optimizers`` /
 ``parameter_groups`` for a different optimizer (see ``examples/subclass_module.py``).
@@ -72,10 +74,9 @@ class GPTModule(ConfigAndTokenizer):
             ``lightning_gpt.training.callbacks.defaults`` lists them and how to switch each off). A callback of the
             same type given to the ``Trainer`` wins. ``False``: add none.
 
-    Every target token of an optimizer step weighs the same, whatever the padding, the accumulation and the number of
-    ranks (``lightning_gpt.training.loss``); ``train/loss``, ``val/loss`` and ``test/loss`` are token-weighted means,
-    ``train/tokens_seen`` counts target tokens over all ranks. The config and the tokenizer travel in every checkpoint
-    and serve decoding (``predict_step``, ``generate_text``): see the base class, ``ConfigAndTokenizer``.
+    Every target token of a step weighs the same, whatever the padding, accumulation and ranks (``training.loss``):
+    ``train/loss``, ``val/loss``, ``test/loss`` are token-weighted means, ``train/tokens_seen`` counts target tokens.
+    The config and tokenizer travel in checkpoints and serve ``predict_step``: see the base, ``ConfigAndTokenizer``.
     """
 
     def __init__(
@@ -130,14 +131,6 @@ class GPTModule(ConfigAndTokenizer):
         self.val_loss = TokenMeanLoss()
         self.test_loss = TokenMeanLoss()
 
-    @classmethod
-    def from_model(cls, model: GPT, **kwargs: Any) -> "GPTModule":
-        """Wrap an existing ``GPT`` (e.g. converted from Hugging Face; its config becomes the module's) for training
-        or prediction; ``kwargs`` are the other ``GPTModule`` arguments."""
-        module = cls(config=model.config, **kwargs)
-        module.model = model
-        return module
-
     def configure_model(self) -> None:
         """Build the GPT (once), from ``init_from``'s weights when given; under a ``ModelParallelStrategy`` (FSDP2),
         shard it (``lightning_gpt.training.parallelize``)."""
@@ -176,7 +169,7 @@ class GPTModule(ConfigAndTokenizer):
 
     def _gpt(self) -> GPT:
         if self.model is None:
-            raise RuntimeError("GPTModule has no model yet: it is built in configure_model (the Trainer calls it).")
+            raise RuntimeError("GPTModule has no model yet: configure_model builds it (the Trainer calls it).")
         return self.model
 
     def _shared_step(self, batch: Any) -> tuple[Tensor, Tensor]:
@@ -199,9 +192,9 @@ class GPTModule(ConfigAndTokenizer):
             self._step_seed = derive_seed("dropout", self.dropout_seed)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Seed the step's random streams from ``(dropout_seed, rank, global_step, batch_idx)``."""
-        # A pure function of the step, so a resumed run draws the same dropout masks. Not torch.manual_seed: it also
-        # queues seeds for every uninitialized backend, formatting a stack trace each time (~1 ms per step).
+        """Seed the step's random streams from ``(dropout_seed, rank, global_step, batch_idx)``: a pure function of the
+        step, so a resumed run draws the same dropout masks."""
+        # Not torch.manual_seed: it queues seeds for every uninitialized backend too (~1 ms of stack traces per step).
         seed = mix_seed(self._step_seed or 0, self.global_rank, self.global_step, batch_idx)
         torch.default_generator.manual_seed(seed)
         if self.device.type == "cuda":

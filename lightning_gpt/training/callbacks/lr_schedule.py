@@ -81,25 +81,21 @@ class LRSchedule(Callback):
         schedule: Literal["cosine", "linear", "constant"] = "cosine",
         log: bool = True,
     ) -> None:
-        if schedule not in SCHEDULES:
-            raise ValueError(f"LRSchedule.schedule must be one of {SCHEDULES}, got {schedule!r}.")
-        if warmup_steps < 0:
-            raise ValueError(f"LRSchedule.warmup_steps must be >= 0, got {warmup_steps!r}.")
-        if decay_steps is not None and decay_steps < warmup_steps:
-            raise ValueError(
-                f"LRSchedule.decay_steps ({decay_steps}) must be >= warmup_steps ({warmup_steps}): the decay starts "
-                "after the warmup."
-            )
-        if min_lr is not None and min_lr < 0:
-            raise ValueError(f"LRSchedule.min_lr must be >= 0, got {min_lr!r}.")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"LRSchedule.min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}.")
-        self.warmup_steps = warmup_steps
-        self.decay_steps = decay_steps
-        self.min_lr = min_lr
-        self.min_lr_ratio = min_lr_ratio
-        self.schedule = schedule
-        self.log = log
+        problems = {
+            "schedule": (schedule not in SCHEDULES, f"must be one of {SCHEDULES}, got {schedule!r}"),
+            "warmup_steps": (warmup_steps < 0, f"must be >= 0, got {warmup_steps!r}"),
+            "decay_steps": (
+                decay_steps is not None and decay_steps < warmup_steps,
+                f"({decay_steps}) must be >= warmup_steps ({warmup_steps}): the decay starts after the warmup",
+            ),
+            "min_lr": (min_lr is not None and min_lr < 0, f"must be >= 0, got {min_lr!r}"),
+            "min_lr_ratio": (not 0.0 <= min_lr_ratio <= 1.0, f"must be in [0, 1], got {min_lr_ratio!r}"),
+        }
+        for name, (bad, what) in problems.items():
+            if bad:
+                raise ValueError(f"LRSchedule.{name} {what}.")
+        self.warmup_steps, self.decay_steps, self.schedule, self.log = warmup_steps, decay_steps, schedule, log
+        self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
         self._used_decay_steps: Optional[int] = None
         self._saved_decay_steps: Optional[int] = None
 
@@ -156,19 +152,23 @@ class LRSchedule(Callback):
                 "longer."
             )
 
-    def _first_lr(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", decay_steps: int) -> float:
-        group = trainer.optimizers[0].param_groups[0]
+    def _group_lr(self, step: int, group: dict[str, Any], reference: Optional[float], decay_steps: int) -> float:
+        """The rate of one param group at ``step``: its peak is its ``initial_lr``; the floor is ``min_lr`` scaled
+        like the group (against the module's ``learning_rate``), else ``min_lr_ratio`` of its peak."""
         base = group.get("initial_lr", group["lr"])
-        reference = getattr(pl_module, "learning_rate", None)
         ratio = self.min_lr / (reference if reference else base) if self.min_lr is not None else self.min_lr_ratio
         return lr_at(
-            trainer.global_step,
+            step,
             base_lr=base,
             warmup_steps=self.warmup_steps,
             decay_steps=decay_steps,
             min_lr=base * ratio,
             schedule=self.schedule,
         )
+
+    def _first_lr(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", decay_steps: int) -> float:
+        group = trainer.optimizers[0].param_groups[0]
+        return self._group_lr(trainer.global_step, group, getattr(pl_module, "learning_rate", None), decay_steps)
 
     def on_train_batch_start(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
@@ -180,18 +180,8 @@ class LRSchedule(Callback):
         first_lr = None
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
-                base = group.setdefault("initial_lr", group["lr"])
-                ratio = self.min_lr_ratio
-                if self.min_lr is not None:
-                    ratio = self.min_lr / (reference if reference else base)
-                group["lr"] = lr_at(
-                    trainer.global_step,
-                    base_lr=base,
-                    warmup_steps=self.warmup_steps,
-                    decay_steps=decay_steps,
-                    min_lr=base * ratio,
-                    schedule=self.schedule,
-                )
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = self._group_lr(trainer.global_step, group, reference, decay_steps)
                 first_lr = group["lr"] if first_lr is None else first_lr
         if self.log and first_lr is not None and should_update_logs(trainer):
             pl_module.log("train/lr", first_lr)
