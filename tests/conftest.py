@@ -78,6 +78,6 @@ def trained(tmp_path_factory, corpus) -> dict[str, Path]:
 
 
 @pytest.fixture
-def run_yaml(tmp_path, corpus) -> Callable[..., str]:
+def run_yaml(tmp_path, corpus) -> Callable[..., Path]:
     """``make(name="run.yaml", **dotted_overrides) -> path``: a tiny fit config writing to ``tmp_path/run``."""
     return yaml_factory(tmp_path, corpus)

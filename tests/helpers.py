@@ -130,13 +130,13 @@ def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
-def yaml_factory(folder: Path, corpus: Path, **base: Any) -> Callable[..., str]:
+def yaml_factory(folder: Path, corpus: Path, **base: Any) -> Callable[..., Path]:
     """``make(name="run.yaml", **overrides) -> path``: a ``tiny_config`` run in ``folder/run`` on ``corpus``, with the
     dotted ``base`` overrides of a test file and then the call's own, written to ``folder/name``."""
 
-    def make(name: str = "run.yaml", **overrides: Any) -> str:
-        cfg = tiny_config(folder / "run", corpus, folder / "c", **{**base, **overrides})
-        return str(write_yaml(folder / name, cfg))
+    def make(name: str = "run.yaml", **overrides: Any) -> Path:
+        cfg = tiny_config(folder / "run", corpus, folder / "cache", **{**base, **overrides})
+        return write_yaml(folder / name, cfg)
 
     return make
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check_clipping", "check_schedule", "check_trainer_settings", "check_training_length"]
+__all__ = ["check_clipping", "check_trainer_settings", "check_training_length"]
 
 
 def check_trainer_settings(cfg: Any) -> None:
@@ -101,36 +101,6 @@ def check_training_length(cfg: Any) -> None:
             "model on the Python standard library, minutes on a CPU), or set --trainer.max_steps N (and a model size "
             "such as --model.config.n_layer 4 --model.config.n_head 4 --model.config.n_embd 128; the default is GPT-2 "
             "small, 124M parameters)."
-        )
-
-
-def check_schedule(cfg: Any, defaults: Any) -> None:
-    """A warmup the user set must end before the schedule does: a run that is all warmup never reaches its peak
-    learning rate. (The default warmup, 100 steps, only warns, from ``LRSchedule``, so a short trial run of a recipe
-    still runs.)
-
-    Args:
-        cfg: the ``fit`` configuration (``trainer.max_steps``, ``lr_schedule.*``).
-        defaults: the parser's defaults.
-
-    Raises:
-        ValueError: ``--lr_schedule.warmup_steps``, given explicitly, is at or past the end of the schedule.
-    """
-    warmup = cfg.get("lr_schedule.warmup_steps")
-    if not isinstance(warmup, int) or warmup <= 0 or cfg.get("lr_schedule.schedule") == "constant":
-        return
-    try:
-        if warmup == defaults["lr_schedule.warmup_steps"]:
-            return
-    except (KeyError, TypeError):
-        pass
-    decay, max_steps = cfg.get("lr_schedule.decay_steps"), cfg.get("trainer.max_steps")
-    end, name = (decay, "--lr_schedule.decay_steps") if decay is not None else (max_steps, "--trainer.max_steps")
-    if isinstance(end, int) and 0 <= end <= warmup:
-        raise ValueError(
-            f"--lr_schedule.warmup_steps {warmup} is at or past {name} {end}: the whole run would be warmup and the "
-            f"learning rate would never reach its peak (--model.learning_rate). Set --lr_schedule.warmup_steps below "
-            f"{end} (a few percent of the run is usual), or train longer; nothing was started."
         )
 
 

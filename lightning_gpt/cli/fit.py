@@ -20,13 +20,12 @@ from typing import Any, Optional
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_gpt.cli.checks import check_clipping, check_schedule, check_trainer_settings, check_training_length
+from lightning_gpt.cli.checks import check_clipping, check_trainer_settings, check_training_length
 from lightning_gpt.cli.ckpt_args import apply_init_from, parse_ckpt_path
 from lightning_gpt.errors import lead_with_reason
 from lightning_gpt.training import run_folder
 from lightning_gpt.training._lightning_internals import (
     cli_model_class,
-    cli_subcommand_parser,
     cli_value,
     parser_actions,
 )
@@ -119,7 +118,8 @@ class GPTLightningCLI(LightningCLI):
         run: bool = True,
         **kwargs: Any,
     ) -> None:
-        from lightning_gpt.training import GPTModule, TextDataModule
+        from lightning_gpt.training import TextDataModule
+        from lightning_gpt.training.module import GPTModule  # looked up at each construction (tests may replace it)
 
         self._building: Optional[str] = None
         kwargs.setdefault("subclass_mode_model", False)
@@ -227,7 +227,6 @@ class GPTLightningCLI(LightningCLI):
         if self.subcommand == "fit":
             check_training_length(cfg)
             check_clipping(cfg)
-            check_schedule(cfg, cli_subcommand_parser(self, self.subcommand).get_defaults())
         if cfg.get("model.init_from"):
             apply_init_from(self, self.subcommand, str(cfg["model.init_from"]))
             cfg = self.config[self.subcommand] if self.subcommand else self.config

@@ -186,7 +186,9 @@ class GPTModule(ConfigAndTokenizer):
 
     def on_train_start(self) -> None:
         """Check the accumulation against the epoch's length and seed the per-step random streams."""
-        check_accumulation(self.trainer.accumulate_grad_batches, self.trainer.num_training_batches)
+        trainer = attached_trainer(self)
+        if trainer is not None:
+            check_accumulation(trainer.accumulate_grad_batches, trainer.num_training_batches)
         self._window.reset()
         if self._step_seed is None:
             self._step_seed = derive_seed("dropout", self.dropout_seed)

@@ -34,7 +34,9 @@ CLI_RUN: dict[str, Any] = {
 
 @pytest.fixture
 def run_yaml(tmp_path):
-    return yaml_factory(tmp_path, write_corpus(tmp_path / "corpus.txt", n_lines=300, words=MORE_WORDS), **CLI_RUN)
+    """``make(name="run.yaml", **dotted_overrides) -> str``: this file's run config (a str: argv for LightningCLI)."""
+    make = yaml_factory(tmp_path, write_corpus(tmp_path / "corpus.txt", n_lines=300, words=MORE_WORDS), **CLI_RUN)
+    return lambda *args, **overrides: str(make(*args, **overrides))
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
