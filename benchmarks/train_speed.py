@@ -17,6 +17,15 @@ and of their 20-step moving averages:
 
     python benchmarks/train_speed.py --suite compile-bf16 --rounds 4 --steps 15 --threads 1 \\
         --out benchmarks/results/train_compile_bf16.md
+
+The runs above give the Trainer the recipe's schedule and clipping and switch ``GPTModule``'s other default callbacks
+off (``default_callbacks=False``), so that every variant does the same work as the plain loop. ``--suite defaults``
+times what a plain ``Trainer`` gets since the defaults moved into ``GPTModule.configure_callbacks``: the same run with
+the module's defaults added (non-finite guard, samples every 500 steps, loss curve, throughput monitor) against
+without them:
+
+    python benchmarks/train_speed.py --suite defaults --rounds 6 --steps 20 --threads 1 \\
+        --out benchmarks/results/train_default_callbacks.md
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import argparse
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "tinyshakespeare.txt"
 B, T = 12, 64
 LR, MIN_LR, WARMUP = 1e-3, 1e-4, 100
+ROOT = tempfile.TemporaryDirectory(prefix="train_speed-")
 
 
 def load_tokens(path: Path) -> tuple[torch.Tensor, int, str]:
@@ -142,12 +153,20 @@ class LightningRun:
     name = "lightning-gpt (GPTModule + Trainer)"
 
     def __init__(
-        self, config: GPTConfig, *, compile: bool = False, precision: str = "32-true", name: str | None = None
+        self,
+        config: GPTConfig,
+        *,
+        compile: bool = False,
+        precision: str = "32-true",
+        name: str | None = None,
+        defaults: bool = False,
     ) -> None:
         from lightning_gpt.training.module import GPTModule
 
         torch.manual_seed(0)  # every variant starts from the same weights
-        self.module = GPTModule(config, learning_rate=LR, weight_decay=0.1, betas=(0.9, 0.99), compile=compile)
+        self.module = GPTModule(
+            config, learning_rate=LR, weight_decay=0.1, betas=(0.9, 0.99), compile=compile, default_callbacks=defaults
+        )
         self.precision = precision
         self.losses: list[float] = []
         if name is not None:
@@ -181,6 +200,7 @@ class LightningRun:
             enable_model_summary=False,
             num_sanity_val_steps=0,
             precision=self.precision,
+            default_root_dir=ROOT.name,  # where a default LossCurve would draw (never in the working directory)
             callbacks=[
                 LRSchedule(warmup_steps=WARMUP, decay_steps=2000, min_lr=MIN_LR),
                 GradientClipping(1.0),
@@ -248,7 +268,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--attention", default="standard")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown report here")
-    parser.add_argument("--suite", choices=["overhead", "compile-bf16"], default="overhead")
+    parser.add_argument("--suite", choices=["overhead", "compile-bf16", "defaults"], default="overhead")
     parser.add_argument("--precision-steps", type=int, default=200, help="compile-bf16: steps of the loss check")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -291,6 +311,19 @@ def main(argv: list[str] | None = None) -> str:
             f"{ratios['eager bf16-mixed']:.2f}x, compiled bf16-mixed {ratios['compiled bf16-mixed']:.2f}x\n\n{check}"
         )
         return _report(args, argv, body, verdict, elapsed, data_desc, vocab, "Training step time: compile and bf16")
+    if args.suite == "defaults":
+        runners = [
+            LightningRun(config, name="schedule + clipping only"),
+            LightningRun(config, defaults=True, name="+ GPTModule's default callbacks"),
+        ]
+        results = measure(runners, batches, args.rounds, args.steps)
+        elapsed = time.perf_counter() - start
+        body = table(results, "schedule + clipping only", "vs schedule + clipping only")
+        ratio = statistics.median(results["+ GPTModule's default callbacks"]) / statistics.median(
+            results["schedule + clipping only"]
+        )
+        verdict = f"step time with the default callbacks / without: {ratio:.3f}"
+        return _report(args, argv, body, verdict, elapsed, data_desc, vocab, "Training step time: default callbacks")
     runners = [LightningRun(config), PlainLoop(config), HFLoop(config)]
     results = measure(runners, batches, args.rounds, args.steps)
     elapsed = time.perf_counter() - start

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import pytest
 import torch
 
-from tests.helpers import tiny_config, write_corpus, write_yaml
+from tests.helpers import tiny_config, write_corpus, write_yaml, yaml_factory
 
 # The tests use tiny models: one thread is faster than several that wait on each other, and a CI machine has 2 cores.
 torch.set_num_threads(1)
@@ -78,10 +78,6 @@ def trained(tmp_path_factory, corpus) -> dict[str, Path]:
 
 
 @pytest.fixture
-def run_yaml(tmp_path, corpus):
-    """Write a tiny fit config (with overrides) to tmp_path and return its path."""
-
-    def make(**overrides) -> Path:
-        return write_yaml(tmp_path / "run.yaml", tiny_config(tmp_path / "run", corpus, tmp_path / "cache", **overrides))
-
-    return make
+def run_yaml(tmp_path, corpus) -> Callable[..., Path]:
+    """``make(name="run.yaml", **dotted_overrides) -> path``: a tiny fit config writing to ``tmp_path/run``."""
+    return yaml_factory(tmp_path, corpus)

@@ -7,19 +7,94 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import lightning.pytorch as pl
+import torch
 import yaml
+from torch.utils.data import DataLoader, TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the quick brown fox jumps over a lazy dog and the cat runs to its house".split()
 
 
-def write_corpus(path: Path, n_lines: int = 200, seed: int = 0) -> Path:
-    """A small deterministic plain-text corpus (about 12 KB)."""
+MORE_WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
+
+
+def write_corpus(path: Path, n_lines: int = 200, seed: int = 0, words: list[str] = WORDS) -> Path:
+    """A small deterministic plain-text corpus (200 lines: about 12 KB) of lines of 12 ``words``."""
     rng = random.Random(seed)
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_lines)) + "\n")
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(n_lines)) + "\n")
     return path
+
+
+TINY_GPT = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
+"""The fields of a tiny GPT (2 layers, 32 wide, context 16) for tests that build one directly."""
+
+
+def tiny_gpt_config(**overrides: Any) -> Any:
+    """``GPTConfig(**TINY_GPT)`` with ``overrides``."""
+    from lightning_gpt.config import GPTConfig
+
+    return GPTConfig(**{**TINY_GPT, **overrides})
+
+
+def toy_tokens(n: int = 64, T: int = 16, vocab: int = 32, seed: int = 0) -> torch.Tensor:
+    """``(n, T + 1)`` random token ids below ``vocab`` (rows of inputs and their next-token targets)."""
+    return torch.randint(0, vocab, (n, T + 1), generator=torch.Generator().manual_seed(seed))
+
+
+class ToyData(pl.LightningDataModule):
+    """Rows of ``toy_tokens`` as ``(input_ids, targets)`` training batches.
+
+    Args:
+        n: rows; ``T``: their length; ``vocab``: ids below it; ``batch_size``: rows per batch.
+        tokenizer: the data module's tokenizer, which ``GPTModule`` adopts (``None``: none).
+        shuffle: shuffle the rows (a seeded generator: the same order every run).
+    """
+
+    def __init__(
+        self,
+        n: int = 64,
+        T: int = 16,
+        vocab: int = 32,
+        batch_size: int = 8,
+        tokenizer: Any = None,
+        shuffle: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tokens = toy_tokens(n, T, vocab)
+        self.batch_size = batch_size
+        self.tokenizer = tokenizer
+        self.shuffle = shuffle
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(1) if self.shuffle else None
+        dataset = TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:])
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=self.shuffle, generator=generator)
+
+
+class ToyDataWithVal(ToyData):
+    """``ToyData`` whose first 16 rows are also the validation set."""
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(self.tokens[:16, :-1], self.tokens[:16, 1:]), batch_size=self.batch_size)
+
+
+def plain_trainer(tmp_path: Path, callbacks: Any = (), **kwargs: Any) -> pl.Trainer:
+    """A ``lightning.pytorch.Trainer`` for tests: one CPU device, quiet (no logger, bar, summary or checkpoints),
+    ``default_root_dir=tmp_path``; ``kwargs`` override."""
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    return pl.Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
 
 
 def tiny_config(root: Path, source: Path, cache_dir: Path, **overrides: Any) -> dict[str, Any]:
@@ -53,6 +128,17 @@ def tiny_config(root: Path, source: Path, cache_dir: Path, **overrides: Any) -> 
 def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def yaml_factory(folder: Path, corpus: Path, **base: Any) -> Callable[..., Path]:
+    """``make(name="run.yaml", **overrides) -> path``: a ``tiny_config`` run in ``folder/run`` on ``corpus``, with the
+    dotted ``base`` overrides of a test file and then the call's own, written to ``folder/name``."""
+
+    def make(name: str = "run.yaml", **overrides: Any) -> Path:
+        cfg = tiny_config(folder / "run", corpus, folder / "cache", **{**base, **overrides})
+        return write_yaml(folder / name, cfg)
+
+    return make
 
 
 def last_error_line(err: str) -> str:

@@ -1,5 +1,4 @@
-"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI), ``generate``, ``export``,
-``evaluate``.
+"""The ``lightning-gpt`` command line: ``fit | validate | test | predict`` (LightningCLI), ``generate``, ``export``.
 
 ```bash
 lightning-gpt fit --config recipes/quickstart.yaml                    # train (runs/quickstart/checkpoints)
@@ -8,41 +7,63 @@ lightning-gpt generate --ckpt_path runs/quickstart --prompt "def "     # stream 
 lightning-gpt predict --ckpt_path runs/quickstart/checkpoints/last.ckpt --data.path prompts.txt \\
     --writer.output_path predictions.jsonl                            # batch decoding to JSONL
 lightning-gpt export --ckpt_path runs/quickstart --output_dir hf/quickstart   # a Hugging Face GPT-2 folder
-lightning-gpt evaluate --ckpt_path runs/quickstart --data.source val.txt       # loss, perplexity, bits per byte
 lightning-gpt fit --help                                             # every option, documented
 ```
 
-What the CLI adds on top of Lightning's: default callbacks (gradient clipping, LR schedule, periodic samples,
-non-finite guard, ``ModelCheckpoint(save_last=True)`` in ``<default_root_dir>/checkpoints``, a learning-rate monitor
-when a logger is on, a Ctrl-C checkpoint), atomic checkpoint writes, the model config and tokenizer of ``predict``
-taken from the checkpoint, and readable one-paragraph errors (exit status 2) instead of tracebacks for bad input.
+Each subcommand is one line of ``COMMANDS`` (its module and its line of help); the module is imported only when that
+subcommand runs, so ``generate`` starts without Lightning. ``fit | validate | test | predict`` are ``LightningCLI``
+(``lightning_gpt.cli.fit``); what it adds on top of Lightning's: ``GPTModule``'s default callbacks with a flag group
+each, ``ModelCheckpoint(save_last=True)`` in ``<default_root_dir>/checkpoints``, a learning-rate monitor when a logger
+is on, a Ctrl-C checkpoint, atomic checkpoint writes, the model config and tokenizer of ``predict`` taken from the
+checkpoint. Every command turns bad input into a readable one-paragraph error (exit status 2) instead of a traceback
+(``main``).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from lightning_gpt.errors import NonFiniteError, describe_storage_error, lead_with_reason
 
-__all__ = ["main"]  # GPTLightningCLI and InterruptCheckpoint: lightning_gpt.cli.lightning_cli (also reachable here)
+__all__ = ["COMMANDS", "Command", "main"]  # GPTLightningCLI: lightning_gpt.cli.fit (also reachable here)
 
 # Exceptions that mean "the user asked for something impossible": shown as one message, not a traceback.
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
-# Every subcommand, one line each: the top-level help (``lightning-gpt``, ``lightning-gpt --help``).
-SUBCOMMANDS = (
-    ("fit", "train a model, or resume one with --ckpt_path last (start: --config recipes/quickstart.yaml)"),
-    ("validate", "compute the validation loss of a checkpoint on a data source"),
-    ("test", "compute the test loss of a checkpoint on a data source"),
-    ("predict", "decode a file of prompts (text or JSONL) in batches into a JSONL file"),
-    ("generate", "stream one completion of a prompt from a checkpoint to the terminal"),
-    ("export", "write a checkpoint's model out for use elsewhere (see lightning-gpt export --help)"),
-    ("evaluate", "loss, perplexity and bits per byte on a text source, or lm-eval task scores (--tasks)"),
-    ("prepare", "tokenize a corpus once, in parallel, into a dataset folder that fit streams (--output_dir DIR)"),
-)
+class Command(NamedTuple):
+    """One subcommand ``NAME``: its function is ``NAME_command(argv)`` in ``lightning_gpt.cli.<module>`` (``argv``: the
+    command line after ``NAME``), imported only when it runs; ``help`` is its line in ``lightning-gpt --help``."""
+
+    module: str
+    help: str
+
+
+# Every subcommand, one line each, in the order of ``lightning-gpt --help``.
+COMMANDS: dict[str, Command] = {
+    "fit": Command("fit", "train a model or resume it with --ckpt_path last (start: --config recipes/quickstart.yaml)"),
+    "validate": Command("fit", "compute the validation loss of a checkpoint on a data source"),
+    "test": Command("fit", "compute the test loss of a checkpoint on a data source"),
+    "predict": Command("fit", "decode a file of prompts (text or JSONL) in batches into a JSONL file"),
+    "generate": Command("generate", "stream one completion of a prompt from a checkpoint to the terminal"),
+    "export": Command("export", "write a checkpoint's model out for use elsewhere (see lightning-gpt export --help)"),
+    "evaluate": Command("evaluate", "loss, perplexity, bits per byte of a text source, or lm-eval tasks (--tasks)"),
+    "prepare": Command("prepare", "tokenize a corpus once, in parallel, into a dataset folder that fit streams"),
+}
+SUBCOMMANDS = tuple((name, command.help) for name, command in COMMANDS.items())  # (name, help) pairs
+
+
+def command_function(name: str) -> Callable[[list[str]], None]:
+    """The function of subcommand ``name``, ``lightning_gpt.cli.<module>.<name>_command`` (its module imported now).
+
+    Raises:
+        KeyError: no such subcommand.
+    """
+    module = importlib.import_module(f"lightning_gpt.cli.{COMMANDS[name].module}")
+    return getattr(module, f"{name}_command")
 
 
 def overview() -> str:
@@ -80,31 +101,11 @@ def main(args: Optional[list[str]] = None) -> None:
         if not argv:
             _fail("choose a subcommand, e.g. lightning-gpt fit --config recipes/quickstart.yaml")
         return
+    if argv[0] not in COMMANDS:
+        sys.stdout.write(overview())
+        _fail(f"unknown subcommand {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
     try:
-        if argv and argv[0] == "generate":
-            from lightning_gpt.cli.generate import generate_command
-
-            generate_command(argv[1:])
-            return
-        if argv and argv[0] == "evaluate":
-            from lightning_gpt.cli.evaluate import evaluate_command
-
-            evaluate_command(argv[1:])
-            return
-        if argv and argv[0] == "prepare":
-            from lightning_gpt.cli.prepare import prepare_command
-
-            prepare_command(argv[1:])
-            return
-        if argv and argv[0] == "export":
-            from lightning_gpt.cli.export import export_command
-
-            export_command(argv[1:])
-            return
-        from lightning_gpt.cli.lightning_cli import DESCRIPTION, GPTLightningCLI
-
-        parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
-        GPTLightningCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
+        command_function(argv[0])(argv[1:])
     except SystemExit as err:
         # Lightning ends a stage on SIGTERM with SIGTERMException() (status 0); a run that did not finish must not
         # look successful to a scheduler or a script: 143, as a process ended by SIGTERM.
@@ -134,9 +135,9 @@ def main(args: Optional[list[str]] = None) -> None:
 def __getattr__(name: str) -> Any:
     # The Lightning classes are imported on first use, so ``lightning-gpt generate`` starts without importing Lightning.
     if name in ("GPTLightningCLI", "InterruptCheckpoint"):
-        from lightning_gpt.cli import lightning_cli as cli_lightning
+        from lightning_gpt.cli import fit
 
-        return getattr(cli_lightning, name)
+        return getattr(fit, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,5 +1,6 @@
-"""The Lightning side of lightning-gpt: ``GPTModule`` (loss, metrics, optimizer groups, ``predict_step``), the data
-modules (``TextDataModule``, ``PromptDataModule``), callbacks, strategy presets and atomic checkpoint writing.
+"""The Lightning side of lightning-gpt: ``GPTModule`` (hooks, metrics, optimizer groups, default callbacks) with the
+rules beside it (``loss``, ``parallelize``, ``adoption``), the data modules (``TextDataModule``, ``PromptDataModule``),
+callbacks, strategy presets, the run folder's rules and atomic checkpoint writing.
 
 Everything below ``lightning_gpt.training`` may import Lightning; the model side (``lightning_gpt.model``,
 ``.config``, ``.attention``, ``.generation``, ``.io``) and the plain data pieces

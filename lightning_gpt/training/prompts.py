@@ -13,7 +13,25 @@ from typing import Any, Optional
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-__all__ = ["PromptDataModule", "read_numbered_prompts", "read_prompt_records", "read_prompts"]
+__all__ = ["PromptDataModule", "prompts_in_batch", "read_numbered_prompts", "read_prompt_records", "read_prompts"]
+
+
+def prompts_in_batch(batch: Any) -> list[str]:
+    """The prompt strings of a ``predict`` batch: a list of strings, one string, or a dict with ``prompts``/``prompt``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(batch, dict):
+        batch = batch.get("prompts", batch.get("prompt"))
+    if isinstance(batch, str):
+        batch = [batch]
+    if not isinstance(batch, (list, tuple)) or not all(isinstance(p, str) for p in batch):
+        raise ValueError(
+            f"predict expects batches of prompt strings (a list of str, or a dict with 'prompt'), got "
+            f"{type(batch).__name__}."
+        )
+    return list(batch)
 
 
 def read_prompts(path: str | Path, field: str = "prompt") -> list[str]:
@@ -60,9 +78,9 @@ def _read_prompts(path: str | Path, field: str = "prompt") -> list[tuple[int, st
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         data = path.read_bytes()
-        line = data.count(b"\n", 0, err.start) + 1
+        line_no = data.count(b"\n", 0, err.start) + 1
         raise ValueError(
-            f"{path}:{line}: not valid UTF-8 (byte {data[err.start : err.start + 1]!r} at byte offset {err.start}). "
+            f"{path}:{line_no}: not valid UTF-8 (byte {data[err.start : err.start + 1]!r} at byte offset {err.start}). "
             f"Convert the prompts file to UTF-8, e.g. iconv -f latin1 -t utf-8 {str(path)!r} > prompts.txt."
         ) from None
     first = next((line for line in lines if line.strip()), "")
@@ -126,6 +144,8 @@ class PromptDataModule(LightningDataModule):
     def prompts(self) -> list[str]:
         """The prompts, read from ``path`` on first use."""
         if self._prompts is None:
+            if self.path is None:
+                raise ValueError("PromptDataModule needs prompts: pass --data.path FILE (or prompts=[...] in Python).")
             rows = _read_prompts(self.path, self.field)
             self._prompts = [text for _, text, _ in rows]
             self._records = [record for _, _, record in rows]
@@ -169,4 +189,5 @@ class PromptDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader[Any]:
         """Batches of prompt strings in file order."""
-        return DataLoader(self.prompts, batch_size=self.batch_size, shuffle=False, collate_fn=_collate)
+        prompts: Any = self.prompts  # a list is a map-style dataset (DataLoader's annotation asks for a Dataset)
+        return DataLoader(prompts, batch_size=self.batch_size, shuffle=False, collate_fn=_collate)

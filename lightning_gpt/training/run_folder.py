@@ -11,10 +11,14 @@ A run folder is ``<trainer.default_root_dir>``; its checkpoints live in ``<run>/
 - ``fit`` without ``--ckpt_path`` into a folder that already holds checkpoints is refused (``check_fresh_run``) unless
   ``--overwrite true`` asks for a fresh start; then the old checkpoints are removed first, so the folder only ever
   holds one run (one ``last.ckpt``).
+- ``--ckpt_path last`` in a folder without any checkpoint (a first run, or every checkpoint deleted) stops with a
+  message (``last_checkpoint``) instead of silently training from step 0; a requeued SLURM job resumes from its
+  ``hpc_ckpt_*.ckpt`` (``slurm_requeue_resumes``).
 - One ``fit`` at a time per checkpoint folder (``RunFolderLock``); the lock is an OS file lock, released by the OS
   when the process dies, so a killed run never leaves a stale lock behind.
 
-Plain Python and torch: nothing here imports Lightning.
+``claim_run_folder`` (before anything is built: read-only checks) and ``open_run_folder`` (once built: writable, locked,
+old checkpoints removed on ``--overwrite``) apply these rules for the ``fit`` command.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 __all__ = [
     "LAST",
@@ -33,10 +38,17 @@ __all__ = [
     "RunFolderLock",
     "check_fresh_run",
     "check_writable",
+    "checkpoint_dir",
     "checkpoint_files",
+    "claim_run_folder",
     "inspect_checkpoint",
+    "is_launch_rank_zero",
+    "is_sharded_checkpoint",
+    "last_checkpoint",
+    "open_run_folder",
     "remove_checkpoints",
     "resolve_last_checkpoint",
+    "slurm_requeue_resumes",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,3 +254,109 @@ class RunFolderLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def checkpoint_dir(dirpath: Optional[str], default_root_dir: Optional[str]) -> str:
+    """The run's checkpoint folder: ``--checkpoint.dirpath``, else ``<trainer.default_root_dir>/checkpoints`` (the
+    working directory when no root is set)."""
+    if dirpath is not None:
+        return str(dirpath)
+    return os.path.join(str(default_root_dir or os.getcwd()), "checkpoints")
+
+
+def is_sharded_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a distributed (FSDP) checkpoint: a directory itself, where a run directory only contains
+    checkpoints."""
+    return any(os.path.exists(os.path.join(path, name)) for name in (".metadata", "meta.pt"))
+
+
+def is_launch_rank_zero() -> bool:
+    """Whether this process is the job's first one, before any process group exists: torchrun, SLURM and Lightning's
+    launcher set ``RANK``/``SLURM_PROCID``/``NODE_RANK``/``LOCAL_RANK`` to non-zero values for the others (Lightning's
+    launcher starts them from rank 0 during ``fit``, after rank 0 has claimed the run folder)."""
+    names = ("RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK")
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in names)
+
+
+def slurm_requeue_resumes(default_root_dir: Optional[str]) -> bool:
+    """Whether this is a requeued SLURM job that Lightning resumes from its ``hpc_ckpt_*.ckpt`` (the requeue reruns
+    the same command, without ``--ckpt_path``).
+
+    Args:
+        default_root_dir: ``--trainer.default_root_dir`` (the working directory when ``None``).
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    root = str(default_root_dir or os.getcwd())
+    if not SLURMEnvironment.detect() or not os.path.isdir(root):
+        return False
+    return any(n.startswith("hpc_ckpt_") and n.endswith(".ckpt") for n in os.listdir(root))
+
+
+def last_checkpoint(folder: str, default_root_dir: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
+    """What ``fit --ckpt_path last`` resumes from: ``resolve_last_checkpoint(folder)``, refusing an empty folder.
+
+    Args:
+        folder: the checkpoint folder.
+        default_root_dir: the run folder, where a requeued SLURM job's ``hpc_ckpt_*.ckpt`` lies.
+
+    Returns:
+        ``(path, note)`` as ``resolve_last_checkpoint``; ``(None, None)`` only for a requeued SLURM job (Lightning
+        resumes it from its own ``hpc_ckpt_*.ckpt``).
+
+    Raises:
+        ValueError: the folder holds no checkpoint (a first run, or every checkpoint was deleted), or none that
+            resumes.
+    """
+    path, note = resolve_last_checkpoint(folder)
+    if path is None and not slurm_requeue_resumes(default_root_dir):
+        raise ValueError(
+            f"--ckpt_path last: {folder} holds no checkpoint to resume from (a first run, or its checkpoints were "
+            "deleted), so nothing was started. To start the run from step 0, leave out --ckpt_path last; to resume "
+            "another run, pass its --trainer.default_root_dir (or --checkpoint.dirpath), or a .ckpt file with "
+            "--ckpt_path."
+        )
+    return path, note
+
+
+def claim_run_folder(folder: str, ckpt_path: Optional[str], overwrite: bool, default_root_dir: Optional[str]) -> None:
+    """The read-only checks of a ``fit``'s checkpoint folder, before anything is built: an earlier run's checkpoints
+    are only replaced when asked (a run resuming in this folder, ``--overwrite true`` and a requeued SLURM job pass).
+    Nothing is created here, so a run refused later (e.g. for a bad model setting) leaves no folder behind.
+
+    Args:
+        folder: the checkpoint folder.
+        ckpt_path: ``--ckpt_path`` (``last``, ``hpc``, a file...) or ``None``.
+        overwrite: ``--overwrite``.
+        default_root_dir: ``--trainer.default_root_dir``.
+
+    Raises:
+        ValueError: the folder holds an earlier run's checkpoints (see ``check_fresh_run``).
+    """
+    resumes_here = ckpt_path is not None and (
+        ckpt_path in ("last", "hpc") or os.path.dirname(os.path.abspath(str(ckpt_path))) == os.path.abspath(folder)
+    )
+    if resumes_here or overwrite or slurm_requeue_resumes(default_root_dir):
+        return
+    check_fresh_run(folder)
+
+
+def open_run_folder(folder: str, overwrite: bool) -> RunFolderLock:
+    """Once every class is built and before any data is read: the folder must be writable, and no other ``fit`` may be
+    using it (the returned lock, held until ``release()`` or the process ends). With ``overwrite`` (``--overwrite true``
+    without ``--ckpt_path``) the earlier run's checkpoints are deleted, so the folder holds one run.
+
+    Args:
+        folder: the checkpoint folder (created when missing).
+        overwrite: delete the ``*.ckpt`` files already there.
+
+    Raises:
+        ValueError: the folder cannot be written, or another ``fit`` holds its lock.
+    """
+    check_writable(folder)
+    lock = RunFolderLock(folder).acquire()
+    if overwrite:
+        removed = remove_checkpoints(folder)
+        if removed:
+            rank_zero_info(f"--overwrite: deleted {len(removed)} checkpoint(s) of the earlier run in {folder}.")
+    return lock

@@ -179,7 +179,7 @@ class FSDP2Strategy(ModelParallelStrategy):
 
         optimizer = unwrap_optimizer(optimizer)  # a LightningOptimizer
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_optimizer_state_dict(self.model, optimizer, options=options)
+        state: dict[str, Any] = dict(get_optimizer_state_dict(self._sharded_model(), optimizer, options=options))
         if not state or not state.get("param_groups"):
             return state
         order = [name for group in state["param_groups"] for name in group["params"]]
@@ -201,13 +201,15 @@ class FSDP2Strategy(ModelParallelStrategy):
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only if trust else True)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        strict = self.lightning_module.strict_loading
+        module = self.lightning_module
+        strict = module.strict_loading if module is not None else True
         from lightning_gpt.io.checkpoint import torch_load
 
+        model = self._sharded_model()
         checkpoint = torch_load(path, map_location="cpu", trust_checkpoint=trust, mmap=True)
-        load_raw_module_state(checkpoint.pop("state_dict"), self.model, strict=strict)
+        load_raw_module_state(checkpoint.pop("state_dict"), model, strict=strict)
         options = StateDictOptions(broadcast_from_rank0=True, full_state_dict=True, strict=strict)
-        names = {param: name for name, param in self.model.named_parameters()}
+        names = {param: name for name, param in model.named_parameters()}
         for optimizer, state in zip(self.optimizers, checkpoint.get("optimizer_states", [])):
             order = [names[p] for group in optimizer.param_groups for p in group["params"]]
             groups = state.get("param_groups") or [{"params": []}]
@@ -216,8 +218,13 @@ class FSDP2Strategy(ModelParallelStrategy):
                     "state": {order[i]: value for i, value in state["state"].items()},
                     "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
                 }
-            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state, options=options)
+            set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=options)
         return checkpoint
+
+    def _sharded_model(self) -> torch.nn.Module:
+        if self.model is None:
+            raise RuntimeError("FSDP2Strategy has no model yet: load or save a checkpoint after the Trainer set it up.")
+        return self.model
 
     def mixed_precision_policy(self):  # -> Optional[MixedPrecisionPolicy]
         """The ``MixedPrecisionPolicy`` for ``fully_shard``, or ``None`` when no dtype is set."""

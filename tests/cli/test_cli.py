@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,55 +16,27 @@ import pytest
 import torch
 import yaml
 
-WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
+from tests.helpers import MORE_WORDS, write_corpus, yaml_factory
 
-
-def _corpus(path: Path, n_lines: int = 300) -> Path:
-    rng = random.Random(0)
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(n_lines)) + "\n")
-    return path
-
-
-def _config(tmp: Path, **overrides: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "seed_everything": 7,
-        "trainer": {
-            "default_root_dir": str(tmp / "run"),
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": 4,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "limit_val_batches": 2,
-            "val_check_interval": 2,
-            "check_val_every_n_epoch": None,
-        },
-        "model": {"config": {"block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32, "dropout": 0.1}},
-        "data": {"source": str(tmp / "corpus.txt"), "tokenizer": "char", "batch_size": 4, "cache_dir": str(tmp / "c")},
-        "lr_schedule": {"warmup_steps": 1, "decay_steps": 1000},
-        "sampling": {"every_n_steps": 100000},
-    }
-    for dotted, value in overrides.items():
-        node = cfg
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return cfg
+# This file's runs: validation every 2 steps, dropout on, a short fixed schedule (on tests/helpers.tiny_config).
+CLI_RUN: dict[str, Any] = {
+    "seed_everything": 7,
+    "trainer.limit_val_batches": 2,
+    "trainer.val_check_interval": 2,
+    "trainer.check_val_every_n_epoch": None,
+    "model.config.n_head": 4,
+    "model.config.dropout": 0.1,
+    "model.learning_rate": 3e-4,
+    "lr_schedule.warmup_steps": 1,
+    "lr_schedule.decay_steps": 1000,
+}
 
 
 @pytest.fixture
 def run_yaml(tmp_path):
-    _corpus(tmp_path / "corpus.txt")
-
-    def make(name: str = "run.yaml", **overrides: Any) -> str:
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(_config(tmp_path, **overrides), sort_keys=False))
-        return str(path)
-
-    return make
+    """``make(name="run.yaml", **dotted_overrides) -> str``: this file's run config (a str: argv for LightningCLI)."""
+    make = yaml_factory(tmp_path, write_corpus(tmp_path / "corpus.txt", n_lines=300, words=MORE_WORDS), **CLI_RUN)
+    return lambda *args, **overrides: str(make(*args, **overrides))
 
 
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.data import CharTokenizer
@@ -27,37 +26,18 @@ from lightning_gpt.training.callbacks import (
     num_parameters,
 )
 from lightning_gpt.training.module import GPTModule
+from tests import helpers
 
 TINY = dict(vocab_size=33, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
-class ToyData(pl.LightningDataModule):
-    def __init__(self, n: int = 64, T: int = 16, vocab: int = 29, batch_size: int = 4, tokenizer=None) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.tokens = torch.randint(0, vocab, (n, T + 1), generator=g)
-        self.batch_size = batch_size
-        self.tokenizer = tokenizer
-
-    def train_dataloader(self):
-        g = torch.Generator().manual_seed(1)
-        ds = TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:])
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=g)
+def ToyData(**kwargs):
+    """This file's data: 64 shuffled rows of 16 tokens below 29, in batches of 4."""
+    return helpers.ToyData(**{"vocab": 29, "batch_size": 4, "shuffle": True, **kwargs})
 
 
 def make_trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-        max_steps=6,
-    )
-    return pl.Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
+    return helpers.plain_trainer(tmp_path, callbacks, **{"max_steps": 6, **kwargs})
 
 
 class Recorder(pl.Callback):
@@ -153,7 +133,8 @@ def test_metrics_are_logged_on_logging_steps_only(tmp_path):
             seen.append((trainer.global_step, sorted(trainer.callback_metrics)))
 
     callbacks = [LRSchedule(warmup_steps=1), GradientClipping(), Grab()]
-    make_trainer(tmp_path, callbacks, max_steps=4, log_every_n_steps=2).fit(GPTModule(GPTConfig(**TINY)), ToyData())
+    module = GPTModule(GPTConfig(**TINY), default_callbacks=False)  # exactly the callbacks above
+    make_trainer(tmp_path, callbacks, max_steps=4, log_every_n_steps=2).fit(module, ToyData())
     expected = ["train/grad_norm", "train/loss", "train/lr", "train/ppl", "train/tokens_seen"]
     assert seen[0] == (1, []) and seen[1] == (2, expected)  # step 2 is a logging step
     assert seen[3] == (4, expected)
@@ -341,19 +322,17 @@ def test_throughput_monitor_logs_tokens_and_flops(tmp_path):
     torch.manual_seed(0)
     module = GPTModule(GPTConfig(**TINY))
     logger = CSVLogger(tmp_path)
-    make_trainer(tmp_path, [GPTThroughputMonitor(window_size=2)], max_steps=4, log_every_n_steps=1, logger=logger).fit(
-        module, ToyData()
-    )
+    monitor = GPTThroughputMonitor(peak_flops=1e12)  # a made-up peak: CPUs have none in Lightning's table
+    make_trainer(tmp_path, [monitor], max_steps=4, log_every_n_steps=2, logger=logger).fit(module, ToyData())
     assert module.flops_per_batch == flops_per_token(module.model, seq_len=16) * 4 * 16
     with open(Path(logger.log_dir) / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train/device/items_per_sec")]
-    assert rows, "throughput metrics were logged"
+        rows = [r for r in csv.DictReader(f) if r.get("train/tokens_per_sec")]
+    assert [int(r["step"]) for r in rows] == [1, 3]  # from the first logging step (global step 2; CSV counts from 0)
     for r in rows:
-        assert int(r["train/lengths"]) == int(r["train/samples"]) * 16  # items are tokens: 16 per row
-        items, samples = float(r["train/device/items_per_sec"]), float(r["train/device/samples_per_sec"])
-        assert items == pytest.approx(16 * samples)
-        flops, batches = float(r["train/device/flops_per_sec"]), float(r["train/device/batches_per_sec"])
-        assert flops == pytest.approx(module.flops_per_batch * batches, rel=1e-6)
+        tokens, flops, mfu = float(r["train/tokens_per_sec"]), float(r["train/flops_per_sec"]), float(r["train/mfu"])
+        assert tokens > 0
+        assert flops == pytest.approx(tokens * flops_per_token(module.model, seq_len=16), rel=1e-6)  # tokens x F/tok
+        assert mfu == pytest.approx(flops / 1e12, rel=1e-6)
 
 
 def test_samples_go_to_tensorboard_as_text(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
@@ -19,12 +18,13 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import MORE_WORDS, tiny_config, write_corpus
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
 ]
 
-WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
 
 # Imported by the child processes (PYTHONPATH=tmp dir): per-rank weight dumps and a rank that dies mid-fit.
 HELPERS = '''
@@ -87,28 +87,24 @@ class KillRank(Callback):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("dist")
-    rng = random.Random(0)
-    (tmp / "corpus.txt").write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(300)))
+    corpus = write_corpus(tmp / "corpus.txt", n_lines=300, words=MORE_WORDS)
     (tmp / "dist_helpers.py").write_text(HELPERS)
-    cfg = {
-        "seed_everything": 11,
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": 4,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
-            "limit_val_batches": 0,
+    cfg = tiny_config(
+        tmp / "run",  # each fit names its own --trainer.default_root_dir
+        corpus,
+        tmp / "c",
+        **{
+            "seed_everything": 11,
+            # dropout 0: each rank draws its own dropout masks, which a single process cannot reproduce
+            "model.config.n_head": 4,
+            "model.config.dropout": 0.0,
+            "model.learning_rate": 3e-4,
+            "lr_schedule.warmup_steps": 1,  # the same schedule whatever max_steps is
+            "lr_schedule.decay_steps": 100,
+            "checkpoint.every_n_train_steps": 2,
+            "checkpoint.save_top_k": -1,
         },
-        # dropout 0: each rank draws its own dropout masks, which a single process cannot reproduce
-        "model": {"config": {"block_size": 16, "n_layer": 2, "n_head": 4, "n_embd": 32, "dropout": 0.0}},
-        "data": {"source": str(tmp / "corpus.txt"), "tokenizer": "char", "batch_size": 4, "cache_dir": str(tmp / "c")},
-        "lr_schedule": {"warmup_steps": 1, "decay_steps": 100},  # the same schedule whatever max_steps is
-        "sampling": {"every_n_steps": 100000},
-        "checkpoint": {"every_n_train_steps": 2, "save_top_k": -1},
-    }
+    )
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     return tmp
 

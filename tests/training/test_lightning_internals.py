@@ -128,7 +128,7 @@ def test_overridden_private_methods_exist(class_path, names):
 
 
 def test_our_subclasses_override_exactly_the_listed_methods():
-    from lightning_gpt.cli.lightning_cli import GPTLightningCLI
+    from lightning_gpt.cli.fit import GPTLightningCLI
     from lightning_gpt.training.strategies import FSDP2Strategy
 
     assert "_prepare_subcommand_parser" in vars(GPTLightningCLI) and "_parse_ckpt_path" in vars(GPTLightningCLI)
@@ -143,3 +143,62 @@ def test_lightning_cli_calls_a_subcommand_method_of_the_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     assert "getattr(self, subcommand, default)" in inspect.getsource(LightningCLI._run_subcommand)
+
+
+def test_rich_available():
+    import importlib.util
+
+    assert internals.rich_available() == (importlib.util.find_spec("rich") is not None)
+
+
+def test_rich_progress_bar_internals(tmp_path):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class Bar(RichProgressBar):
+        seen: list = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            internals.update_progress_task(self, self.train_progress_bar_id, 2.5)
+            internals.update_progress_metrics(self, trainer, pl_module)
+            task = self.progress.tasks[self.train_progress_bar_id]
+            tasks_before = len(self.progress.tasks)
+            internals.add_train_progress_task(self)
+            self.seen.append(
+                (
+                    internals.progress_console(self) is not None,
+                    internals.batches_ready_this_epoch(trainer),
+                    task.completed,
+                    len(self.progress.tasks) - tasks_before,
+                )
+            )
+
+    bar = Bar()
+    assert internals.progress_console(bar) is None  # not started
+    trainer = pl.Trainer(max_steps=2, callbacks=[bar], logger=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(_Tiny())
+    assert bar.seen == [(True, 1, 2.5, 1), (True, 2, 2.5, 1)]
+
+
+def test_summary_columns():
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    columns = dict(internals.summary_columns(summarize(_Tiny(), max_depth=1)))
+    assert columns["Name"] == ["layer"] and columns["Type"] == ["Linear"] and columns["Params"][0].strip() == "5"
+
+
+def test_lightning_cli_internals(run_yaml, monkeypatch):
+    import sys
+
+    from lightning_gpt.cli.fit import GPTLightningCLI
+    from lightning_gpt.training import GPTModule
+
+    monkeypatch.setattr(sys, "argv", ["lightning-gpt"])
+    cli = GPTLightningCLI(args=["validate", "--config", str(run_yaml()), "--trainer.limit_val_batches", "0"])
+    assert internals.cli_model_class(cli) is GPTModule
+    assert internals.cli_subcommand_parser(cli, None) is cli.parser
+    parser = internals.cli_subcommand_parser(cli, "validate")
+    assert parser is not cli.parser and parser.get_defaults()["trainer.max_steps"] == -1
+    assert internals.cli_value(cli, cli.config, "trainer.max_steps") == 4  # the validate section of the config
+    assert internals.cli_value(cli, cli.config, "no.such.key", default="x") == "x"
+    assert "model.config" in {action.dest for action in internals.parser_actions(parser)}

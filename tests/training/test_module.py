@@ -13,42 +13,14 @@ from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.data import CharTokenizer
 from lightning_gpt.io.checkpoint import load_checkpoint
 from lightning_gpt.training.module import GPTModule
-
-TINY = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
+from tests.helpers import TINY_GPT as TINY
+from tests.helpers import ToyDataWithVal as ToyData
+from tests.helpers import plain_trainer as trainer
 
 
 def ToyTokenizer():
     """The package's character tokenizer over a small alphabet (ids 0..28 for chars, then 4 specials)."""
     return CharTokenizer("abcdefghijklmnopqrstuvwxyz .\n")
-
-
-class ToyData(pl.LightningDataModule):
-    def __init__(self, n: int = 64, T: int = 16, vocab: int = 32, batch_size: int = 8, tokenizer=None) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.tokens = torch.randint(0, vocab, (n, T + 1), generator=g)
-        self.batch_size = batch_size
-        self.tokenizer = tokenizer
-
-    def train_dataloader(self):
-        return DataLoader(TensorDataset(self.tokens[:, :-1], self.tokens[:, 1:]), batch_size=self.batch_size)
-
-    def val_dataloader(self):
-        return DataLoader(TensorDataset(self.tokens[:16, :-1], self.tokens[:16, 1:]), batch_size=self.batch_size)
-
-
-def trainer(tmp_path, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
 
 
 class LossRecorder(pl.Callback):
@@ -62,7 +34,7 @@ class LossRecorder(pl.Callback):
 def test_loss_decreases_on_a_repeated_batch(tmp_path):
     torch.manual_seed(0)
     data = ToyData(n=8, batch_size=8)
-    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0)
+    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0, default_callbacks=False)  # plain AdamW
     rec = LossRecorder()
     trainer(tmp_path, max_steps=20, callbacks=[rec]).fit(module, data)
     assert len(rec.losses) == 20
@@ -483,7 +455,9 @@ def test_a_short_last_accumulation_window_is_weighted_by_its_own_tokens(tmp_path
 def _fit_losses(tmp_path, steps: int, **module_kwargs) -> tuple[GPTModule, list[float]]:
     torch.manual_seed(0)
     precision = module_kwargs.pop("precision", "32-true")
-    module = GPTModule(GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0, **module_kwargs)
+    module = GPTModule(
+        GPTConfig(**TINY), learning_rate=3e-3, weight_decay=0.0, default_callbacks=False, **module_kwargs
+    )
     rec = LossRecorder()
     trainer(tmp_path, max_steps=steps, callbacks=[rec], precision=precision).fit(module, ToyData(n=8, batch_size=8))
     return module, rec.losses

@@ -21,6 +21,7 @@ from lightning_gpt.training.callbacks import (
 )
 from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
 from lightning_gpt.training.module import GPTModule
+from tests.helpers import plain_trainer
 
 CONFIG = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
 
@@ -102,17 +103,12 @@ def run(tmp_path, make_data, *, max_steps=20, stop_at=None, ckpt_path=None, samp
         )
     if stop_at is not None:
         callbacks.append(StopAt(stop_at))
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = plain_trainer(
+        tmp_path,
+        callbacks,
         max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
+        enable_checkpointing=True,
         plugins=[AtomicCheckpointIO()],
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=0,
         **trainer_kwargs,
     )
     module = GPTModule(GPTConfig(**CONFIG), learning_rate=3e-3)
@@ -188,16 +184,9 @@ def fit_text(root, corpus, *, max_steps, ckpt_path=None, validate=True, every_n_
     checkpoint = ModelCheckpoint(
         dirpath=root / "ckpt", save_last=True, save_top_k=-1, every_n_train_steps=every_n_train_steps
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[LRSchedule(warmup_steps=3, min_lr_ratio=0.1), NonFiniteGuard(), checkpoint, rec],
-        plugins=[AtomicCheckpointIO()],
-        default_root_dir=root,
-        num_sanity_val_steps=0,
+    callbacks = [LRSchedule(warmup_steps=3, min_lr_ratio=0.1), NonFiniteGuard(), checkpoint, rec]
+    trainer = plain_trainer(
+        root, callbacks, max_steps=max_steps, enable_checkpointing=True, plugins=[AtomicCheckpointIO()]
     )
     data = TextDataModule(
         source=str(corpus),
@@ -322,7 +311,7 @@ def test_ctrl_c_during_gradient_accumulation_saves_at_the_end_of_the_step_and_re
     (a mid-step checkpoint would lose the gradients accumulated so far), and resuming from it is exact."""
     import signal
 
-    from lightning_gpt.cli.lightning_cli import InterruptCheckpoint
+    from lightning_gpt.training.callbacks.interrupt import InterruptCheckpoint
 
     class CtrlCAt(pl.Callback):
         def __init__(self, batch_idx: int) -> None:
@@ -342,15 +331,9 @@ def test_ctrl_c_during_gradient_accumulation_saves_at_the_end_of_the_step_and_re
     def fit(root, max_steps, *extra, ckpt_path=None):
         pl.seed_everything(1234, verbose=False)
         rec = MicroBatchLosses()
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            max_steps=max_steps,
-            accumulate_grad_batches=2,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[ModelCheckpoint(dirpath=root, save_last=True), InterruptCheckpoint(), rec, *extra],
-            default_root_dir=root,
+        callbacks = [ModelCheckpoint(dirpath=root, save_last=True), InterruptCheckpoint(), rec, *extra]
+        trainer = plain_trainer(
+            root, callbacks, max_steps=max_steps, accumulate_grad_batches=2, enable_checkpointing=True
         )
         module = GPTModule(GPTConfig(**CONFIG), learning_rate=3e-3)
         trainer.fit(module, RandomTokenData(), ckpt_path=ckpt_path)

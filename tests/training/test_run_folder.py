@@ -4,62 +4,31 @@ re-running ``fit`` into a used folder, the folder lock, an unwritable folder, an
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import yaml
 
 from lightning_gpt.training.run_folder import RunFolderLock, inspect_checkpoint, resolve_last_checkpoint
+from tests.helpers import MORE_WORDS, write_corpus, yaml_factory
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
+# This file's runs (on tests/helpers.tiny_config): no validation, a short fixed schedule.
+RUN = {
+    "seed_everything": 7,
+    "model.learning_rate": 3e-4,
+    "lr_schedule.warmup_steps": 1,
+    "lr_schedule.decay_steps": 1000,
+}
 
 
 @pytest.fixture
 def run_yaml(tmp_path):
     """``make(name, **dotted_overrides) -> path`` of a tiny fit config writing to ``tmp_path/run``."""
-    rng = random.Random(0)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(300)) + "\n")
-
-    def make(name: str = "run.yaml", **overrides: Any) -> str:
-        cfg: dict[str, Any] = {
-            "seed_everything": 7,
-            "trainer": {
-                "default_root_dir": str(tmp_path / "run"),
-                "accelerator": "cpu",
-                "devices": 1,
-                "max_steps": 4,
-                "logger": False,
-                "enable_progress_bar": False,
-                "enable_model_summary": False,
-                "num_sanity_val_steps": 0,
-                "limit_val_batches": 0,
-            },
-            "model": {"config": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32}},
-            "data": {"source": str(corpus), "tokenizer": "char", "batch_size": 4, "cache_dir": str(tmp_path / "c")},
-            "lr_schedule": {"warmup_steps": 1, "decay_steps": 1000},
-            "sampling": {"every_n_steps": 100000},
-        }
-        for dotted, value in overrides.items():
-            node = cfg
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            if value is None:
-                node.pop(leaf, None)
-            else:
-                node[leaf] = value
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        return str(path)
-
-    return make
+    return yaml_factory(tmp_path, write_corpus(tmp_path / "corpus.txt", n_lines=300, words=MORE_WORDS), **RUN)
 
 
 def _step(path: Path) -> int:
@@ -263,12 +232,11 @@ def test_a_requeued_slurm_job_is_not_refused(tmp_path, monkeypatch):
     ``hpc_ckpt_*.ckpt``: that rerun is a resume, not a new run over the old one."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    from lightning_gpt.cli.lightning_cli import _slurm_requeue_resumes
+    from lightning_gpt.training.run_folder import slurm_requeue_resumes
 
-    cfg = {"trainer.default_root_dir": str(tmp_path)}
     monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: True))
-    assert not _slurm_requeue_resumes(cfg)
+    assert not slurm_requeue_resumes(str(tmp_path))
     (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"")
-    assert _slurm_requeue_resumes(cfg)
+    assert slurm_requeue_resumes(str(tmp_path))
     monkeypatch.setattr(SLURMEnvironment, "detect", staticmethod(lambda: False))
-    assert not _slurm_requeue_resumes(cfg)
+    assert not slurm_requeue_resumes(str(tmp_path))

@@ -1,4 +1,5 @@
-"""Training callbacks: gradient clipping, LR schedule, sample generation, non-finite guard, throughput/MFU.
+"""Training callbacks: gradient clipping, LR schedule, sample generation, non-finite guard, throughput/MFU, loss curve,
+progress, the Ctrl-C/SIGTERM checkpoint; ``defaults.DEFAULT_CALLBACKS``: the ones ``GPTModule`` adds by default.
 
 Lightning's own ``ModelCheckpoint``, ``LearningRateMonitor``, ``ThroughputMonitor`` and progress bars are re-exported
 so a YAML can name them from one place.
@@ -15,6 +16,8 @@ from lightning.pytorch.callbacks import (
 )
 
 from lightning_gpt.training.callbacks.clipping import GradientClipping, clip_grad_norm
+from lightning_gpt.training.callbacks.defaults import DEFAULT_CALLBACKS
+from lightning_gpt.training.callbacks.interrupt import InterruptCheckpoint
 from lightning_gpt.training.callbacks.loss_curve import LossCurve
 from lightning_gpt.training.callbacks.lr_schedule import LRSchedule, lr_at
 from lightning_gpt.training.callbacks.nonfinite import NonFiniteError, NonFiniteGuard
@@ -23,10 +26,12 @@ from lightning_gpt.training.callbacks.sampling import SampleGeneration
 from lightning_gpt.training.callbacks.throughput import GPTThroughputMonitor, flops_per_token, num_parameters
 
 __all__ = [
+    "DEFAULT_CALLBACKS",
     "GPTModelSummary",
     "GPTProgressBar",
     "GPTThroughputMonitor",
     "GradientClipping",
+    "InterruptCheckpoint",
     "JSONLPredictionWriter",
     "LRSchedule",
     "LossCurve",

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_gpt.training.module import is_logging_step
+from lightning_gpt.training._lightning_internals import should_update_logs
 
 __all__ = ["LossCurve", "plot_loss_curve"]
 
@@ -40,7 +40,7 @@ class LossCurve(Callback):
         self.val: list[tuple[int, float]] = []
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if not trainer.is_global_zero or not is_logging_step(trainer):
+        if not trainer.is_global_zero or not should_update_logs(trainer):
             return
         loss = _scalar(trainer.callback_metrics.get("train/loss"))
         if loss is not None and (not self.train or self.train[-1][0] < trainer.global_step):

@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from lightning_gpt.training.module import is_logging_step
+from lightning_gpt.training._lightning_internals import should_update_logs
 
 __all__ = ["LRSchedule", "lr_at"]
 
@@ -63,7 +63,8 @@ class LRSchedule(Callback):
 
     Args:
         warmup_steps: steps of linear warmup.
-        decay_steps: step where the decay reaches the floor; ``None`` uses ``Trainer(max_steps)``.
+        decay_steps: step where the decay reaches the floor; ``None`` uses ``Trainer(max_steps)``, or without it the
+            optimizer steps of ``Trainer(max_epochs)`` (``trainer.estimated_stepping_batches``).
         min_lr: the floor (absolute, for the group with the module's ``learning_rate``; other groups scale alike).
             ``None`` uses ``min_lr_ratio``.
         min_lr_ratio: the floor as a fraction of the peak rate when ``min_lr`` is not given.
@@ -80,25 +81,21 @@ class LRSchedule(Callback):
         schedule: Literal["cosine", "linear", "constant"] = "cosine",
         log: bool = True,
     ) -> None:
-        if schedule not in SCHEDULES:
-            raise ValueError(f"LRSchedule.schedule must be one of {SCHEDULES}, got {schedule!r}.")
-        if warmup_steps < 0:
-            raise ValueError(f"LRSchedule.warmup_steps must be >= 0, got {warmup_steps!r}.")
-        if decay_steps is not None and decay_steps < warmup_steps:
-            raise ValueError(
-                f"LRSchedule.decay_steps ({decay_steps}) must be >= warmup_steps ({warmup_steps}): the decay starts "
-                "after the warmup."
-            )
-        if min_lr is not None and min_lr < 0:
-            raise ValueError(f"LRSchedule.min_lr must be >= 0, got {min_lr!r}.")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"LRSchedule.min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}.")
-        self.warmup_steps = warmup_steps
-        self.decay_steps = decay_steps
-        self.min_lr = min_lr
-        self.min_lr_ratio = min_lr_ratio
-        self.schedule = schedule
-        self.log = log
+        problems = {
+            "schedule": (schedule not in SCHEDULES, f"must be one of {SCHEDULES}, got {schedule!r}"),
+            "warmup_steps": (warmup_steps < 0, f"must be >= 0, got {warmup_steps!r}"),
+            "decay_steps": (
+                decay_steps is not None and decay_steps < warmup_steps,
+                f"({decay_steps}) must be >= warmup_steps ({warmup_steps}): the decay starts after the warmup",
+            ),
+            "min_lr": (min_lr is not None and min_lr < 0, f"must be >= 0, got {min_lr!r}"),
+            "min_lr_ratio": (not 0.0 <= min_lr_ratio <= 1.0, f"must be in [0, 1], got {min_lr_ratio!r}"),
+        }
+        for name, (bad, what) in problems.items():
+            if bad:
+                raise ValueError(f"LRSchedule.{name} {what}.")
+        self.warmup_steps, self.decay_steps, self.schedule, self.log = warmup_steps, decay_steps, schedule, log
+        self.min_lr, self.min_lr_ratio = min_lr, min_lr_ratio
         self._used_decay_steps: Optional[int] = None
         self._saved_decay_steps: Optional[int] = None
 
@@ -107,12 +104,21 @@ class LRSchedule(Callback):
             return self.decay_steps
         if self.schedule == "constant":
             return self.warmup_steps
-        if trainer.max_steps is None or trainer.max_steps < 0:
+        return max(self._run_length(trainer), self.warmup_steps)
+
+    @staticmethod
+    def _run_length(trainer: "pl.Trainer") -> int:
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            return trainer.max_steps
+        # No max_steps: the optimizer steps of Trainer(max_epochs) over the training data, when they are known.
+        steps = trainer.estimated_stepping_batches
+        if math.isinf(steps):
             raise ValueError(
-                "LRSchedule(decay_steps=None) takes the decay length from Trainer(max_steps), which is not set. Set "
-                "LRSchedule(decay_steps=...) or Trainer(max_steps=...)."
+                "LRSchedule(decay_steps=None) takes the decay length from Trainer(max_steps), which is not set, and "
+                "the number of steps of Trainer(max_epochs) is unknown (the training data has no length). Set "
+                "LRSchedule(decay_steps=...) (--lr_schedule.decay_steps) or Trainer(max_steps=...)."
             )
-        return max(trainer.max_steps, self.warmup_steps)
+        return int(steps)
 
     def state_dict(self) -> dict[str, Any]:
         """The decay length in use (checked against the new run's when resuming)."""
@@ -124,6 +130,8 @@ class LRSchedule(Callback):
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         saved, self._saved_decay_steps = self._saved_decay_steps, None
         decay_steps = self._used_decay_steps = self._decay_steps(trainer)
+        if self.schedule != "constant" and trainer.global_step == 0:
+            self._check_warmup(self.decay_steps if self.decay_steps is not None else self._run_length(trainer))
         if saved is None or saved == decay_steps or self.schedule == "constant" or not trainer.optimizers:
             return
         step = trainer.global_step
@@ -136,13 +144,21 @@ class LRSchedule(Callback):
             f"{saved} (the rate stays at its floor after that step); to decay over the new length, ignore this warning."
         )
 
-    def _first_lr(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", decay_steps: int) -> float:
-        group = trainer.optimizers[0].param_groups[0]
+    def _check_warmup(self, end: int) -> None:
+        if 0 < end <= self.warmup_steps:
+            rank_zero_warn(
+                f"LRSchedule: the warmup ({self.warmup_steps} steps) lasts at least the whole run ({end} steps): the "
+                "learning rate never reaches its peak. Set a shorter warmup (--lr_schedule.warmup_steps) or train "
+                "longer."
+            )
+
+    def _group_lr(self, step: int, group: dict[str, Any], reference: Optional[float], decay_steps: int) -> float:
+        """The rate of one param group at ``step``: its peak is its ``initial_lr``; the floor is ``min_lr`` scaled
+        like the group (against the module's ``learning_rate``), else ``min_lr_ratio`` of its peak."""
         base = group.get("initial_lr", group["lr"])
-        reference = getattr(pl_module, "learning_rate", None)
         ratio = self.min_lr / (reference if reference else base) if self.min_lr is not None else self.min_lr_ratio
         return lr_at(
-            trainer.global_step,
+            step,
             base_lr=base,
             warmup_steps=self.warmup_steps,
             decay_steps=decay_steps,
@@ -150,24 +166,22 @@ class LRSchedule(Callback):
             schedule=self.schedule,
         )
 
-    def on_train_batch_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch, batch_idx) -> None:
-        decay_steps = self._used_decay_steps = self._decay_steps(trainer)
+    def _first_lr(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", decay_steps: int) -> float:
+        group = trainer.optimizers[0].param_groups[0]
+        return self._group_lr(trainer.global_step, group, getattr(pl_module, "learning_rate", None), decay_steps)
+
+    def on_train_batch_start(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
+    ) -> None:
+        decay_steps = self._used_decay_steps
+        if decay_steps is None:  # on_train_start sets it; a hand-driven loop may not call it
+            decay_steps = self._used_decay_steps = self._decay_steps(trainer)
         reference = getattr(pl_module, "learning_rate", None)
         first_lr = None
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
-                base = group.setdefault("initial_lr", group["lr"])
-                ratio = self.min_lr_ratio
-                if self.min_lr is not None:
-                    ratio = self.min_lr / (reference if reference else base)
-                group["lr"] = lr_at(
-                    trainer.global_step,
-                    base_lr=base,
-                    warmup_steps=self.warmup_steps,
-                    decay_steps=decay_steps,
-                    min_lr=base * ratio,
-                    schedule=self.schedule,
-                )
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = self._group_lr(trainer.global_step, group, reference, decay_steps)
                 first_lr = group["lr"] if first_lr is None else first_lr
-        if self.log and first_lr is not None and is_logging_step(trainer):
+        if self.log and first_lr is not None and should_update_logs(trainer):
             pl_module.log("train/lr", first_lr)

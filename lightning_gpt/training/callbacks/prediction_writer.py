@@ -125,11 +125,11 @@ class JSONLPredictionWriter(BasePredictionWriter):
 
     def _inputs(self, trainer: Trainer, batch_indices: Optional[Sequence[int]], n_records: int) -> list[dict[str, Any]]:
         """The input record of each output record (``num_return_sequences`` outputs share one input)."""
-        source = getattr(trainer, "datamodule", None)
-        if not self.carry_input_fields or not batch_indices or not hasattr(source, "input_record"):
+        input_record = getattr(getattr(trainer, "datamodule", None), "input_record", None)
+        if not self.carry_input_fields or not batch_indices or not callable(input_record):
             return []
         per_input = max(1, n_records // len(batch_indices))
-        return [source.input_record(int(batch_indices[i // per_input])) for i in range(n_records)]
+        return [input_record(int(batch_indices[i // per_input])) for i in range(n_records)]
 
     @override
     def on_predict_batch_end(

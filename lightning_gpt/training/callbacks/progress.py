@@ -22,9 +22,19 @@ from typing import Any, Optional
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.callbacks.progress.rich_progress import RichProgressBar
-from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
-from lightning.pytorch.utilities.model_summary import get_human_readable_count
+from lightning.pytorch.utilities.model_summary import get_human_readable_count, summarize
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from lightning_gpt.training._lightning_internals import (
+    add_train_progress_task,
+    attached_trainer,
+    batches_ready_this_epoch,
+    progress_console,
+    rich_available,
+    summary_columns,
+    update_progress_metrics,
+    update_progress_task,
+)
 
 __all__ = ["GPTProgressBar", "GPTModelSummary", "stdout_is_terminal"]
 
@@ -67,7 +77,7 @@ class GPTProgressBar(RichProgressBar):
     # -- plain lines --------------------------------------------------------------------------------------------------
 
     def _interval(self, trainer: Trainer) -> int:
-        return max(1, int(self.every_n_steps or trainer.log_every_n_steps or 50))
+        return max(1, int(self.every_n_steps or getattr(trainer, "log_every_n_steps", None) or 50))
 
     def _step_text(self, trainer: Trainer) -> str:
         total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
@@ -102,7 +112,7 @@ class GPTProgressBar(RichProgressBar):
             return
         now = time.perf_counter()
         steps, elapsed = step - self._last_step, max(now - self._last_time, 1e-9)
-        tokens = (int(getattr(pl_module, "tokens_seen", 0)) - self._last_tokens) * trainer.world_size
+        tokens = int(getattr(pl_module, "tokens_seen", 0)) - self._last_tokens  # target tokens, already all ranks
         parts = [self._step_text(trainer) + ":"]
         loss = _float(trainer.callback_metrics.get("train/loss"))
         if loss is not None:
@@ -130,22 +140,24 @@ class GPTProgressBar(RichProgressBar):
     def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
         """Print above the bar (on its own line, never glued to it), or as plain lines when there is no bar."""
         text = sep.join(str(a) for a in args)
-        if self.plain_lines or self.progress is None or self._console is None:
+        console = progress_console(self)
+        if self.plain_lines or self.progress is None or console is None:
             self._write(text)
         else:
-            self._console.print(text, markup=False, highlight=False)
+            console.print(text, markup=False, highlight=False)
 
     # -- the bar in a terminal: optimizer steps, not batches of an unbounded epoch -------------------------------------
 
     def _stepwise(self) -> bool:
-        return self._trainer is not None and self.trainer.max_steps is not None and self.trainer.max_steps > 0
+        trainer = attached_trainer(self)
+        return trainer is not None and trainer.max_steps is not None and trainer.max_steps > 0
 
     @property
     def total_train_batches(self) -> Any:
         """``max_steps`` when training is bounded by steps, else the batches of one epoch."""
         return self.trainer.max_steps if self._stepwise() else super().total_train_batches
 
-    def _get_train_description(self, current_epoch: int) -> str:
+    def _get_train_description(self, current_epoch: int) -> str:  # overrides RichProgressBar's (OVERRIDDEN)
         if self._stepwise():
             text = "Step"
         elif self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
@@ -165,10 +177,10 @@ class GPTProgressBar(RichProgressBar):
         if self.is_disabled:
             return
         if self.train_progress_bar_id is None:  # resumed mid-epoch
-            self._initialize_train_progress_bar_id()
-        done = trainer.global_step if self._stepwise() else trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        self._update(self.train_progress_bar_id, done)
-        self._update_metrics(trainer, pl_module)
+            add_train_progress_task(self)
+        done = trainer.global_step if self._stepwise() else batches_ready_this_epoch(trainer)
+        update_progress_task(self, self.train_progress_bar_id, done)
+        update_progress_metrics(self, trainer, pl_module)
         self.refresh()
 
 
@@ -178,13 +190,18 @@ class GPTModelSummary(ModelSummary):
 
     Args:
         max_depth: depth of nested layers shown (``-1``: all, ``0``: no summary).
+        summarize_kwargs: forwarded to Lightning's ``ModelSummary``.
     """
 
+    def __init__(self, max_depth: int = 1, **summarize_kwargs: Any) -> None:
+        super().__init__(max_depth, **summarize_kwargs)
+        self.max_depth = max_depth
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._max_depth or not trainer.is_global_zero:
+        if not self.max_depth or not trainer.is_global_zero:
             return
-        summary = self._summary(trainer, pl_module)
-        data = [(name, values) for name, values in summary._get_summary_data() if name not in ("FLOPs",)]
+        summary = summarize(pl_module, max_depth=self.max_depth)
+        data = [(name, values) for name, values in summary_columns(summary) if name not in ("FLOPs",)]
         lines = _table(data)
         lines.append(f"Trainable params: {get_human_readable_count(summary.trainable_parameters)}")
         lines.append(f"Total params: {get_human_readable_count(summary.total_parameters)}")
@@ -222,7 +239,7 @@ def default_progress_callbacks(trainer_cfg: dict[str, Any], callbacks: list[Any]
 
     extra: list[Any] = []
     if trainer_cfg.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-        if _RICH_AVAILABLE:
+        if rich_available():
             extra.append(GPTProgressBar())
     if trainer_cfg.get("enable_model_summary") is not False and not any(isinstance(c, _Summary) for c in callbacks):
         extra.append(GPTModelSummary())

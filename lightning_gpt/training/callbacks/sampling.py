@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_gpt.generation.config import SAMPLE_CALLBACK_DEFAULTS, GenerationConfig
 from lightning_gpt.seeding import derive_seed
+from lightning_gpt.training.parallelize import is_sharded
 
 __all__ = ["SampleGeneration"]
 
@@ -98,8 +99,7 @@ class SampleGeneration(Callback):
         if tokenizer is None or model is None:
             rank_zero_info("SampleGeneration: the module has no tokenizer or model yet; skipping samples.")
             return []
-        sharded = getattr(model, "_lightning_gpt_sharded", False)
-        if not (trainer.is_global_zero or sharded):
+        if not (trainer.is_global_zero or is_sharded(model)):
             return []
         from lightning_gpt.generation.text import generate_text
 
@@ -135,15 +135,15 @@ class SampleGeneration(Callback):
         for i, r in enumerate(results):
             lines.append(f"[{i}] {r['prompt']}{r['completion']}")
         bar = trainer.progress_bar_callback
-        if bar is not None and getattr(bar, "is_enabled", False) or getattr(bar, "plain_lines", False):
+        if bar is not None and (getattr(bar, "is_enabled", False) or getattr(bar, "plain_lines", False)):
             bar.print("\n" + "\n".join(lines))  # above the bar, on lines of its own (never glued to the bar line)
         else:
             rank_zero_info("\n".join(lines))
         for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_text"):  # TensorBoard
+            add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
+            if callable(add_text):  # TensorBoard
                 for i, r in enumerate(results):
-                    experiment.add_text(f"samples/{i}", f"**{r['prompt']}**{r['completion']}", global_step=step)
+                    add_text(f"samples/{i}", f"**{r['prompt']}**{r['completion']}", global_step=step)
             elif type(logger).__name__ == "CSVLogger" and logger.log_dir:
                 path = os.path.join(logger.log_dir, "samples.csv")
                 os.makedirs(logger.log_dir, exist_ok=True)
