@@ -38,6 +38,7 @@ SUBCOMMANDS = (
     ("predict", "decode a file of prompts (text or JSONL) in batches into a JSONL file"),
     ("generate", "stream one completion of a prompt from a checkpoint to the terminal"),
     ("export", "write a checkpoint's model out for use elsewhere (see lightning-gpt export --help)"),
+    ("serve", "serve a checkpoint over HTTP: OpenAI-compatible /v1/completions, batched (needs the serve extra)"),
 )
 
 
@@ -81,6 +82,11 @@ def main(args: Optional[list[str]] = None) -> None:
             from lightning_gpt.cli.generate import generate_command
 
             generate_command(argv[1:])
+            return
+        if argv and argv[0] == "serve":
+            from lightning_gpt.cli.serve import serve_command
+
+            serve_command(argv[1:])
             return
         if argv and argv[0] == "export":
             from lightning_gpt.cli.export import export_command
