@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Generator, Iterator, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,7 @@ class _Group:
     settings: dict[str, Any]
     rows: list[_Row] = field(default_factory=list)
     beam: bool = False
-    stream: Optional[Iterator[Tensor]] = None
+    stream: Optional[Generator[Tensor, None, None]] = None
 
     def width(self) -> int:
         """Padded prompt length plus the most new tokens: the context the group needs."""
@@ -170,9 +170,10 @@ def _start(group: _Group, model: nn.Module, tokenizer: Any, device: torch.device
     # EOS and stop rules are applied per row by ``_Row.push``; the engine decodes until every row is done.
     config = GenerationConfig(**settings)
     pad = getattr(tokenizer, "pad_id", None)
-    group.stream = stream_generate(
+    stream = stream_generate(
         model, input_ids.to(device), config, attention_mask=mask.to(device), eos_token_id=None, pad_token_id=pad
     )
+    group.stream = cast(Generator[Tensor, None, None], stream)  # a generator: close() frees its cache early
 
 
 def _run_beams(group: _Group, job: dict[str, Any], model: nn.Module, tokenizer: Any) -> None:
@@ -223,7 +224,7 @@ def decode_jobs(
     if is_cancelled is None:
         is_cancelled = state.is_cancelled if state is not None else (lambda seq: False)
     device = next(model.parameters()).device
-    block_size = int(model.config.block_size)
+    block_size = int(cast(Any, model).config.block_size)
     eos_id = getattr(tokenizer, "eos_id", None)
     pending = _groups(jobs, block_size, max_batch_rows)
     rows_of = {j: [r for g in pending for r in g.rows if r.job == j] for j in range(len(jobs))}

@@ -105,7 +105,7 @@ def build_server(
             "written by lightning-gpt fit (it stores the tokenizer) or an export folder with its tokenizer."
         )
     name = model_name or default_model_name(ckpt_path)
-    info = {
+    info: dict[str, Any] = {
         "model_name": name,
         "ckpt_path": str(path),
         "block_size": int(model.config.block_size),
@@ -154,6 +154,11 @@ def _resolve_device(device: str) -> str:
         raise ValueError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:1.") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: CUDA is not available on this machine. Use --device cpu (or auto).")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise ValueError(
+            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s). Use --device cuda:0."
+        )
     return device
 
 

@@ -4,9 +4,9 @@ LitServe (0.2.x) carries requests to the worker and responses back, but has no c
 disconnects, the HTTP process forgets the request while the worker goes on generating for nobody. ``SharedState``
 is that missing channel, in shared memory (no extra process, no lock, no round trip per check): the HTTP side draws a
 request number from ``next_seq`` and, when its client goes away, calls ``cancel(seq)``; the worker asks
-``is_cancelled(seq)`` before every decoding step and drops the request's rows. The worker also counts what it did (generated tokens, batches,
-the largest batch), which ``GET /stats`` reads: a way to see from outside that batching happens and that a cancelled
-generation stops.
+``is_cancelled(seq)`` before every decoding step and drops the request's rows. The worker also counts what it did
+(generated tokens, batches, the largest batch), which ``GET /stats`` reads: a way to see from outside that batching
+happens and that a cancelled generation stops.
 """
 
 from __future__ import annotations
