@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--min_prompt", type=int, default=8)
     parser.add_argument("--max_prompt", type=int, default=32)
     parser.add_argument("--max_batch_sizes", default="16,1", help="one server run per value, in this order")
-    parser.add_argument("--batch_timeout", type=float, default=0.01)
+    parser.add_argument("--batch_timeout", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are compared")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server's worker")
     parser.add_argument("--vocab_size", type=int, default=50257)

@@ -40,8 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--batch_timeout",
         type=float,
-        default=0.01,
-        help="seconds to wait for more requests to join a batch once one has arrived (default 0.01)",
+        default=0.05,
+        help="seconds the worker gathers queued requests into a batch before decoding it (stops early at "
+        "--max_batch_size; default 0.05)",
     )
     add("--max_batch_rows", type=int, default=64, help="most sequences in one forward pass (default 64)")
     add("--max_rows_per_request", type=int, default=16, help="most sequences (prompts x n) per request (default 16)")

@@ -1,8 +1,8 @@
 """The inference worker of ``lightning-gpt serve``: a LitServe ``LitAPI`` that decodes batches of requests.
 
 LitServe runs this object in its own (spawned) process: ``setup`` loads the checkpoint there, then its batched
-streaming loop collects up to ``max_batch_size`` queued requests (waiting at most ``batch_timeout`` seconds for them
-to arrive) and iterates ``predict`` over them, sending each request its update after every step. ``predict`` is
+streaming loop collects up to ``max_batch_size`` queued requests (during at most ``batch_timeout`` seconds) and
+iterates ``predict`` over them, sending each request its update after every step. ``predict`` is
 ``lightning_gpt.serve.batching.decode_jobs``. The requests were checked on the HTTP side (``CompletionsSpec``), so
 ``decode_request`` passes them through.
 """
@@ -32,7 +32,7 @@ class GPTServeAPI(ls.LitAPI):
         spec: the routes (``CompletionsSpec``).
         state: counters and cancellations shared with the HTTP processes.
         max_batch_size: the most requests decoded together.
-        batch_timeout: seconds to wait for more requests once one has arrived.
+        batch_timeout: seconds the worker gathers queued requests into a batch before decoding it.
         max_batch_rows: the most rows (prompts x choices) in one forward pass.
         device: the torch device to decode on (``cpu``, ``cuda``, ``cuda:1``).
         dtype: cast the weights to this dtype (``bfloat16``...), or ``None`` to keep the checkpoint's.
@@ -47,7 +47,7 @@ class GPTServeAPI(ls.LitAPI):
         spec: CompletionsSpec,
         state: SharedState,
         max_batch_size: int = 16,
-        batch_timeout: float = 0.01,
+        batch_timeout: float = 0.05,
         max_batch_rows: int = 64,
         device: str = "cpu",
         dtype: Optional[str] = None,
