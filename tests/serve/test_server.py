@@ -212,6 +212,12 @@ def test_a_bad_request_is_a_4xx_naming_the_field_and_the_server_goes_on(server, 
     assert ok == 200 and good["choices"][0]["text"] == reference(["hello"], max_new_tokens=3)[0]["completion"]
 
 
+def test_a_body_over_the_size_limit_is_refused_and_the_server_goes_on(server):
+    status, answer = server.post("/v1/completions", None, raw=b'{"prompt": "' + b"x" * (5 * 1024 * 1024) + b'"}')
+    assert status == 413, answer
+    assert server.healthy()
+
+
 def test_the_openai_client_sees_bad_requests_as_its_own_errors(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="tiny", prompt="hi", max_tokens=BLOCK_SIZE)
