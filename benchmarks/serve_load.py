@@ -13,7 +13,7 @@ and tokens per server CPU-second (less sensitive to other load on a shared machi
 worker saw (``GET /stats``) and the 1-minute load average before the run. Then the ratio of batched to one-at-a-time
 aggregate tokens/s (medians over rounds). Prints a markdown table and writes it to ``<out>/serve_load.md``.
 
-Usage (about 4 minutes on a quiet 2-core CPU)::
+Usage (one round: about 5 minutes on a shared 2-core CPU at load average ~15, most of it the one-at-a-time run)::
 
     python benchmarks/serve_load.py --out benchmarks/results
 """

@@ -65,6 +65,13 @@ def test_default_binding_is_loopback_and_models_lists_the_model(server, client):
     assert client.models.retrieve("tiny").id == "tiny"
 
 
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the bound address from /proc/net/tcp")
+def test_host_flag_binds_every_interface_when_asked(tiny_ckpt, tmp_path):
+    with running_server(tiny_ckpt, tmp_path, "--host", "0.0.0.0") as other:
+        assert _listening_address(other.port) == "0.0.0.0"
+        assert other.get("/v1/models")["data"][0]["id"] == "tiny"
+
+
 def test_greedy_completion_equals_generate_text(server, client, reference):
     prompt = "the quick brown"
     expected = reference([prompt], max_new_tokens=24)[0]
