@@ -9,6 +9,8 @@ context length it checks requests against; the worker then loads the weights for
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -167,7 +169,7 @@ def _resolve_device(device: str) -> str:
 def run_server(
     ckpt_path: str, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", **settings: Any
 ) -> None:
-    """Serve a checkpoint until interrupted (Ctrl-C or SIGTERM).
+    """Serve a checkpoint until interrupted (Ctrl-C or SIGTERM: both shut the worker and HTTP process down).
 
     Args:
         ckpt_path: see ``build_server``.
@@ -196,5 +198,24 @@ def run_server(
         "(POST /v1/completions, POST /predict, GET /v1/models, GET /health, GET /stats); Ctrl-C stops it.\n"
     )
     sys.stderr.flush()
-    # LitServe writes a client.py example into the working directory unless told not to.
-    server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
+    # LitServe shuts its HTTP process, worker and queues down on Ctrl-C (KeyboardInterrupt) but installs nothing for
+    # SIGTERM (docker stop, systemd, kill): the main process would die at once and leave them running. SIGTERM takes
+    # the Ctrl-C path here.
+    main_pid = os.getpid()
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # a forked HTTP process re-raising the signal after its own clean shutdown
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        # LitServe writes a client.py example into the working directory unless told not to.
+        server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
+    except KeyboardInterrupt:  # before LitServe's own handler was in place (during start-up)
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.stderr.write("lightning-gpt serve: stopped.\n")

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,10 +69,30 @@ def test_default_binding_is_loopback_and_models_lists_the_model(server, client):
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the bound address from /proc/net/tcp")
-def test_host_flag_binds_every_interface_when_asked(tiny_ckpt, tmp_path):
+def test_host_flag_binds_every_interface_and_sigterm_stops_every_process(tiny_ckpt, tmp_path):
     with running_server(tiny_ckpt, tmp_path, "--host", "0.0.0.0") as other:
         assert _listening_address(other.port) == "0.0.0.0"
         assert other.get("/v1/models")["data"][0]["id"] == "tiny"
+        # SIGTERM to the main process alone (as docker stop or kill sends it): the HTTP process and the model worker
+        # go too, soon, and the port is free again. (LitServe handles only Ctrl-C: they used to live on.)
+        other.proc.send_signal(signal.SIGTERM)
+        assert other.proc.wait(60) == 0
+        deadline = time.monotonic() + 20
+        while _group_alive(other.proc.pid):
+            assert time.monotonic() < deadline, "processes of the server outlived it"
+            time.sleep(0.1)
+        assert "lightning-gpt serve: stopped." in other.log.read_text()
+        with socket.socket() as s:  # nothing listens there any more (connections may linger in TIME_WAIT)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("0.0.0.0", other.port))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def test_greedy_completion_equals_generate_text(server, client, reference):
