@@ -163,12 +163,11 @@ def _left_pad(rows: list[_Row]) -> tuple[Tensor, Tensor]:
 
 
 def _start(group: _Group, model: nn.Module, tokenizer: Any, device: torch.device) -> None:
-    settings = dict(group.settings, max_new_tokens=max(r.max_new for r in group.rows))
-    if group.beam:
-        return
+    """Open the group's ``stream_generate``: its rows left-padded, as many steps as its longest request asks for."""
     input_ids, mask = _left_pad(group.rows)
-    # EOS and stop rules are applied per row by ``_Row.push``; the engine decodes until every row is done.
-    config = GenerationConfig(**settings)
+    # EOS and stop rules are applied per row by ``_Row.push`` (a finished row's slot runs on, unread, until the group
+    # ends or every row is done and the stream is closed); the engine itself stops no row.
+    config = GenerationConfig(**dict(group.settings, max_new_tokens=max(r.max_new for r in group.rows)))
     pad = getattr(tokenizer, "pad_id", None)
     stream = stream_generate(
         model, input_ids.to(device), config, attention_mask=mask.to(device), eos_token_id=None, pad_token_id=pad
