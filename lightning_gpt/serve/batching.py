@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterator, Optional, cast
+from typing import Any, Callable, Iterator, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,7 @@ class _Group:
     settings: dict[str, Any]
     rows: list[_Row] = field(default_factory=list)
     beam: bool = False
-    stream: Optional[Generator[Tensor, None, None]] = None
+    stream: Optional[Iterator[Tensor]] = None
 
     def width(self) -> int:
         """Padded prompt length plus the most new tokens: the context the group needs."""
@@ -169,10 +169,9 @@ def _start(group: _Group, model: nn.Module, tokenizer: Any, device: torch.device
     # ends or every row is done and the stream is closed); the engine itself stops no row.
     config = GenerationConfig(**dict(group.settings, max_new_tokens=max(r.max_new for r in group.rows)))
     pad = getattr(tokenizer, "pad_id", None)
-    stream = stream_generate(
+    group.stream = stream_generate(
         model, input_ids.to(device), config, attention_mask=mask.to(device), eos_token_id=None, pad_token_id=pad
     )
-    group.stream = cast(Generator[Tensor, None, None], stream)  # a generator: close() frees its cache early
 
 
 def _run_beams(group: _Group, job: dict[str, Any], model: nn.Module, tokenizer: Any) -> None:
@@ -301,8 +300,7 @@ def decode_jobs(
                             finish(j, updates, err)
                     group.rows = []
                 if all(r.reason is not None for r in group.rows):
-                    if group.stream is not None:
-                        group.stream.close()  # frees the group's cache now
+                    _close(group)  # frees the group's cache now
                     active.remove(group)
             for j in [j for j in live if all(r.reason is not None for r in rows_of[j])]:
                 finish(j, updates)
@@ -310,10 +308,15 @@ def decode_jobs(
                 yield updates
     finally:
         for group in active:
-            if group.stream is not None:
-                group.stream.close()
+            _close(group)
         if state is not None:
             state.set("active_rows", 0)
+
+
+def _close(group: _Group) -> None:
+    close = getattr(group.stream, "close", None)  # stream_generate returns a generator; any iterator would do
+    if close is not None:
+        close()
 
 
 def _step(
