@@ -2,7 +2,8 @@
 
 A block that names a placeholder path (``/path/to/...``) needs the user's own files and is skipped with that reason;
 the decoding block reads ``runs/quickstart/checkpoints/last.ckpt``, so a small run is trained there first (in a
-temporary directory).
+temporary directory). The ``openai`` client block talks to ``lightning-gpt serve`` on that run, started on a free
+port for it.
 """
 
 from __future__ import annotations
@@ -55,4 +56,14 @@ def test_readme_python_block_runs(line, code, request):
     if "runs/quickstart" in code:
         request.getfixturevalue("quickstart_checkpoint")
     torch.manual_seed(0)
+    if "127.0.0.1:8000" in code:  # a client of `lightning-gpt serve --ckpt_path runs/quickstart`: start that server
+        pytest.importorskip("litserve")
+        pytest.importorskip("openai")
+        from tests.serve.conftest import running_server
+
+        ckpt = request.getfixturevalue("quickstart_checkpoint")
+        with running_server(ckpt, ckpt.parents[3]) as server:
+            code = code.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+            exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})
+        return
     exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__readme__"})

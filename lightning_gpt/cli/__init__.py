@@ -52,6 +52,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("export", "write a checkpoint's model out for use elsewhere (see lightning-gpt export --help)"),
     "evaluate": Command("evaluate", "loss, perplexity, bits per byte of a text source, or lm-eval tasks (--tasks)"),
     "prepare": Command("prepare", "tokenize a corpus once, in parallel, into a dataset folder that fit streams"),
+    "serve": Command("serve", "serve a checkpoint over HTTP: OpenAI-compatible /v1/completions, batched"),
 }
 SUBCOMMANDS = tuple((name, command.help) for name, command in COMMANDS.items())  # (name, help) pairs
 
