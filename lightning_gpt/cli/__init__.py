@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from lightning_gpt.errors import NonFiniteError, describe_storage_error, lead_with_reason
+from lightning_gpt.errors import NonFiniteError, Terminated, describe_storage_error, lead_with_reason
 
 __all__ = ["main"]  # GPTLightningCLI and InterruptCheckpoint: lightning_gpt.cli.lightning_cli (also reachable here)
 
@@ -97,7 +97,14 @@ def main(args: Optional[list[str]] = None) -> None:
         if type(err).__name__ == "SIGTERMException" and not err.code:
             sys.stderr.write("lightning-gpt: stopped by SIGTERM before the end.\n")
             raise SystemExit(143) from None
+        if isinstance(err, Terminated):  # SIGTERM during a write: it was undone (no partial file, no temporary)
+            sys.stderr.write("lightning-gpt: stopped by SIGTERM; nothing was written.\n")
         raise
+    except KeyboardInterrupt:
+        if show_traceback:
+            raise
+        sys.stderr.write("lightning-gpt: interrupted (Ctrl-C); nothing partial was written.\n")
+        raise SystemExit(130) from None
     except NonFiniteError as err:
         # Not a usage error, but the message says all (the step, what was kept, how to go on): no traceback.
         if show_traceback:
@@ -111,7 +118,14 @@ def main(args: Optional[list[str]] = None) -> None:
         _fail(f"{lead_with_reason(message)}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
     except OSError as err:
         # A full or read-only disk (or no permission) is the user's to fix; any other OSError keeps its traceback.
-        message = str(err) if hasattr(err, "message") else describe_storage_error(err)
+        message = describe_storage_error(err)
+        if show_traceback or message is None:
+            raise
+        _fail(f"{message}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
+    except Exception as err:
+        # A library that wraps the OSError of a full disk in its own error (torch.save: RuntimeError "unexpected
+        # pos"), raised where no writer of ours named the file: still one paragraph.
+        message = describe_storage_error(err)
         if show_traceback or message is None:
             raise
         _fail(f"{message}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")

@@ -361,10 +361,16 @@ class GPTLightningCLI(LightningCLI):
             for key, value in self.config[subcommand].items()
             if key.startswith("model.") and _differs(value, _get_or_missing(defaults, key))
         }
-        from lightning_gpt.io.checkpoint import UnsafeCheckpointError, read_checkpoint
+        from lightning_gpt.io.checkpoint import (
+            UnsafeCheckpointError,
+            check_config_for_checkpoint,
+            read_checkpoint,
+            read_model_checkpoint,
+        )
 
-        # A damaged or unsafe file fails here with one paragraph, not torch's multi-page message.
-        read_checkpoint(ckpt_path, trust_checkpoint=trust)
+        # A damaged or unsafe file, or a gpt_config that does not describe the weights, fails here with one
+        # paragraph, before anything is built (the tensors are memory-mapped, not read).
+        read_model_checkpoint(ckpt_path, trust_checkpoint=trust)
         if trust:
             try:
                 read_checkpoint(ckpt_path)
@@ -384,6 +390,9 @@ class GPTLightningCLI(LightningCLI):
             ) from None
         for key, value in explicit.items():
             self.config[subcommand][key] = value
+        # The config about to be built (the checkpoint's saved arguments, merged with the explicit ones) must
+        # describe the weights: checked before the model is allocated.
+        check_config_for_checkpoint(self.config[subcommand].get("model.config"), ckpt_path, trust_checkpoint=trust)
 
     def _parse_weights_folder(self, subcommand: str, path: str) -> None:
         """``--ckpt_path`` is a weights folder (``lightning-gpt export`` or Hugging Face GPT-2): the model config
@@ -391,7 +400,8 @@ class GPTLightningCLI(LightningCLI):
         named."""
         from lightning_gpt.io.hf import read_pretrained_config
 
-        source = read_pretrained_config(path)  # a foreign folder fails here, in one paragraph
+        # A foreign folder, or a config that does not describe the weights, fails here in one paragraph.
+        source = read_pretrained_config(path, trust_checkpoint=bool(self.config[subcommand].get("trust_checkpoint")))
         defaults = self._parser(subcommand).get_defaults()
         explicit = {
             key: value

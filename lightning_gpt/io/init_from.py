@@ -41,7 +41,7 @@ def _is_folder(path: Union[str, Path]) -> bool:
 def _checkpoint(path: Union[str, Path], trust_checkpoint: bool) -> dict[str, Any]:
     from lightning_gpt.io.checkpoint import read_checkpoint
 
-    checkpoint = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    checkpoint = read_checkpoint(path, trust_checkpoint=trust_checkpoint, mmap=True)
     if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
         raise ValueError(
             f"init_from={str(path)!r} has no 'gpt_config' entry, so it was not saved by lightning-gpt. Pass a "
@@ -73,14 +73,17 @@ def init_config(path: Union[str, Path], trust_checkpoint: bool = False) -> GPTCo
     if _is_folder(path):
         from lightning_gpt.io.hf import read_pretrained_config
 
-        return read_pretrained_config(path)
+        return read_pretrained_config(path, trust_checkpoint=trust_checkpoint)  # checked against the weights
     if Path(path).is_dir():
         raise ValueError(
             f"init_from={str(path)!r} is a folder without config.json, so it is not a Hugging Face model folder. "
             "Expected config.json, model.safetensors or pytorch_model.bin, and tokenizer.json (or vocab.json + "
             "merges.txt); for a training run's folder pass its checkpoints/last.ckpt."
         )
-    return GPTConfig.from_dict(_checkpoint(path, trust_checkpoint)["gpt_config"])
+    from lightning_gpt.io.checkpoint import read_model_checkpoint
+
+    _checkpoint(path, trust_checkpoint)  # one paragraph for a foreign file
+    return read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)[0]  # checked against the weights
 
 
 def resolve_init_config(path: Union[str, Path], given: Optional[GPTConfig] = None) -> GPTConfig:
@@ -133,11 +136,10 @@ def init_state_dict(path: Union[str, Path], config: GPTConfig, trust_checkpoint:
 
         _, state, _ = read_pretrained(path, trust_checkpoint=trust_checkpoint)
     else:
-        from lightning_gpt.io.checkpoint import model_state_dict
+        from lightning_gpt.io.checkpoint import read_model_checkpoint
 
-        state = model_state_dict(_checkpoint(path, trust_checkpoint))
-        if config.tie_weights and "lm_head.weight" not in state and "transformer.wte.weight" in state:
-            state["lm_head.weight"] = state["transformer.wte.weight"]
+        _checkpoint(path, trust_checkpoint)
+        state = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)[1]
     wpe = state.get("transformer.wpe.weight")
     if isinstance(wpe, torch.Tensor) and wpe.shape[0] > config.block_size:
         state["transformer.wpe.weight"] = wpe[: config.block_size]
@@ -145,9 +147,15 @@ def init_state_dict(path: Union[str, Path], config: GPTConfig, trust_checkpoint:
 
 
 def init_tokenizer_state(path: Union[str, Path], trust_checkpoint: bool = False) -> Optional[dict[str, Any]]:
-    """The tokenizer state stored at ``path``, or ``None`` when it holds none."""
+    """The tokenizer state stored at ``path`` (checked: a malformed one is a ``ValueError`` naming the file), or
+    ``None`` when it holds none."""
     if _is_folder(path):
         from lightning_gpt.io.tokenizer import read_pretrained_tokenizer
 
         return read_pretrained_tokenizer(path)
-    return _checkpoint(path, trust_checkpoint).get("tokenizer")
+    from lightning_gpt.io.tokenizer import tokenizer_from_state
+
+    state = _checkpoint(path, trust_checkpoint).get("tokenizer")
+    if state is not None:
+        tokenizer_from_state(state, f"{path} (its tokenizer entry)")
+    return state
