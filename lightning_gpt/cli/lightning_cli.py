@@ -249,6 +249,7 @@ class GPTLightningCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 1337)
         kwargs.setdefault("auto_configure_optimizers", False)  # GPTModule builds AdamW; the schedule is a callback
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", _atomic_save_config())
         kwargs.setdefault("trainer_defaults", _trainer_defaults())
         kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})
         kwargs.setdefault("parser_class", CompactUsageParser)
@@ -647,6 +648,12 @@ def _document_config_fields(parser: LightningArgumentParser) -> None:
         f"{action.help or ''} Architecture fields (defaults: GPT-2 small): {fields}. "
         "`lightning-gpt fit --model.config.help` describes each."
     )
+
+
+def _atomic_save_config() -> type:
+    from lightning_gpt.training.checkpoint_io import AtomicSaveConfigCallback
+
+    return AtomicSaveConfigCallback
 
 
 def _trainer_defaults() -> dict[str, Any]:

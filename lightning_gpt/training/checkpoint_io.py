@@ -1,5 +1,6 @@
 """``AtomicCheckpointIO``: a Lightning ``CheckpointIO`` plugin that never leaves a half-written checkpoint, and never
-runs code from a checkpoint it reads unless told to trust it."""
+runs code from a checkpoint it reads unless told to trust it; ``AtomicSaveConfigCallback``: the run's ``config.yaml``
+written the same way."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import Any, Optional
 import lightning
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lightning_gpt.io.atomic import atomic_file
 
-__all__ = ["AtomicCheckpointIO"]
+__all__ = ["AtomicCheckpointIO", "AtomicSaveConfigCallback"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -89,3 +91,39 @@ def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
         "epoch": 0,
         "global_step": 0,
     }
+
+
+class AtomicSaveConfigCallback(SaveConfigCallback):
+    """``SaveConfigCallback`` that writes the run's ``config.yaml`` like a checkpoint: to a temporary, renamed into
+    place (``lightning_gpt.io.atomic.atomic_file``). Lightning's own writes the file in place, so a full disk
+    truncated the previous run's ``config.yaml`` and the error named no file; here it is one ``StorageError``
+    paragraph and the previous file stays whole.
+
+    Args:
+        args: as ``SaveConfigCallback`` (``save_to_log_dir`` is handled here: the file still goes to the log dir).
+        kwargs: as ``SaveConfigCallback``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False  # Lightning's in-place write off; save_config below writes the file
+        super().__init__(*args, **kwargs)
+        self._log_dir: Optional[str] = None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not self.already_saved:
+            self._log_dir = trainer.log_dir  # a collective under DDP: every rank asks, as Lightning's setup does
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Write ``<log_dir>/config.yaml`` atomically (rank zero only; Lightning calls this there)."""
+        if self._log_dir is None:
+            return
+        path = os.path.join(self._log_dir, self.config_filename)
+        if get_filesystem(path).protocol not in ("file", ("file", "local")):
+            self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+            return
+        if not self.overwrite and os.path.isfile(path):
+            raise RuntimeError(f"{path} exists; not overwriting the config of a previous run.")
+        text = self.parser.dump(self.config, skip_none=False)
+        with atomic_file(path, "the run's config", "--trainer.default_root_dir", mode="w") as f:
+            f.write(text)
