@@ -103,6 +103,9 @@ def main(args: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         if show_traceback:
             raise
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: more Ctrl-C would only interrupt the cleanup
         sys.stderr.write("lightning-gpt: interrupted (Ctrl-C); nothing partial was written.\n")
         raise SystemExit(130) from None
     except NonFiniteError as err:

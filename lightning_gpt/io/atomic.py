@@ -33,6 +33,7 @@ __all__ = [
     "fsync_dir",
     "raise_write_error",
     "sigterm_raises",
+    "signals_held",
     "sweep_temporaries",
     "temporary_path",
     "writer_alive",
@@ -124,6 +125,22 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back while the block runs (a cleanup: removing a temporary), delivering them after it:
+    a Ctrl-C pressed again and again must not interrupt the removal of what an earlier one interrupted. Only in the
+    main thread, where POSIX signal masks exist."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def raise_write_error(err: BaseException, target: object, what: str, fix: str) -> None:
     """Re-raise a failure of a write as the user should see it (call from an ``except`` block).
 
@@ -191,7 +208,7 @@ def atomic_file(target: Union[str, Path], what: str, fix: str, mode: str = "wb")
             tmp = None
     except BaseException as err:
         if tmp is not None:
-            with contextlib.suppress(OSError):
+            with signals_held(), contextlib.suppress(OSError):
                 tmp.unlink()
         raise_write_error(err, target, what, fix)
     fsync_dir(target.parent)
@@ -230,7 +247,8 @@ def atomic_directory(target: Union[str, Path], what: str, fix: str) -> Iterator[
             tmp = None
     except BaseException as err:
         if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with signals_held():
+                shutil.rmtree(tmp, ignore_errors=True)
         raise_write_error(err, target, what, fix)
     fsync_dir(target.parent)
 

@@ -106,8 +106,9 @@ def test_the_next_export_sweeps_what_a_killed_export_left(tmp_path, big_checkpoi
 
 @pytest.mark.slow
 def test_second_ctrl_c_during_a_checkpoint_save_aborts_without_a_traceback(tmp_path, corpus, trained):
-    """The first Ctrl-C asks for a checkpoint at the end of the step; a second one while it is being written aborts
-    the save: exit status 1, no torch traceback, no temporary file, no partial checkpoint."""
+    """The first Ctrl-C asks for a checkpoint at the end of the step; more, pressed while it is being written, abort
+    the save: exit status 1 (or 130), no torch traceback, no temporary file, no partial checkpoint. (Ctrl-C is pressed every
+    few milliseconds from then on, as an impatient user does, so that one lands inside torch.save's writes.)"""
     overrides = {
         "trainer.max_steps": 100000,
         "model.config": {"block_size": 16, "n_layer": 6, "n_head": 8, "n_embd": 512},
@@ -125,8 +126,12 @@ def test_second_ctrl_c_during_a_checkpoint_save_aborts_without_a_traceback(tmp_p
     proc.send_signal(signal.SIGINT)
     folder.mkdir(parents=True, exist_ok=True)
     wait_for(folder, ".ckpt.tmp-", proc, log)
-    proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.003)
     text = finish(proc, log)
-    assert proc.returncode == 1, text[-3000:]
-    assert "Traceback" not in text and "unexpected pos" not in text, text[-3000:]
+    # 1: Lightning's graceful shutdown; 130: a Ctrl-C that landed before Lightning's handler ignored the next ones.
+    assert proc.returncode in (1, 130), text[-3000:]
+    assert "Traceback" not in text and "unexpected pos" not in text and "Exception ignored" not in text, text[-3000:]
     assert not litter(folder) and not (folder / "last.ckpt").exists(), os.listdir(folder)
