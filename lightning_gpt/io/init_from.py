@@ -32,6 +32,16 @@ WEIGHT_FREE_FIELDS = (
 )
 
 
+# Init sources the user allowed to be fully unpickled in this process (``init_config(..., trust_checkpoint=True)``,
+# as ``--trust_checkpoint`` does before the module is built): the module's own reads of the same file, which cannot
+# see the command-line flag, honour that opt-in instead of refusing the file a second time.
+_TRUSTED: set[str] = set()
+
+
+def _trusted(path: Union[str, Path], trust_checkpoint: bool) -> bool:
+    return trust_checkpoint or str(Path(path).resolve()) in _TRUSTED
+
+
 def _is_folder(path: Union[str, Path]) -> bool:
     from lightning_gpt.io.hf import is_pretrained_path
 
@@ -70,6 +80,9 @@ def init_config(path: Union[str, Path], trust_checkpoint: bool = False) -> GPTCo
         FileNotFoundError: no such path. ValueError: not a GPT-2 / lightning-gpt source.
     """
     _check_exists(path)
+    if trust_checkpoint:
+        _TRUSTED.add(str(Path(path).resolve()))
+    trust_checkpoint = _trusted(path, trust_checkpoint)
     if _is_folder(path):
         from lightning_gpt.io.hf import read_pretrained_config
 
@@ -131,6 +144,7 @@ def init_state_dict(path: Union[str, Path], config: GPTConfig, trust_checkpoint:
         config: the config the model was built with (see ``resolve_init_config``).
         trust_checkpoint: allow a ``.ckpt`` / ``.bin`` that needs a full unpickle (code may run).
     """
+    trust_checkpoint = _trusted(path, trust_checkpoint)
     if _is_folder(path):
         from lightning_gpt.io.hf import read_pretrained
 
@@ -149,6 +163,7 @@ def init_state_dict(path: Union[str, Path], config: GPTConfig, trust_checkpoint:
 def init_tokenizer_state(path: Union[str, Path], trust_checkpoint: bool = False) -> Optional[dict[str, Any]]:
     """The tokenizer state stored at ``path`` (checked: a malformed one is a ``ValueError`` naming the file), or
     ``None`` when it holds none."""
+    trust_checkpoint = _trusted(path, trust_checkpoint)
     if _is_folder(path):
         from lightning_gpt.io.tokenizer import read_pretrained_tokenizer
 

@@ -426,3 +426,19 @@ def test_load_checkpoint_of_a_run_folder_loads_its_newest_complete_checkpoint(tr
 def test_generate_of_a_run_folder_still_works(cli, trained):
     result, _ = generate(cli, trained["root"])
     assert result.code == 0, result
+
+
+def test_trust_checkpoint_is_the_opt_in_for_init_from_and_export(cli, trained, tmp_path, corpus):
+    marker = tmp_path / "ran"
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    ckpt["payload"] = _System(marker)
+    path = tmp_path / "trusted.ckpt"
+    torch.save(ckpt, path)
+    result = cli("export", "--ckpt_path", path, "--output_dir", tmp_path / "out", "--trust_checkpoint")
+    assert result.code == 0 and marker.exists(), result
+    marker.unlink()
+    cfg = tiny_config(tmp_path / "run", corpus, tmp_path / "cache", **{"trainer.max_steps": 1})
+    del cfg["model"]["config"]
+    config = write_yaml(tmp_path / "run.yaml", cfg)
+    result = cli("fit", "--config", config, "--model.init_from", path, "--trust_checkpoint", "true")
+    assert result.code == 0 and marker.exists(), result
