@@ -61,9 +61,9 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
 
 
 def _storage_cause(err: BaseException) -> Optional[OSError]:
-    """The full/read-only-disk ``OSError`` behind ``err``, also when a library wrapped it in its own error (``torch.save``
-    raises ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos`` while handling the ``OSError`` of
-    its file's ``write``)."""
+    """The full/read-only-disk ``OSError`` behind ``err``, also when a library wrapped it in its own error
+    (``torch.save`` raises ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos`` while handling the
+    ``OSError`` of its file's ``write``)."""
     for link in _chain(err):
         if isinstance(link, OSError) and getattr(link, "errno", None) in _STORAGE_ERRNOS:
             return link
@@ -108,7 +108,7 @@ def storage_error(err: BaseException, path: object, what: str, fix: str) -> Opti
     cause = _storage_cause(err)
     if cause is None:
         return None
-    code = int(cause.errno)
+    code = int(cause.errno or 0)
     path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
     return StorageError(
         code,
@@ -127,7 +127,7 @@ def describe_storage_error(err: BaseException) -> Optional[str]:
     cause = _storage_cause(err)
     if cause is None:
         return None
-    code = int(cause.errno)
+    code = int(cause.errno or 0)
     where = f" {cause.filename!r}" if getattr(cause, "filename", None) else ""
     verb = "could not use" if code in (errno.EACCES, errno.EPERM) else "could not write"
     return (

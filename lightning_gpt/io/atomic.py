@@ -85,7 +85,7 @@ def sweep_temporaries(target: Union[str, Path], hidden: bool = False) -> list[Pa
     """
     target = Path(target)
     prefix = f"{'.' if hidden else ''}{target.name}{TMP}"
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(target.parent)
     except OSError:
@@ -200,7 +200,7 @@ def atomic_file(target: Union[str, Path], what: str, fix: str, mode: str = "wb")
             target.parent.mkdir(parents=True, exist_ok=True)
             sweep_temporaries(target)
             tmp = temporary_path(target)
-            with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
@@ -258,4 +258,3 @@ def _fsync_file(path: Path) -> None:
         return
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-

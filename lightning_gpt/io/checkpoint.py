@@ -301,7 +301,7 @@ def find_checkpoint(path: str) -> str:
         readable = [c for c in ckpts if steps[c] is not None]
         if not readable:
             return ckpts[0]
-        best = max(readable, key=lambda c: steps[c])  # max keeps the first of equals: the preferred one
+        best = max(readable, key=lambda c: steps[c] or 0)  # max keeps the first of equals: the preferred one
         skipped = [os.path.basename(c) for c in ckpts if steps[c] is None]
         if skipped:
             log.warning("%s: passed over %s (cannot be read); using %s.", folder, ", ".join(skipped), best)

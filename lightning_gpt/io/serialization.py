@@ -268,7 +268,11 @@ def write_safetensors(tensors: dict[str, torch.Tensor], f: Any, metadata: Option
         if tensor.dtype not in _ST_DTYPES:
             raise ValueError(f"tensor {name} has dtype {tensor.dtype}, which safetensors cannot store.")
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _ST_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": _ST_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
@@ -277,4 +281,4 @@ def write_safetensors(tensors: dict[str, torch.Tensor], f: Any, metadata: Option
     for name in names:
         tensor = tensors[name].detach().cpu().contiguous()
         if tensor.numel():
-            f.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)

@@ -101,7 +101,9 @@ def read_tokenizer_json(path: Union[str, Path], **specials: Optional[str]) -> HF
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}), so not a tokenizer.json.") from None
+        raise ValueError(
+            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}), so not a tokenizer.json."
+        ) from None
     _check_json(text, path)
     tokenizer = _checked(lambda: HFTokenizer(text, kind="pretrained", **specials), path)
     assert isinstance(tokenizer, HFTokenizer)
@@ -109,8 +111,9 @@ def read_tokenizer_json(path: Union[str, Path], **specials: Optional[str]) -> HF
 
 
 def tokenizer_from_state(state: Any, where: object) -> Tokenizer:
-    """``tokenizer_from_state_dict`` for a state read from a file (a checkpoint's ``tokenizer``, ``lightning_gpt.json``):
-    a malformed or huge one is one ``ValueError`` naming ``where`` instead of a ``tokenizers`` traceback.
+    """``tokenizer_from_state_dict`` for a state read from a file (a checkpoint's ``tokenizer``,
+    ``lightning_gpt.json``): a malformed or huge one is one ``ValueError`` naming ``where`` instead of a
+    ``tokenizers`` traceback.
 
     Args:
         state: what ``Tokenizer.state_dict()`` returned, as stored.
@@ -180,6 +183,7 @@ def _hf_tokenizer_state(folder: Path) -> Optional[dict[str, Any]]:
     """The ``HFTokenizer`` state of a Hugging Face folder's tokenizer files, or ``None`` when it has none."""
     config = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     specials = {name: _special(config.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
+    probe: Tokenizer
     if (folder / "tokenizer.json").is_file():
         probe = read_tokenizer_json(folder / "tokenizer.json")
     elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
@@ -189,6 +193,7 @@ def _hf_tokenizer_state(folder: Path) -> Optional[dict[str, Any]]:
     else:
         return None
     # Only names the vocabulary has; HFTokenizer detects the usual ones (<|endoftext|> for GPT-2) for the rest.
+    assert isinstance(probe, HFTokenizer)
     given = {k: v for k, v in specials.items() if v is not None and probe._tok.token_to_id(v) is not None}
     return HFTokenizer(probe.state_dict()["tokenizer_json"], kind="pretrained", **given).state_dict()
 
@@ -199,8 +204,8 @@ def _bpe_json(folder: Path, specials: dict[str, Optional[str]]) -> str:
     from tokenizers import Tokenizer as RustTokenizer
 
     tok = RustTokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]
-    tok.decoder = decoders.ByteLevel()  # type: ignore[assignment]
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     names = {v for v in specials.values() if v} | {"<|endoftext|>"}
     tok.add_special_tokens([AddedToken(n, special=True) for n in sorted(names) if tok.token_to_id(n) is not None])
     return str(tok.to_str())

@@ -54,7 +54,9 @@ def config_from_entry(data: Any, where: object) -> GPTConfig:
         ValueError: not a dict, an unknown field, or a bad value (one paragraph naming ``where``).
     """
     if not isinstance(data, dict):
-        raise ValueError(f"{where} should be a dict of GPTConfig fields, got {type(data).__name__}. The file is damaged.")
+        raise ValueError(
+            f"{where} should be a dict of GPTConfig fields, got {type(data).__name__}. The file is damaged."
+        )
     try:
         return GPTConfig.from_dict(data)
     except (TypeError, ValueError) as err:
@@ -76,7 +78,7 @@ def safetensors_specs(path: Union[str, Path]) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:  # type: ignore[no-untyped-call]
+        with safe_open(str(path), framework="pt") as f:
             specs = {}
             for name in f.keys():
                 piece = f.get_slice(name)

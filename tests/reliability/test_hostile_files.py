@@ -76,7 +76,15 @@ def generate(cli, path: Path) -> tuple[Any, float]:
         ("safetensors", lambda d: d.pop("gpt_config"), ["lightning_gpt.json", "no 'gpt_config' entry"]),
         ("safetensors", lambda d: d.update(gpt_config=[1, 2]), ["lightning_gpt.json", "should be a dict"]),
     ],
-    ids=["hf-n_layer", "hf-n_positions", "native-n_layer", "native-block_size", "native-n_embd", "no-gpt_config", "list"],
+    ids=[
+        "hf-n_layer",
+        "hf-n_positions",
+        "native-n_layer",
+        "native-block_size",
+        "native-n_embd",
+        "no-gpt_config",
+        "list",
+    ],
 )
 def test_generate_refuses_a_config_that_does_not_describe_the_weights_at_once(
     cli, exported, tmp_path, folder, edit, needles
@@ -217,9 +225,14 @@ def test_generate_and_export_refuse_weights_that_do_not_match_naming_the_tensor(
     model = copy_of(exported[fmt], tmp_path)
     if fmt == "hf-only":  # Hugging Face names: h.<i>.mlp.c_fc.weight transposed (Conv1D), no lm_head when tied
         tensors = load_file(str(model / "model.safetensors"))
-        ours = {k: (v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v) for k, v in tensors.items()}
+        ours = {
+            k: (v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v)
+            for k, v in tensors.items()
+        }
         change(ours)
-        back = {k: (v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v) for k, v in ours.items()}
+        back = {
+            k: (v.t() if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else v) for k, v in ours.items()
+        }
         save_file({k: v.contiguous() for k, v in back.items()}, str(model / "model.safetensors"))
     else:
         _edit_weights(model, change)

@@ -37,7 +37,11 @@ def big_checkpoint(tmp_path_factory, trained) -> Path:
 def start(argv: list, log: Path) -> subprocess.Popen:
     with open(log, "w") as f:
         return subprocess.Popen(
-            [PYTHON, "-m", "lightning_gpt", *map(str, argv)], cwd=REPO, env=python_env(), stdout=f, stderr=subprocess.STDOUT
+            [PYTHON, "-m", "lightning_gpt", *map(str, argv)],
+            cwd=REPO,
+            env=python_env(),
+            stdout=f,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -107,8 +111,9 @@ def test_the_next_export_sweeps_what_a_killed_export_left(tmp_path, big_checkpoi
 @pytest.mark.slow
 def test_second_ctrl_c_during_a_checkpoint_save_aborts_without_a_traceback(tmp_path, corpus, trained):
     """The first Ctrl-C asks for a checkpoint at the end of the step; more, pressed while it is being written, abort
-    the save: exit status 1 (or 130), no torch traceback, no temporary file, no partial checkpoint. (Ctrl-C is pressed every
-    few milliseconds from then on, as an impatient user does, so that one lands inside torch.save's writes.)"""
+    the save: exit status 1 (or 130), no torch traceback, no temporary file, no partial checkpoint. (Ctrl-C is
+    pressed every few milliseconds from then on, as an impatient user does, so that one lands inside torch.save's
+    writes.)"""
     overrides = {
         "trainer.max_steps": 100000,
         "model.config": {"block_size": 16, "n_layer": 6, "n_head": 8, "n_embd": 512},
@@ -117,7 +122,9 @@ def test_second_ctrl_c_during_a_checkpoint_save_aborts_without_a_traceback(tmp_p
     cfg = tiny_config(tmp_path / "run", corpus, trained["cache"], **overrides)
     config = write_yaml(tmp_path / "run.yaml", cfg)
     log = tmp_path / "fit.log"
-    proc = start(["fit", "--config", config, "--trainer.enable_progress_bar", "true", "--trainer.log_every_n_steps", "1"], log)
+    proc = start(
+        ["fit", "--config", config, "--trainer.enable_progress_bar", "true", "--trainer.log_every_n_steps", "1"], log
+    )
     deadline = time.monotonic() + 240
     while "step 2/" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

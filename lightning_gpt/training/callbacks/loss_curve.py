@@ -63,7 +63,9 @@ class LossCurve(Callback):
             from lightning_gpt.errors import storage_error
 
             full = storage_error(err, path, "the loss curve", "--trainer.default_root_dir")  # a full disk: say so
-            rank_zero_info(f"Loss curve not drawn: {full}" if full else f"Loss curve not drawn ({type(err).__name__}: {err}).")
+            rank_zero_info(
+                f"Loss curve not drawn: {full}" if full else f"Loss curve not drawn ({type(err).__name__}: {err})."
+            )
             return
         if drawn:
             rank_zero_info(f"Loss curve: {path}")
