@@ -57,7 +57,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if is_pretrained_path(path):
             return _as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
         checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=self.trust_checkpoint)
-        check_checkpoint_contents(checkpoint, path)
+        if isinstance(checkpoint, dict) and "gpt_config" in checkpoint:  # a GPTModule's (others: Lightning's checks)
+            check_checkpoint_contents(checkpoint, path)
         return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
