@@ -63,6 +63,18 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _ignore_ctrl_c_while_exiting() -> None:
+    """The command is ending with an error or an interrupt: a Ctrl-C pressed again now would only interrupt the
+    interpreter's own cleanup (with a traceback from an atexit hook). Only for the real command line (``args`` not
+    given): a caller's process (a test, a notebook) keeps its Ctrl-C."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of the ``lightning-gpt`` console script (and of ``python -m lightning_gpt``).
 
@@ -92,6 +104,8 @@ def main(args: Optional[list[str]] = None) -> None:
         parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
         GPTLightningCLI(args=None if args is None else argv, parser_kwargs=parser_kwargs)
     except SystemExit as err:
+        if err.code and args is None:
+            _ignore_ctrl_c_while_exiting()
         # Lightning ends a stage on SIGTERM with SIGTERMException() (status 0); a run that did not finish must not
         # look successful to a scheduler or a script: 143, as a process ended by SIGTERM.
         if type(err).__name__ == "SIGTERMException" and not err.code:
@@ -103,9 +117,8 @@ def main(args: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         if show_traceback:
             raise
-        import signal
-
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting now: more Ctrl-C would only interrupt the cleanup
+        if args is None:
+            _ignore_ctrl_c_while_exiting()
         sys.stderr.write("lightning-gpt: interrupted (Ctrl-C); nothing partial was written.\n")
         raise SystemExit(130) from None
     except NonFiniteError as err:

@@ -251,9 +251,10 @@ def check_config_for_checkpoint(given: Any, path: Union[str, Path], trust_checkp
         fields = given.to_dict()
     else:
         fields = dict(given.as_dict() if hasattr(given, "as_dict") else given)
-    saved, _, _ = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    saved, _, _ = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)  # the saved config fits the weights
     fields["vocab_size"] = saved.vocab_size
-    read_model_checkpoint(path, trust_checkpoint=trust_checkpoint, given=config_from_entry(fields, "the model config"))
+    # ... and the given one must equal it (the field-level message of GPTModule's own check, before anything is built)
+    resolve_checkpoint_config(saved.to_dict(), config_from_entry(fields, "the model config"))
 
 
 def _checkpoint_step(path: str) -> Optional[int]:

@@ -455,3 +455,16 @@ def test_trust_checkpoint_is_the_opt_in_for_init_from_and_export(cli, trained, t
     config = write_yaml(tmp_path / "run.yaml", cfg)
     result = cli("fit", "--config", config, "--model.init_from", path, "--trust_checkpoint", "true")
     assert result.code == 0 and marker.exists(), result
+
+
+def test_a_checkpoint_whose_saved_arguments_alone_claim_a_huge_model_is_refused_at_once(cli, trained, tmp_path, corpus):
+    """``hyper_parameters.config`` edited, ``gpt_config`` intact: the model Lightning would build from the saved
+    arguments is compared with the checkpoint before it is built."""
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["config"]["n_layer"] = 100000
+    path = tmp_path / "args.ckpt"
+    torch.save(ckpt, path)
+    argv = ["--data.source", corpus, "--data.tokenizer", "char", "--data.cache_dir", tmp_path / "cache"]
+    result, seconds = timed(cli, "validate", "--ckpt_path", path, *argv, "--trainer.accelerator", "cpu")
+    user_error(result, "n_layer: checkpoint 2 vs given 100000")
+    assert seconds < FAST
