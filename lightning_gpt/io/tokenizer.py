@@ -49,8 +49,8 @@ def _check_size(n_bytes: int, where: object) -> None:
 
 
 def _check_json(text: str, where: object) -> None:
-    """Refuse text that is not a ``tokenizers`` JSON object with a ``model``, naming ``where``."""
-    _check_size(len(text.encode("utf-8", errors="replace")), where)
+    """Refuse text that is not a ``tokenizers`` JSON object with a ``model``, naming ``where`` (run only to explain
+    a failure of the ``tokenizers`` parser: parsing a large file twice would double its cost)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -64,13 +64,16 @@ def _check_json(text: str, where: object) -> None:
         )
 
 
-def _checked(build: Any, where: object) -> Tokenizer:
+def _checked(build: Any, where: object, text: Optional[str] = None) -> Tokenizer:
     """``build()``, with every failure of a malformed tokenizer (``tokenizers`` raises plain ``Exception``s) as one
-    ``ValueError`` naming ``where``; the tokenizer must also encode a probe text (a missing ``[UNK]`` shows there)."""
+    ``ValueError`` naming ``where`` (and, given the JSON ``text``, what is wrong with its structure); the tokenizer
+    must also encode a probe text (a missing ``[UNK]`` shows there)."""
     fix = "Replace it with the tokenizer the model was trained with (save_pretrained or tokenizer.save writes one)."
     try:
         tokenizer = build()
     except Exception as err:  # noqa: BLE001 - tokenizers' Rust errors are plain Exceptions
+        if text is not None:
+            _check_json(text, where)
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ValueError(f"{where} is not a usable tokenizer ({type(err).__name__}: {reason}). {fix}") from None
     if isinstance(tokenizer, HFTokenizer):
@@ -104,8 +107,7 @@ def read_tokenizer_json(path: Union[str, Path], **specials: Optional[str]) -> HF
         raise ValueError(
             f"{path} is not UTF-8 text ({err.reason} at byte {err.start}), so not a tokenizer.json."
         ) from None
-    _check_json(text, path)
-    tokenizer = _checked(lambda: HFTokenizer(text, kind="pretrained", **specials), path)
+    tokenizer = _checked(lambda: HFTokenizer(text, kind="pretrained", **specials), path, text)
     assert isinstance(tokenizer, HFTokenizer)
     return tokenizer
 
@@ -125,8 +127,8 @@ def tokenizer_from_state(state: Any, where: object) -> Tokenizer:
     if state["kind"] in HFTokenizer.state_kinds:
         if not isinstance(text, str):
             raise ValueError(f"{where}: a {state['kind']} tokenizer state without its tokenizer_json text; damaged.")
-        _check_json(text, where)
-    return _checked(lambda: tokenizer_from_state_dict(state), where)
+        _check_size(len(text.encode("utf-8", errors="replace")), where)
+    return _checked(lambda: tokenizer_from_state_dict(state), where, text if isinstance(text, str) else None)
 
 
 def load_tokenizer(
