@@ -12,7 +12,6 @@ The expected names and shapes come from a one-layer ``GPT`` built on the meta de
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -112,21 +111,26 @@ def hf_weight_names(hf_state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _template(config: GPTConfig) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
+def _template(config: GPTConfig) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
     """``(entries outside the blocks, entries of one block without the 'transformer.h.<i>.' prefix)`` of GPT(config).
 
-    One block built on the meta device: no memory, and the same time for any ``n_layer``."""
-    from lightning_gpt.model import GPT
+    One ``Block`` built on the meta device (no memory, the same time for any ``n_layer``; its attention core, a
+    user-registered one too, says what it holds), and ``GPT``'s four outer tensors from the config: building the whole
+    ``GPT`` on meta would run its normal-init through PyTorch's reference kernels, which import ``torch._dynamo``
+    (a second of start-up). ``tests/io/test_weights_and_writes.py`` compares both with ``GPT(config).state_dict()``."""
+    from lightning_gpt.model import Block
 
     with torch.device("meta"):
-        state = GPT(dataclasses.replace(config, n_layer=1)).state_dict()
-    outer, block = {}, {}
-    for name, tensor in state.items():
-        found = _LAYER.match(name)
-        if found:
-            block[found.group(2)] = tensor.shape
-        else:
-            outer[name] = tensor.shape
+        block = {name: tuple(t.shape) for name, t in Block(config).state_dict().items()}
+    rows, width = config.padded_vocab_size, config.n_embd
+    outer: dict[str, tuple[int, ...]] = {
+        "transformer.wte.weight": (rows, width),
+        "transformer.wpe.weight": (config.block_size, width),
+        "transformer.ln_f.weight": (width,),
+    }
+    if config.bias:
+        outer["transformer.ln_f.bias"] = (width,)
+    outer["lm_head.weight"] = (rows, width)
     return outer, block
 
 

@@ -30,6 +30,32 @@ def state() -> dict[str, torch.Tensor]:
     return GPT(TINY).state_dict()
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"bias": False, "tie_weights": False},
+        {"vocab_size": 100, "padded_vocab_multiple": 64, "mlp_ratio": 2},
+        {"attention": "linear"},
+        {"attention": "sparse", "sparse_pattern": "longformer"},
+        {"attention": "flash"},
+    ],
+)
+def test_the_expected_weights_are_exactly_the_models(overrides):
+    """What check_weights expects (one meta block + the outer tensors) is GPT's state dict, name for name."""
+    from lightning_gpt.io.weights import _template
+
+    config = dataclasses.replace(TINY, **overrides)
+    outer, block = _template(config)
+    expected = dict(outer)
+    for i in range(config.n_layer):
+        expected.update({f"transformer.h.{i}.{k}": v for k, v in block.items()})
+    with torch.device("meta"):
+        actual = {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+    assert expected == actual
+    check_weights(config, GPT(config).state_dict(), "w", "c")
+
+
 def test_check_weights_accepts_the_model_and_a_tied_head_left_out(state):
     check_weights(TINY, state, "w", "c")
     check_weights(TINY, {k: v for k, v in state.items() if k != "lm_head.weight"}, "w", "c")
