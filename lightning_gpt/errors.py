@@ -8,23 +8,72 @@ import importlib
 import inspect
 import os
 import re
-from typing import Optional
+from typing import Iterator, Optional
 
-__all__ = ["NonFiniteError", "StorageError", "storage_error", "lead_with_reason"]
+__all__ = [
+    "NonFiniteError",
+    "StorageError",
+    "Terminated",
+    "describe_storage_error",
+    "interruption_in",
+    "lead_with_reason",
+    "storage_error",
+]
 
 
 class NonFiniteError(RuntimeError):
     """Raised by ``NonFiniteGuard`` when training produced NaN/inf (policy ``stop``) or a checkpoint would hold it."""
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived while a file was being written (see ``lightning_gpt.io.atomic.sigterm_raises``): the write was
+    undone, and the process exits with status 143 (128 + SIGTERM), as if the signal had ended it."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
 # errno values a user fixes by freeing space or writing elsewhere, with the words that say so.
 _STORAGE_ERRNOS = {
     errno.ENOSPC: "the disk is full",
     errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file grew past the size this process may write (ulimit -f) or the file system allows",
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
 }
+# What the user does about each of them.
+_REMEDY = {
+    errno.ENOSPC: "Free some space",
+    errno.EDQUOT: "Free some space",
+    errno.EFBIG: "Raise the file size limit (ulimit -f)",
+}
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling (``__cause__`` / ``__context__``)."""
+    seen = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _storage_cause(err: BaseException) -> Optional[OSError]:
+    """The full/read-only-disk ``OSError`` behind ``err``, also when a library wrapped it in its own error
+    (``torch.save`` raises ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos`` while handling the
+    ``OSError`` of its file's ``write``)."""
+    for link in _chain(err):
+        if isinstance(link, OSError) and getattr(link, "errno", None) in _STORAGE_ERRNOS:
+            return link
+    return None
+
+
+def interruption_in(err: BaseException) -> Optional[BaseException]:
+    """The ``KeyboardInterrupt`` or ``SystemExit`` behind ``err`` (a Ctrl-C or SIGTERM that a library turned into its
+    own error, as ``torch.save`` does with what its file's ``write`` raised), or ``None``."""
+    return next((link for link in _chain(err) if isinstance(link, (KeyboardInterrupt, SystemExit))), None)
 
 
 class StorageError(OSError):
@@ -54,28 +103,37 @@ def storage_error(err: BaseException, path: object, what: str, fix: str) -> Opti
     Returns:
         The ``StorageError`` to raise instead, or ``None`` when ``err`` is some other failure (re-raise it as is).
     """
-    code = getattr(err, "errno", None)
-    if isinstance(err, StorageError) or not isinstance(err, OSError) or code not in _STORAGE_ERRNOS:
+    if isinstance(err, StorageError):
         return None
+    cause = _storage_cause(err)
+    if cause is None:
+        return None
+    code = int(cause.errno or 0)
     path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else str(path)
     return StorageError(
         code,
-        f"could not write {what} {path!r}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). Free some space (or make "
-        f"it writable), or write elsewhere with {fix}; nothing partial was left under the final name.",
+        f"could not write {what} {path!r}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). "
+        f"{_REMEDY.get(code, 'Make it writable')}, or write elsewhere with {fix}; the previous file under that name "
+        "(if any) is unchanged and no partial file was left.",
         path,
     )
 
 
-def describe_storage_error(err: OSError) -> Optional[str]:
-    """One paragraph for a full/read-only disk ``OSError`` raised where no caller named the file, else ``None``."""
-    code = getattr(err, "errno", None)
-    if code not in _STORAGE_ERRNOS:
+def describe_storage_error(err: BaseException) -> Optional[str]:
+    """One paragraph for a full/read-only disk error raised where no caller named the file (also when a library
+    wrapped the ``OSError`` in its own exception), else ``None``."""
+    if isinstance(err, StorageError):
+        return err.message
+    cause = _storage_cause(err)
+    if cause is None:
         return None
-    where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
+    code = int(cause.errno or 0)
+    where = f" {cause.filename!r}" if getattr(cause, "filename", None) else ""
     verb = "could not use" if code in (errno.EACCES, errno.EPERM) else "could not write"
     return (
-        f"{verb}{where}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). Free some space (or fix the permissions), "
-        "or point the output elsewhere (--trainer.default_root_dir, --data.cache_dir, --writer.output_path)."
+        f"{verb}{where}: {_STORAGE_ERRNOS[code]} ({os.strerror(code)}). {_REMEDY.get(code, 'Fix the permissions')}, "
+        "or point the output elsewhere (--trainer.default_root_dir, --data.cache_dir, --writer.output_path, "
+        "--output_dir)."
     )
 
 

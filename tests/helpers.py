@@ -7,7 +7,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -173,3 +173,38 @@ def python_env() -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+def mount_tmpfs(path: Path, size: str) -> Optional[str]:
+    """Mount a real tmpfs of ``size`` (e.g. ``"1m"``) at ``path`` (created); returns why not (no root, a container
+    without the mount capability...) or ``None`` when mounted. Unmount with ``unmount(path)``."""
+    import shutil
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        return "no mount command"
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return None if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.decode().strip()}"
+
+
+def unmount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system of ``folder`` with one file until ``write`` fails with ENOSPC, then free ``leave`` bytes
+    (rounded down to 4 KiB pages). Returns the filler file."""
+    filler = folder / "filler.bin"
+    block = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(block)
+        except OSError as err:
+            assert err.errno == 28, err
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler

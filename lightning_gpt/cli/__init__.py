@@ -26,7 +26,7 @@ import os
 import sys
 from typing import Any, Callable, NamedTuple, Optional
 
-from lightning_gpt.errors import NonFiniteError, describe_storage_error, lead_with_reason
+from lightning_gpt.errors import NonFiniteError, Terminated, describe_storage_error, lead_with_reason
 
 __all__ = ["COMMANDS", "Command", "main"]  # GPTLightningCLI: lightning_gpt.cli.fit (also reachable here)
 
@@ -89,6 +89,18 @@ def _fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _ignore_ctrl_c_while_exiting() -> None:
+    """The command is ending with an error or an interrupt: a Ctrl-C pressed again now would only interrupt the
+    interpreter's own cleanup (with a traceback from an atexit hook). Only for the real command line (``args`` not
+    given): a caller's process (a test, a notebook) keeps its Ctrl-C."""
+    import signal
+
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of the ``lightning-gpt`` console script (and of ``python -m lightning_gpt``).
 
@@ -108,12 +120,23 @@ def main(args: Optional[list[str]] = None) -> None:
     try:
         command_function(argv[0])(argv[1:])
     except SystemExit as err:
+        if err.code and args is None:
+            _ignore_ctrl_c_while_exiting()
         # Lightning ends a stage on SIGTERM with SIGTERMException() (status 0); a run that did not finish must not
         # look successful to a scheduler or a script: 143, as a process ended by SIGTERM.
         if type(err).__name__ == "SIGTERMException" and not err.code:
             sys.stderr.write("lightning-gpt: stopped by SIGTERM before the end.\n")
             raise SystemExit(143) from None
+        if isinstance(err, Terminated):  # SIGTERM during a write: it was undone (no partial file, no temporary)
+            sys.stderr.write("lightning-gpt: stopped by SIGTERM; nothing was written.\n")
         raise
+    except KeyboardInterrupt:
+        if show_traceback:
+            raise
+        if args is None:
+            _ignore_ctrl_c_while_exiting()
+        sys.stderr.write("lightning-gpt: interrupted (Ctrl-C); nothing partial was written.\n")
+        raise SystemExit(130) from None
     except NonFiniteError as err:
         # Not a usage error, but the message says all (the step, what was kept, how to go on): no traceback.
         if show_traceback:
@@ -127,7 +150,14 @@ def main(args: Optional[list[str]] = None) -> None:
         _fail(f"{lead_with_reason(message)}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
     except OSError as err:
         # A full or read-only disk (or no permission) is the user's to fix; any other OSError keeps its traceback.
-        message = str(err) if hasattr(err, "message") else describe_storage_error(err)
+        message = describe_storage_error(err)
+        if show_traceback or message is None:
+            raise
+        _fail(f"{message}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")
+    except Exception as err:
+        # A library that wraps the OSError of a full disk in its own error (torch.save: RuntimeError "unexpected
+        # pos"), raised where no writer of ours named the file: still one paragraph.
+        message = describe_storage_error(err)
         if show_traceback or message is None:
             raise
         _fail(f"{message}\n(Set LIGHTNING_GPT_TRACEBACK=1 to see the full traceback.)")

@@ -131,7 +131,13 @@ def parse_ckpt_path(cli: Any, lightning_parse: Callable[[], None]) -> None:
         ValueError: the checkpoint cannot be read, is refused as unsafe, or its saved arguments do not parse;
             ``--ckpt_path last`` finds nothing to resume (``run_folder.last_checkpoint``).
     """
-    from lightning_gpt.io.checkpoint import UnsafeCheckpointError, find_checkpoint, read_checkpoint
+    from lightning_gpt.io.checkpoint import (
+        UnsafeCheckpointError,
+        check_config_for_checkpoint,
+        find_checkpoint,
+        read_checkpoint,
+        read_model_checkpoint,
+    )
     from lightning_gpt.io.hf import is_pretrained_path, read_pretrained_config
     from lightning_gpt.training.run_folder import is_sharded_checkpoint
 
@@ -141,7 +147,8 @@ def parse_ckpt_path(cli: Any, lightning_parse: Callable[[], None]) -> None:
     ckpt_path = cli.config[subcommand].get("ckpt_path")
     trust = bool(cli.config[subcommand].get("trust_checkpoint"))
     if ckpt_path and is_pretrained_path(ckpt_path):
-        source = read_pretrained_config(str(ckpt_path))  # a foreign folder fails here, in one paragraph
+        # A foreign folder, or a config that does not describe the weights, fails here in one paragraph.
+        source = read_pretrained_config(str(ckpt_path), trust_checkpoint=trust)
 
         def adopt_folder() -> None:
             cli.config = cli.parser.parse_object({subcommand: {"model": {"config": source.to_dict()}}}, cli.config)
@@ -160,7 +167,9 @@ def parse_ckpt_path(cli: Any, lightning_parse: Callable[[], None]) -> None:
                 "resume from the newest checkpoint of this run)."
             )
         return
-    read_checkpoint(ckpt_path, trust_checkpoint=trust)  # a damaged or unsafe file: one paragraph, not torch's pages
+    # A damaged or unsafe file, or a gpt_config that does not describe the weights, fails here with one paragraph,
+    # before anything is built (the tensors are memory-mapped, not read).
+    read_model_checkpoint(ckpt_path, trust_checkpoint=trust)
     if trust:
         try:
             read_checkpoint(ckpt_path)
@@ -182,6 +191,9 @@ def parse_ckpt_path(cli: Any, lightning_parse: Callable[[], None]) -> None:
             ) from None
 
     keep_explicit_model_args(cli, subcommand, adopt_checkpoint)
+    # The config about to be built (the checkpoint's saved arguments, merged with the explicit ones) must describe
+    # the weights: checked before the model is allocated.
+    check_config_for_checkpoint(cli.config[subcommand].get("model.config"), ckpt_path, trust_checkpoint=trust)
 
 
 def _resolve_last(cfg: Any) -> Optional[str]:

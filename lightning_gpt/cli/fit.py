@@ -30,6 +30,7 @@ from lightning_gpt.training._lightning_internals import (
     parser_actions,
 )
 from lightning_gpt.training.callbacks.interrupt import InterruptCheckpoint
+from lightning_gpt.training.checkpoint_io import AtomicSaveConfigCallback
 
 __all__ = [
     "DESCRIPTION",
@@ -126,6 +127,7 @@ class GPTLightningCLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 1337)
         kwargs.setdefault("auto_configure_optimizers", False)  # GPTModule builds AdamW; the schedule is a callback
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", AtomicSaveConfigCallback)  # config.yaml written atomically
         # TextDataModule's samplers are DistributedSamplers (rank-sharded, resumable), which Lightning keeps.
         kwargs.setdefault("trainer_defaults", {"callbacks": [InterruptCheckpoint()]})
         kwargs.setdefault("parser_kwargs", {"description": DESCRIPTION})

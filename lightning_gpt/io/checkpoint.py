@@ -29,6 +29,8 @@ __all__ = [
     "find_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
+    "read_model_checkpoint",
+    "check_checkpoint_contents",
     "model_state_dict",
     "resolve_checkpoint_config",
     "torch_load",
@@ -118,12 +120,18 @@ def load_checkpoint(
 ) -> tuple[GPT, Optional[Any]]:
     """Build the ``GPT`` saved in a checkpoint (or a weights folder) and its tokenizer.
 
+    The saved config is compared with the weights' names, shapes and dtypes before the model is built (the file is
+    memory-mapped, so the tensors are not read for that): a config that does not describe the weights is one
+    paragraph, however large it claims the model is.
+
     Args:
         path: a ``.ckpt`` file saved by ``GPTModule`` (Lightning ``ModelCheckpoint`` or ``trainer.save_checkpoint``);
-            a ``.safetensors`` file with its JSON config beside it; or a folder written by ``lightning-gpt export``
-            or by Hugging Face ``save_pretrained`` (GPT-2); or nanoGPT's ``ckpt.pt`` (``lightning_gpt.io.nanogpt``).
+            a run folder (``runs/quickstart``) or its ``checkpoints`` folder, whose newest complete checkpoint is
+            loaded; a ``.safetensors`` file with its JSON config beside it; a folder written by ``lightning-gpt
+            export`` or by Hugging Face ``save_pretrained`` (GPT-2); or nanoGPT's ``ckpt.pt`` or ``out_dir``
+            (``lightning_gpt.io.nanogpt``).
         map_location: device of the loaded weights.
-        strict: require the weights to match the model exactly.
+        strict: require the weights to match the model exactly (shapes and dtypes are checked either way).
         trust_checkpoint: allow a full unpickle (code may run) of a file that needs it; trusted files only.
         dtype: cast the weights to this floating dtype (``"bfloat16"``, ``torch.float16``, ...), e.g. to decode at
             half the memory traffic; ``None`` keeps the saved dtype.
@@ -134,9 +142,10 @@ def load_checkpoint(
         ``(model, tokenizer)``: the model in eval mode; the tokenizer, or ``None`` when the checkpoint holds none.
 
     Raises:
-        FileNotFoundError: no such file.
+        FileNotFoundError: no such file, or a folder without checkpoints.
         UnsafeCheckpointError: the file needs a full unpickle and ``trust_checkpoint`` is off.
-        ValueError: an unknown ``dtype``; a damaged or foreign file, or weights that do not fit the saved config.
+        ValueError: an unknown ``dtype``; a damaged or foreign file; weights that do not match the saved config
+            (missing, unexpected, differently shaped or non-float tensors, named); a malformed tokenizer.
     """
     from lightning_gpt.io.hf import is_pretrained_path, load_pretrained
 
@@ -144,20 +153,12 @@ def load_checkpoint(
     if is_pretrained_path(path):
         model, tokenizer = load_pretrained(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
         return (model if target_dtype is None else model.to(dtype=target_dtype)), tokenizer
-    checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
-    if is_nanogpt_checkpoint(checkpoint):
-        checkpoint = from_nanogpt(checkpoint, path, tokenizer)
-    if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
-        raise ValueError(
-            f"{path} has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. For Hugging Face "
-            "GPT-2 weights use lightning_gpt.io.convert; for a bare state dict build GPT(config) and call "
-            "load_state_dict."
-        )
-    config = GPTConfig.from_dict(checkpoint["gpt_config"])
+    if Path(path).is_dir() and not (Path(path) / ".metadata").exists():
+        path = find_checkpoint(str(path))
+    config, state, tokenizer = read_model_checkpoint(
+        path, trust_checkpoint=trust_checkpoint, strict=strict, tokenizer=tokenizer
+    )
     model = GPT(config)
-    state = model_state_dict(checkpoint)
-    if config.tie_weights and "lm_head.weight" not in state and "transformer.wte.weight" in state:
-        state["lm_head.weight"] = state["transformer.wte.weight"]
     try:
         model.load_state_dict(state, strict=strict)
     except RuntimeError as err:
@@ -166,19 +167,134 @@ def load_checkpoint(
     if target_dtype is not None:
         model.to(dtype=target_dtype)
     model.eval()
-    tokenizer = None
-    if checkpoint.get("tokenizer") is not None:
-        from lightning_gpt.data.tokenizers import tokenizer_from_state_dict
-
-        tokenizer = tokenizer_from_state_dict(checkpoint["tokenizer"])
     return model, tokenizer
 
 
-def find_checkpoint(path: str) -> str:
-    """Resolve a run directory to its newest checkpoint (``last.ckpt`` first), or return a file path unchanged.
+def check_checkpoint_contents(
+    checkpoint: Any, path: object, strict: bool = True, given: Optional[GPTConfig] = None
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Optional[Any]]:
+    """Check what a ``GPTModule`` checkpoint holds before anything is built from it: its ``gpt_config`` (and
+    ``given``) against its weights' names, shapes and dtypes, and its tokenizer state.
 
     Args:
-        path: a ``.ckpt`` file, a run directory (``runs/quickstart``) or its ``checkpoints`` folder.
+        checkpoint: the dict read from the file (tensors may be memory-mapped: only shapes and dtypes are read).
+        path: how to name the file in messages.
+        strict: refuse missing and unexpected tensors too (shapes and dtypes are always checked).
+        given: another config about to be built for these weights (e.g. the command line's), checked too.
+
+    Returns:
+        ``(config, state, tokenizer)``: its ``gpt_config``, the bare ``GPT`` weights (``lm_head.weight`` added when
+        tied), and its tokenizer (``None`` when it holds none).
+
+    Raises:
+        ValueError: no ``gpt_config`` entry, a malformed one, weights that do not match it (or ``given``), or a
+            malformed tokenizer state; one paragraph naming the file and the tensors.
+    """
+    from lightning_gpt.io.tokenizer import tokenizer_from_state
+    from lightning_gpt.io.weights import check_weights, config_from_entry
+
+    if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
+        raise ValueError(
+            f"{path} has no 'gpt_config' entry, so it was not saved by lightning_gpt's GPTModule. For Hugging Face "
+            "GPT-2 weights use lightning_gpt.io.convert; for a bare state dict build GPT(config) and call "
+            "load_state_dict."
+        )
+    config = config_from_entry(checkpoint["gpt_config"], f"{path}'s gpt_config")
+    state = model_state_dict(checkpoint)
+    check_weights(config, state, path, "the gpt_config saved with them", strict=strict)
+    if given is not None:
+        check_weights(given, state, path, "the model config given on the command line (or in --config)", strict=strict)
+    if config.tie_weights and "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    tokenizer = checkpoint.get("tokenizer")
+    if tokenizer is not None:
+        tokenizer = tokenizer_from_state(tokenizer, f"{path} (its tokenizer entry)")
+    return config, state, tokenizer
+
+
+def read_model_checkpoint(
+    path: Union[str, Path],
+    trust_checkpoint: bool = False,
+    strict: bool = True,
+    given: Optional[GPTConfig] = None,
+    tokenizer: Optional[Any] = None,
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Optional[Any]]:
+    """Read a ``GPTModule`` checkpoint memory-mapped (its tensors are read only when used) and check it with
+    ``check_checkpoint_contents``; nothing is built.
+
+    Args:
+        path: the ``.ckpt`` file.
+        trust_checkpoint: allow a full unpickle (code may run) of a file that needs it.
+        strict: see ``check_checkpoint_contents``.
+        given: see ``check_checkpoint_contents``.
+        tokenizer: the tokenizer of a nanoGPT ``ckpt.pt`` (see ``load_checkpoint``); ignored for other files.
+
+    Returns:
+        ``(config, state, tokenizer)``, see ``check_checkpoint_contents``.
+
+    Raises:
+        FileNotFoundError: no such file. UnsafeCheckpointError: it needs a full unpickle, without
+            ``trust_checkpoint``. ValueError: see ``read_checkpoint`` and ``check_checkpoint_contents``.
+    """
+    checkpoint = read_checkpoint(path, map_location="cpu", trust_checkpoint=trust_checkpoint, mmap=True)
+    if is_nanogpt_checkpoint(checkpoint):  # nanoGPT's ckpt.pt: its model_args, weights and meta.pkl (or GPT-2 BPE)
+        checkpoint = from_nanogpt(checkpoint, path, tokenizer)
+    return check_checkpoint_contents(checkpoint, path, strict=strict, given=given)
+
+
+def check_config_for_checkpoint(given: Any, path: Union[str, Path], trust_checkpoint: bool = False) -> None:
+    """Check a model config that is about to be built and then loaded from ``path`` against the weights in ``path``.
+
+    ``vocab_size`` is exempt: ``GPTModule`` takes it from the tokenizer before the weights are loaded (and checks it
+    against the checkpoint there).
+
+    Args:
+        given: the config (a ``GPTConfig``, a dict of its fields, or an object with ``as_dict()`` such as a
+            jsonargparse namespace); ``None`` checks nothing.
+        path: the ``.ckpt`` file.
+        trust_checkpoint: allow a full unpickle (code may run) of a file that needs it.
+
+    Raises:
+        ValueError: the config does not describe the weights (one paragraph naming the tensors).
+    """
+    if given is None:
+        return
+    from lightning_gpt.io.weights import config_from_entry
+
+    if isinstance(given, GPTConfig):
+        fields = given.to_dict()
+    else:
+        fields = dict(given.as_dict() if hasattr(given, "as_dict") else given)
+    saved, _, _ = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)  # the saved config fits the weights
+    fields["vocab_size"] = saved.vocab_size
+    # ... and the given one must equal it (the field-level message of GPTModule's own check, before anything is built)
+    resolve_checkpoint_config(saved.to_dict(), config_from_entry(fields, "the model config"))
+
+
+def _checkpoint_step(path: str) -> Optional[int]:
+    """The ``global_step`` of a checkpoint that loads weights-only (tensors memory-mapped, not read), else ``None``."""
+    try:
+        checkpoint = read_checkpoint(path, map_location="cpu", mmap=True)
+    except (ValueError, OSError):
+        return None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        return None
+    step = checkpoint.get("global_step", 0)
+    return int(step) if isinstance(step, int) else 0
+
+
+def find_checkpoint(path: str) -> str:
+    """Resolve a run folder to its newest complete checkpoint, or return a file path unchanged.
+
+    Newest complete: of the ``.ckpt`` files that load (weights-only), the one with the highest ``global_step``,
+    ``last.ckpt`` first among equals, then the newest file. Damaged files are passed over with a warning; when none
+    loads, the newest file is returned so that loading it names the problem.
+
+    Args:
+        path: a ``.ckpt`` file, a run folder (``runs/quickstart``) or its ``checkpoints`` folder.
+
+    Raises:
+        FileNotFoundError: no such path, or no ``.ckpt`` file in the folder.
     """
     if os.path.isfile(path):
         return path
@@ -196,9 +312,19 @@ def find_checkpoint(path: str) -> str:
             for c in [os.path.join(folder, "ckpt.pt")]
             if os.path.isfile(c)  # a nanoGPT out_dir
         ]
-        if ckpts:
-            lasts = [c for c in ckpts if os.path.basename(c).startswith("last")]
-            return max(lasts or ckpts, key=os.path.getmtime)
+        if not ckpts:
+            continue
+        # Preference among equal steps: last.ckpt, then the newest file.
+        ckpts.sort(key=lambda c: (os.path.basename(c).startswith("last"), os.path.getmtime(c)), reverse=True)
+        steps = {c: _checkpoint_step(c) for c in ckpts}
+        readable = [c for c in ckpts if steps[c] is not None]
+        if not readable:
+            return ckpts[0]
+        best = max(readable, key=lambda c: steps[c] or 0)  # max keeps the first of equals: the preferred one
+        skipped = [os.path.basename(c) for c in ckpts if steps[c] is None]
+        if skipped:
+            log.warning("%s: passed over %s (cannot be read); using %s.", folder, ", ".join(skipped), best)
+        return best
     raise FileNotFoundError(
         f"No .ckpt file in {path!r} or {os.path.join(path, 'checkpoints')!r}. Train first (lightning-gpt fit ...) or "
         "pass the checkpoint file itself."

@@ -13,9 +13,6 @@ decodes exactly as the checkpoint did.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Union
@@ -23,12 +20,8 @@ from typing import Any, Optional, Union
 import torch
 
 from lightning_gpt.config import GPTConfig
-from lightning_gpt.io.convert import (
-    config_from_hf_gpt2,
-    hf_gpt2_config_dict,
-    state_dict_from_hf_gpt2,
-    state_dict_to_hf_gpt2,
-)
+from lightning_gpt.io.atomic import atomic_directory
+from lightning_gpt.io.convert import config_from_hf_gpt2, hf_gpt2_config_dict, state_dict_to_hf_gpt2
 from lightning_gpt.io.serialization import (
     BIN_FILE,
     CONFIG_FILE,
@@ -39,8 +32,10 @@ from lightning_gpt.io.serialization import (
     _read_json,
     is_pretrained_path,
     read_checkpoint,
+    write_safetensors,
 )
 from lightning_gpt.io.tokenizer import read_pretrained_tokenizer
+from lightning_gpt.io.weights import check_weights, config_from_entry, hf_weight_names, safetensors_specs
 from lightning_gpt.model import GPT
 
 __all__ = [
@@ -80,27 +75,26 @@ def _hf_config(folder: Path) -> GPTConfig:
     return config_from_hf_gpt2(SimpleNamespace(**fields))
 
 
-def read_pretrained_config(path: Union[str, Path]) -> GPTConfig:
-    """The ``GPTConfig`` of a weights folder or ``.safetensors`` file (JSON only; the weights are not read).
+def _config_file(folder: Path) -> Path:
+    return folder / (NATIVE_FILE if (folder / NATIVE_FILE).is_file() else CONFIG_FILE)
 
-    Args:
-        path: the folder, or a ``.safetensors`` file with ``lightning_gpt.json`` or ``config.json`` beside it.
 
-    Returns:
-        The config (for a Hugging Face folder: ``dropout=0``, ``attention='standard'``).
-
-    Raises:
-        FileNotFoundError: no such folder. ValueError: no config, or not a GPT-2 config.
-    """
-    folder, _ = _folder(path)
+def _stored_config(folder: Path) -> tuple[GPTConfig, dict[str, Any]]:
+    """``(config, lightning_gpt.json's other entries)`` of a folder, from JSON alone."""
     if (folder / NATIVE_FILE).is_file():
-        return GPTConfig.from_dict(_read_json(folder / NATIVE_FILE)["gpt_config"])
+        native = _read_json(folder / NATIVE_FILE)
+        if "gpt_config" not in native:
+            raise ValueError(
+                f"{folder / NATIVE_FILE} has no 'gpt_config' entry, so the folder's model config is unknown. Restore "
+                "the file that lightning-gpt export wrote, or export the checkpoint again."
+            )
+        return config_from_entry(native["gpt_config"], f"{folder / NATIVE_FILE}'s gpt_config"), native
     if not (folder / CONFIG_FILE).is_file():
         raise ValueError(f"{folder} has neither {NATIVE_FILE} nor {CONFIG_FILE} beside the weights. Expected {LAYOUT}.")
-    return _hf_config(folder)
+    return _hf_config(folder), {}
 
 
-def _read_weights(folder: Path, weights: Optional[Path], trust_checkpoint: bool) -> dict[str, torch.Tensor]:
+def _weights_file(folder: Path, weights: Optional[Path]) -> Path:
     if weights is None:
         weights = folder / SAFETENSORS_FILE
         if not weights.is_file():
@@ -112,23 +106,64 @@ def _read_weights(folder: Path, weights: Optional[Path], trust_checkpoint: bool)
             + (" (sharded weights are not supported: save with a larger max_shard_size)" if sharded else "")
             + f". Expected {LAYOUT}."
         )
-    if weights.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    return weights
 
-        try:
-            return load_file(str(weights), device="cpu")
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types on bad bytes
-            raise ValueError(f"{weights} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
-    state = read_checkpoint(weights, trust_checkpoint=trust_checkpoint)
+
+def _lazy_weights(file: Path, trust_checkpoint: bool) -> dict[str, torch.Tensor]:
+    """The file's tensors without reading their data: meta tensors from a safetensors header, memory-mapped ones from
+    a ``.bin``."""
+    if file.suffix == ".safetensors":
+        return safetensors_specs(file)
+    state = read_checkpoint(file, trust_checkpoint=trust_checkpoint, mmap=True)
     if not isinstance(state, dict):
-        raise ValueError(f"{weights} holds a {type(state).__name__}, not a state dict of tensors.")
+        raise ValueError(f"{file} holds a {type(state).__name__}, not a state dict of tensors.")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _as_gpt_state(raw: dict[str, torch.Tensor], native: dict[str, Any], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Stored names -> ``GPT``'s (views only); the tied head added where the file leaves it out."""
+    state = hf_weight_names(raw) if native.get("weights", "hf_gpt2") == "hf_gpt2" else dict(raw)
+    if config.tie_weights and "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+def _checked_folder(
+    path: Union[str, Path], trust_checkpoint: bool
+) -> tuple[Path, Path, GPTConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """``(folder, weights file, config, native entries, lazy weights)``, the config checked against the weights."""
+    folder, weights = _folder(path)
+    config, native = _stored_config(folder)
+    file = _weights_file(folder, weights)
+    raw = _lazy_weights(file, trust_checkpoint)
+    check_weights(config, _as_gpt_state(raw, native, config), file, f"the model config in {_config_file(folder)}")
+    return folder, file, config, native, raw
+
+
+def read_pretrained_config(path: Union[str, Path], trust_checkpoint: bool = False) -> GPTConfig:
+    """The ``GPTConfig`` of a weights folder or ``.safetensors`` file, checked against the weights' names, shapes and
+    dtypes (a safetensors header, or a ``.bin`` memory-mapped: the weights' data is not read).
+
+    Args:
+        path: the folder, or a ``.safetensors`` file with ``lightning_gpt.json`` or ``config.json`` beside it.
+        trust_checkpoint: allow a ``pytorch_model.bin`` that needs a full unpickle (code may run).
+
+    Returns:
+        The config (for a Hugging Face folder: ``dropout=0``, ``attention='standard'``).
+
+    Raises:
+        FileNotFoundError: no such folder, or no weights in it. ValueError: no config, not a GPT-2 config, or a
+            config that does not describe the weights (the message names the tensors).
+    """
+    return _checked_folder(path, trust_checkpoint)[2]
 
 
 def read_pretrained(
     path: Union[str, Path], trust_checkpoint: bool = False
 ) -> tuple[GPTConfig, dict[str, torch.Tensor], Optional[dict[str, Any]]]:
     """Read a weights folder (or ``.safetensors`` file): its config, its weights under ``GPT``'s names, its tokenizer.
+
+    The config is checked against the weights before their data is read (see ``read_pretrained_config``).
 
     Args:
         path: a Hugging Face GPT-2 folder, a ``lightning-gpt export`` folder, or a ``.safetensors`` file in one.
@@ -140,25 +175,19 @@ def read_pretrained(
     Raises:
         FileNotFoundError: a missing folder or weights file.
         UnsafeCheckpointError: a ``.bin`` that needs a full unpickle, without ``trust_checkpoint``.
-        ValueError: no or a non-GPT-2 ``config.json``, or weights that do not fit the config.
+        ValueError: no or a non-GPT-2 ``config.json``; weights that do not match the config (missing, unexpected,
+            differently shaped or non-float tensors, named); a malformed tokenizer.
     """
-    folder, weights = _folder(path)
-    raw = _read_weights(folder, weights, trust_checkpoint)
-    native = _read_json(folder / NATIVE_FILE) if (folder / NATIVE_FILE).is_file() else {}
-    config = read_pretrained_config(folder)
+    folder, file, config, native, raw = _checked_folder(path, trust_checkpoint)
     tokenizer = read_pretrained_tokenizer(folder)
-    hf_layout = native.get("weights", "hf_gpt2") == "hf_gpt2"
-    try:
-        if hf_layout:
-            state = state_dict_from_hf_gpt2(raw, config)
-        else:
-            state = dict(raw)
-            if config.tie_weights and "lm_head.weight" not in state and "transformer.wte.weight" in state:
-                state["lm_head.weight"] = state["transformer.wte.weight"]
-    except (KeyError, ValueError) as err:
-        message = err.args[0] if err.args else str(err)
-        raise ValueError(f"The weights in {folder} do not fit its config ({config}): {message}") from None
-    return config, state, tokenizer
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            raw = load_file(str(file), device="cpu")
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types on bad bytes
+            raise ValueError(f"{file} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
+    return config, _as_gpt_state(raw, native, config), tokenizer
 
 
 def load_pretrained(
@@ -174,6 +203,9 @@ def load_pretrained(
 
     Returns:
         ``(model, tokenizer)``: the model in eval mode; the tokenizer or ``None``.
+
+    Raises:
+        See ``read_pretrained``.
     """
     import dataclasses
 
@@ -186,9 +218,9 @@ def load_pretrained(
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
     tokenizer = None
     if tokenizer_state is not None:
-        from lightning_gpt.data.tokenizers import tokenizer_from_state_dict
+        from lightning_gpt.io.tokenizer import tokenizer_from_state
 
-        tokenizer = tokenizer_from_state_dict(tokenizer_state)
+        tokenizer = tokenizer_from_state(tokenizer_state, Path(path))
     return model, tokenizer
 
 
@@ -296,9 +328,9 @@ def write_pretrained(
     Raises:
         ValueError: an unknown format, a non-empty ``output_dir``, or (``hf``) a model or tokenizer that GPT-2's
             format cannot express (the message names the field).
+        StorageError: a full or read-only disk (one paragraph; the temporary folder is removed).
+        Terminated: SIGTERM arrived during the write (the temporary folder is removed; exit status 143).
     """
-    from safetensors.torch import save_file
-
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}.")
     out = Path(output_dir)
@@ -335,19 +367,11 @@ def write_pretrained(
         "gpt_config": config.to_dict(),
         "tokenizer": tokenizer.state_dict() if tokenizer is not None else None,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would survive the rename
-        weights = {k: v.clone().contiguous() for k, v in tensors.items()}
-        save_file(weights, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
+    with atomic_directory(out, "the export", "--output_dir") as tmp:
+        weights = {k: v.contiguous() for k, v in tensors.items()}
+        with open(tmp / SAFETENSORS_FILE, "wb") as f:
+            write_safetensors(weights, f, metadata={"format": "pt"})
         for name, content in files.items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -32,6 +32,16 @@ WEIGHT_FREE_FIELDS = (
 )
 
 
+# Init sources the user allowed to be fully unpickled in this process (``init_config(..., trust_checkpoint=True)``,
+# as ``--trust_checkpoint`` does before the module is built): the module's own reads of the same file, which cannot
+# see the command-line flag, honour that opt-in instead of refusing the file a second time.
+_TRUSTED: set[str] = set()
+
+
+def _trusted(path: Union[str, Path], trust_checkpoint: bool) -> bool:
+    return trust_checkpoint or str(Path(path).resolve()) in _TRUSTED
+
+
 def _is_folder(path: Union[str, Path]) -> bool:
     from lightning_gpt.io.hf import is_pretrained_path
 
@@ -42,7 +52,7 @@ def _checkpoint(path: Union[str, Path], trust_checkpoint: bool) -> dict[str, Any
     from lightning_gpt.io.checkpoint import read_checkpoint
     from lightning_gpt.io.nanogpt import from_nanogpt, is_nanogpt_checkpoint
 
-    checkpoint = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    checkpoint = read_checkpoint(path, trust_checkpoint=trust_checkpoint, mmap=True)
     if is_nanogpt_checkpoint(checkpoint):  # nanoGPT's ckpt.pt: its model_args, weights and meta.pkl (or GPT-2 BPE)
         checkpoint = from_nanogpt(checkpoint, path)
     if not isinstance(checkpoint, dict) or "gpt_config" not in checkpoint:
@@ -73,17 +83,23 @@ def init_config(path: Union[str, Path], trust_checkpoint: bool = False) -> GPTCo
         FileNotFoundError: no such path. ValueError: not a GPT-2 / lightning-gpt source.
     """
     _check_exists(path)
+    if trust_checkpoint:
+        _TRUSTED.add(str(Path(path).resolve()))
+    trust_checkpoint = _trusted(path, trust_checkpoint)
     if _is_folder(path):
         from lightning_gpt.io.hf import read_pretrained_config
 
-        return read_pretrained_config(path)
+        return read_pretrained_config(path, trust_checkpoint=trust_checkpoint)  # checked against the weights
     if Path(path).is_dir():
         raise ValueError(
             f"init_from={str(path)!r} is a folder without config.json, so it is not a Hugging Face model folder. "
             "Expected config.json, model.safetensors or pytorch_model.bin, and tokenizer.json (or vocab.json + "
             "merges.txt); for a training run's folder pass its checkpoints/last.ckpt."
         )
-    return GPTConfig.from_dict(_checkpoint(path, trust_checkpoint)["gpt_config"])
+    from lightning_gpt.io.checkpoint import read_model_checkpoint
+
+    _checkpoint(path, trust_checkpoint)  # one paragraph for a foreign file
+    return read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)[0]  # checked against the weights
 
 
 def resolve_init_config(path: Union[str, Path], given: Optional[GPTConfig] = None) -> GPTConfig:
@@ -131,16 +147,16 @@ def init_state_dict(path: Union[str, Path], config: GPTConfig, trust_checkpoint:
         config: the config the model was built with (see ``resolve_init_config``).
         trust_checkpoint: allow a ``.ckpt`` / ``.bin`` that needs a full unpickle (code may run).
     """
+    trust_checkpoint = _trusted(path, trust_checkpoint)
     if _is_folder(path):
         from lightning_gpt.io.hf import read_pretrained
 
         _, state, _ = read_pretrained(path, trust_checkpoint=trust_checkpoint)
     else:
-        from lightning_gpt.io.checkpoint import model_state_dict
+        from lightning_gpt.io.checkpoint import read_model_checkpoint
 
-        state = model_state_dict(_checkpoint(path, trust_checkpoint))
-        if config.tie_weights and "lm_head.weight" not in state and "transformer.wte.weight" in state:
-            state["lm_head.weight"] = state["transformer.wte.weight"]
+        _checkpoint(path, trust_checkpoint)
+        state = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)[1]
     wpe = state.get("transformer.wpe.weight")
     if isinstance(wpe, torch.Tensor) and wpe.shape[0] > config.block_size:
         state["transformer.wpe.weight"] = wpe[: config.block_size]
@@ -148,9 +164,16 @@ def init_state_dict(path: Union[str, Path], config: GPTConfig, trust_checkpoint:
 
 
 def init_tokenizer_state(path: Union[str, Path], trust_checkpoint: bool = False) -> Optional[dict[str, Any]]:
-    """The tokenizer state stored at ``path``, or ``None`` when it holds none."""
+    """The tokenizer state stored at ``path`` (checked: a malformed one is a ``ValueError`` naming the file), or
+    ``None`` when it holds none."""
+    trust_checkpoint = _trusted(path, trust_checkpoint)
     if _is_folder(path):
         from lightning_gpt.io.tokenizer import read_pretrained_tokenizer
 
         return read_pretrained_tokenizer(path)
-    return _checkpoint(path, trust_checkpoint).get("tokenizer")
+    from lightning_gpt.io.tokenizer import tokenizer_from_state
+
+    state = _checkpoint(path, trust_checkpoint).get("tokenizer")
+    if state is not None:
+        tokenizer_from_state(state, f"{path} (its tokenizer entry)")
+    return state

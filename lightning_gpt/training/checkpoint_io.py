@@ -1,5 +1,6 @@
 """``AtomicCheckpointIO``: a Lightning ``CheckpointIO`` plugin that never leaves a half-written checkpoint, and never
-runs code from a checkpoint it reads unless told to trust it."""
+runs code from a checkpoint it reads unless told to trust it; ``AtomicSaveConfigCallback``: the run's ``config.yaml``
+written the same way."""
 
 from __future__ import annotations
 
@@ -10,24 +11,28 @@ from typing import Any, Optional
 import lightning
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lightning_gpt.errors import storage_error
+from lightning_gpt.io.atomic import atomic_file
 
-__all__ = ["AtomicCheckpointIO"]
+__all__ = ["AtomicCheckpointIO", "AtomicSaveConfigCallback"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to ``<path>.tmp-<pid>``, fsync it, then ``os.replace`` it onto ``<path>``.
+    """Write each checkpoint to ``<path>.tmp-<pid>-<tag>``, fsync it, then ``os.replace`` it onto ``<path>``
+    (``lightning_gpt.io.atomic.atomic_file``).
 
     The rename is atomic on POSIX and Windows, so the file under the final name is always a complete checkpoint: a
-    crash or SIGKILL mid-save leaves the previous file (and at worst a stray ``.tmp-<pid>`` file, removed on the next
-    successful save of the same path, but only when the process that wrote it is gone: a live writer's file is never
-    touched). Remote filesystems (``s3://``...) fall back to the plain write.
+    crash or SIGKILL mid-save leaves the previous file (and at worst a stray ``.tmp-<pid>...`` file, removed on the
+    next save of the same path, but only when the process that wrote it is gone: a live writer's file is never
+    touched). A full or read-only disk is a ``StorageError`` paragraph with no temporary left. Remote filesystems
+    (``s3://``...) fall back to the plain write.
 
     Reading (``fit --ckpt_path``, ``validate``/``test``/``predict``) is weights-only whatever Lightning asks for: a file
     that needs a full unpickle is refused (``UnsafeCheckpointError``) unless ``trust_checkpoint`` is set. A weights
-    folder (``lightning-gpt export`` or Hugging Face GPT-2) reads as a checkpoint of weights, config and tokenizer.
+    folder (``lightning-gpt export`` or Hugging Face GPT-2) reads as a checkpoint of weights, config and tokenizer. The
+    ``gpt_config`` is checked against the weights, and the tokenizer state parsed, before Lightning sees either.
 
     Args:
         trust_checkpoint: allow full unpickling of checkpoints that need it (code in the file may run).
@@ -40,7 +45,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Optional[Any] = lambda storage, loc: storage, weights_only: Optional[bool] = None
     ) -> dict[str, Any]:
-        from lightning_gpt.io.checkpoint import read_checkpoint, torch_load
+        from lightning_gpt.io.checkpoint import check_checkpoint_contents, read_checkpoint, torch_load
         from lightning_gpt.io.hf import is_pretrained_path
 
         fs = get_filesystem(path)
@@ -51,7 +56,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 return torch_load(f, map_location=map_location, trust_checkpoint=self.trust_checkpoint, name=path)
         if is_pretrained_path(path):
             return _as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
-        return read_checkpoint(path, map_location=map_location, trust_checkpoint=self.trust_checkpoint)
+        checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=self.trust_checkpoint)
+        if isinstance(checkpoint, dict) and "gpt_config" in checkpoint:  # a GPTModule's (others: Lightning's checks)
+            check_checkpoint_contents(checkpoint, path)
+        return checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
@@ -63,59 +71,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
             super().save_checkpoint(checkpoint, path)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f"{path.name}.tmp-*"):  # left by an earlier crash
-            if not _writer_alive(stale.name.rsplit(".tmp-", 1)[-1]):
-                stale.unlink(missing_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            # A full or read-only disk is the user's to fix: one paragraph naming the file, not torch's traceback.
-            wrapped = storage_error(err, path, "the checkpoint", "--trainer.default_root_dir (or --checkpoint.dirpath)")
-            if wrapped is not None:
-                raise wrapped from err
-            raise
-        _fsync_dir(path.parent)
-
-
-def _writer_alive(pid_text: str) -> bool:
-    """Whether the process that owns a ``.tmp-<pid>`` file still runs (ours counts as gone: we replace it)."""
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if pid == os.getpid() or pid <= 0:
-        return False
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume it lives
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):  # exists but belongs to someone else (or cannot be asked): leave it
-        return True
-    return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable (POSIX); not possible on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        # A full or read-only disk is one paragraph naming the file (torch.save wraps the OSError in a RuntimeError);
+        # a second Ctrl-C during the save stays a KeyboardInterrupt (Lightning then exits quietly); SIGTERM outside
+        # Lightning's own handling removes the temporary too.
+        with atomic_file(path, "the checkpoint", "--trainer.default_root_dir (or --checkpoint.dirpath)") as f:
+            torch.save(checkpoint, f)
 
 
 def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
@@ -123,7 +83,7 @@ def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
     Lightning's ``predict``/``validate``/``test`` can take the folder as ``ckpt_path``."""
     from lightning_gpt.io.hf import read_pretrained
 
-    config, state, tokenizer = read_pretrained(path, trust_checkpoint=trust_checkpoint)
+    config, state, tokenizer = read_pretrained(path, trust_checkpoint=trust_checkpoint)  # checked against each other
     return {
         "state_dict": {f"model.{k}": v for k, v in state.items()},
         "gpt_config": config.to_dict(),
@@ -132,3 +92,39 @@ def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
         "epoch": 0,
         "global_step": 0,
     }
+
+
+class AtomicSaveConfigCallback(SaveConfigCallback):
+    """``SaveConfigCallback`` that writes the run's ``config.yaml`` like a checkpoint: to a temporary, renamed into
+    place (``lightning_gpt.io.atomic.atomic_file``). Lightning's own writes the file in place, so a full disk
+    truncated the previous run's ``config.yaml`` and the error named no file; here it is one ``StorageError``
+    paragraph and the previous file stays whole.
+
+    Args:
+        args: as ``SaveConfigCallback`` (``save_to_log_dir`` is handled here: the file still goes to the log dir).
+        kwargs: as ``SaveConfigCallback``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False  # Lightning's in-place write off; save_config below writes the file
+        super().__init__(*args, **kwargs)
+        self._log_dir: Optional[str] = None
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not self.already_saved:
+            self._log_dir = trainer.log_dir  # a collective under DDP: every rank asks, as Lightning's setup does
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Write ``<log_dir>/config.yaml`` atomically (rank zero only; Lightning calls this there)."""
+        if self._log_dir is None:
+            return
+        path = os.path.join(self._log_dir, self.config_filename)
+        if get_filesystem(path).protocol not in ("file", ("file", "local")):
+            self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile)
+            return
+        if not self.overwrite and os.path.isfile(path):
+            raise RuntimeError(f"{path} exists; not overwriting the config of a previous run.")
+        text = self.parser.dump(self.config, skip_none=False)
+        with atomic_file(path, "the run's config", "--trainer.default_root_dir", mode="w") as f:
+            f.write(text)

@@ -89,12 +89,15 @@ def test_weights_that_do_not_fit_the_config(saved, tmp_path):
     ckpt["gpt_config"]["n_layer"] = 3
     path = tmp_path / "mismatch.ckpt"
     torch.save(ckpt, path)
-    with pytest.raises(ValueError, match="do not fit its gpt_config"):
+    with pytest.raises(ValueError, match="do not match the gpt_config saved with them"):
         load_checkpoint(path)
 
 
 def test_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="is a directory, not a checkpoint file"):
+    with pytest.raises(ValueError, match="is a folder, not a checkpoint file"):
+        read_checkpoint(tmp_path)
+    (tmp_path / ".metadata").write_bytes(b"")
+    with pytest.raises(ValueError, match="sharded .*dcp_to_torch_save"):
         read_checkpoint(tmp_path)
 
 

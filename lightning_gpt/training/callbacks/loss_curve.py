@@ -60,7 +60,12 @@ class LossCurve(Callback):
         try:
             drawn = plot_loss_curve(self.train, self.val, path)
         except (OSError, ValueError, RuntimeError) as err:  # the run itself is done and saved: never fail it here
-            rank_zero_info(f"Loss curve not drawn ({type(err).__name__}: {err}).")
+            from lightning_gpt.errors import storage_error
+
+            full = storage_error(err, path, "the loss curve", "--trainer.default_root_dir")  # a full disk: say so
+            rank_zero_info(
+                f"Loss curve not drawn: {full}" if full else f"Loss curve not drawn ({type(err).__name__}: {err})."
+            )
             return
         if drawn:
             rank_zero_info(f"Loss curve: {path}")

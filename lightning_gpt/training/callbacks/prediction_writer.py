@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -172,7 +173,8 @@ class JSONLPredictionWriter(BasePredictionWriter):
         # Leave no partial result behind; the previous results file (if any) is untouched.
         if self._file is not None:
             tmp = Path(self._file.name)
-            self._file.close()
+            with contextlib.suppress(OSError):  # on a full disk, close() fails flushing what is discarded anyway
+                self._file.close()
             self._file = None
             tmp.unlink(missing_ok=True)
 
