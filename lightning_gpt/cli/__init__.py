@@ -118,10 +118,18 @@ def main(args: Optional[list[str]] = None) -> None:
         sys.stdout.write(overview())
         _fail(f"unknown subcommand {argv[0]!r}; choose one of {', '.join(COMMANDS)}")
     try:
+        _run(argv, show_traceback)
+    except SystemExit as err:
+        if err.code and args is None:  # whatever the failure, a Ctrl-C while exiting adds no traceback
+            _ignore_ctrl_c_while_exiting()
+        raise
+
+
+def _run(argv: list[str], show_traceback: bool) -> None:
+    """Run one subcommand; every failure a user can fix leaves as ``SystemExit`` with a one-paragraph message."""
+    try:
         command_function(argv[0])(argv[1:])
     except SystemExit as err:
-        if err.code and args is None:
-            _ignore_ctrl_c_while_exiting()
         # Lightning ends a stage on SIGTERM with SIGTERMException() (status 0); a run that did not finish must not
         # look successful to a scheduler or a script: 143, as a process ended by SIGTERM.
         if type(err).__name__ == "SIGTERMException" and not err.code:
@@ -133,8 +141,6 @@ def main(args: Optional[list[str]] = None) -> None:
     except KeyboardInterrupt:
         if show_traceback:
             raise
-        if args is None:
-            _ignore_ctrl_c_while_exiting()
         sys.stderr.write("lightning-gpt: interrupted (Ctrl-C); nothing partial was written.\n")
         raise SystemExit(130) from None
     except NonFiniteError as err:
