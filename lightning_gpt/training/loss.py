@@ -46,31 +46,43 @@ __all__ = [
 class TokenMeanLoss(Metric):
     """Token-weighted mean of per-batch mean losses: (sum over batches of mean x tokens) / (sum of tokens), summed
     over ranks. A batch without target tokens adds nothing; a real NaN stays NaN (torchmetrics' ``MeanMetric`` drops
-    NaN values by default)."""
+    NaN values by default). When batches also give the UTF-8 bytes their targets stand for, ``bits_per_byte`` is the
+    same loss per byte in bits (Gao et al. 2020, The Pile, section 4.1: ``total_nats / ln 2 / total_bytes``)."""
 
     full_state_update = False
     loss_sum: Tensor
     tokens: Tensor
+    n_bytes: Tensor
 
     def __init__(self) -> None:
         super().__init__()
         self.add_state("loss_sum", torch.zeros(()), dist_reduce_fx="sum")
         self.add_state("tokens", torch.zeros(()), dist_reduce_fx="sum")
+        self.add_state("n_bytes", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, loss: Tensor, n_tokens: Tensor) -> None:
+    def update(self, loss: Tensor, n_tokens: Tensor, n_bytes: Optional[Tensor] = None) -> None:
         """Add one batch.
 
         Args:
             loss: the batch's mean loss per target token (a scalar; ``0`` when it has none).
             n_tokens: the batch's target-token count.
+            n_bytes: the UTF-8 bytes of text its target tokens stand for (``None``: unknown, no ``bits_per_byte``).
         """
         tokens = torch.as_tensor(n_tokens, device=self.tokens.device).float()
         self.loss_sum += loss.detach().float() * tokens
         self.tokens += tokens
+        if n_bytes is not None:
+            self.n_bytes += torch.as_tensor(n_bytes, device=self.n_bytes.device).long()
 
     def compute(self) -> Tensor:
         """The mean loss per target token (NaN when no batch had any target token)."""
         return self.loss_sum / self.tokens
+
+    def bits_per_byte(self) -> Optional[Tensor]:
+        """The summed loss in bits per UTF-8 byte of the scored text, or ``None`` when no batch counted bytes."""
+        if int(self.n_bytes) <= 0:
+            return None
+        return self.loss_sum / math.log(2) / self.n_bytes.float()
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,8 @@ class GPTModule(ConfigAndTokenizer):
         self._step_seed: Optional[int] = None
         self.val_loss = TokenMeanLoss()
         self.test_loss = TokenMeanLoss()
+        self._byte_table: Optional[Tensor] = None  # bytes per token id, for <stage>/bpb (built once per tokenizer)
+        self._byte_table_of: Any = None
 
     def configure_model(self) -> None:
         """Build the GPT (once), from ``init_from``'s weights when given; under a ``ModelParallelStrategy`` (FSDP2),
@@ -240,13 +242,27 @@ class GPTModule(ConfigAndTokenizer):
             self.log("train/tokens_seen", self.tokens_seen.float())  # target tokens, all ranks
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.val_loss.update(*self._shared_step(batch))
+        self.val_loss.update(*self._shared_step(batch), self._target_bytes(batch))
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val", self.val_loss)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.test_loss.update(*self._shared_step(batch))
+        self.test_loss.update(*self._shared_step(batch), self._target_bytes(batch))
+
+    def _target_bytes(self, batch: Any) -> Optional[Tensor]:
+        """The UTF-8 bytes of text the batch's target tokens stand for (``token_byte_lengths`` of the tokenizer,
+        special and ignored ids 0), or ``None`` without a tokenizer (no ``bpb`` is logged then)."""
+        if self.tokenizer is None or self.model is None:
+            return None
+        if self._byte_table is None or self._byte_table_of is not self.tokenizer:
+            from lightning_gpt.evaluation.metrics import token_byte_lengths
+
+            self._byte_table = token_byte_lengths(self.tokenizer, self.config.padded_vocab_size)
+            self._byte_table_of = self.tokenizer
+        targets = self.split_batch(batch)[1]
+        table = self._byte_table.to(targets.device)
+        return table[targets.clamp(min=0)].masked_fill(targets == IGNORE_INDEX, 0).sum()
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test", self.test_loss)
@@ -256,8 +272,9 @@ class GPTModule(ConfigAndTokenizer):
         loss = metric.compute()
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=False)
         self.log(f"{stage}/ppl", loss.exp())
-        # Bits per byte (``<stage>/bpb`` = loss / ln 2 * tokens / UTF-8 bytes of the text) is logged here by the
-        # evaluation work, once the data module counts the bytes behind its evaluation tokens.
+        bpb = metric.bits_per_byte()
+        if bpb is not None:
+            self.log(f"{stage}/bpb", bpb)
         metric.reset()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
