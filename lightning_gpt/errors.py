@@ -139,7 +139,12 @@ def describe_storage_error(err: BaseException) -> Optional[str]:
 
 def lead_with_reason(message: str) -> str:
     """jsonargparse reports a bad field of an ``Optional[...]`` argument as "Does not validate against any of the
-    Union subtypes", a list of subtypes, the real reason, and a dump of the value; keep only the real reason."""
+    Union subtypes", a list of subtypes, the real reason, and a dump of the value; keep only the real reason. A class
+    that failed to start (a logger whose package is missing, a tracking store that refuses) is reported by the
+    class's own message first, without jsonargparse's "Expected a <class ...>" tries of the other union members."""
+    started = _class_start_failure(message)
+    if started:
+        return started
     if "Does not validate against any of the Union subtypes" not in message:
         return message
     unknown = _unknown_field(message)
@@ -158,9 +163,34 @@ def lead_with_reason(message: str) -> str:
         elif in_errors and text and reasons:
             reasons[-1].append(text)
     reasons = [r for r in reasons if not r[0].startswith("Expected a <class 'NoneType'>")]
+    for r in reasons:
+        started = _class_start_failure(" ".join(r))
+        if started:
+            return started
     key = re.search(r'Parser key "([^"]+)"', message)
     prefix = f"--{key.group(1)}: " if key else ""
     return prefix + " ".join(" ".join(r) for r in reasons) if reasons else message
+
+
+def _class_start_failure(message: str) -> Optional[str]:
+    """ "Problem with given class_path 'x.Y': <reason> Expected a <class ...> ..." -> "Y could not start: <reason>"
+    with what to do, or ``None`` for any other message."""
+    found = re.match(r"\s*Problem with given class_path '([\w.]+)':\s*(.*)", message, re.DOTALL)
+    if not found:
+        return None
+    class_path, rest = found.groups()
+    reason = re.split(r"\s*Expected a <class ", rest, maxsplit=1)[0].strip()
+    if not reason or "Option '" in reason:
+        return None
+    name = class_path.rpartition(".")[2]
+    what = "logger" if ".loggers." in class_path else "class"
+    fix = (
+        "Install what it needs or fix its settings, or choose another logger (--trainer.logger TensorBoardLogger, "
+        "CSVLogger, or false)."
+        if what == "logger"
+        else "Install what it needs or fix its settings."
+    )
+    return f"the {what} {name} ({class_path}) could not start: {reason} {fix}"
 
 
 def _unknown_field(message: str) -> Optional[str]:
