@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_WARNED_TAIL: set[str] = set()  # sources already warned about the tail fallback (prepare_data and setup both ask)
 
 
 def source_options(settings: SourceSettings, split: str, own_source: bool = True) -> dict[str, Any]:
@@ -144,6 +145,9 @@ def local_caches(
         val = token_cache(train_src, tokenizer, settings, cache_dir, "val", split_seed)
         if train.n_docs > 0 and val.n_docs > 0:
             return train, val, False
+        if train_src.name in _WARNED_TAIL:
+            return token_cache(train_src, tokenizer, settings, cache_dir), None, v.fraction > 0
+        _WARNED_TAIL.add(train_src.name)
         log.warning(
             "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
             "samples; holding out the tail (val_holdout='tail') instead.",
