@@ -134,7 +134,9 @@ def sparse_attention(
     return y.reshape(B, nh, N * Lq, -1)[:, :, :T]  # (B, nh, T, hs)
 
 
-def _padded_to(length: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]) -> tuple[Tensor, ...]:
+def _padded_to(
+    length: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """``q, k, v`` ``(B, nh, T, hs)`` padded with zeros to ``length`` positions, ``key_mask`` ``(B, T)`` with False.
 
     For a traced (symbolic) ``T``: the padded positions come after every real query, so causal attention over the
