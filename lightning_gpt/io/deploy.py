@@ -117,7 +117,8 @@ def export_program(model: GPT) -> torch.export.ExportedProgram:
     """``torch.export`` of the model's full-sequence forward, with dynamic batch and sequence length.
 
     Args:
-        model: the model (exported in eval mode and float32; a model in another mode or dtype is copied first).
+        model: the model (exported in eval mode and float32; a model in another mode or dtype is copied first), on
+            the device the program is for.
 
     Returns:
         The program: ``program.module()(input_ids)`` with ``input_ids`` ``(B, T)`` int64, ``1 <= T <= block_size``,
@@ -129,11 +130,10 @@ def export_program(model: GPT) -> torch.export.ExportedProgram:
     """
     model = _inference_copy(model)
     config = model.config
+    example = example_input(config).to(model.lm_head.weight.device)
     try:
         with torch.no_grad(), _quiet_exporters():
-            return torch.export.export(
-                _Logits(model), (example_input(config),), dynamic_shapes=dynamic_shapes(config), strict=False
-            )
+            return torch.export.export(_Logits(model), (example,), dynamic_shapes=dynamic_shapes(config), strict=False)
     except Exception as err:
         raise ValueError(_trace_refusal(config, err)) from err
 
@@ -223,12 +223,13 @@ def _check_lengths(config: GPTConfig) -> list[tuple[int, int]]:
 def _verify(run: Callable[[Tensor], Tensor], model: GPT, what: str) -> None:
     """Compare ``run(ids)`` with the eager logits at the ``_check_lengths`` shapes; raise ValueError if they differ."""
     generator = torch.Generator().manual_seed(0)
+    device = model.lm_head.weight.device
     for batch, length in _check_lengths(model.config):
-        ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
+        ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator).to(device)
         with torch.no_grad():
-            expected = model(ids)  # (B, T, V)
+            expected = model(ids).cpu()  # (B, T, V)
         try:
-            got = run(ids)
+            got = run(ids).cpu()
         except Exception as err:
             raise ValueError(
                 f"The {what} of attention {model.config.attention!r} fails at sequence length {length} "
@@ -251,7 +252,7 @@ def _onnx_runner(path: Path) -> Callable[[Tensor], Tensor]:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(ids: Tensor) -> Tensor:
-        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: ids.numpy()})
+        (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: ids.cpu().numpy()})
         return torch.from_numpy(logits)
 
     return run

@@ -75,11 +75,15 @@ def test_the_pattern_matters_at_the_exported_lengths():
     assert (local - strided).abs().max() > 1e-3 and (local - longformer).abs().max() > 1e-3
 
 
-def test_exporting_leaves_the_model_as_it_was():
-    model = tiny("linear").train()
-    export_program(model)
-    assert model.training
-    assert all(block.attn.state is None for block in model.transformer.h)
+def test_a_training_bf16_model_is_exported_as_its_float32_eval_copy_and_left_as_it_was():
+    model = tiny("linear").train().to(torch.bfloat16)
+    program = export_program(model)
+    assert model.training and model.lm_head.weight.dtype == torch.bfloat16
+    reference = tiny("linear").eval()
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    x = ids(1, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), reference(x), atol=1e-5, rtol=0)
 
 
 class _BranchOnLength(AttentionCore):
@@ -115,9 +119,11 @@ def test_cli_export_onnx_of_a_sparse_model_runs_in_onnxruntime(cli, tmp_path):
     assert meta["format"] == "onnx" and meta["inputs"]["input_ids"]["seq"] == [1, BLOCK]
     assert meta["gpt_config"]["sparse_pattern"] == "strided"
     assert CharTokenizer.from_state_dict(meta["tokenizer"]).encode("the fox") == tok.encode("the fox")
+    hf_tokenizer = pytest.importorskip("tokenizers").Tokenizer.from_file(str(out / "tokenizer.json"))
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     for text in ("the lazy dog", "the quick brown fox jumps over"):  # lengths 12 and 30 (the example is 16)
-        x = torch.tensor([tok.encode(text)])
+        assert hf_tokenizer.encode(text).ids == tok.encode(text)
+        x = torch.tensor([hf_tokenizer.encode(text).ids])
         (logits,) = session.run(["logits"], {"input_ids": x.numpy()})
         with torch.no_grad():
             torch.testing.assert_close(torch.from_numpy(logits), model(x), atol=1e-5, rtol=0)
