@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import io
 import json
 import logging
 import warnings
@@ -338,8 +339,14 @@ def write_deployment(
             with _quiet_exporters():
                 onnx_program.save(str(target))
         else:
+            # Through memory, then one plain write: torch's zip writer straight onto a full disk raises "unexpected
+            # pos" and its destructor then aborts the process (std::terminate) when it retries at exit.
+            buffer = io.BytesIO()
             with _quiet_exporters():
-                torch.export.save(program, str(target))
+                torch.export.save(program, buffer)
+            with open(target, "wb") as f:
+                f.write(buffer.getbuffer())
+            del buffer
         for name, content in files.items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False) + "\n"
             (tmp / name).write_text(text, encoding="utf-8")

@@ -16,7 +16,16 @@ from lightning_gpt.attention import AttentionCore, register_attention
 from lightning_gpt.data import CharTokenizer
 from lightning_gpt.io.deploy import example_input, export_onnx, export_program, write_deployment
 from lightning_gpt.io.hf import write_pretrained
-from tests.helpers import PYTHON, REPO, assert_no_partial_files, python_env, user_error
+from tests.helpers import (
+    PYTHON,
+    REPO,
+    assert_no_partial_files,
+    fill_disk,
+    mount_tmpfs,
+    python_env,
+    unmount,
+    user_error,
+)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -155,6 +164,25 @@ def test_cli_names_the_deploy_extra_when_onnxscript_is_missing(tmp_path):
     assert "Traceback" not in done.stderr
     assert "onnxscript" in done.stderr and "pip install 'lightning-gpt[deploy]'" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("format", ["onnx", "torch_export"])
+def test_a_full_disk_is_one_paragraph_and_leaves_nothing(cli, tmp_path, format):
+    """A real full disk (a 2 MB tmpfs filled to 16 KB of room; root only): exit 2 naming the disk, no folder, no
+    temporary."""
+    disk = tmp_path / "disk"
+    why = mount_tmpfs(disk, "2m")
+    if why:
+        pytest.skip(why)
+    try:
+        weights = write_pretrained(tiny("sparse-local"), None, tmp_path / "weights", format="safetensors")
+        fill_disk(disk, leave=16384)
+        result = cli("export", "--ckpt_path", weights, "--output_dir", disk / "out", "--format", format)
+        user_error(result, "disk is full", "out", "--output_dir")
+        assert not (disk / "out").exists()
+        assert_no_partial_files(disk)
+    finally:
+        unmount(disk)
 
 
 @pytest.mark.slow
