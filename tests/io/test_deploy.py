@@ -45,7 +45,7 @@ SHAPES = [(3, 1), (1, 13), (2, BLOCK)]
 
 def tiny(kind: str, **overrides) -> GPT:
     torch.manual_seed(0)
-    fields = dict(vocab_size=48, block_size=BLOCK, n_layer=2, n_head=2, n_embd=16, **KINDS[kind])
+    fields = dict(vocab_size=48, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, **KINDS[kind])
     return GPT(GPTConfig(**{**fields, **overrides})).eval()
 
 
