@@ -13,6 +13,7 @@ import torch
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.attention import AttentionCore, register_attention
+from lightning_gpt.attention import base as attention_base
 from lightning_gpt.data import CharTokenizer
 from lightning_gpt.io.deploy import example_input, export_onnx, export_program, write_deployment
 from lightning_gpt.io.hf import write_pretrained
@@ -27,7 +28,8 @@ from tests.helpers import (
     user_error,
 )
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")  # torch.onnx's dynamo exporter
 ort = pytest.importorskip("onnxruntime")
 
 BLOCK = 32
@@ -105,8 +107,14 @@ class _BranchOnLength(AttentionCore):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal)
 
 
-def test_a_core_that_branches_on_the_length_is_refused_naming_it(tmp_path):
+@pytest.fixture
+def branchy():
     register_attention("branchy", _BranchOnLength, overwrite=True)
+    yield "branchy"
+    attention_base._REGISTRY.pop("branchy", None)  # other tests run every registered kind
+
+
+def test_a_core_that_branches_on_the_length_is_refused_naming_it(tmp_path, branchy):
     model = GPT(GPTConfig(vocab_size=48, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16, attention="branchy"))
     with pytest.raises(ValueError, match="could not trace attention 'branchy' with a dynamic sequence length"):
         write_deployment(model, None, tmp_path / "out", format="torch_export")
