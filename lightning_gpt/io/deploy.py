@@ -46,6 +46,7 @@ __all__ = [
     "DEPLOY_FORMATS",
     "MODEL_FILES",
     "check_deploy_extra",
+    "compare_with_eager",
     "dynamic_shapes",
     "example_input",
     "export_onnx",
@@ -221,8 +222,21 @@ def _check_lengths(config: GPTConfig) -> list[tuple[int, int]]:
     return [(1 if t > 1 else 3, t) for t in lengths]
 
 
-def _verify(run: Callable[[Tensor], Tensor], model: GPT, what: str) -> None:
-    """Compare ``run(ids)`` with the eager logits at the ``_check_lengths`` shapes; raise ValueError if they differ."""
+def compare_with_eager(run: Callable[[Tensor], Tensor], model: GPT, what: str = "export") -> None:
+    """Check an exported forward against the model at lengths other than the traced example's.
+
+    ``run(ids)`` and ``model(ids)`` are compared at batch x length 3 x 1 and 1 x ``block_size`` (random ids, seed 0):
+    an export fixed to the example's length fails or gives other shapes there.
+
+    Args:
+        run: the exported forward, ``(B, T)`` int64 ids -> ``(B, T, padded_vocab_size)`` logits (a tensor).
+        model: the eager model (eval mode).
+        what: what ``run`` is, for the message (e.g. ``"ONNX model (in onnxruntime)"``).
+
+    Raises:
+        ValueError: ``run`` fails at one of the lengths, or its logits differ from the model's by more than
+            ``1e-4 * max(1, max |logits|)``.
+    """
     generator = torch.Generator().manual_seed(0)
     device = model.lm_head.weight.device
     for batch, length in _check_lengths(model.config):
@@ -235,7 +249,7 @@ def _verify(run: Callable[[Tensor], Tensor], model: GPT, what: str) -> None:
             raise ValueError(
                 f"The {what} of attention {model.config.attention!r} fails at sequence length {length} "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:400] if str(err) else ''}): it was fixed to the "
-                "example's length, so it cannot serve other lengths. Nothing was written."
+                "example's shape (batch x length), so it cannot serve others."
             ) from err
         error = (got - expected).abs().max().item() if got.shape == expected.shape else float("inf")
         tolerance = 1e-4 * max(1.0, expected.abs().max().item())
@@ -243,7 +257,7 @@ def _verify(run: Callable[[Tensor], Tensor], model: GPT, what: str) -> None:
             raise ValueError(
                 f"The {what} of attention {model.config.attention!r} gives logits {error:.3g} away from the model's "
                 f"at sequence length {length} (tolerance {tolerance:.3g}; shapes {tuple(got.shape)} vs "
-                f"{tuple(expected.shape)}). Nothing was written."
+                f"{tuple(expected.shape)})."
             )
 
 
@@ -352,5 +366,9 @@ def write_deployment(
             (tmp / name).write_text(text, encoding="utf-8")
         if verify:
             runner = _onnx_runner(target) if format == "onnx" else _program_runner(target)
-            _verify(runner, model, "ONNX model (in onnxruntime)" if format == "onnx" else "exported program")
+            what = "ONNX model (in onnxruntime)" if format == "onnx" else "exported program"
+            try:
+                compare_with_eager(runner, model, what)
+            except ValueError as err:
+                raise ValueError(f"{err} Nothing was written to {str(out)!r}.") from err
     return out

@@ -15,7 +15,13 @@ from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.attention import AttentionCore, register_attention
 from lightning_gpt.attention import base as attention_base
 from lightning_gpt.data import CharTokenizer
-from lightning_gpt.io.deploy import example_input, export_onnx, export_program, write_deployment
+from lightning_gpt.io.deploy import (
+    compare_with_eager,
+    example_input,
+    export_onnx,
+    export_program,
+    write_deployment,
+)
 from lightning_gpt.io.hf import write_pretrained
 from tests.helpers import (
     PYTHON,
@@ -95,6 +101,16 @@ def test_a_training_bf16_model_is_exported_as_its_float32_eval_copy_and_left_as_
     x = ids(1, 7)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), reference(x), atol=1e-5, rtol=0)
+
+
+def test_an_export_fixed_to_the_example_length_is_caught():
+    """What issue 20 saw for sparse ONNX: an export that succeeds but holds only the example's length. A real one: the
+    same model exported without dynamic shapes."""
+    model = tiny("sparse-local")
+    fixed = torch.export.export(model, (example_input(model.config),))  # static (2, 16)
+    with pytest.raises(ValueError, match="fails at sequence length 1 .* fixed to the example's shape"):
+        compare_with_eager(fixed.module(), model, "static program")
+    compare_with_eager(export_program(model).module(), model)  # the dynamic one passes
 
 
 class _BranchOnLength(AttentionCore):
