@@ -53,6 +53,20 @@ def feature_map(x: Tensor, name: str) -> Tensor:
     raise ValueError(f"Unknown feature_map {name!r}; expected one of 'elu', 'relu', 'softmax', 'identity'.")
 
 
+def _padded_to(
+    length: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """``q, k, v`` ``(B, nh, T, hs)`` padded with zeros to ``length`` positions, ``key_mask`` ``(B, T)`` with False.
+
+    For a traced (symbolic) ``T``: the padded positions come after every real query, so causal attention over the
+    padded sequence gives the real positions the same outputs."""
+    extra = length - q.size(2)
+    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+    if key_mask is not None:
+        key_mask = F.pad(key_mask.bool(), (0, extra), value=False)
+    return q, k, v, key_mask
+
+
 def _safe_denominator(den: Tensor, eps: float) -> Tensor:
     # Keep the sign (the identity map can be negative) and stay at least eps away from zero.
     return torch.where(den >= 0, den + eps, den - eps)
@@ -159,9 +173,18 @@ class LinearAttention(AttentionCore):
         return qf, kf, v
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
+        T = q.size(2)
+        traced = isinstance(T, torch.SymInt)
+        if traced:
+            # torch.export / ONNX with a dynamic length: min(chunk, T) and the chunk count ceil(T / C) would pin the
+            # traced graph to the example's case (one chunk or several), so the core runs at the static block_size
+            # (T <= block_size) and the real positions are taken from its output.
+            q, k, v, key_mask = _padded_to(self.config.block_size, q, k, v, key_mask)
         qf, kf, vv = self._featurize(q, k, v, key_mask)
         y, _, _ = chunked_linear_attention(qf, kf, vv, self.chunk_size)
-        return y.to(q.dtype)  # (B, nh, T, hs)
+        y = y.to(q.dtype)  # (B, nh, T, hs), or (B, nh, block_size, hs) when traced
+        # index_select, not y[:, :, :T]: a slice's strides would make the tracer guard on T == block_size.
+        return y.index_select(2, torch.arange(T, device=y.device)) if traced else y  # (B, nh, T, hs)
 
     def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
         # Constant size, whatever max_seq_len is; kept in float32 for half-precision models.

@@ -134,6 +134,20 @@ def sparse_attention(
     return y.reshape(B, nh, N * Lq, -1)[:, :, :T]  # (B, nh, T, hs)
 
 
+def _padded_to(
+    length: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """``q, k, v`` ``(B, nh, T, hs)`` padded with zeros to ``length`` positions, ``key_mask`` ``(B, T)`` with False.
+
+    For a traced (symbolic) ``T``: the padded positions come after every real query, so causal attention over the
+    padded sequence gives the real positions the same outputs."""
+    extra = length - q.size(2)
+    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+    if key_mask is not None:
+        key_mask = F.pad(key_mask.bool(), (0, extra), value=False)
+    return q, k, v, key_mask
+
+
 def extra_positions(
     pattern: str, window: int, stride: int, n_global: int, last_pos: int, device: torch.device
 ) -> Tensor:
@@ -206,11 +220,19 @@ class SparseAttention(AttentionCore):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
         T = q.size(2)
-        extra_k, extra_v, pos = self._extra(k, v, T - 1, key_mask)
+        traced = isinstance(T, torch.SymInt)
+        if traced:
+            # torch.export / ONNX with a dynamic length: min(window, T), the block count and the pattern's extra
+            # positions would pin the traced graph to the example's case, so the core runs at the static block_size
+            # (T <= block_size) and the real positions are taken from its output.
+            q, k, v, key_mask = _padded_to(self.config.block_size, q, k, v, key_mask)
+        extra_k, extra_v, pos = self._extra(k, v, q.size(2) - 1, key_mask)
         p = self.dropout_p if self.training else 0.0
-        return sparse_attention(
+        y = sparse_attention(
             q, k, v, self.window, key_mask=key_mask, extra_k=extra_k, extra_v=extra_v, extra_pos=pos, dropout_p=p
-        )
+        )  # (B, nh, T, hs), or (B, nh, block_size, hs) when traced
+        # index_select, not y[:, :, :T]: a slice's strides would make the tracer guard on T == block_size.
+        return y.index_select(2, torch.arange(T, device=y.device)) if traced else y  # (B, nh, T, hs)
 
     def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
         if self.pattern == "local":
