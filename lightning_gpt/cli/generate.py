@@ -15,8 +15,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig
-from lightning_gpt.io.checkpoint import find_checkpoint
+from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig  # no torch: --help and flag errors are fast
 
 __all__ = ["generate_command"]
 
@@ -31,10 +30,10 @@ def _bool(text: str) -> bool:
 
 
 def _generate_parser() -> Any:
-    import argparse
+    from lightning_gpt.cli.flags import CommandParser
 
     d = CLI_DEFAULTS  # the command's decoding defaults: one preset, documented in lightning_gpt.generation.config
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="lightning-gpt generate",
         description="Stream a completion of one prompt from a checkpoint to the terminal. The model config and the "
         "tokenizer come from the checkpoint. Sampling by default (temperature 0 or --do_sample false: greedy).",
@@ -147,7 +146,7 @@ def generate_command(argv: list[str]) -> None:
     config = _generation_config(opts)
     import torch
 
-    from lightning_gpt.io.checkpoint import load_checkpoint
+    from lightning_gpt.io.checkpoint import find_checkpoint, load_checkpoint
 
     prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
     from lightning_gpt.io.hf import is_pretrained_path
