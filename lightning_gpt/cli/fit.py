@@ -14,14 +14,16 @@ import dataclasses
 import logging
 import os
 import sys
+import typing
 import warnings
 from typing import Any, Optional
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_gpt.cli.checks import check_clipping, check_trainer_settings, check_training_length
+from lightning_gpt.cli.checks import check_clipping, check_data_paths, check_trainer_settings, check_training_length
 from lightning_gpt.cli.ckpt_args import apply_init_from, parse_ckpt_path
+from lightning_gpt.cli.flags import did_you_mean
 from lightning_gpt.errors import lead_with_reason
 from lightning_gpt.training import run_folder
 from lightning_gpt.training._lightning_internals import (
@@ -87,14 +89,21 @@ def _quiet_lightning() -> None:
 
 
 class CompactUsageParser(LightningArgumentParser):
-    """On a parse error, one usage line before the message instead of the synopsis of all ~150 options."""
+    """On a parse error, one usage line before the message instead of the synopsis of all ~150 options; a flag is
+    never abbreviated (``--trainer.max_step`` is an error, not ``--trainer.max_steps``), and an unknown one is named
+    with the nearest valid flags (``lightning_gpt.cli.flags``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def print_usage(self, file: Any = None) -> None:
         (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")
 
     def error(self, message: str, ex: Optional[Exception] = None) -> Any:
         """jsonargparse's message, led by the real reason (a misspelled nested key names the nearest valid one)."""
-        return super().error(lead_with_reason(message), ex)
+        message = did_you_mean(lead_with_reason(message), (f for a in parser_actions(self) for f in a.option_strings))
+        return super().error(message, ex)
 
 
 class GPTLightningCLI(LightningCLI):
@@ -226,6 +235,7 @@ class GPTLightningCLI(LightningCLI):
         folder's read-only claim (``run_folder.claim_run_folder``)."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_settings(cfg)
+        check_data_paths(cfg, str(self.subcommand))
         if self.subcommand == "fit":
             check_training_length(cfg)
             check_clipping(cfg)
@@ -311,7 +321,17 @@ def _document_config_fields(parser: LightningArgumentParser) -> None:
     action = next((a for a in parser_actions(parser) if getattr(a, "dest", None) == "model.config"), None)
     if action is None:
         return
-    fields = ", ".join(f"--model.config.{f.name} ({f.default!r})" for f in dataclasses.fields(GPTConfig))
+    from lightning_gpt.attention import available_attention
+
+    hints = typing.get_type_hints(GPTConfig)
+    allowed = {"attention": [*available_attention(), "a registered plugin's name"]}
+    allowed.update({f: list(typing.get_args(t)) for f, t in hints.items() if typing.get_origin(t) is typing.Literal})
+
+    def field(f: dataclasses.Field) -> str:
+        values = f" one of {', '.join(map(str, allowed[f.name]))}" if f.name in allowed else ""
+        return f"--model.config.{f.name} ({f.default!r}{';' if values else ''}{values})"
+
+    fields = ", ".join(field(f) for f in dataclasses.fields(GPTConfig))
     action.help = (
         f"{action.help or ''} Architecture fields (defaults: GPT-2 small): {fields}. "
         "`lightning-gpt fit --model.config.help` describes each."

@@ -27,7 +27,9 @@ def suggest(flag: str, options: Iterable[str]) -> list[str]:
         options: the valid flags.
     """
     name = flag.split("=", 1)[0]
-    return difflib.get_close_matches(name, list(dict.fromkeys(options)), n=3, cutoff=0.6)
+    # jsonargparse's per-group "--model.config.help" is suggested only for a flag that asks for help.
+    options = [o for o in dict.fromkeys(options) if o.startswith("--") and ("help" in name or not o.endswith(".help"))]
+    return difflib.get_close_matches(name, options, n=3, cutoff=0.6)
 
 
 def did_you_mean(message: str, options: Iterable[str]) -> str:
