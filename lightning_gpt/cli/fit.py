@@ -32,6 +32,7 @@ from lightning_gpt.training._lightning_internals import (
     parser_actions,
 )
 from lightning_gpt.training.callbacks.interrupt import InterruptCheckpoint
+from lightning_gpt.training.callbacks.logger_version import LoggerVersion, resume_logger_versions
 from lightning_gpt.training.checkpoint_io import AtomicSaveConfigCallback
 
 __all__ = [
@@ -277,7 +278,7 @@ class GPTLightningCLI(LightningCLI):
         if self.subcommand != "predict":  # steps and loss lines (plain when stdout is a log file); summary
             callbacks = trainer_cfg.get("callbacks") or []
             callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-            kwargs["callbacks"] = callbacks + default_progress_callbacks(trainer_cfg, callbacks)
+            kwargs["callbacks"] = [*callbacks, *default_progress_callbacks(trainer_cfg, callbacks), LoggerVersion()]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException is a user error: one paragraph
@@ -304,6 +305,9 @@ class GPTLightningCLI(LightningCLI):
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """``trainer.fit``; a run that fails before its first checkpoint leaves no empty checkpoint folder behind
         (LightningCLI calls a method named after the subcommand when the CLI class defines one)."""
+        ckpt_path = kwargs.get("ckpt_path")
+        if ckpt_path and os.path.isfile(str(ckpt_path)):  # a resumed run logs into its own version_N
+            resume_logger_versions(self.trainer, str(ckpt_path))
         try:
             self.trainer.fit(model, **kwargs)
         except BaseException:
