@@ -16,7 +16,7 @@ import os
 import sys
 import typing
 import warnings
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -77,6 +77,25 @@ class _DropAdvert(logging.Filter):
 
 
 _DROP_ADVERT = _DropAdvert()
+
+
+# Lightning's warnings that read like a problem where there is none, silenced by message only where they are noise:
+# validate/test/predict need no training callback's state (their "Be aware ... callbacks used to create the checkpoint
+# need to be provided"), and a run folder that moved loses no checkpoint bookkeeping of its own (InterruptCheckpoint
+# re-registers last.ckpt) unless a monitored top-k is kept ("The dirpath has changed ... won't be reloaded").
+_CALLBACKS_NOT_GIVEN = (
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided"
+)
+_DIRPATH_CHANGED = r"The dirpath has changed from .* won't be reloaded"
+
+
+@contextlib.contextmanager
+def _ignoring(*messages: str) -> Iterator[None]:
+    """Warnings matching ``messages`` (regular expressions, matched at the start) are dropped inside the block."""
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def _quiet_lightning() -> None:
@@ -308,13 +327,32 @@ class GPTLightningCLI(LightningCLI):
         ckpt_path = kwargs.get("ckpt_path")
         if ckpt_path and os.path.isfile(str(ckpt_path)):  # a resumed run logs into its own version_N
             resume_logger_versions(self.trainer, str(ckpt_path))
+        monitored = cli_value(self, self.config[self.subcommand], "checkpoint.monitor")
         try:
-            self.trainer.fit(model, **kwargs)
+            with _ignoring(*(() if monitored else (_DIRPATH_CHANGED,))):
+                self.trainer.fit(model, **kwargs)
         except BaseException:
             if self._new_run_folder is not None:
                 with contextlib.suppress(OSError):
                     os.rmdir(self._new_run_folder)  # only succeeds while it is empty
             raise
+
+    # -- validate | test | predict -----------------------------------------------------------------------------------
+
+    def validate(self, model: LightningModule, **kwargs: Any) -> Any:
+        """``trainer.validate``, without Lightning's notes on the checkpoint's training callbacks (see above)."""
+        with _ignoring(_CALLBACKS_NOT_GIVEN, _DIRPATH_CHANGED):
+            return self.trainer.validate(model, **kwargs)
+
+    def test(self, model: LightningModule, **kwargs: Any) -> Any:
+        """``trainer.test``, without Lightning's notes on the checkpoint's training callbacks (see above)."""
+        with _ignoring(_CALLBACKS_NOT_GIVEN, _DIRPATH_CHANGED):
+            return self.trainer.test(model, **kwargs)
+
+    def predict(self, model: LightningModule, **kwargs: Any) -> Any:
+        """``trainer.predict``, without Lightning's notes on the checkpoint's training callbacks (see above)."""
+        with _ignoring(_CALLBACKS_NOT_GIVEN, _DIRPATH_CHANGED):
+            return self.trainer.predict(model, **kwargs)
 
 
 def _document_config_fields(parser: LightningArgumentParser) -> None:
