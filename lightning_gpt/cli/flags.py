@@ -20,7 +20,8 @@ _UNRECOGNIZED = "unrecognized arguments: "
 
 
 def suggest(flag: str, options: Iterable[str]) -> list[str]:
-    """The valid flags nearest to ``flag`` (difflib's ratio >= 0.6, up to 3, nearest first); ``[]`` when none is near.
+    """The valid flags nearest to ``flag``, up to 3: those it is a prefix of first, then difflib's nearest (ratio >=
+    0.6); ``[]`` when none is near.
 
     Args:
         flag: the flag as typed, e.g. ``--trainer.max_step`` or ``--trainer.max_step=10``.
@@ -29,7 +30,8 @@ def suggest(flag: str, options: Iterable[str]) -> list[str]:
     name = flag.split("=", 1)[0]
     # jsonargparse's per-group "--model.config.help" is suggested only for a flag that asks for help.
     options = [o for o in dict.fromkeys(options) if o.startswith("--") and ("help" in name or not o.endswith(".help"))]
-    return difflib.get_close_matches(name, options, n=3, cutoff=0.6)
+    completions = [o for o in options if o.startswith(name)]  # what argparse's prefix matching would have picked
+    return list(dict.fromkeys(completions + difflib.get_close_matches(name, options, n=3, cutoff=0.6)))[:3]
 
 
 def did_you_mean(message: str, options: Iterable[str]) -> str:
