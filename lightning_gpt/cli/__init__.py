@@ -128,6 +128,10 @@ def main(args: Optional[list[str]] = None) -> None:
 def _run(argv: list[str], show_traceback: bool) -> None:
     """Run one subcommand; every failure a user can fix leaves as ``SystemExit`` with a one-paragraph message."""
     try:
+        if COMMANDS[argv[0]].module == "fit":  # --help or a mistyped flag: answered without Lightning when it can
+            from lightning_gpt.cli.help_cache import answer
+
+            answer(argv[0], argv[1:])
         command_function(argv[0])(argv[1:])
     except SystemExit as err:
         # Lightning ends a stage on SIGTERM with SIGTERMException() (status 0); a run that did not finish must not

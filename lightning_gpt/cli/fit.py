@@ -28,6 +28,7 @@ from lightning_gpt.errors import lead_with_reason
 from lightning_gpt.training import run_folder
 from lightning_gpt.training._lightning_internals import (
     cli_model_class,
+    cli_subcommand_parser,
     cli_value,
     parser_actions,
 )
@@ -63,7 +64,7 @@ def lightning_command(subcommand: str, argv: list[str]) -> None:
     args = [subcommand, *argv]
     # The console script's own command line is read by LightningCLI itself (it warns when given both).
     parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
-    GPTLightningCLI(args=None if sys.argv[1:] == args else args, parser_kwargs=parser_kwargs)
+    GPTLightningCLI(args=None if sys.argv[1:] == args else args, parser_kwargs=parser_kwargs, remember_help=True)
 
 
 class _DropAdvert(logging.Filter):
@@ -137,6 +138,9 @@ class GPTLightningCLI(LightningCLI):
         datamodule_class: the data module of fit/validate/test (default ``TextDataModule``).
         args: arguments to parse instead of ``sys.argv[1:]`` (a list of strings or a dict).
         run: whether to run the subcommand (``False`` only builds the classes).
+        remember_help: store each subcommand's help text and flags, from which the ``lightning-gpt`` command answers
+            ``--help`` and mistyped flags without importing Lightning (``lightning_gpt.cli.help_cache``); only that
+            command sets it.
         kwargs: forwarded to ``LightningCLI``.
     """
 
@@ -146,12 +150,15 @@ class GPTLightningCLI(LightningCLI):
         datamodule_class: Optional[type] = None,
         args: Any = None,
         run: bool = True,
+        *,
+        remember_help: bool = False,
         **kwargs: Any,
     ) -> None:
         from lightning_gpt.training import TextDataModule
         from lightning_gpt.training.module import GPTModule  # looked up at each construction (tests may replace it)
 
         self._building: Optional[str] = None
+        self._remember_help = remember_help
         kwargs.setdefault("subclass_mode_model", False)
         kwargs.setdefault("seed_everything_default", 1337)
         kwargs.setdefault("auto_configure_optimizers", False)  # GPTModule builds AdamW; the schedule is a callback
@@ -242,6 +249,19 @@ class GPTLightningCLI(LightningCLI):
                 help="Start a new run in a checkpoint folder that holds an earlier run's checkpoints, deleting them "
                 "first. Without it such a fit is refused (to continue the earlier run, pass --ckpt_path last).",
             )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse as ``LightningCLI`` does; first, for the command, store the help texts and flags
+        (``help_cache.remember``: only when the stored ones are missing or stale)."""
+        if self._remember_help and run_folder.is_launch_rank_zero():
+            from lightning_gpt.cli import help_cache
+
+            key = help_cache.fingerprint()
+            for name in self.subcommands():
+                sub = cli_subcommand_parser(self, name)
+                flags = [f for a in parser_actions(sub) for f in a.option_strings if f.startswith("--")]
+                help_cache.remember(name, sub.format_help(), flags, key)
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """The model's arguments from the checkpoint or weights folder, the explicit ones winning (``ckpt_args``)."""

@@ -18,6 +18,12 @@ HEAVY = ("torch", "lightning", "jsonargparse")
 def _imports(*argv: str) -> tuple[int, str, set[str]]:
     """Run ``python -X importtime -m lightning_gpt ARGV``; return its exit code, stdout+stderr without the import
     lines, and the top-level packages it imported."""
+    code, out, err, imported = _run_timed(*argv)
+    return code, out + err, imported
+
+
+def _run_timed(*argv: str) -> tuple[int, str, str, set[str]]:
+    """``_imports`` with stdout and stderr apart."""
     env = dict(os.environ)
     env.pop("LIGHTNING_GPT_TRACEBACK", None)
     done = subprocess.run(
@@ -29,8 +35,8 @@ def _imports(*argv: str) -> tuple[int, str, set[str]]:
     )
     lines = done.stderr.splitlines()
     imported = {line.split("|")[-1].strip().split(".")[0] for line in lines if line.startswith("import time:")}
-    text = done.stdout + "\n".join(line for line in lines if not line.startswith("import time:"))
-    return done.returncode, text, imported
+    err = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return done.returncode, done.stdout, err, imported
 
 
 @pytest.mark.parametrize(
@@ -146,3 +152,42 @@ def test_generate_says_why_only_the_prompt_was_printed(cli, trained):
         *["--temperature", "0", "--stop", "no such text"],
     )
     assert "occurred at the start" not in again.err  # no note when text was generated
+
+
+def test_fit_help_and_a_mistyped_fit_flag_are_answered_without_lightning_once_the_parser_was_built(
+    cli, run_yaml, tmp_path, monkeypatch
+):
+    """The first process that builds the LightningCLI parser stores the help texts and flags; the next ``fit --help``
+    and a flag no option accepts are answered from them, without importing torch or Lightning."""
+    monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "100")  # help is wrapped to the terminal: the same width in both processes
+    live = cli("fit", "--help")  # builds the parser (here, where Lightning is imported already)
+    assert live.code == 0 and "--trainer.max_steps" in live.out
+    code, out, err, imported = _run_timed("fit", "--help")
+    assert code == 0 and out == live.out, err[-2000:]
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    code, out, err, imported = _run_timed("fit", "--config", run_yaml(), "--trainer.max_step", "10")
+    assert code == 2 and "unrecognized arguments: --trainer.max_step 10" in err
+    assert "--trainer.max_step: did you mean --trainer.max_steps" in err
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+    assert cli("validate", "--help").out.startswith("usage: lightning-gpt [options] validate")  # every subcommand
+
+
+def test_the_help_cache_leaves_what_it_cannot_judge_to_the_parser(tmp_path, monkeypatch):
+    from lightning_gpt.cli import help_cache
+
+    flags = ["--trainer", "--trainer.max_steps", "--trainer.logger", "--trainer.logger.help", "--model.config"]
+    open_flags = ["--trainer.max_steps", "--trainer.logger", "--trainer.logger.help", "--model.config"]
+    argv = ["--trainer.logger.init_args.save_dir", "x", "--model.config.n_layr", "2", "--trainer.max_stepz", "3"]
+    assert help_cache.unknown_flags(argv, flags, open_flags) == ["--trainer.max_stepz", "3"]
+    assert (
+        help_cache.unknown_flags(["--trainer.max_steps=3", "--trainer.logger+=x", "--", "--x"], flags, open_flags) == []
+    )
+    # A file written for other versions or sources (another key) is ignored: the real parser answers.
+    monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path))
+    help_cache.remember("fit", "STALE HELP", flags, key="another fingerprint")
+    help_cache.answer("fit", ["--help"])  # returns: nothing printed, no exit
+    help_cache.remember("fit", "HELP", flags)  # a current one
+    with pytest.raises(SystemExit) as info:
+        help_cache.answer("fit", ["--help"])
+    assert info.value.code == 0
