@@ -254,13 +254,13 @@ class GPTLightningCLI(LightningCLI):
         """Parse as ``LightningCLI`` does; first, for the command, store the help texts and flags
         (``help_cache.remember``: only when the stored ones are missing or stale)."""
         if self._remember_help and run_folder.is_launch_rank_zero():
-            from lightning_gpt.cli import help_cache
+            from lightning_gpt.cli.help_cache import fingerprint, remember
 
-            key = help_cache.fingerprint()
+            key = fingerprint()
             for name in self.subcommands():
                 sub = cli_subcommand_parser(self, name)
                 flags = [f for a in parser_actions(sub) for f in a.option_strings if f.startswith("--")]
-                help_cache.remember(name, sub.format_help(), flags, key)
+                remember(name, sub.format_help(), flags, key)
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
