@@ -119,6 +119,9 @@ def token_cache(
     return load_token_cache(path)
 
 
+_TAIL_FALLBACK_SAID: set[tuple[str, int]] = set()  # (source, split seed) whose tail fallback was already reported
+
+
 def local_caches(
     train_src: TextSource,
     val_src: Optional[TextSource],
@@ -144,12 +147,14 @@ def local_caches(
         val = token_cache(train_src, tokenizer, settings, cache_dir, "val", split_seed)
         if train.n_docs > 0 and val.n_docs > 0:
             return train, val, False
-        log.warning(
-            "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
-            "samples; holding out the tail (val_holdout='tail') instead.",
-            train.n_docs + val.n_docs,
-            train_src.name,
-        )
+        if (train_src.name, split_seed) not in _TAIL_FALLBACK_SAID:  # said once, not at prepare_data and at setup
+            _TAIL_FALLBACK_SAID.add((train_src.name, split_seed))
+            log.warning(
+                "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
+                "samples; holding out the tail (val_holdout='tail') instead.",
+                train.n_docs + val.n_docs,
+                train_src.name,
+            )
     return token_cache(train_src, tokenizer, settings, cache_dir), None, v.fraction > 0
 
 

@@ -191,3 +191,14 @@ def test_the_help_cache_leaves_what_it_cannot_judge_to_the_parser(tmp_path, monk
     with pytest.raises(SystemExit) as info:
         help_cache.answer("fit", ["--help"])
     assert info.value.code == 0
+
+
+def test_a_fit_says_each_warning_once(cli, run_yaml, caplog):
+    """The tail fallback of a corpus that is one document was reported twice (by prepare_data and by setup)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        result = cli("fit", "--config", run_yaml(**{"trainer.max_steps": 1}))
+    assert result.code == 0, result
+    said = [r.getMessage() for r in caplog.records if "cannot be split into non-empty" in r.getMessage()]
+    assert len(said) == 1, said
