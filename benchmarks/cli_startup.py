@@ -72,6 +72,42 @@ def cpu_seconds(code_dir: str, argv: list[str], cache: str) -> tuple[float, int]
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done.returncode
 
 
+# The packages whose import a command may pay for, as ``python -X importtime`` names them (cumulative, nested).
+# Lightning imports torchmetrics from ``lightning.fabric.utilities.imports`` (a version check that imports it), and
+# torchmetrics imports the optional packages it finds installed: scipy.signal, transformers, matplotlib.
+HEAVY = (
+    "torch",
+    "torch._dynamo",
+    "lightning",
+    "lightning.fabric.utilities.imports",
+    "scipy.signal",
+    "transformers",
+    "matplotlib",
+    "jsonargparse",
+)
+
+
+def import_costs(code_dir: str, argv: list[str], cache: str) -> tuple[float, dict[str, float]]:
+    """``python -X importtime`` of one run: the total import time and the cumulative time of each ``HEAVY`` module,
+    in wall-clock milliseconds (so shares are what to read on a loaded machine)."""
+    env = dict(os.environ, PYTHONPATH=code_dir, LIGHTNING_GPT_CACHE=cache, OMP_NUM_THREADS="1")
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "lightning_gpt", *argv], cwd=cwd, env=env, capture_output=True
+        )
+    total, found = 0.0, {}
+    for line in done.stderr.decode(errors="replace").splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, raw = line[len("import time:") :].split("|")
+        name = raw.strip()
+        if not raw.startswith("  "):  # a top-level import (nested ones are indented)
+            total += int(cumulative) / 1000
+        if name in HEAVY:
+            found[name] = max(found.get(name, 0.0), int(cumulative) / 1000)
+    return total, found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", required=True, help="a checkout of the older code (git worktree add DIR COMMIT)")
@@ -115,6 +151,19 @@ def main() -> None:
         goal_text = f"<= {goal:g}" if goal == goal else ""
         exits = f"{codes[(name, 'before')]}/{codes[(name, 'after')]}"
         lines.append(f"| {name} | {goal_text} | {' | '.join(cells)} | {exits} |")
+    lines += [
+        "",
+        "Where the import time of each command goes (`python -X importtime -m lightning_gpt ...`, this checkout, cold "
+        "cache; wall-clock ms on a loaded machine: read the shares):",
+        "",
+        "| command | imports, ms | " + " | ".join(HEAVY) + " |",
+        "|---|---:|" + "---:|" * len(HEAVY),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, argv, _goal, _cached in table:
+            total, found = import_costs(str(REPO), argv, tempfile.mkdtemp(dir=tmp))
+            cells = [f"{found[m]:.0f} ({found[m] / total:.0%})" if m in found and total else "-" for m in HEAVY]
+            lines.append(f"| {name} | {total:.0f} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if opts.out:
