@@ -119,9 +119,6 @@ def token_cache(
     return load_token_cache(path)
 
 
-_TAIL_FALLBACK_SAID: set[tuple[str, int]] = set()  # (source, split seed) whose tail fallback was already reported
-
-
 def local_caches(
     train_src: TextSource,
     val_src: Optional[TextSource],
@@ -129,11 +126,13 @@ def local_caches(
     settings: DataSettings,
     cache_dir: str,
     split_seed: int,
+    said: Optional[set[str]] = None,
 ) -> tuple[TokenArray, Optional[TokenArray], bool]:
     """(train ids, explicit or held-out validation ids, whether the tail split applies) of the token-cache path.
 
     ``val_holdout='random'`` falls back to the tail split, with a warning, when the documents cannot be split into
-    non-empty sides (e.g. a single ``.txt`` file is one document).
+    non-empty sides (e.g. a single ``.txt`` file is one document). ``said``: the warnings given already by earlier
+    calls of the same data module (its ``prepare_data``, then ``setup``); each is given once.
     """
     if val_src is not None:
         return (
@@ -147,8 +146,9 @@ def local_caches(
         val = token_cache(train_src, tokenizer, settings, cache_dir, "val", split_seed)
         if train.n_docs > 0 and val.n_docs > 0:
             return train, val, False
-        if (train_src.name, split_seed) not in _TAIL_FALLBACK_SAID:  # said once, not at prepare_data and at setup
-            _TAIL_FALLBACK_SAID.add((train_src.name, split_seed))
+        if said is None or "tail fallback" not in said:
+            if said is not None:
+                said.add("tail fallback")
             log.warning(
                 "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
                 "samples; holding out the tail (val_holdout='tail') instead.",
