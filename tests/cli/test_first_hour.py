@@ -202,3 +202,11 @@ def test_a_fit_says_each_warning_once(cli, run_yaml, caplog):
     assert result.code == 0, result
     said = [r.getMessage() for r in caplog.records if "cannot be split into non-empty" in r.getMessage()]
     assert len(said) == 1, said
+
+
+def test_the_export_parser_offers_exactly_the_formats_the_writers_take():
+    """The parser spells the formats out (importing the writers would import torch before --help)."""
+    from lightning_gpt.cli.export import FORMATS
+    from lightning_gpt.io import hf
+
+    assert FORMATS == hf.FORMATS
