@@ -11,12 +11,14 @@ lightning-gpt fit --help                                             # every opt
 ```
 
 Each subcommand is one line of ``COMMANDS`` (its module and its line of help); the module is imported only when that
-subcommand runs, so ``generate`` starts without Lightning. ``fit | validate | test | predict`` are ``LightningCLI``
-(``lightning_gpt.cli.fit``); what it adds on top of Lightning's: ``GPTModule``'s default callbacks with a flag group
-each, ``ModelCheckpoint(save_last=True)`` in ``<default_root_dir>/checkpoints``, a learning-rate monitor when a logger
-is on, a Ctrl-C checkpoint, atomic checkpoint writes, the model config and tokenizer of ``predict`` taken from the
-checkpoint. Every command turns bad input into a readable one-paragraph error (exit status 2) instead of a traceback
-(``main``).
+subcommand runs, so ``generate`` starts without Lightning, and ``--help`` and flag errors of the argparse commands
+without torch. ``fit | validate | test | predict --help`` and their mistyped flags are answered from what the last
+parser build stored (``help_cache``) before Lightning is imported; no flag is ever abbreviated (``flags``). ``fit |
+validate | test | predict`` are ``LightningCLI`` (``lightning_gpt.cli.fit``); what it adds on top of Lightning's:
+``GPTModule``'s default callbacks with a flag group each, ``ModelCheckpoint(save_last=True)`` in
+``<default_root_dir>/checkpoints``, a learning-rate monitor when a logger is on, a Ctrl-C checkpoint, atomic checkpoint
+writes, the model config and tokenizer of ``predict`` taken from the checkpoint. Every command turns bad input into a
+readable one-paragraph error (exit status 2) instead of a traceback (``main``).
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ def main(args: Optional[list[str]] = None) -> None:
 def _run(argv: list[str], show_traceback: bool) -> None:
     """Run one subcommand; every failure a user can fix leaves as ``SystemExit`` with a one-paragraph message."""
     try:
+        if COMMANDS[argv[0]].module == "fit":  # --help or a mistyped flag: answered without Lightning when it can
+            from lightning_gpt.cli.help_cache import answer
+
+            answer(argv[0], argv[1:])
         command_function(argv[0])(argv[1:])
     except SystemExit as err:
         # Lightning ends a stage on SIGTERM with SIGTERMException() (status 0); a run that did not finish must not

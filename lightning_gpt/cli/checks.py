@@ -4,9 +4,11 @@ asked for. Each failure is one paragraph naming the setting and the fix (exit st
 
 from __future__ import annotations
 
+import glob
+import os
 from typing import Any
 
-__all__ = ["check_clipping", "check_trainer_settings", "check_training_length"]
+__all__ = ["check_clipping", "check_data_paths", "check_trainer_settings", "check_training_length"]
 
 
 def check_trainer_settings(cfg: Any) -> None:
@@ -116,3 +118,32 @@ def check_clipping(cfg: Any) -> None:
             f"--trainer.gradient_clip_val {value}: lightning-gpt clips gradients itself (and logs the norm), so they "
             f"would be clipped twice. Use --clip.max_norm {value} instead (--clip.max_norm null: no clipping)."
         )
+
+
+def check_data_paths(cfg: Any, subcommand: str) -> None:
+    """A data file or folder that does not exist is named before the model and the Trainer are built (not seconds
+    later, when the first batch is read): ``--data.source`` / ``--data.val_source`` of fit, validate and test when they
+    name a local path, ``--data.path`` (the prompts file) of predict.
+
+    Args:
+        cfg: the subcommand's parsed configuration (keys ``data.*``).
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+
+    Raises:
+        FileNotFoundError: nothing exists at a named local path (the message of the reader that would fail later).
+    """
+    if subcommand == "predict":
+        if cfg.get("data.path"):
+            from lightning_gpt.training.prompts import check_prompts_file
+
+            check_prompts_file(str(cfg["data.path"]))
+        return
+    from lightning_gpt.data.sources.files import find_files
+
+    for key in ("data.source", "data.val_source"):
+        source = cfg.get(key)
+        # python-stdlib, hf://, s3:// and globs are resolved by their readers; a plain path must exist.
+        if not isinstance(source, str) or source == "python-stdlib" or "://" in source or glob.has_magic(source):
+            continue
+        if source.strip() and not os.path.lexists(os.path.expanduser(source)):
+            find_files(source, source)  # raises its one-paragraph FileNotFoundError (a broken link included)

@@ -20,9 +20,9 @@ __all__ = ["evaluate_command"]
 
 
 def _evaluate_parser() -> Any:
-    import argparse
+    from lightning_gpt.cli.flags import CommandParser
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="lightning-gpt evaluate",
         description="Evaluate a model. Text mode (--data.source): loss, perplexity and bits per byte of every "
         "document, scored in lm-eval's rolling windows. Tasks mode (--tasks): lm-evaluation-harness tasks through "

@@ -20,14 +20,14 @@ from typing import Any
 
 __all__ = ["export_command"]
 
+FORMATS = ("hf", "safetensors")  # lightning_gpt.io.hf.FORMATS, spelled here so that the parser needs no torch
+DEPLOY_FORMATS = ("onnx", "torch_export")  # lightning_gpt.io.deploy.DEPLOY_FORMATS (same reason)
+
 
 def _export_parser() -> Any:
-    import argparse
+    from lightning_gpt.cli.flags import CommandParser
 
-    from lightning_gpt.io.deploy import DEPLOY_FORMATS
-    from lightning_gpt.io.hf import FORMATS
-
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="lightning-gpt export",
         description="Write a checkpoint as a Hugging Face GPT-2 folder (config.json, model.safetensors, "
         "generation_config.json, tokenizer files) or, with --format safetensors, as its weights alone under "

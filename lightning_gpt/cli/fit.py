@@ -14,22 +14,26 @@ import dataclasses
 import logging
 import os
 import sys
+import typing
 import warnings
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_gpt.cli.checks import check_clipping, check_trainer_settings, check_training_length
+from lightning_gpt.cli.checks import check_clipping, check_data_paths, check_trainer_settings, check_training_length
 from lightning_gpt.cli.ckpt_args import apply_init_from, parse_ckpt_path
+from lightning_gpt.cli.flags import did_you_mean
 from lightning_gpt.errors import lead_with_reason
 from lightning_gpt.training import run_folder
 from lightning_gpt.training._lightning_internals import (
     cli_model_class,
+    cli_subcommand_parser,
     cli_value,
     parser_actions,
 )
 from lightning_gpt.training.callbacks.interrupt import InterruptCheckpoint
+from lightning_gpt.training.callbacks.logger_version import LoggerVersion, resume_logger_versions
 from lightning_gpt.training.checkpoint_io import AtomicSaveConfigCallback
 
 __all__ = [
@@ -60,7 +64,7 @@ def lightning_command(subcommand: str, argv: list[str]) -> None:
     args = [subcommand, *argv]
     # The console script's own command line is read by LightningCLI itself (it warns when given both).
     parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
-    GPTLightningCLI(args=None if sys.argv[1:] == args else args, parser_kwargs=parser_kwargs)
+    GPTLightningCLI(args=None if sys.argv[1:] == args else args, parser_kwargs=parser_kwargs, remember_help=True)
 
 
 class _DropAdvert(logging.Filter):
@@ -76,6 +80,25 @@ class _DropAdvert(logging.Filter):
 _DROP_ADVERT = _DropAdvert()
 
 
+# Lightning's warnings that read like a problem where there is none, silenced by message only where they are noise:
+# validate/test/predict need no training callback's state (their "Be aware ... callbacks used to create the checkpoint
+# need to be provided"), and a run folder that moved loses no checkpoint bookkeeping of its own (InterruptCheckpoint
+# re-registers last.ckpt) unless a monitored top-k is kept ("The dirpath has changed ... won't be reloaded").
+_CALLBACKS_NOT_GIVEN = (
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided"
+)
+_DIRPATH_CHANGED = r"The dirpath has changed from .* won't be reloaded"
+
+
+@contextlib.contextmanager
+def _ignoring(*messages: str) -> Iterator[None]:
+    """Warnings matching ``messages`` (regular expressions, matched at the start) are dropped inside the block."""
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def _quiet_lightning() -> None:
     # Same filter object each time: addFilter (like filterwarnings) ignores a repeat, so many CLIs in one process
     # do not stack filters.
@@ -87,14 +110,21 @@ def _quiet_lightning() -> None:
 
 
 class CompactUsageParser(LightningArgumentParser):
-    """On a parse error, one usage line before the message instead of the synopsis of all ~150 options."""
+    """On a parse error, one usage line before the message instead of the synopsis of all ~150 options; a flag is
+    never abbreviated (``--trainer.max_step`` is an error, not ``--trainer.max_steps``), and an unknown one is named
+    with the nearest valid flags (``lightning_gpt.cli.flags``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def print_usage(self, file: Any = None) -> None:
         (file or sys.stdout).write(f"usage: {self.prog.replace(' [options]', '')} [options]\n")
 
     def error(self, message: str, ex: Optional[Exception] = None) -> Any:
         """jsonargparse's message, led by the real reason (a misspelled nested key names the nearest valid one)."""
-        return super().error(lead_with_reason(message), ex)
+        message = did_you_mean(lead_with_reason(message), (f for a in parser_actions(self) for f in a.option_strings))
+        return super().error(message, ex)
 
 
 class GPTLightningCLI(LightningCLI):
@@ -108,6 +138,9 @@ class GPTLightningCLI(LightningCLI):
         datamodule_class: the data module of fit/validate/test (default ``TextDataModule``).
         args: arguments to parse instead of ``sys.argv[1:]`` (a list of strings or a dict).
         run: whether to run the subcommand (``False`` only builds the classes).
+        remember_help: store each subcommand's help text and flags, from which the ``lightning-gpt`` command answers
+            ``--help`` and mistyped flags without importing Lightning (``lightning_gpt.cli.help_cache``); only that
+            command sets it.
         kwargs: forwarded to ``LightningCLI``.
     """
 
@@ -117,12 +150,15 @@ class GPTLightningCLI(LightningCLI):
         datamodule_class: Optional[type] = None,
         args: Any = None,
         run: bool = True,
+        *,
+        remember_help: bool = False,
         **kwargs: Any,
     ) -> None:
         from lightning_gpt.training import TextDataModule
         from lightning_gpt.training.module import GPTModule  # looked up at each construction (tests may replace it)
 
         self._building: Optional[str] = None
+        self._remember_help = remember_help
         kwargs.setdefault("subclass_mode_model", False)
         kwargs.setdefault("seed_everything_default", 1337)
         kwargs.setdefault("auto_configure_optimizers", False)  # GPTModule builds AdamW; the schedule is a callback
@@ -214,6 +250,19 @@ class GPTLightningCLI(LightningCLI):
                 "first. Without it such a fit is refused (to continue the earlier run, pass --ckpt_path last).",
             )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse as ``LightningCLI`` does; first, for the command, store the help texts and flags
+        (``help_cache.remember``: only when the stored ones are missing or stale)."""
+        if self._remember_help and run_folder.is_launch_rank_zero():
+            from lightning_gpt.cli.help_cache import fingerprint, remember
+
+            key = fingerprint()
+            for name in self.subcommands():
+                sub = cli_subcommand_parser(self, name)
+                flags = [f for a in parser_actions(sub) for f in a.option_strings if f.startswith("--")]
+                remember(name, sub.format_help(), flags, key)
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         """The model's arguments from the checkpoint or weights folder, the explicit ones winning (``ckpt_args``)."""
         parse_ckpt_path(self, super()._parse_ckpt_path)
@@ -226,6 +275,7 @@ class GPTLightningCLI(LightningCLI):
         folder's read-only claim (``run_folder.claim_run_folder``)."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_trainer_settings(cfg)
+        check_data_paths(cfg, str(self.subcommand))
         if self.subcommand == "fit":
             check_training_length(cfg)
             check_clipping(cfg)
@@ -267,7 +317,7 @@ class GPTLightningCLI(LightningCLI):
         if self.subcommand != "predict":  # steps and loss lines (plain when stdout is a log file); summary
             callbacks = trainer_cfg.get("callbacks") or []
             callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-            kwargs["callbacks"] = callbacks + default_progress_callbacks(trainer_cfg, callbacks)
+            kwargs["callbacks"] = [*callbacks, *default_progress_callbacks(trainer_cfg, callbacks), LoggerVersion()]
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except Exception as err:  # noqa: BLE001 - Lightning's MisconfigurationException is a user error: one paragraph
@@ -294,13 +344,35 @@ class GPTLightningCLI(LightningCLI):
     def fit(self, model: LightningModule, **kwargs: Any) -> None:
         """``trainer.fit``; a run that fails before its first checkpoint leaves no empty checkpoint folder behind
         (LightningCLI calls a method named after the subcommand when the CLI class defines one)."""
+        ckpt_path = kwargs.get("ckpt_path")
+        if ckpt_path and os.path.isfile(str(ckpt_path)):  # a resumed run logs into its own version_N
+            resume_logger_versions(self.trainer, str(ckpt_path))
+        monitored = cli_value(self, self.config[self.subcommand], "checkpoint.monitor")
         try:
-            self.trainer.fit(model, **kwargs)
+            with _ignoring(*(() if monitored else (_DIRPATH_CHANGED,))):
+                self.trainer.fit(model, **kwargs)
         except BaseException:
             if self._new_run_folder is not None:
                 with contextlib.suppress(OSError):
                     os.rmdir(self._new_run_folder)  # only succeeds while it is empty
             raise
+
+    # -- validate | test | predict -----------------------------------------------------------------------------------
+
+    def validate(self, model: LightningModule, **kwargs: Any) -> Any:
+        """``trainer.validate``, without Lightning's notes on the checkpoint's training callbacks (see above)."""
+        with _ignoring(_CALLBACKS_NOT_GIVEN, _DIRPATH_CHANGED):
+            return self.trainer.validate(model, **kwargs)
+
+    def test(self, model: LightningModule, **kwargs: Any) -> Any:
+        """``trainer.test``, without Lightning's notes on the checkpoint's training callbacks (see above)."""
+        with _ignoring(_CALLBACKS_NOT_GIVEN, _DIRPATH_CHANGED):
+            return self.trainer.test(model, **kwargs)
+
+    def predict(self, model: LightningModule, **kwargs: Any) -> Any:
+        """``trainer.predict``, without Lightning's notes on the checkpoint's training callbacks (see above)."""
+        with _ignoring(_CALLBACKS_NOT_GIVEN, _DIRPATH_CHANGED):
+            return self.trainer.predict(model, **kwargs)
 
 
 def _document_config_fields(parser: LightningArgumentParser) -> None:
@@ -311,7 +383,17 @@ def _document_config_fields(parser: LightningArgumentParser) -> None:
     action = next((a for a in parser_actions(parser) if getattr(a, "dest", None) == "model.config"), None)
     if action is None:
         return
-    fields = ", ".join(f"--model.config.{f.name} ({f.default!r})" for f in dataclasses.fields(GPTConfig))
+    from lightning_gpt.attention import available_attention
+
+    hints = typing.get_type_hints(GPTConfig)
+    allowed = {"attention": [*available_attention(), "a registered plugin's name"]}
+    allowed.update({f: list(typing.get_args(t)) for f, t in hints.items() if typing.get_origin(t) is typing.Literal})
+
+    def field(f: dataclasses.Field) -> str:
+        values = f" one of {', '.join(map(str, allowed[f.name]))}" if f.name in allowed else ""
+        return f"--model.config.{f.name} ({f.default!r}{';' if values else ''}{values})"
+
+    fields = ", ".join(field(f) for f in dataclasses.fields(GPTConfig))
     action.help = (
         f"{action.help or ''} Architecture fields (defaults: GPT-2 small): {fields}. "
         "`lightning-gpt fit --model.config.help` describes each."

@@ -15,8 +15,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig
-from lightning_gpt.io.checkpoint import find_checkpoint
+from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig  # no torch: --help and flag errors are fast
 
 __all__ = ["generate_command"]
 
@@ -31,10 +30,10 @@ def _bool(text: str) -> bool:
 
 
 def _generate_parser() -> Any:
-    import argparse
+    from lightning_gpt.cli.flags import CommandParser
 
     d = CLI_DEFAULTS  # the command's decoding defaults: one preset, documented in lightning_gpt.generation.config
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="lightning-gpt generate",
         description="Stream a completion of one prompt from a checkpoint to the terminal. The model config and the "
         "tokenizer come from the checkpoint. Sampling by default (temperature 0 or --do_sample false: greedy).",
@@ -147,7 +146,7 @@ def generate_command(argv: list[str]) -> None:
     config = _generation_config(opts)
     import torch
 
-    from lightning_gpt.io.checkpoint import load_checkpoint
+    from lightning_gpt.io.checkpoint import find_checkpoint, load_checkpoint
 
     prompt = sys.stdin.read() if opts.prompt == "-" else opts.prompt
     from lightning_gpt.io.hf import is_pretrained_path
@@ -166,12 +165,14 @@ def generate_command(argv: list[str]) -> None:
     model = model.to(device).eval()
     out = sys.stdout
     if config.num_beams > 1 or config.num_return_sequences > 1:
-        for i, row in enumerate(_generate_fitted(model, tokenizer, prompt, config)):
+        rows = _generate_fitted(model, tokenizer, prompt, config)
+        for i, row in enumerate(rows):
             if i:
                 out.write("\n---\n")
             out.write((prompt if opts.echo else "") + row)
         out.write("\n")
         out.flush()
+        _explain_empty("".join(rows), config, tokenizer)
         return
     from lightning_gpt.generation.text import stream_text
 
@@ -179,11 +180,28 @@ def generate_command(argv: list[str]) -> None:
     if opts.echo:
         out.write(prompt)
         out.flush()
+    completion = ""
     for piece in pieces:
+        completion += piece
         out.write(piece)
         out.flush()
     out.write("\n")
     out.flush()
+    _explain_empty(completion, config, tokenizer)
+
+
+def _explain_empty(completion: str, config: GenerationConfig, tokenizer: Any) -> None:
+    """Nothing after the prompt although tokens were asked for, with ``--stop`` given: say why on stderr (the output
+    is cut before the first stop string, so one at the very start leaves only the prompt)."""
+    if completion or not config.stop or not config.max_new_tokens:
+        return
+    stops = [config.stop] if isinstance(config.stop, str) else list(config.stop)
+    named = " or ".join(repr(s) for s in stops)
+    eos = " (or the model ended the text at once)" if getattr(tokenizer, "eos_id", None) is not None else ""
+    _note(
+        f"the stop string {named} occurred at the start of the continuation{eos}; nothing generated before it. The "
+        "output stops before the first stop string: leave out --stop to see what the model writes."
+    )
 
 
 def _check_device(device: str) -> None:

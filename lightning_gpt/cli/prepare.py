@@ -32,6 +32,7 @@ def _parser() -> Any:
         description="Tokenize a text source into a dataset folder (litdata chunks + lightning_gpt_dataset.json) that "
         "`lightning-gpt fit --data.source <folder>` streams. Same --data.* options as fit.",
         exit_on_error=True,
+        allow_abbrev=False,  # --output_di is an error, not --output_dir (lightning_gpt.cli.flags)
     )
     parser.add_argument("--config", type=str, default=None, help="a fit YAML: its data and seed_everything entries")
     parser.add_argument("--output_dir", type=str, required=True, help="the dataset folder to write (new or empty)")

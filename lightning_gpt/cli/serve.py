@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lightning_gpt.cli.flags import CommandParser
+
 __all__ = ["serve_command"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="lightning-gpt serve",
         description="Serve a checkpoint over HTTP: POST /v1/completions (OpenAI's completions API, stream: true for "
         "server-sent events), POST /predict (prompt + GenerationConfig fields), GET /v1/models, GET /health, GET "

@@ -30,7 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_WARNED_TAIL: set[str] = set()  # sources already warned about the tail fallback (prepare_data and setup both ask)
 
 
 def source_options(settings: SourceSettings, split: str, own_source: bool = True) -> dict[str, Any]:
@@ -127,11 +126,13 @@ def local_caches(
     settings: DataSettings,
     cache_dir: str,
     split_seed: int,
+    said: Optional[set[str]] = None,
 ) -> tuple[TokenArray, Optional[TokenArray], bool]:
     """(train ids, explicit or held-out validation ids, whether the tail split applies) of the token-cache path.
 
     ``val_holdout='random'`` falls back to the tail split, with a warning, when the documents cannot be split into
-    non-empty sides (e.g. a single ``.txt`` file is one document).
+    non-empty sides (e.g. a single ``.txt`` file is one document). ``said``: the warnings given already by earlier
+    calls of the same data module (its ``prepare_data``, then ``setup``); each is given once.
     """
     if val_src is not None:
         return (
@@ -145,15 +146,15 @@ def local_caches(
         val = token_cache(train_src, tokenizer, settings, cache_dir, "val", split_seed)
         if train.n_docs > 0 and val.n_docs > 0:
             return train, val, False
-        if train_src.name in _WARNED_TAIL:
-            return token_cache(train_src, tokenizer, settings, cache_dir), None, v.fraction > 0
-        _WARNED_TAIL.add(train_src.name)
-        log.warning(
-            "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
-            "samples; holding out the tail (val_holdout='tail') instead.",
-            train.n_docs + val.n_docs,
-            train_src.name,
-        )
+        if said is None or "tail fallback" not in said:
+            if said is not None:
+                said.add("tail fallback")
+            log.warning(
+                "val_holdout='random': the %d documents of %s cannot be split into non-empty training and validation "
+                "samples; holding out the tail (val_holdout='tail') instead.",
+                train.n_docs + val.n_docs,
+                train_src.name,
+            )
     return token_cache(train_src, tokenizer, settings, cache_dir), None, v.fraction > 0
 
 

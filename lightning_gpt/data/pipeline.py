@@ -117,6 +117,7 @@ class TextPipeline:
         return self.tokenizer.vocab_size
 
     def _local_caches(self) -> tuple[TokenArray, Optional[TokenArray], bool]:
+        said = self.__dict__.setdefault("_said", set())  # warnings already given (prepare_data, then setup)
         return local_caches(
-            self.train_source(), self.val_source(), self.tokenizer, self.settings, self.cache_dir, self.split_seed
+            self.train_source(), self.val_source(), self.tokenizer, self.settings, self.cache_dir, self.split_seed, said
         )

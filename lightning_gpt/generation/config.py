@@ -26,11 +26,12 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Union
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 from lightning_gpt.config import is_int
+
+if TYPE_CHECKING:  # torch is imported when a generator is made: `lightning-gpt generate --help` starts without it
+    import torch
 
 __all__ = ["GenerationConfig", "CLI_DEFAULTS", "SAMPLE_CALLBACK_DEFAULTS", "DOCUMENTED_DIFFERENCES"]
 
@@ -187,6 +188,8 @@ class GenerationConfig:
         """A ``torch.Generator`` seeded with ``seed`` on ``device``, or ``None`` when no seed is set."""
         if self.seed is None:
             return None
+        import torch
+
         return torch.Generator(device=device or "cpu").manual_seed(self.seed)
 
     def warn_ignored(self) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "cli_subcommand_parser",
     "cli_value",
     "last_global_step_saved",
+    "logger_version_given",
     "mark_step_saved",
     "register_last_checkpoint",
     "load_raw_module_state",
@@ -61,6 +62,7 @@ __all__ = [
     "rich_available",
     "saves_distributed_checkpoint",
     "set_data_parallel_size",
+    "set_logger_version",
     "should_update_logs",
     "summary_columns",
     "unwrap_optimizer",
@@ -199,6 +201,16 @@ def cli_model_class(cli: Any) -> type:
 def cli_subcommand_parser(cli: Any, subcommand: Optional[str]) -> Any:
     """The parser of ``subcommand`` of a ``LightningCLI`` (its top parser when ``subcommand`` is ``None``)."""
     return cli._parser(subcommand) if subcommand else cli.parser
+
+
+def logger_version_given(logger: Any) -> bool:
+    """Whether a TensorBoard / CSV logger's version is already fixed (given, or its folder already chosen)."""
+    return getattr(logger, "_version", None) is not None
+
+
+def set_logger_version(logger: Any, version: Any) -> None:
+    """Fix a TensorBoard / CSV logger's version (``version_N`` folder) before it is first used (no public setter)."""
+    logger._version = version
 
 
 def parser_actions(parser: Any) -> list[Any]:

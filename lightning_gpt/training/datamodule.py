@@ -296,9 +296,10 @@ class TextDataModule(TextPipeline, pl.LightningDataModule):
         if self.streaming:
             check_streaming_resume(state_dict, self.source, self._rank_world()[1])
             return  # litdata restores its loader's own state (Lightning passes it the saved loader state)
-        if state_dict.get("batch_size") not in (None, self.settings.batch.batch_size) or state_dict.get("seed") not in (
-            None,
-            self.seed,
+        fitting = self.trainer is None or self.trainer.state.fn == "fit"  # validate/test: the order does not matter
+        if fitting and (
+            state_dict.get("batch_size") not in (None, self.settings.batch.batch_size)
+            or state_dict.get("seed") not in (None, self.seed)
         ):
             log.warning("resuming with another batch_size or data seed than the checkpoint's: the data order differs.")
         self._resume = restored_position(state_dict, self.settings.batch.batch_size)

@@ -57,6 +57,17 @@ def read_numbered_prompts(path: str | Path, field: str = "prompt") -> list[tuple
     return [(number, text) for number, text, _ in _read_prompts(path, field)]
 
 
+def check_prompts_file(path: str | Path) -> None:
+    """Raises ``FileNotFoundError`` (one paragraph) when ``path`` is not a file: ``lightning-gpt predict`` calls it
+    before building the model and the Trainer.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Prompts file {str(path)!r} does not exist (expected one prompt per line, or JSONL).")
+
+
 def _read_prompts(path: str | Path, field: str = "prompt") -> list[tuple[int, str, dict[str, Any]]]:
     """Read ``(line number, prompt, record)`` per prompt from a file (``record`` is ``{}`` for plain text).
 
@@ -72,8 +83,7 @@ def _read_prompts(path: str | Path, field: str = "prompt") -> list[tuple[int, st
         ValueError: a malformed JSONL line (named ``file:line``), or no prompts at all.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Prompts file {str(path)!r} does not exist (expected one prompt per line, or JSONL).")
+    check_prompts_file(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:

@@ -227,8 +227,14 @@ def test_print_config_and_help(cli, run_yaml):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_resumable_checkpoint(run_yaml, tmp_path):
-    """SIGINT mid-fit -> last.ckpt at a step boundary; --ckpt_path last continues from it to the same weights."""
-    cfg = run_yaml(**{"trainer.max_steps": 100000, "checkpoint.every_n_train_steps": 1, "trainer.limit_val_batches": 0})
+    """SIGINT mid-fit -> last.ckpt at a step boundary and the loss curve so far; --ckpt_path last continues from it to
+    the same weights, logging into the first run's logger version (one version_0 with both runs' rows)."""
+    logs = tmp_path / "run"
+    csv_logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(logs)}}
+    cfg = run_yaml(
+        **{"trainer.max_steps": 100000, "checkpoint.every_n_train_steps": 1, "trainer.limit_val_batches": 0},
+        **{"trainer.logger": csv_logger, "trainer.log_every_n_steps": 1},
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("LIGHTNING_GPT_TRACEBACK", None)
     proc = subprocess.Popen(
@@ -250,6 +256,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(run_yaml, tmp_path):
     assert "Interrupted at step" in out, out[-3000:]
     step = _global_step(last)  # the Ctrl-C checkpoint loads with the safe (weights-only) loader
     assert 0 < step < 100000
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 0, out[-3000:]  # drawn although fit did not finish
+    (tmp_path / "run" / "loss.png").unlink()
 
     # Resume two more steps and compare with an uninterrupted run of step + 2 steps (in this process).
     from lightning_gpt.cli import main
@@ -264,6 +272,15 @@ def test_ctrl_c_saves_a_resumable_checkpoint(run_yaml, tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _global_step(last) == step + 2
+    assert (tmp_path / "run" / "loss.png").is_file()
+    assert sorted(p.name for p in (logs / "lightning_logs").iterdir()) == ["version_0"]  # not a second version
+    import csv
+
+    with open(logs / "lightning_logs" / "version_0" / "metrics.csv", newline="") as f:
+        steps = {int(row["step"]) for row in csv.DictReader(f) if row.get("train/loss")}
+    # The first run's rows kept, the resumed run's appended: one curve. (The interrupted step's own row, step - 1, is
+    # never logged: the stop is raised before Lightning logs that step.)
+    assert set(range(step - 1)) | {step, step + 1} <= steps, steps
     straight = run_yaml("straight.yaml", **{"trainer.max_steps": step + 2, "trainer.limit_val_batches": 0})
     straight_root = tmp_path / "straight"
     old_argv = sys.argv

@@ -1,4 +1,5 @@
-"""``LossCurve``: a PNG of the train and validation loss in the run folder at the end of ``fit``.
+"""``LossCurve``: a PNG of the train and validation loss in the run folder at the end of ``fit`` (also when it stops
+early: Ctrl-C, SIGTERM, an error).
 
 The curve can be looked at without starting TensorBoard. The points are collected as training runs (the train loss on
 logging steps, the validation loss after each validation) and travel in the checkpoint, so a resumed run draws the
@@ -28,7 +29,8 @@ def _scalar(value: Any) -> Optional[float]:
 
 
 class LossCurve(Callback):
-    """Collect ``train/loss`` and ``val/loss`` during ``fit``; write ``<default_root_dir>/<filename>`` at its end.
+    """Collect ``train/loss`` and ``val/loss`` during ``fit``; write ``<default_root_dir>/<filename>`` at its end, or
+    when it stops with an exception (Ctrl-C, SIGTERM, an error).
 
     Args:
         filename: the image's file name inside ``trainer.default_root_dir`` (``""`` turns the image off).
@@ -54,6 +56,18 @@ class LossCurve(Callback):
             self.val = [p for p in self.val if p[0] != trainer.global_step] + [(int(trainer.global_step), loss)]
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.draw(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A fit stopped early (Ctrl-C, SIGTERM, a non-finite loss, any error): the curve so far is still drawn."""
+        if trainer.state.fn == "fit":
+            try:
+                self.draw(trainer)
+            except Exception as err:  # noqa: BLE001 - never hide the exception that stopped the run
+                rank_zero_info(f"Loss curve not drawn ({type(err).__name__}: {err}).")
+
+    def draw(self, trainer: Trainer) -> None:
+        """Write the image of the points collected so far (rank zero; nothing when there are none or no filename)."""
         if not self.filename or not trainer.is_global_zero or not (self.train or self.val):
             return
         path = os.path.join(str(trainer.default_root_dir), self.filename)
