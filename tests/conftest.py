@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import tiny_config, write_corpus, write_yaml, yaml_factory
+from tests.interrupt import pytest_configure, pytest_keyboard_interrupt, pytest_runtest_protocol  # noqa: F401 (hooks)
 
 # The tests use tiny models: one thread is faster than several that wait on each other, and a CI machine has 2 cores.
 torch.set_num_threads(1)
