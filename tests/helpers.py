@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -12,6 +13,7 @@ from typing import Any, Callable, Optional
 import lightning.pytorch as pl
 import torch
 import yaml
+from filelock import FileLock
 from torch.utils.data import DataLoader, TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +28,25 @@ def write_corpus(path: Path, n_lines: int = 200, seed: int = 0, words: list[str]
     rng = random.Random(seed)
     path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(n_lines)) + "\n")
     return path
+
+
+def build_once(tmp_path_factory: Any, name: str, build: Callable[[Path], Any]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test run and shared by every pytest-xdist worker.
+
+    The first worker to get here builds it under a file lock; the others wait for it and reuse it (a build that
+    failed is redone by the next one). Without xdist it is a folder of this session. What is built must be read
+    only by the tests (they write into their own ``tmp_path``).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, above the workers'
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
 
 
 TINY_GPT = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)

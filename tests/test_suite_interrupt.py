@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SLOW_TESTS = '''
+SLOW_TESTS = """
 import subprocess, sys
 
 GRANDCHILD = "import time; time.sleep(300)  # grandchild"
@@ -31,7 +31,7 @@ def test_one():
 
 def test_two():
     subprocess.run([sys.executable, "-c", CHILD], capture_output=True)
-'''
+"""
 
 
 def test_the_suite_loads_the_interrupt_hooks(request):
