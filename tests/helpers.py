@@ -60,6 +60,17 @@ def tiny_gpt_config(**overrides: Any) -> Any:
     return GPTConfig(**{**TINY_GPT, **overrides})
 
 
+def tiny_hf_gpt2(seed: int = 0, **config: Any) -> Any:
+    """A random Hugging Face ``GPT2LMHeadModel`` in eval mode: vocabulary 100, 64 positions, 2 layers of 4 heads, 32
+    wide, no dropout (``config`` overrides any ``GPT2Config`` field); its weights drawn after ``manual_seed(seed)``."""
+    import transformers
+
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    fields.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**fields, **config})).eval()
+
+
 def toy_tokens(n: int = 64, T: int = 16, vocab: int = 32, seed: int = 0) -> torch.Tensor:
     """``(n, T + 1)`` random token ids below ``vocab`` (rows of inputs and their next-token targets)."""
     return torch.randint(0, vocab, (n, T + 1), generator=torch.Generator().manual_seed(seed))
