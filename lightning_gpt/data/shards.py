@@ -15,6 +15,7 @@ With ``max_chars``, every shard is capped at ``max_chars / number of shards`` (a
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Iterator, Optional
 
@@ -117,7 +118,11 @@ def _jsonl(shard: dict[str, Any]) -> Iterator[str]:
         line = _decode(raw, path, off)
         if not line.strip():
             continue
-        yield str(jsonl_row_value(line, column, lambda off=off: f"{path}:{_line_of(path, off)}") or "")
+        yield str(jsonl_row_value(line, column, functools.partial(_where, path, off)) or "")
+
+
+def _where(path: str, offset: int) -> str:
+    return f"{path}:{_line_of(path, offset)}"
 
 
 def _raw_documents(shard: dict[str, Any], source: Optional[TextSource]) -> Iterator[str]:
