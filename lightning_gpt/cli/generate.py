@@ -232,7 +232,7 @@ def _generate_fitted(model: Any, tokenizer: Any, prompt: str, config: Generation
         )
         ids = ids[-(block // 2) :]
     room = block - len(ids)
-    if config.max_new_tokens > room:
+    if config.max_new_tokens is not None and config.max_new_tokens > room:
         _note(
             f"{what} does not slide past the model's context like the sampling stream: generating {room} tokens "
             f"instead of {config.max_new_tokens}, so that the prompt ({len(ids)} tokens) and the output fit "
