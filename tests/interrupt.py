@@ -50,8 +50,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Generator[None, None, None]:
     """After each test: a SIGINT left ignored means a Ctrl-C was swallowed by an in-process fit; stop the run."""
+    before = signal.getsignal(signal.SIGINT)
     yield
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if before is _on_sigint and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, _on_sigint)
         os.kill(os.getpid(), signal.SIGINT)
 

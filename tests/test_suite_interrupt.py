@@ -52,6 +52,7 @@ def test_ctrl_c_ends_a_parallel_run_at_once_and_leaves_no_process(tmp_path):
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=_default_sigint,  # a run started in the background inherits SIGINT ignored
     )
     try:
         tree = psutil.Process(proc.pid)
@@ -82,6 +83,10 @@ def test_ctrl_c_ends_a_parallel_run_at_once_and_leaves_no_process(tmp_path):
     assert not left, f"left running after a Ctrl-C: {[_cmdline(p) for p in left]}"
 
 
+def _default_sigint() -> None:  # pragma: no cover - runs in the child before exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
         return proc.cmdline()
@@ -98,3 +103,33 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+SWALLOWING_TESTS = """
+import signal
+
+
+def test_a_fit_that_handled_a_ctrl_c():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what Lightning leaves after it handled a KeyboardInterrupt
+
+
+def test_never_runs():
+    pass
+"""
+
+
+def test_a_ctrl_c_swallowed_by_an_in_process_fit_still_stops_the_run(tmp_path):
+    (tmp_path / "test_swallow.py").write_text(SWALLOWING_TESTS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.interrupt", "--rootdir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, *args, str(tmp_path / "test_swallow.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_default_sigint,
+    )
+    assert done.returncode == 2 and "KeyboardInterrupt" in done.stdout, done.stdout[-2000:]
+    assert "1 passed" in done.stdout  # the second test never ran
