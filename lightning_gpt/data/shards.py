@@ -20,6 +20,7 @@ import os
 from typing import Any, Iterator, Optional
 
 from lightning_gpt.data.sources import HFSource, LocalSource, TextSource, decode_utf8_line
+from lightning_gpt.data.sources.base import capped
 from lightning_gpt.data.sources.readers import jsonl_row_value
 
 __all__ = ["DEFAULT_SHARD_BYTES", "plan_shards", "read_shard", "sample_documents"]
@@ -162,18 +163,7 @@ def read_shard(shard: dict[str, Any], source: Optional[TextSource] = None) -> It
     Raises:
         ValueError: a line that is not valid UTF-8 or not a JSON object with the text column (names file and byte).
     """
-    cap = shard.get("max_chars")
-    total = 0
-    for doc in _raw_documents(shard, source):
-        if not doc or doc.isspace():
-            continue
-        if cap is not None and total + len(doc) > cap:
-            rest = doc[: cap - total]
-            if rest and not rest.isspace():
-                yield rest
-            return
-        total += len(doc)
-        yield doc
+    return capped(_raw_documents(shard, source), shard.get("max_chars"))  # blank documents dropped, then the cap
 
 
 def sample_documents(source: TextSource, max_chars: int, seed: int) -> Iterator[str]:

@@ -247,12 +247,8 @@ def read_jsonl(path: str, text_column: str, skips: Skips) -> Iterator[str]:
 
 
 def read_parquet(path: str, text_column: str, skips: Skips) -> Iterator[str]:
-    """The ``text_column`` strings of a ``.parquet`` file, one per row (read 1024 rows at a time).
-
-    Args:
-        path: the file.
-        text_column: the column holding the text.
-        skips: where null and empty values are counted.
+    """The ``text_column`` strings of a ``.parquet`` file, one per row (read 1024 rows at a time); the arguments
+    are ``read_jsonl``'s, ``text_column`` naming a column.
 
     Raises:
         ValueError: the file is not Parquet, lacks ``text_column``, or the column is not of a string type (naming
