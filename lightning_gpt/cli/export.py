@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_gpt.cli.options import add_trust_checkpoint
+
 __all__ = ["export_command"]
 
 
@@ -33,12 +35,7 @@ def _export_parser() -> Any:
     add("--ckpt_path", required=True, help="a .ckpt file, a run directory (its newest checkpoint), or a weights folder")
     add("--output_dir", required=True, help="the folder to create (must not exist, or be empty)")
     add("--format", choices=FORMATS, default="hf", help="hf (default: transformers-loadable) or safetensors")
-    add(
-        "--trust_checkpoint",
-        action="store_true",
-        help="load a checkpoint even when it needs a full unpickle, which can run code from the file (trusted "
-        "files only; refused by default)",
-    )
+    add_trust_checkpoint(parser)
     return parser
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from lightning_gpt.cli.options import add_trust_checkpoint
 from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig
 from lightning_gpt.io.checkpoint import find_checkpoint
 
@@ -46,12 +47,7 @@ def _generate_parser() -> Any:
         help="a .ckpt file, a run directory (its checkpoints/last.ckpt is used), or a weights folder "
         "(lightning-gpt export, or a Hugging Face GPT-2 folder)",
     )
-    add(
-        "--trust_checkpoint",
-        action="store_true",
-        help="load a checkpoint even when it needs a full unpickle, which can run code from the file (trusted "
-        "files only; refused by default)",
-    )
+    add_trust_checkpoint(parser)
     add("--prompt", required=True, help="the prompt text; '-' reads it from stdin")
     add(
         "--max_new_tokens",
