@@ -65,7 +65,7 @@ def test_ctrl_c_ends_a_parallel_run_at_once_and_leaves_no_process(tmp_path):
             time.sleep(0.05)  # polling for the two grandchildren to exist, not a fixed wait
         grandchildren = [p for p in procs if _is_grandchild(p)]
         assert len(grandchildren) == 2, "the two tests did not start their processes"
-        assert len(procs) == 6  # 2 workers, 2 children, 2 grandchildren
+        assert len(procs) >= 6  # 2 workers, 2 children, 2 grandchildren
 
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
