@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 __all__ = ["GPTConfig", "IGNORE_INDEX", "PRESETS", "is_int"]
 
@@ -20,8 +23,8 @@ IGNORE_INDEX = -100
 """Target id that the loss skips (padding); PyTorch's ``cross_entropy`` default. Defined once, here."""
 
 
-def is_int(value: object) -> bool:
-    """Whether ``value`` is an ``int`` and not a ``bool`` (which Python counts as an int)."""
+def is_int(value: object) -> TypeIs[int]:
+    """Whether ``value`` is an ``int`` and not a ``bool`` (which Python counts as an int); narrows the type for mypy."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

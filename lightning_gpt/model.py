@@ -16,7 +16,7 @@ Decoding protocol (used by ``lightning_gpt.generation``):
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +121,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class _Trunk(nn.ModuleDict):
+    """GPT's ``transformer``: an ``nn.ModuleDict`` (its state-dict keys are GPT-2's ``transformer.wte.weight``...)
+    whose entries are typed for mypy."""
+
+    wte: nn.Embedding
+    wpe: nn.Embedding
+    drop: nn.Dropout
+    h: Sequence[Block]  # an nn.ModuleList of the blocks
+    ln_f: nn.LayerNorm
+
+
 class GPT(nn.Module):
     """The GPT language model.
 
@@ -137,7 +148,7 @@ class GPT(nn.Module):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"GPT expects a GPTConfig, got {type(config).__name__}.")
         self.config = config
-        self.transformer = nn.ModuleDict(
+        self.transformer = _Trunk(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -322,7 +333,7 @@ class GPT(nn.Module):
         """Allocate every layer's decoding state and bind it (``swap_cache(new_cache(...))``); see ``new_cache``."""
         self.swap_cache(self.new_cache(batch_size, max_seq_len, device, dtype))
 
-    def _cache_parts(self) -> tuple[list[nn.Module], list[nn.Linear]]:
+    def _cache_parts(self) -> tuple[list[CausalSelfAttention], list[nn.Linear]]:
         """The attention modules that hold the decoding states and the layers that may use transposed decode weights
         (listed once: ``swap_cache`` runs twice per decoded token)."""
         parts = self.__dict__.get("_cache_parts_list")

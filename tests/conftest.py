@@ -11,13 +11,18 @@ from typing import Any, Callable, Optional
 import pytest
 import torch
 
-from tests.helpers import tiny_config, write_corpus, write_yaml, yaml_factory
+from tests.helpers import build_once, tiny_config, write_corpus, write_yaml, yaml_factory
+from tests.interrupt import pytest_configure, pytest_keyboard_interrupt, pytest_runtest_protocol  # noqa: F401 (hooks)
 
 # The tests use tiny models: one thread is faster than several that wait on each other, and a CI machine has 2 cores.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Token and tokenizer caches of a test run never land in the user's home directory.
-os.environ.setdefault("LIGHTNING_GPT_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), "lightning_gpt_test_cache"))
+# One per pytest-xdist worker: tests that look at what the cache holds see only their own worker's entries.
+_CACHE = "lightning_gpt_test_cache" + (
+    f"_{os.environ['PYTEST_XDIST_WORKER']}" if "PYTEST_XDIST_WORKER" in os.environ else ""
+)
+os.environ.setdefault("LIGHTNING_GPT_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), _CACHE))
 
 
 class CLIResult:
@@ -55,26 +60,28 @@ def cli(capsys, monkeypatch) -> Callable[..., CLIResult]:
 
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.txt")
+    return build_once(tmp_path_factory, "corpus", lambda folder: write_corpus(folder / "corpus.txt")) / "corpus.txt"
+
+
+def _train(base: Path, corpus: Path) -> None:
+    from lightning_gpt.cli import main
+
+    torch.manual_seed(0)
+    cfg = write_yaml(base / "run.yaml", tiny_config(base / "run", corpus, base / "cache", **{"trainer.max_steps": 2}))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
+        mp.setattr(sys, "argv", ["lightning-gpt"])
+        main(["fit", "--config", str(cfg)])
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, corpus) -> dict[str, Path]:
-    """A tiny run trained for 2 steps with the CLI: its directory, ``last.ckpt`` and token cache."""
-    import pytest as _pytest
-
-    from lightning_gpt.cli import main
-
-    torch.manual_seed(0)
-    base = tmp_path_factory.mktemp("trained")
-    cfg = write_yaml(base / "run.yaml", tiny_config(base / "run", corpus, base / "cache", **{"trainer.max_steps": 2}))
-    with _pytest.MonkeyPatch.context() as mp:
-        mp.delenv("LIGHTNING_GPT_TRACEBACK", raising=False)
-        mp.setattr(sys, "argv", ["lightning-gpt"])
-        main(["fit", "--config", str(cfg)])
+    """A tiny run trained for 2 steps with the CLI (once per test run, shared by the xdist workers): its directory,
+    ``last.ckpt``, config and token cache. Read only: a test that writes copies it into its ``tmp_path``."""
+    base = build_once(tmp_path_factory, "trained", lambda folder: _train(folder, corpus))
     ckpt = base / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    return {"root": base / "run", "ckpt": ckpt, "config": cfg, "cache": base / "cache"}
+    return {"root": base / "run", "ckpt": ckpt, "config": base / "run.yaml", "cache": base / "cache"}
 
 
 @pytest.fixture

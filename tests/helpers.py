@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -12,6 +13,7 @@ from typing import Any, Callable, Optional
 import lightning.pytorch as pl
 import torch
 import yaml
+from filelock import FileLock
 from torch.utils.data import DataLoader, TensorDataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +30,25 @@ def write_corpus(path: Path, n_lines: int = 200, seed: int = 0, words: list[str]
     return path
 
 
+def build_once(tmp_path_factory: Any, name: str, build: Callable[[Path], Any]) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once per test run and shared by every pytest-xdist worker.
+
+    The first worker to get here builds it under a file lock; the others wait for it and reuse it (a build that
+    failed is redone by the next one). Without xdist it is a folder of this session. What is built must be read
+    only by the tests (they write into their own ``tmp_path``).
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, above the workers'
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 TINY_GPT = dict(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=32)
 """The fields of a tiny GPT (2 layers, 32 wide, context 16) for tests that build one directly."""
 
@@ -37,6 +58,17 @@ def tiny_gpt_config(**overrides: Any) -> Any:
     from lightning_gpt.config import GPTConfig
 
     return GPTConfig(**{**TINY_GPT, **overrides})
+
+
+def tiny_hf_gpt2(seed: int = 0, **config: Any) -> Any:
+    """A random Hugging Face ``GPT2LMHeadModel`` in eval mode: vocabulary 100, 64 positions, 2 layers of 4 heads, 32
+    wide, no dropout (``config`` overrides any ``GPT2Config`` field); its weights drawn after ``manual_seed(seed)``."""
+    import transformers
+
+    torch.manual_seed(seed)
+    fields = dict(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    fields.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**fields, **config})).eval()
 
 
 def toy_tokens(n: int = 64, T: int = 16, vocab: int = 32, seed: int = 0) -> torch.Tensor:

@@ -21,7 +21,7 @@ is O(w) however long the sequence; ``strided`` and ``longformer`` keep a full ke
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +85,7 @@ def sparse_attention(
         parts_k.append(k.new_zeros(B, nh, P - have, hs))
         parts_v.append(v.new_zeros(B, nh, P - have, v.size(-1)))
     if have:
+        assert k_prev is not None and v_prev is not None  # have > 0 only with earlier keys
         parts_k.append(k_prev[:, :, k_prev.size(2) - have :])
         parts_v.append(v_prev[:, :, v_prev.size(2) - have :])
     parts_k.append(k)
@@ -115,6 +116,7 @@ def sparse_attention(
     scores = (qb @ kw) * scale  # (B, nh, N, Lq, K)
     M = 0 if extra_k is None else extra_k.size(2)
     if M:
+        assert extra_k is not None and extra_pos is not None  # M > 0 only with extra keys
         extra_scores = (qb @ extra_k.transpose(-2, -1)[:, :, None]) * scale  # (B, nh, N, Lq, M)
         # Causal and outside the window (keys inside it are already in the local set).
         row_pos = extra_pos if extra_pos.dim() == 2 else extra_pos[None]  # (B or 1, M)
@@ -130,6 +132,7 @@ def sparse_attention(
         att = F.dropout(att, p=dropout_p)
     y = att[..., :K] @ vw  # (B, nh, N, Lq, hs)
     if M:
+        assert extra_v is not None  # given with extra_k
         y = y + att[..., K:] @ extra_v[:, :, None]  # (B, nh, N, Lq, hs)
     return y.reshape(B, nh, N * Lq, -1)[:, :, :T]  # (B, nh, T, hs)
 
@@ -149,7 +152,7 @@ def _padded_to(
 
 
 def extra_positions(
-    pattern: str, window: int, stride: int, n_global: int, last_pos: int, device: torch.device
+    pattern: str, window: int, stride: int, n_global: int, last_pos: int, device: Union[torch.device, str]
 ) -> Tensor:
     """Positions of the non-window keys a pattern adds, limited to those some query ``<= last_pos`` can see.
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from lightning_gpt.cli.options import add_trust_checkpoint
+
 __all__ = ["evaluate_command"]
 
 
@@ -51,12 +53,7 @@ def _evaluate_parser() -> Any:
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     add("--output_path", default=None, help="write the results to this JSON file")
-    add(
-        "--trust_checkpoint",
-        action="store_true",
-        help="load a checkpoint even when it needs a full unpickle, which can run code from the file (trusted "
-        "files only; refused by default)",
-    )
+    add_trust_checkpoint(parser)
     return parser
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_gpt.cli.options import add_trust_checkpoint
+
 __all__ = ["export_command"]
 
 FORMATS = ("hf", "safetensors")  # lightning_gpt.io.hf.FORMATS, spelled here so that the parser needs no torch
@@ -47,12 +49,7 @@ def _export_parser() -> Any:
         default="hf",
         help="hf (default: transformers-loadable), safetensors, onnx or torch_export (a .pt2 program)",
     )
-    add(
-        "--trust_checkpoint",
-        action="store_true",
-        help="load a checkpoint even when it needs a full unpickle, which can run code from the file (trusted "
-        "files only; refused by default)",
-    )
+    add_trust_checkpoint(parser)
     return parser
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from lightning_gpt.cli.options import add_trust_checkpoint
 from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig  # no torch: --help and flag errors are fast
 
 __all__ = ["generate_command"]
@@ -45,12 +46,7 @@ def _generate_parser() -> Any:
         help="a .ckpt file, a run directory (its checkpoints/last.ckpt is used), or a weights folder "
         "(lightning-gpt export, or a Hugging Face GPT-2 folder)",
     )
-    add(
-        "--trust_checkpoint",
-        action="store_true",
-        help="load a checkpoint even when it needs a full unpickle, which can run code from the file (trusted "
-        "files only; refused by default)",
-    )
+    add_trust_checkpoint(parser)
     add("--prompt", required=True, help="the prompt text; '-' reads it from stdin")
     add(
         "--max_new_tokens",
@@ -250,7 +246,7 @@ def _generate_fitted(model: Any, tokenizer: Any, prompt: str, config: Generation
         )
         ids = ids[-(block // 2) :]
     room = block - len(ids)
-    if config.max_new_tokens > room:
+    if config.max_new_tokens is not None and config.max_new_tokens > room:
         _note(
             f"{what} does not slide past the model's context like the sampling stream: generating {room} tokens "
             f"instead of {config.max_new_tokens}, so that the prompt ({len(ids)} tokens) and the output fit "

@@ -17,6 +17,7 @@ import argparse
 from typing import Any
 
 from lightning_gpt.cli.flags import CommandParser
+from lightning_gpt.cli.options import add_trust_checkpoint
 
 __all__ = ["serve_command"]
 
@@ -52,12 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add("--dtype", default=None, help="decode in float32, bfloat16 or float16 (default: the checkpoint's)")
     add("--threads", type=int, default=None, help="torch threads of the model worker (default: torch's)")
-    add(
-        "--trust_checkpoint",
-        action="store_true",
-        help="load a checkpoint even when it needs a full unpickle, which can run code from the file (trusted files "
-        "only; refused by default)",
-    )
+    add_trust_checkpoint(parser)
     add("--log_level", default="warning", help="critical, error, warning (default) or info (logs every request)")
     return parser
 

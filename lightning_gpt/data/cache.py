@@ -21,7 +21,7 @@ import socket
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, NoReturn, Optional
 
 import numpy as np
 
@@ -163,8 +163,12 @@ def verify_token_cache(path: str) -> dict[str, Any]:
     return meta
 
 
-def _write_failed(err: BaseException, path: str) -> Optional[BaseException]:
-    return storage_error(err, path, "the token cache", _CACHE_FIX)
+def _write_failed(err: OSError, path: str) -> NoReturn:
+    """Raise the one-paragraph storage error for ``err`` (a full disk, no permission...), or ``err`` itself."""
+    wrapped = storage_error(err, path, "the token cache", _CACHE_FIX)
+    if wrapped is None:
+        raise err
+    raise wrapped from err
 
 
 @dataclass
@@ -249,10 +253,7 @@ def build_token_cache(
         remove_stale_temporaries(root)
         tmp = tempfile.mkdtemp(prefix=_tmp_prefix(), dir=root)
     except OSError as err:
-        wrapped = _write_failed(err, root)
-        if wrapped is None:
-            raise
-        raise wrapped from err
+        _write_failed(err, root)
     try:
         offsets = [0]
         n_chars = 0
@@ -284,10 +285,7 @@ def build_token_cache(
             if not os.path.isfile(os.path.join(final, "meta.json")):  # not a lost race: a real error
                 raise
     except OSError as err:
-        wrapped = _write_failed(err, final)
-        if wrapped is None:
-            raise
-        raise wrapped from err
+        _write_failed(err, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final

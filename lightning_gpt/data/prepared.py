@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -283,6 +284,7 @@ def prepare_dataset(
     os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(scratch, "chunks")
     os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(scratch, "data")
     os.environ["LIGHTNING_GPT_ENCODE_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    start_method = multiprocessing.get_start_method(allow_none=True)
     try:
         litdata.optimize(
             fn=fn,
@@ -305,6 +307,9 @@ def prepare_dataset(
                 reorder_files=False,
             )
     finally:
+        # litdata's optimize sets "spawn" for the whole process: later DataLoader workers here would each start a new
+        # interpreter (and import torch) instead of forking.
+        multiprocessing.set_start_method(start_method, force=True)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -15,11 +15,13 @@ With ``max_chars``, every shard is capped at ``max_chars / number of shards`` (a
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from typing import Any, Iterator, Optional
 
 from lightning_gpt.data.sources import HFSource, LocalSource, TextSource, decode_utf8_line
+from lightning_gpt.data.sources.base import capped
+from lightning_gpt.data.sources.readers import jsonl_row_value
 
 __all__ = ["DEFAULT_SHARD_BYTES", "plan_shards", "read_shard", "sample_documents"]
 
@@ -111,28 +113,17 @@ def _txt(shard: dict[str, Any]) -> Iterator[str]:
 
 
 def _jsonl(shard: dict[str, Any]) -> Iterator[str]:
-    # The messages are LocalSource's (sources.py): they name file:line, the line counted only on the error path.
+    # The messages are read_jsonl's (sources/readers.py): file:line, the line counted only on the error path.
     path, column = shard["path"], shard["column"]
     for off, raw in _lines(path, shard["start"], shard["end"]):
         line = _decode(raw, path, off)
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            where = f"{path}:{_line_of(path, off)}"
-            raise ValueError(f"{where}: not valid JSON ({err}); each line must be one object.") from None
-        if not isinstance(row, dict):
-            raise ValueError(
-                f"{path}:{_line_of(path, off)}: holds a JSON {type(row).__name__}, not an object; each line must be "
-                f'one object with the text under text_column={column!r}, e.g. {{"text": "..."}}.'
-            )
-        if column not in row:
-            raise ValueError(
-                f"{path}:{_line_of(path, off)}: text_column={column!r} is not in this row; available columns: "
-                f"{sorted(row)}. Set text_column to the field that holds the text, or fix the row."
-            )
-        yield str(row[column] or "")
+        yield str(jsonl_row_value(line, column, functools.partial(_where, path, off)) or "")
+
+
+def _where(path: str, offset: int) -> str:
+    return f"{path}:{_line_of(path, offset)}"
 
 
 def _raw_documents(shard: dict[str, Any], source: Optional[TextSource]) -> Iterator[str]:
@@ -172,18 +163,7 @@ def read_shard(shard: dict[str, Any], source: Optional[TextSource] = None) -> It
     Raises:
         ValueError: a line that is not valid UTF-8 or not a JSON object with the text column (names file and byte).
     """
-    cap = shard.get("max_chars")
-    total = 0
-    for doc in _raw_documents(shard, source):
-        if not doc or doc.isspace():
-            continue
-        if cap is not None and total + len(doc) > cap:
-            rest = doc[: cap - total]
-            if rest and not rest.isspace():
-                yield rest
-            return
-        total += len(doc)
-        yield doc
+    return capped(_raw_documents(shard, source), shard.get("max_chars"))  # blank documents dropped, then the cap
 
 
 def sample_documents(source: TextSource, max_chars: int, seed: int) -> Iterator[str]:

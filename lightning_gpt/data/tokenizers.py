@@ -124,7 +124,8 @@ def _tiktoken_twin(tokenizer_json: str) -> Any:
     singles = [ranks.get(bytes([b])) for b in range(256)]
     if len(ranks) != len(vocab) - len(specials) or None in singles or len(merged) != len(ranks) - 256:
         return None
-    if any(b <= a for a, b in zip(merged, merged[1:])) or (merged and max(singles) >= merged[0]):
+    top_single = max(r for r in singles if r is not None)  # all 256 bytes have a rank (checked above)
+    if any(b <= a for a, b in zip(merged, merged[1:])) or (merged and top_single >= merged[0]):
         return None
     try:
         return tiktoken.Encoding("lightning-gpt-bpe", pat_str=_GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})

@@ -131,12 +131,12 @@ class GenerationConfig:
             self._check_stop()
 
     def _check_stop(self) -> None:
-        stop = self.stop
+        stop: Any = self.stop  # checked here: a YAML file or a caller may give any shape
         if isinstance(stop, str) or (isinstance(stop, (list, tuple)) and stop and all(is_int(t) for t in stop)):
             stop = [stop]  # one string or one id sequence
         if not isinstance(stop, (list, tuple)):
             raise ValueError(f"stop must be a string, a list of token ids, or a list of them; got {stop!r}.")
-        items = []
+        items: list[Union[str, list[int]]] = []
         for item in stop:
             if isinstance(item, str) and item:
                 items.append(item)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Generator, Iterator, Literal, Optional, Sequence, Union, overload
 
 import torch
 from torch import Tensor, nn
@@ -120,6 +120,24 @@ def _prepare(
         generator=generator,
         batch_size=input_ids.size(0) // expand,
     )
+
+
+_Config = Optional[GenerationConfig]
+
+
+# The type of what ``generate`` returns follows ``return_dict`` (the keyword arguments in ``kw`` are typed below).
+@overload
+def generate(
+    model: nn.Module, input_ids: Tensor, config: _Config = None, *, return_dict: Literal[False] = False, **kw: Any
+) -> Tensor: ...
+@overload
+def generate(
+    model: nn.Module, input_ids: Tensor, config: _Config = None, *, return_dict: Literal[True], **kw: Any
+) -> GenerateOutput: ...
+@overload
+def generate(
+    model: nn.Module, input_ids: Tensor, config: _Config = None, *, return_dict: bool, **kw: Any
+) -> Union[Tensor, GenerateOutput]: ...
 
 
 def generate(
@@ -248,7 +266,7 @@ def stream_generate(
     tokenizer: Any = None,
     generator: Optional[torch.Generator] = None,
     **settings: Any,
-) -> Iterator[Tensor]:
+) -> Generator[Tensor, None, None]:
     """Yield the next ids ``(N,)`` of every row at each step, as they are produced (greedy or sampling).
 
     Takes the arguments of ``generate`` except ``return_dict``; ``num_beams`` must be 1. Rows that already finished
@@ -289,7 +307,7 @@ def stream_generate(
     return _stream(model, prep, config)
 
 
-def _stream(model: nn.Module, prep: dict[str, Any], config: GenerationConfig) -> Iterator[Tensor]:
+def _stream(model: nn.Module, prep: dict[str, Any], config: GenerationConfig) -> Generator[Tensor, None, None]:
     max_new_tokens = prep["max_new_tokens"]
     with _eval_mode(model):
         with torch.inference_mode():

@@ -9,7 +9,7 @@ row through each layer's cache or recurrent state; with ``use_cache=False`` ever
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Any, Generator, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -41,7 +41,7 @@ class DecodeState:
         max_new_tokens: int,
         use_cache: bool = True,
     ) -> None:
-        self.model = model
+        self.model: Any = cast(Any, model)  # duck-typed: the cache protocol above (nn.Module types attributes loosely)
         self.use_cache = use_cache
         # Ids from the config's vocab_size up to the table's padded size are padding, never real tokens.
         config = getattr(model, "config", None)
@@ -67,7 +67,7 @@ class DecodeState:
             self.positions[:, :T0] = prompt_pos
             self.positions[:, T0:] = prompt_pos[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
-        self.cache = model.new_cache(B, self.max_len, device=device) if use_cache else None
+        self.cache = self.model.new_cache(B, self.max_len, device=device) if use_cache else None
 
     @property
     def new_tokens(self) -> Tensor:
@@ -125,6 +125,7 @@ class DecodeState:
         """Row ``i`` becomes old row ``index[i]`` (beam search); the model's cache follows."""
         self.tokens = self.tokens.index_select(0, index)
         if self.mask is not None:
+            assert self.positions is not None and self.prompt_valid is not None  # set together with the mask
             self.mask = self.mask.index_select(0, index)
             self.positions = self.positions.index_select(0, index)
             self.prompt_valid = self.prompt_valid.index_select(0, index)
@@ -148,7 +149,7 @@ def sample_steps(
     generator: Optional[torch.Generator],
     reasons: Tensor,
     lengths: Tensor,
-) -> Iterator[Tensor]:
+) -> Generator[Tensor, None, None]:
     """Greedy or sampling loop: yields the ``(B,)`` next ids each step; finished rows get ``pad_token_id``.
 
     ``reasons`` (``(B,)`` long, all ``NOT_STOPPED`` at the start) is filled in place with each row's stop code, and

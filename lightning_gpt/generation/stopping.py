@@ -41,13 +41,12 @@ class StopCriteria:
         self.eos_token_ids = list(eos_token_ids or [])
         self.stop_ids: list[list[int]] = []
         self.stop_strings: list[str] = []
-        if stop is None:
-            stop = []
-        elif isinstance(stop, str) or (isinstance(stop, Sequence) and len(stop) and all(is_int(t) for t in stop)):
-            stop = [stop]  # a single string or a single id sequence
+        items: Sequence[Any] = stop if stop is not None else []
+        if isinstance(stop, str) or (isinstance(stop, Sequence) and len(stop) and all(is_int(t) for t in stop)):
+            items = [stop]  # a single string or a single id sequence
         elif isinstance(stop, Tensor):
-            stop = [stop.tolist()]
-        for item in stop:
+            items = [stop.tolist()]
+        for item in items:
             if isinstance(item, Tensor):
                 item = item.tolist()
             if isinstance(item, str):
@@ -67,7 +66,7 @@ class StopCriteria:
                 f"String stop sequences {self.stop_strings} need a tokenizer to decode the generated ids: pass "
                 "tokenizer=..., or give the stop sequences as token-id lists."
             )
-        self.tokenizer = tokenizer
+        self.tokenizer: Any = tokenizer  # not None when there are stop strings (checked above)
         # Text the window must decode to: the longest stop string, plus up to 3 replacement characters for a UTF-8
         # sequence cut at the window's left edge. First guess in tokens: one per UTF-8 byte (byte-level tokenizers
         # never produce less than a byte per token); ``_window_text`` widens it when tokens decode to nothing.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Generator, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -220,8 +220,9 @@ def stream_text(
 
 def _windowed_steps(
     model: nn.Module, ids: list[int], config: GenerationConfig, call: dict[str, Any], block: int, stop: StopCriteria
-) -> Iterator[Tensor]:
+) -> Generator[Tensor, None, None]:
     """``stream_generate`` over sliding windows of token ids; yields once (nothing) first, after checking arguments."""
+    assert config.max_new_tokens is not None  # only a bounded stream slides (see stream_text)
     context, generated, remaining = list(ids), [], int(config.max_new_tokens)
     first = True
     while remaining > 0:
@@ -244,7 +245,7 @@ def _windowed_steps(
                 return
 
 
-def _text_pieces(steps: Iterator[Tensor], tokenizer: Any, stops: list[str]) -> Iterator[str]:
+def _text_pieces(steps: Generator[Tensor, None, None], tokenizer: Any, stops: list[str]) -> Iterator[str]:
     tokens: list[int] = []
     emitted = 0
     text = ""

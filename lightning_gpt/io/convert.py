@@ -210,4 +210,5 @@ def to_hf_gpt2(model: GPT, hf_config_overrides: Optional[dict[str, Any]] = None)
     if missing:
         raise ValueError(f"Conversion left Hugging Face weights unset: {missing}")
     param = next(model.parameters())
-    return hf_model.to(device=param.device).train(model.training)
+    module: torch.nn.Module = hf_model  # transformers types its decorated ``to`` as an unbound wrapper
+    return module.to(device=param.device).train(model.training)

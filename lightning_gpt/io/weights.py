@@ -140,11 +140,7 @@ def _listed(names: list[str]) -> str:
 
 
 def check_weights(
-    config: GPTConfig,
-    state: Mapping[str, Any],
-    weights_name: object,
-    config_name: object,
-    strict: bool = True,
+    config: GPTConfig, state: Mapping[str, Any], weights_name: object, config_name: object, strict: bool = True
 ) -> None:
     """Check that ``state`` holds exactly the weights of ``GPT(config)``, without building that model.
 

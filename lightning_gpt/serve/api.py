@@ -61,9 +61,9 @@ class GPTServeAPI(ls.LitAPI):
         self.state = state
         self.max_batch_rows = max_batch_rows
         self.torch_device = device
-        self.dtype = dtype
-        self.trust_checkpoint = trust_checkpoint
         self.threads = threads
+        # What setup() passes to load_checkpoint (the worker loads on CPU, then moves the model to torch_device).
+        self.load_options: dict[str, Any] = dict(map_location="cpu", trust_checkpoint=trust_checkpoint, dtype=dtype)
         self.model: Any = None
         self.tokenizer: Any = None
 
@@ -75,9 +75,7 @@ class GPTServeAPI(ls.LitAPI):
 
         if self.threads:
             torch.set_num_threads(self.threads)
-        model, tokenizer = load_checkpoint(
-            self.ckpt_path, map_location="cpu", trust_checkpoint=self.trust_checkpoint, dtype=self.dtype
-        )
+        model, tokenizer = load_checkpoint(self.ckpt_path, **self.load_options)
         self.model = model.to(self.torch_device).eval()
         self.tokenizer = tokenizer
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gpt.generation import GenerationConfig, generate_text, stream_generate
+from lightning_gpt.generation.text import _held_back  # the stream's own rule: what may still become a stop string
 from lightning_gpt.serve.shared import SharedState
 
 __all__ = ["decode_jobs"]
@@ -80,17 +81,6 @@ class _Row:
     def flush(self) -> str:
         piece, self.emitted = self.text[self.emitted :], len(self.text)
         return piece
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest end of ``text`` that is the start of a stop string (it may still become one)."""
-    hold = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:n]):
-                hold = n
-                break
-    return hold
 
 
 @dataclass

@@ -19,11 +19,12 @@ Routes: ``POST /v1/completions``, ``POST /predict``, ``GET /v1/models``, ``GET /
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections import deque
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Optional
 
 from fastapi import HTTPException, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -136,7 +137,8 @@ class CompletionsSpec(LitSpec):
         uid, queue, event = self._submit(job)
         if job["stream"]:
             make = self._completion_events if job["endpoint"] == "completions" else self._predict_events
-            return StreamingResponse(make(job, uid, queue, event), media_type="text/event-stream")
+            events = self._events(job, uid, make(job, uid, queue, event))
+            return StreamingResponse(events, media_type="text/event-stream")
         try:
             updates = await self._collect(request, job, uid, queue, event)
         except RequestError as err:
@@ -203,23 +205,14 @@ class CompletionsSpec(LitSpec):
                 task.cancel()
             self._release(job, uid, finished)
 
-    async def _completion_events(
-        self, job: dict[str, Any], uid: str, queue: deque, event: asyncio.Event
-    ) -> AsyncIterator[str]:
-        """OpenAI's streaming format: ``text_completion`` chunks, a usage chunk if asked, then ``[DONE]``."""
-        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
-        head["model"] = job["model"]
+    async def _events(self, job: dict[str, Any], uid: str, chunks: AsyncGenerator[str, None]) -> AsyncIterator[str]:
+        """A streamed response: the endpoint's ``chunks``, then ``[DONE]`` (or the error); the request is released
+        however it ends, and cancelled in the worker unless it finished (a client that went away)."""
         finished = False
         try:
-            if job["echo"]:
-                echoed = [self._prompt_text(job, i) for i in range(len(job["prompts"]) * job["n"])]
-                yield _sse(dict(head, choices=[_choice(i, t, None) for i, t in enumerate(echoed)]))
-            async for update in self._updates(uid, queue, event):
-                choices = [_choice(c["index"], c["text"], c["finish_reason"]) for c in update["choices"]]
-                if choices:
-                    yield _sse(dict(head, choices=choices))
-                if update.get("done") and job["include_usage"]:
-                    yield _sse(dict(head, choices=[], usage=update["usage"]))
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    yield chunk
             finished = True
             yield "data: [DONE]\n\n"
         except RequestError as err:
@@ -228,28 +221,35 @@ class CompletionsSpec(LitSpec):
         finally:
             self._release(job, uid, finished)
 
+    async def _completion_events(
+        self, job: dict[str, Any], uid: str, queue: deque, event: asyncio.Event
+    ) -> AsyncGenerator[str, None]:
+        """OpenAI's streaming format: ``text_completion`` chunks and a usage chunk if asked (``_events`` ends it)."""
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
+        head["model"] = job["model"]
+        if job["echo"]:
+            echoed = [self._prompt_text(job, i) for i in range(len(job["prompts"]) * job["n"])]
+            yield _sse(dict(head, choices=[_choice(i, t, None) for i, t in enumerate(echoed)]))
+        async for update in self._updates(uid, queue, event):
+            choices = [_choice(c["index"], c["text"], c["finish_reason"]) for c in update["choices"]]
+            if choices:
+                yield _sse(dict(head, choices=choices))
+            if update.get("done") and job["include_usage"]:
+                yield _sse(dict(head, choices=[], usage=update["usage"]))
+
     async def _predict_events(
         self, job: dict[str, Any], uid: str, queue: deque, event: asyncio.Event
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """``/predict`` streaming: ``{"index", "text"}`` pieces, then per choice ``{"index", "finish_reason",
-        "tokens"}``, then ``{"usage", "batch_requests"}`` and ``[DONE]``."""
-        finished = False
-        try:
-            async for update in self._updates(uid, queue, event):
-                for c in update["choices"]:
-                    if c["text"]:
-                        yield _sse({"index": c["index"], "text": c["text"]})
-                if update.get("done"):
-                    for c in update["final"]:
-                        yield _sse({"index": c["index"], "finish_reason": c["finish_reason"], "tokens": c["tokens"]})
-                    yield _sse({"usage": update["usage"], "batch_requests": update["batch_requests"]})
-            finished = True
-            yield "data: [DONE]\n\n"
-        except RequestError as err:
-            finished = True
-            yield _sse(err.body())
-        finally:
-            self._release(job, uid, finished)
+        "tokens"}``, then ``{"usage", "batch_requests"}`` (``_events`` ends it)."""
+        async for update in self._updates(uid, queue, event):
+            for c in update["choices"]:
+                if c["text"]:
+                    yield _sse({"index": c["index"], "text": c["text"]})
+            if update.get("done"):
+                for c in update["final"]:
+                    yield _sse({"index": c["index"], "finish_reason": c["finish_reason"], "tokens": c["tokens"]})
+                yield _sse({"usage": update["usage"], "batch_requests": update["batch_requests"]})
 
     def _prompt_text(self, job: dict[str, Any], choice: int) -> str:
         p = choice // job["n"]

@@ -4,6 +4,7 @@ prepare detected and redone, the tokenizer and world-size checks."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -40,10 +41,17 @@ def prepared(tmp_path_factory) -> dict:
     src = resolve_source(**spec)
     tok = build_tokenizer("char", src.documents())
     out = base / "out"
+    start_method = multiprocessing.get_start_method(allow_none=True)
     manifest = prepare_dataset(
         src, spec, tok, str(out), val_fraction=0.1, split_seed=5, num_workers=2, shard_bytes=4096
     )
-    return {"base": base, "corpus": corpus, "out": out, "manifest": manifest, "tokenizer": tok}
+    return {"base": base, "corpus": corpus, "out": out, "manifest": manifest, "tokenizer": tok, "start": start_method}
+
+
+def test_prepare_leaves_the_processes_start_method_as_it_was(prepared):
+    # litdata's optimize sets "spawn" for the whole process; then every DataLoader worker of a later fit in this
+    # process started a new interpreter and imported torch (seconds of CPU each) instead of forking.
+    assert multiprocessing.get_start_method(allow_none=True) == prepared["start"]
 
 
 def test_prepared_tokens_equal_the_token_cache_and_the_split_is_a_document_sample(prepared):

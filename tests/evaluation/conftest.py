@@ -17,7 +17,7 @@ import torch
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.data import CharTokenizer
-from tests.helpers import python_env
+from tests.helpers import build_once, python_env
 
 TASKS = "lgpt_mc,lgpt_roll,lgpt_gen"
 WORDS = "the quick brown fox jumps over a lazy dog and cat runs to its house while birds sing".split()
@@ -114,12 +114,19 @@ def eval_setup(tmp_path_factory) -> dict[str, Path]:
     from lightning_gpt.io import load_checkpoint
     from lightning_gpt.io.hf import write_pretrained
 
-    base = tmp_path_factory.mktemp("eval")
-    tasks = write_tasks(base / "tasks", base / "hf_datasets")
-    ckpt = tiny_checkpoint(base / "gpt2ish.ckpt", task_text(base / "tasks"))
-    model, tokenizer = load_checkpoint(ckpt)
-    export = write_pretrained(model, tokenizer, base / "export")
-    return {"base": base, "tasks": tasks, "ckpt": ckpt, "export": export, "text": base / "tasks" / "lgpt_roll.jsonl"}
+    def build(base: Path) -> None:
+        write_tasks(base / "tasks", base / "hf_datasets")
+        model, tokenizer = load_checkpoint(tiny_checkpoint(base / "gpt2ish.ckpt", task_text(base / "tasks")))
+        write_pretrained(model, tokenizer, base / "export")
+
+    base = build_once(tmp_path_factory, "eval", build)  # once per run, shared by the xdist workers
+    return {
+        "base": base,
+        "tasks": base / "tasks",
+        "ckpt": base / "gpt2ish.ckpt",
+        "export": base / "export",
+        "text": base / "tasks" / "lgpt_roll.jsonl",
+    }
 
 
 def _env(cache: Path) -> dict[str, str]:
@@ -137,9 +144,14 @@ def run_lm_eval(cmd: list[str], out: Path, cache: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def hf_results(eval_setup) -> dict:
-    """A real ``lm_eval --model hf`` run (the command, in a subprocess) on the export folder."""
-    out = eval_setup["base"] / "hf_out"
+def hf_results(tmp_path_factory, eval_setup) -> dict:
+    """A real ``lm_eval --model hf`` run (the command, in a subprocess) on the export folder, once per test run."""
+    results = build_once(tmp_path_factory, "eval_hf", lambda folder: _run_hf(eval_setup, folder)) / "results.json"
+    return json.loads(results.read_text())
+
+
+def _run_hf(eval_setup: dict[str, Path], folder: Path) -> None:
+    out = folder / "out"
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "lm_eval"),
         "--model", "hf",
@@ -150,4 +162,5 @@ def hf_results(eval_setup) -> dict:
         "--batch_size", "4",
         "--output_path", str(out),
     ]  # fmt: skip
-    return run_lm_eval(cmd, out, eval_setup["base"] / "hf_cache")
+    results = run_lm_eval(cmd, out, folder / "hf_cache")
+    (folder / "results.json").write_text(json.dumps(results))

@@ -5,24 +5,13 @@ import torch
 
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.io.convert import from_hf_gpt2, to_hf_gpt2
+from tests.helpers import tiny_hf_gpt2
 
 transformers = pytest.importorskip("transformers")
 
 
 def _hf_model(seed: int = 0, **kwargs):
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(
-        vocab_size=100,
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        **kwargs,
-    )
-    return transformers.GPT2LMHeadModel(cfg).eval()
+    return tiny_hf_gpt2(seed, **kwargs)
 
 
 @pytest.mark.parametrize("attention", ["standard", "flash"])

@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 from lightning_gpt import GPT, GPTConfig  # noqa: E402
 from lightning_gpt.data import build_tokenizer  # noqa: E402
 from lightning_gpt.io.checkpoint import UnsafeCheckpointError, load_checkpoint  # noqa: E402
+from tests.helpers import tiny_hf_gpt2  # noqa: E402
 
 WORDS = "the quick brown fox jumps over a lazy dog and then some more words appear here".split()
 TEXTS = ["hello world, the fox", "two\nlines  and  spaces ", "naïve café — 東京 ✓", " leading space"]
@@ -53,20 +54,8 @@ def hf_dir(tmp_path_factory) -> Path:
         tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
     )
     fast.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=tok.get_vocab_size(),
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tok.token_to_id("<|endoftext|>"),
-        eos_token_id=tok.token_to_id("<|endoftext|>"),
-    )
-    transformers.GPT2LMHeadModel(config).eval().save_pretrained(folder)
+    eos = tok.token_to_id("<|endoftext|>")
+    tiny_hf_gpt2(0, vocab_size=tok.get_vocab_size(), bos_token_id=eos, eos_token_id=eos).save_pretrained(folder)
     return folder
 
 

@@ -241,26 +241,18 @@ def test_prompt_too_long(model_and_tokenizer):
     assert "shorten the prompt to its last 6 tokens" in message and "lower max_new_tokens to at most 7" in message
 
 
+def _predict_8_tokens(cli, trained, prompts, out, *extra):
+    """``predict`` of the trained run on the ``prompts`` file, one prompt a batch, 8 new tokens each, into ``out``."""
+    args = ["--ckpt_path", trained["ckpt"], "--data.path", prompts, "--data.batch_size", "1"]
+    return cli("predict", *args, "--model.generation.max_new_tokens", "8", "--writer.output_path", out, *extra)
+
+
 def test_prompt_too_long_through_predict_leaves_no_partial_results(cli, tmp_path, trained):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("the cat\n" + "the dog " * 2 + "\n")
     out = tmp_path / "out" / "predictions.jsonl"
-    result = cli(
-        "predict",
-        "--ckpt_path",
-        trained["ckpt"],
-        "--data.path",
-        prompts,
-        "--data.batch_size",
-        "1",
-        "--model.generation.max_new_tokens",
-        "8",
-        "--writer.output_path",
-        out,
-        "--trainer.logger",
-        "false",
-        "--trainer.default_root_dir",
-        tmp_path,
+    result = _predict_8_tokens(
+        cli, trained, prompts, out, "--trainer.logger", "false", "--trainer.default_root_dir", tmp_path
     )
     user_error(result, "The prompt (16 tokens) plus max_new_tokens (8)", "block_size=16")
     assert not out.exists(), "no results file from a failed predict"
@@ -274,19 +266,7 @@ def test_over_long_prompt_at_the_end_of_the_file_is_found_before_decoding(cli, t
     decoded = []
     monkeypatch.setattr("lightning_gpt.training.module.GPTModule.generate_text", lambda self, p, **k: decoded.append(p))
     out = tmp_path / "predictions.jsonl"
-    result = cli(
-        "predict",
-        "--ckpt_path",
-        trained["ckpt"],
-        "--data.path",
-        prompts,
-        "--data.batch_size",
-        "1",
-        "--model.generation.max_new_tokens",
-        "8",
-        "--writer.output_path",
-        out,
-    )
+    result = _predict_8_tokens(cli, trained, prompts, out)
     user_error(result, f"{prompts}:4: The prompt (16 tokens) plus max_new_tokens (8)", "block_size=16")
     assert not decoded, "prompts were decoded before the bad one was found"
     assert not out.exists()

@@ -19,7 +19,19 @@ DEFAULT_STDLIB_MAX_CHARS = 5_000_000
 _STDLIB_SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test", "lib2to3"}
 
 
-class StdlibSource(TextSource):
+class _FilesSource(TextSource):
+    """A source that reads its files in order (``_read_all``), capped at ``max_chars`` characters in all."""
+
+    max_chars: Optional[int]
+
+    def _read_all(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def documents(self) -> Iterator[str]:
+        return capped(self._read_all(), self.max_chars)
+
+
+class StdlibSource(_FilesSource):
     """The running Python's own standard library ``.py`` files, in sorted relative-path order (offline everywhere).
 
     The files are read with undecodable bytes replaced (the corpus is the interpreter's own, always there; a stray
@@ -70,9 +82,6 @@ class StdlibSource(TextSource):
             with open(os.path.join(self.root, rel), encoding="utf-8", errors="replace") as f:
                 yield f.read()
 
-    def documents(self) -> Iterator[str]:
-        return capped(self._read_all(), self.max_chars)
-
     def identity(self) -> dict[str, Any]:
         needed = self._needed_files()
         return {
@@ -85,7 +94,7 @@ class StdlibSource(TextSource):
         }
 
 
-class LocalSource(TextSource):
+class LocalSource(_FilesSource):
     """Local ``.txt`` / ``.jsonl`` / ``.parquet`` files: one file, every such file under a directory, or a glob.
 
     Each ``.jsonl`` line and each ``.parquet`` row is one document (its ``text_column``); a ``.txt`` file is cut
@@ -133,9 +142,6 @@ class LocalSource(TextSource):
             self.skips.report()
             raise
         self.skips.report()
-
-    def documents(self) -> Iterator[str]:
-        return capped(self._read_all(), self.max_chars)
 
     def identity(self) -> dict[str, Any]:
         files = self.files()

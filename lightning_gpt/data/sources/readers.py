@@ -19,7 +19,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 from lightning_gpt.data.sources.base import Skips
 
@@ -179,6 +179,39 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def jsonl_row_value(line: str, text_column: str, where: Union[str, Callable[[], str]]) -> Any:
+    """The value under ``text_column`` of one JSONL line (not yet checked to be text).
+
+    Args:
+        line: one non-blank line of a ``.jsonl`` file, decoded.
+        text_column: the field holding the text.
+        where: ``file:line`` for a message, or a function giving it (called only on the error path: counting lines
+            may cost a scan).
+
+    Raises:
+        ValueError: the line is not JSON, not an object, or lacks ``text_column`` (naming ``file:line``).
+    """
+
+    def at() -> str:
+        return where if isinstance(where, str) else where()
+
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{at()}: not valid JSON ({err}); each line must be one object.") from None
+    if not isinstance(row, dict):
+        raise ValueError(
+            f"{at()}: holds a JSON {type(row).__name__}, not an object; each line must be one "
+            f'object with the text under text_column={text_column!r}, e.g. {{"text": "..."}}.'
+        )
+    if text_column not in row:
+        raise ValueError(
+            f"{at()}: text_column={text_column!r} is not in this row; available columns: "
+            f"{sorted(row)}. Set text_column to the field that holds the text, or fix the row."
+        )
+    return row[text_column]
+
+
 def read_jsonl(path: str, text_column: str, skips: Skips) -> Iterator[str]:
     """The ``text_column`` strings of a ``.jsonl`` file, one per line (blank lines ignored).
 
@@ -207,32 +240,15 @@ def read_jsonl(path: str, text_column: str, skips: Skips) -> Iterator[str]:
             offset += len(raw)
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err}); each line must be one object.") from None
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{path}:{lineno}: holds a JSON {type(row).__name__}, not an object; each line must be one "
-                    f'object with the text under text_column={text_column!r}, e.g. {{"text": "..."}}.'
-                )
-            if text_column not in row:
-                raise ValueError(
-                    f"{path}:{lineno}: text_column={text_column!r} is not in this row; available columns: "
-                    f"{sorted(row)}. Set text_column to the field that holds the text, or fix the row."
-                )
-            text = text_value(row[text_column], f"{path}:{lineno}", text_column, skips)
+            value = jsonl_row_value(line, text_column, f"{path}:{lineno}")
+            text = text_value(value, f"{path}:{lineno}", text_column, skips)
             if text is not None:
                 yield text
 
 
 def read_parquet(path: str, text_column: str, skips: Skips) -> Iterator[str]:
-    """The ``text_column`` strings of a ``.parquet`` file, one per row (read 1024 rows at a time).
-
-    Args:
-        path: the file.
-        text_column: the column holding the text.
-        skips: where null and empty values are counted.
+    """The ``text_column`` strings of a ``.parquet`` file, one per row (read 1024 rows at a time); the arguments
+    are ``read_jsonl``'s, ``text_column`` naming a column.
 
     Raises:
         ValueError: the file is not Parquet, lacks ``text_column``, or the column is not of a string type (naming
