@@ -326,6 +326,12 @@ class GPT(nn.Module):
                 block.attn.state = {name: t.index_select(0, index) for name, t in block.attn.state.items()}
 
     @property
+    def rollback_free(self) -> bool:
+        """Whether every layer's decoding state ignores entries past the fed length (``AttentionCore.rollback_free``),
+        so speculative decoding forgets rejected drafts without a snapshot."""
+        return all(block.attn.core.rollback_free for block in self.transformer.h)
+
+    @property
     def has_cache(self) -> bool:
         """Whether a cache is kept on the model (``setup_cache``)."""
         return all(block.attn.state is not None for block in self.transformer.h)

@@ -170,6 +170,7 @@ class SparseAttention(AttentionCore):
         self.window = config.attention_window
         self.stride = config.stride
         self.n_global = config.n_global_tokens
+        self.rollback_free = self.pattern != "local"  # strided/longformer: a full key/value cache
 
     def attended_keys(self, seq_len: int) -> int:
         """Keys a query of a ``seq_len``-token sequence is scored against: its window plus the pattern's extra keys.

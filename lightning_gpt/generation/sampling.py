@@ -150,6 +150,8 @@ class DecodeState:
         self.legacy = not _uses_input_pos(model)
         self.cache = model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
         self.fed = 0  # tokens already run through the cache
+        # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
+        self.rollback_free = bool(getattr(model, "rollback_free", False))
         self.compiled = compile
         if compile:
             if not use_cache:
@@ -213,8 +215,11 @@ class DecodeState:
     def decode_one_token(self, next_tokens: Optional[Tensor] = None) -> Tensor:
         """Append ``next_tokens`` ``(B,)`` (if given), feed the last token through the cache (without cache: rerun the
         whole sequence); return the next-token logits ``(B, V)`` in float32."""
-        if next_tokens is not None:
-            self.append(next_tokens)
+        if next_tokens is not None:  # (``append``, inlined: the hot path)
+            if self.length >= self.max_len:
+                raise RuntimeError("DecodeState is full: max_new_tokens tokens were already appended.")
+            self.tokens[:, self.length] = next_tokens
+            self.length += 1
         return self.feed(self.length)[:, -1]
 
     def reorder(self, index: Tensor) -> None:
@@ -297,8 +302,13 @@ def decode_n_tokens(
         next_tokens = sample_from_logits(logits, generator) if do_sample else logits.argmax(dim=-1)  # (B,)
         if active:
             next_tokens = torch.where(unfinished, next_tokens, pad_token_id)
-        state.append(next_tokens)
-        yield next_tokens
+        if active or step + 1 == max_new_tokens:
+            state.append(next_tokens)
+            yield next_tokens
+        else:  # the hot path: append and feed in one call
+            yield next_tokens
+            logits = state.decode_one_token(next_tokens)
+            continue
         if active:
             rows = unfinished.nonzero().flatten()
             code = stop(state.new_tokens.index_select(0, rows))
