@@ -329,7 +329,7 @@ class GPT(nn.Module):
     def rollback_free(self) -> bool:
         """Whether every layer's decoding state ignores entries past the fed length (``AttentionCore.rollback_free``),
         so speculative decoding forgets rejected drafts without a snapshot."""
-        return all(block.attn.core.rollback_free for block in self.transformer.h)
+        return all(block.attn.core.rollback_free for block in self.transformer.h)  # type: ignore[union-attr]
 
     @property
     def has_cache(self) -> bool:

@@ -81,7 +81,13 @@ class AttentionCore(nn.Module):
         raise NotImplementedError
 
     def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Union[int, Tensor], key_mask: Optional[Tensor] = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        state: State,
+        input_pos: Union[int, Tensor],
+        key_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """Extend ``state`` in place with new tokens at buffer positions ``input_pos`` ``(T_new,)`` and return their
         outputs ``(B, nh, T_new, hs)``."""
@@ -117,7 +123,13 @@ class KVCacheCore(AttentionCore):
         return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
 
     def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Union[int, Tensor], key_mask: Optional[Tensor] = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        state: State,
+        input_pos: Union[int, Tensor],
+        key_mask: Optional[Tensor] = None,
     ) -> Tensor:
         if not isinstance(input_pos, Tensor):
             input_pos = positions(input_pos, q.size(2), q.device)

@@ -143,7 +143,7 @@ def speculative_steps(
         d_saved = None if draft.cache is None or draft.rollback_free else (draft.snapshot(), draft.fed)
         t_saved = None if target.cache is None or target.rollback_free else (target.snapshot(), target.fed)
         drafts, q_rows = [], []
-        for i in range(k):
+        for _ in range(k):
             d_logits = draft.feed(draft.length)[:, -1]  # (1, V): predicts position draft.length
             d_scores = _scores(draft, d_logits, draft.length, config)
             if sampling:
