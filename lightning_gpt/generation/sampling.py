@@ -22,7 +22,7 @@ from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
-__all__ = ["DecodeState", "decode_n_tokens", "model_logits", "sample_steps", "compiled_steps"]
+__all__ = ["DecodeState", "compiled_steps", "decode_head", "decode_n_tokens", "model_logits", "sample_steps"]
 
 StepFn = Callable[..., Tensor]
 
@@ -36,22 +36,33 @@ def model_logits(
     positions: Optional[Tensor],
     n_real: int,
     keep: int = 1,
+    head_t: Optional[Tensor] = None,
 ) -> Tensor:
     """Float32 logits ``(B, keep, V)`` of the last ``keep`` of the tokens ``idx`` ``(B, T)`` run at the buffer positions
     ``input_pos`` ``(T,)`` through ``cache`` (``cache=None``: ``idx`` is the whole sequence, run without a cache); ids
     from ``n_real`` on (a padded table's filler rows) get ``-inf``.
 
     ``mask`` ``(B, S)`` bool and ``positions`` ``(B, S)`` (position ids, for left padding) cover the whole buffer, so
-    no shape depends on the step.
+    no shape depends on the step. ``head_t`` ``(n_embd, V)``: a contiguous transposed copy of the LM head's weight
+    (``decode_head``), multiplied here instead of the model's ``lm_head``.
     """
+    hidden = {} if head_t is None else {"return_hidden": True}
     if cache is None:  # no cache: the whole sequence, from position 0
         pos_ids = None if positions is None else positions[:, : idx.size(1)]
-        logits = model(idx, attention_mask=mask, position_ids=pos_ids, logits_to_keep=keep)
+        logits = model(idx, attention_mask=mask, position_ids=pos_ids, logits_to_keep=keep, **hidden)
     else:
         pos_ids = None if positions is None else positions.index_select(1, input_pos)  # (B, T)
         logits = model(
-            idx, attention_mask=mask, position_ids=pos_ids, input_pos=input_pos, cache=cache, logits_to_keep=keep
+            idx,
+            attention_mask=mask,
+            position_ids=pos_ids,
+            input_pos=input_pos,
+            cache=cache,
+            logits_to_keep=keep,
+            **hidden,
         )
+    if head_t is not None:
+        logits = logits @ head_t  # (B, keep, V)
     logits = logits.float()
     if logits.size(-1) > n_real:
         # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
@@ -82,6 +93,27 @@ def compiled_steps(device: torch.device) -> tuple[StepFn, StepFn]:
 
 
 _COMPILED: dict[str, tuple[StepFn, StepFn]] = {}
+
+
+def decode_head(model: nn.Module, batch_size: int) -> Optional[Tensor]:
+    """A contiguous ``(n_embd, V)`` copy of the LM head's weight when it speeds up decoding, else ``None``.
+
+    At batch 1 a decoded token is a matrix-vector product per layer. On CPU, for the LM head (``V`` outputs from
+    ``n_embd`` inputs, the largest matrix of a small model) that product streams about 2x faster from a contiguous
+    ``(in, out)`` copy than from ``nn.Linear``'s ``(out, in)`` layout (9 vs 20 GB/s for a 50257 x 384 head on one
+    thread; ``benchmarks/results/decode_roofline.md``). The copy is taken from the current weight when a generation
+    starts and belongs to it (a later training step is never missed); it costs one copy of the head in memory while
+    decoding. Float32 on CPU at batch <= 8 only (bfloat16 kernels and CUDA gain nothing from it).
+    """
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, Tensor) or type(weight.data) is not torch.Tensor or weight.dim() != 2:
+        return None  # not a plain tensor (a sharded DTensor) or no LM head
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or batch_size > 8:
+        return None
+    if getattr(head, "bias", None) is not None or "return_hidden" not in inspect.signature(model.forward).parameters:
+        return None
+    return weight.detach().t().contiguous()  # (n_embd, V)
 
 
 def _uses_input_pos(model: nn.Module) -> bool:
@@ -149,6 +181,7 @@ class DecodeState:
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
         self.legacy = not _uses_input_pos(model)
         self.cache = model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
+        self.head_t = None if self.legacy else decode_head(model, B)
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
@@ -192,14 +225,22 @@ class DecodeState:
         if not self.use_cache:
             mask = None if self.mask is None else self.mask[:, :end]
             return model_logits(
-                self.model, self.tokens[:, :end], self.arange[:end], None, mask, self.positions, self.n_real, keep
+                self.model,
+                self.tokens[:, :end],
+                self.arange[:end],
+                None,
+                mask,
+                self.positions,
+                self.n_real,
+                keep,
+                self.head_t,
             )
         fn = self._decode_fn if end - start == 1 else self._prefill_fn
         input_pos = self.arange[start:end]
         idx = self.tokens[:, start:end]
         if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
             input_pos, idx = input_pos.clone(), idx.clone()
-        return fn(self.model, idx, input_pos, self.cache, self.mask, self.positions, self.n_real, keep)
+        return fn(self.model, idx, input_pos, self.cache, self.mask, self.positions, self.n_real, keep, self.head_t)
 
     def prefill(self) -> Tensor:
         """Run the prompt (one call); return the next-token logits ``(B, V)`` in float32."""
