@@ -347,7 +347,7 @@ def _train_char(model: GPT, data: torch.Tensor, steps: int, lr: float, batch: in
         loss.backward()
         opt.step()
     model.eval()
-    return float(loss)
+    return loss.item()
 
 
 def bench_speculative(args: argparse.Namespace) -> list[str]:
@@ -369,7 +369,7 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
             vocab_size=len(chars), block_size=block, n_layer=layers, n_head=heads, n_embd=width, dropout=0.0,
             bias=False, attention="flash",
         )  # fmt: skip
-        path = Path(args.spec_cache) / f"{role}_{layers}x{width}_{args.spec_steps}.pt"
+        path = Path(args.spec_cache) / f"{role}_{layers}x{width}_{args.spec_steps}_{block}.pt"
         torch.manual_seed(0)
         model = GPT(config)
         if path.exists():
@@ -377,7 +377,8 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
             loss = float("nan")
         else:
             start = time.perf_counter()
-            loss = _train_char(model, train, args.spec_steps, 1e-3 if role == "target" else 4e-3, 4, seed=1)
+            lr = 1e-3 if role == "target" else 4e-3
+            loss = _train_char(model, train, args.spec_steps, lr, args.spec_batch, seed=1)
             wall = time.perf_counter() - start
             notes.append(f"{role} {layers}x{width}: {args.spec_steps} steps in {wall:.0f} s wall, last training loss "
                          f"{loss:.2f}")  # fmt: skip
@@ -411,7 +412,8 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
     reference = run_alone()
     rows = [
         f"Target {args.spec_target[0]}x{args.spec_target[1]}, draft {args.spec_draft[0]}x{args.spec_draft[1]}, both "
-        f"trained {args.spec_steps} steps (batch 4 x {block} characters) on {Path(args.spec_data).name}; greedy, "
+        f"trained {args.spec_steps} steps (batch {args.spec_batch} x {block} characters) on "
+        f"{Path(args.spec_data).name}; greedy, "
         f"{len(prompts)} prompts of {args.prompt_len} characters from the last 10% of the text, {n} new tokens each; "
         f"median of {args.rounds} interleaved rounds.",
         "",
@@ -480,6 +482,7 @@ def main() -> None:
     parser.add_argument("--spec_draft", type=int, nargs=3, default=[2, 128, 4], help="layers width heads")
     parser.add_argument("--spec_k", type=int, nargs="+", default=[2, 4, 6])
     parser.add_argument("--spec_prompts", type=int, default=4)
+    parser.add_argument("--spec_batch", type=int, default=12, help="training batch (sequences of prompt + new tokens)")
     parser.add_argument("--spec_cache", default="/tmp/lightning_gpt_spec_pair")
     parser.add_argument("--out", default=None, help="directory for decode_speed.md")
     args = parser.parse_args()
