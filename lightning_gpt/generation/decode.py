@@ -162,7 +162,7 @@ def _new_states(
     model: nn.Module,
     prep: dict[str, Any],
     config: GenerationConfig,
-    compile: bool,
+    compile: Union[bool, str],
     draft_model: Optional[nn.Module],
 ) -> tuple[DecodeState, Optional[DecodeState]]:
     prompt, mask, n = prep["input_ids"], prep["attention_mask"], prep["max_new_tokens"]
@@ -182,7 +182,7 @@ def generate(
     tokenizer: Any = None,
     generator: Optional[torch.Generator] = None,
     return_dict: bool = False,
-    compile: bool = False,
+    compile: Union[bool, str] = False,
     draft_model: Optional[nn.Module] = None,
     **settings: Any,
 ) -> Union[Tensor, GenerateOutput]:
@@ -227,7 +227,8 @@ def generate(
             ``top_p``, ``min_p``, ``repetition_penalty``, ``num_beams``, ``length_penalty``, ``early_stopping``,
             ``num_return_sequences``, ``stop``, ``use_cache``, ``seed``, ``num_draft_tokens``); they override
             ``config``.
-        compile: run the decoding steps compiled (see above).
+        compile: run the decoding steps compiled (see above); a string names the ``torch.compile`` backend
+            (default inductor).
         draft_model: a draft ``GPT`` for speculative decoding (see above).
 
     Returns:
@@ -335,7 +336,7 @@ def stream_generate(
     pad_token_id: Optional[int] = None,
     tokenizer: Any = None,
     generator: Optional[torch.Generator] = None,
-    compile: bool = False,
+    compile: Union[bool, str] = False,
     draft_model: Optional[nn.Module] = None,
     **settings: Any,
 ) -> Iterator[Tensor]:
@@ -387,7 +388,7 @@ def _stream(
     model: nn.Module,
     prep: dict[str, Any],
     config: GenerationConfig,
-    compile: bool,
+    compile: Union[bool, str],
     draft_model: Optional[nn.Module],
 ) -> Iterator[Tensor]:
     max_new_tokens = prep["max_new_tokens"]

@@ -13,7 +13,8 @@ graphs), and the prefill with a dynamic length. ``use_cache=False`` reruns the w
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterator, Optional
+import warnings
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -78,21 +79,29 @@ def _decode_logits(*args: object) -> Tensor:
     return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with static shapes
 
 
-def compiled_steps(device: torch.device) -> tuple[StepFn, StepFn]:
+def compiled_steps(device: torch.device, backend: str = "inductor") -> tuple[StepFn, StepFn]:
     """``(prefill, decode_one)``: ``model_logits`` compiled for the prompt (``dynamic=True``: any length, one
     compilation) and for a one-token step (``fullgraph=True``, static shapes; ``mode="reduce-overhead"`` on CUDA, i.e.
     replayed as a CUDA graph; inductor's C++ code on CPU).
 
     The first call of each compiles (seconds to a minute; see ``benchmarks/decode_speed.py`` for measured times);
-    later generations of the same model, batch size and buffer length reuse the compiled code.
+    later generations of the same model, batch size and buffer length reuse the compiled code. ``backend``: the
+    ``torch.compile`` backend (``"eager"`` checks the graph capture quickly, without code generation).
     """
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    prefill = torch.compile(_prefill_logits, dynamic=True)
-    decode = torch.compile(_decode_logits, fullgraph=True, dynamic=False, mode=mode)
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    prefill = torch.compile(_prefill_logits, dynamic=True, backend=backend)
+    decode = torch.compile(_decode_logits, fullgraph=True, mode=mode, backend=backend)
     return prefill, decode
 
 
 _COMPILED: dict[str, tuple[StepFn, StepFn]] = {}
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def decode_head(model: nn.Module, batch_size: int) -> Optional[Tensor]:
@@ -134,7 +143,7 @@ class DecodeState:
         use_cache: decode through the caches (True) or rerun the full sequence each step (False).
         compile: run the prefill and the one-token step compiled (``compiled_steps``); needs ``use_cache``. The
             cache is then sized to a power of two (at most ``block_size``) so that prompts of other lengths reuse the
-            compiled step.
+            compiled step. ``True`` uses inductor; a string names another ``torch.compile`` backend.
     """
 
     def __init__(
@@ -144,7 +153,7 @@ class DecodeState:
         attention_mask: Optional[Tensor],
         max_new_tokens: int,
         use_cache: bool = True,
-        compile: bool = False,
+        compile: Union[bool, str] = False,
     ) -> None:
         self.model = model
         self.use_cache = use_cache
@@ -185,13 +194,14 @@ class DecodeState:
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
-        self.compiled = compile
+        self.compiled = bool(compile)
         if compile:
             if not use_cache:
                 raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True.")
-            key = str(device.type)
+            backend = compile if isinstance(compile, str) else "inductor"
+            key = f"{device.type}:{backend}"
             if key not in _COMPILED:
-                _COMPILED[key] = compiled_steps(device)
+                _COMPILED[key] = compiled_steps(device, backend)
             self._prefill_fn, self._decode_fn = _COMPILED[key]
         else:
             self._prefill_fn = self._decode_fn = model_logits
@@ -240,7 +250,19 @@ class DecodeState:
         idx = self.tokens[:, start:end]
         if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
             input_pos, idx = input_pos.clone(), idx.clone()
-        return fn(self.model, idx, input_pos, self.cache, self.mask, self.positions, self.n_real, keep, self.head_t)
+        args = (self.model, idx, input_pos, self.cache, self.mask, self.positions, self.n_real, keep, self.head_t)
+        if fn is model_logits:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as err:
+            # torch.compile's per-function limit of compiled variants (many models or shapes in one process): the
+            # step fails before it runs, so decoding goes on eagerly, with the same tokens.
+            if "RecompileLimit" not in type(err).__name__:
+                raise
+            _warn_once(f"compile=True: {err}".split("\n")[0] + " -- decoding eagerly from here.")
+            self._prefill_fn = self._decode_fn = model_logits
+            return model_logits(*args)
 
     def prefill(self) -> Tensor:
         """Run the prompt (one call); return the next-token logits ``(B, V)`` in float32."""
