@@ -254,7 +254,9 @@ class SparseAttention(AttentionCore):
             extra_pos=pos,
         )
 
-    def _step_one(self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Tensor, key_mask: Optional[Tensor]):
+    def _step_one(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Tensor, key_mask: Optional[Tensor]
+    ) -> Tensor:
         """One new token at buffer position ``input_pos`` ``(1,)`` with shapes independent of the position (a compiled
         step): write its key/value by index, then attend over the whole buffer under the pattern's mask.
 
