@@ -390,18 +390,26 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
     n = args.roof_new_tokens
     prompts = [val[i * 997 : i * 997 + args.prompt_len][None] for i in range(args.spec_prompts)]
 
-    def run_alone() -> list[torch.Tensor]:
-        return [generate(target, p, max_new_tokens=n) for p in prompts]
+    modes = {"greedy": GenerationConfig(max_new_tokens=n)}
+    if args.spec_temperature > 0:
+        modes[f"sampled T={args.spec_temperature}"] = GenerationConfig(
+            max_new_tokens=n, do_sample=True, temperature=args.spec_temperature
+        )
 
-    def run_spec(k: int) -> tuple[list[torch.Tensor], float]:
+    def run_alone(config: GenerationConfig) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return [generate(target, p, config, generator=g) for p in prompts]
+
+    def run_spec(config: GenerationConfig, k: int) -> tuple[list[torch.Tensor], float]:
         outs, drafted, accepted = [], 0, 0
-        config = GenerationConfig(max_new_tokens=n, num_draft_tokens=k)
+        config = GenerationConfig.fold(config, num_draft_tokens=k)
+        g = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             for p in prompts:
                 t_state, d_state = DecodeState(target, p, None, n), DecodeState(draft, p, None, n)
                 reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
                 stop = StopCriteria([], None, None, len(chars))
-                for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=None,
+                for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=g,
                                            reasons=reasons, lengths=lengths):  # fmt: skip
                     pass
                 outs.append(t_state.tokens[:, : t_state.length].clone())
@@ -409,13 +417,13 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
                 accepted += t_state.accepted
         return outs, accepted / max(1, drafted)
 
-    reference = run_alone()
     rows = [
         f"Target {args.spec_target[0]}x{args.spec_target[1]}, draft {args.spec_draft[0]}x{args.spec_draft[1]}, both "
         f"trained {args.spec_steps} steps (batch {args.spec_batch} x {block} characters) on "
-        f"{Path(args.spec_data).name}; greedy, "
-        f"{len(prompts)} prompts of {args.prompt_len} characters from the last 10% of the text, {n} new tokens each; "
-        f"median of {args.rounds} interleaved rounds.",
+        f"{Path(args.spec_data).name}; {len(prompts)} prompts of {args.prompt_len} characters from the last 10% of "
+        f"the text, {n} new tokens each; median of {args.rounds} interleaved rounds. Sampled rows: the same seed, so "
+        "not the same tokens as the target alone (the distribution is the target's: tests/generation/"
+        "test_speculative.py).",
         "",
         *[f"- {note}" for note in notes],
         "",
@@ -423,30 +431,31 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         "|---|---:|---:|---:|---|",
     ]
     print("\n".join(rows), flush=True)
-    times: dict[str, list[float]] = {"alone": []}
-    rates = {}
-    for k in args.spec_k:
-        outs, rates[k] = run_spec(k)  # warm-up and the check
-        times[f"k={k}"] = []
-        rates[k] = (rates[k], all(torch.equal(a, b) for a, b in zip(outs, reference)))
-    for r in range(args.rounds):
-        names = list(times) if r % 2 == 0 else list(times)[::-1]
-        for name in names:
-            if name == "alone":
-                times[name].append(timed(run_alone))
-            else:
-                k = int(name[2:])
-                times[name].append(timed(lambda k=k: run_spec(k)))
-    tps = {name: n * len(prompts) / statistics.median(t) for name, t in times.items()}
-    rows.append(f"| target alone | {tps['alone']:.0f} | 1.00x | | |")
-    print(rows[-1], flush=True)
-    for k in args.spec_k:
-        rate, same = rates[k]
-        rows.append(
-            f"| with draft, num_draft_tokens={k} | {tps[f'k={k}']:.0f} | {tps[f'k={k}'] / tps['alone']:.2f}x | "
-            f"{100 * rate:.0f}% | {'yes' if same else 'NO'} |"
-        )
+    for mode, config in modes.items():
+        reference = run_alone(config)
+        times: dict[str, list[float]] = {"alone": []}
+        rates = {}
+        for k in args.spec_k:
+            outs, rate = run_spec(config, k)  # warm-up and the check
+            times[f"k={k}"] = []
+            rates[k] = (rate, all(torch.equal(a, b) for a, b in zip(outs, reference)))
+        for r in range(args.rounds):
+            for name in list(times) if r % 2 == 0 else list(times)[::-1]:
+                if name == "alone":
+                    times[name].append(timed(lambda config=config: run_alone(config)))
+                else:
+                    k = int(name[2:])
+                    times[name].append(timed(lambda config=config, k=k: run_spec(config, k)))
+        tps = {name: n * len(prompts) / statistics.median(t) for name, t in times.items()}
+        rows.append(f"| {mode}: target alone | {tps['alone']:.0f} | 1.00x | | |")
         print(rows[-1], flush=True)
+        for k in args.spec_k:
+            rate, same = rates[k]
+            rows.append(
+                f"| {mode}: with draft, num_draft_tokens={k} | {tps[f'k={k}']:.0f} | "
+                f"{tps[f'k={k}'] / tps['alone']:.2f}x | {100 * rate:.0f}% | {'yes' if same else 'no'} |"
+            )
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -482,6 +491,7 @@ def main() -> None:
     parser.add_argument("--spec_draft", type=int, nargs=3, default=[2, 128, 4], help="layers width heads")
     parser.add_argument("--spec_k", type=int, nargs="+", default=[2, 4, 6])
     parser.add_argument("--spec_prompts", type=int, default=4)
+    parser.add_argument("--spec_temperature", type=float, default=0.8, help="also sampled rows (0: greedy only)")
     parser.add_argument("--spec_batch", type=int, default=12, help="training batch (sequences of prompt + new tokens)")
     parser.add_argument("--spec_cache", default="/tmp/lightning_gpt_spec_pair")
     parser.add_argument("--out", default=None, help="directory for decode_speed.md")
