@@ -23,7 +23,15 @@ from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
-__all__ = ["DecodeState", "compiled_steps", "decode_head", "decode_n_tokens", "model_logits", "sample_steps"]
+__all__ = [
+    "CacheBuffers",
+    "DecodeState",
+    "compiled_steps",
+    "decode_head",
+    "decode_n_tokens",
+    "model_logits",
+    "sample_steps",
+]
 
 StepFn = Callable[..., Tensor]
 
@@ -32,7 +40,7 @@ def model_logits(
     model: nn.Module,
     idx: Tensor,
     input_pos: Tensor,
-    cache: Optional[list],
+    cache: Union[None, list, "CacheBuffers"],
     mask: Optional[Tensor],
     positions: Optional[Tensor],
     n_real: int,
@@ -45,8 +53,11 @@ def model_logits(
 
     ``mask`` ``(B, S)`` bool and ``positions`` ``(B, S)`` (position ids, for left padding) cover the whole buffer, so
     no shape depends on the step. ``head_t`` ``(n_embd, V)``: a contiguous transposed copy of the LM head's weight
-    (``decode_head``), multiplied here instead of the model's ``lm_head``.
+    (``decode_head``), multiplied here instead of the model's ``lm_head``. ``cache`` may come wrapped in a
+    ``CacheBuffers`` (the compiled step: see there).
     """
+    if isinstance(cache, CacheBuffers):
+        cache = cache.states
     hidden = {} if head_t is None else {"return_hidden": True}
     if cache is None:  # no cache: the whole sequence, from position 0
         pos_ids = None if positions is None else positions[:, : idx.size(1)]
@@ -69,6 +80,23 @@ def model_logits(
         # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
         logits = logits.masked_fill(torch.arange(logits.size(-1), device=logits.device) >= n_real, float("-inf"))
     return logits
+
+
+class CacheBuffers(nn.Module):
+    """A generation's cache with its tensors registered as buffers, handed to the compiled step instead of the bare
+    list: ``torch.compile`` treats the buffers of a module it is given as static inputs, so the step's in-place cache
+    writes do not stop it from being replayed as a CUDA graph (``mode="reduce-overhead"``). Same tensors, no copy.
+
+    Args:
+        states: the cache, one dict of tensors per layer (``model.new_cache``).
+    """
+
+    def __init__(self, states: list) -> None:
+        super().__init__()
+        self.states = states
+        for i, state in enumerate(states):
+            for name, tensor in state.items():
+                self.register_buffer(f"layer{i}_{name}", tensor, persistent=False)
 
 
 def _prefill_logits(*args: object) -> Tensor:
@@ -203,8 +231,10 @@ class DecodeState:
             if key not in _COMPILED:
                 _COMPILED[key] = compiled_steps(device, backend)
             self._prefill_fn, self._decode_fn = _COMPILED[key]
+            self.cache_module = None if self.cache is None else CacheBuffers(self.cache)
         else:
             self._prefill_fn = self._decode_fn = model_logits
+            self.cache_module = None
 
     @property
     def new_tokens(self) -> Tensor:
@@ -219,7 +249,7 @@ class DecodeState:
         """Run the tokens ``fed .. end - 1`` of the buffer (not yet in the cache) and return the float32 logits
         ``(B, keep, V)`` of the last ``keep`` of them; afterwards ``fed = end``. Without cache, the whole sequence
         ``0 .. end - 1`` is rerun."""
-        if self.use_cache and self.cache is None and not self.legacy:
+        if self.use_cache and self.cache is None and not self.legacy:  # (closed)
             raise RuntimeError("This DecodeState was closed; start a new generation.")
         start = self.fed if self.use_cache else 0
         self.fed = end
@@ -250,7 +280,8 @@ class DecodeState:
         idx = self.tokens[:, start:end]
         if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
             input_pos, idx = input_pos.clone(), idx.clone()
-        args = (self.model, idx, input_pos, self.cache, self.mask, self.positions, self.n_real, keep, self.head_t)
+        cache = self.cache if self.cache_module is None else self.cache_module
+        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, self.head_t)
         if fn is model_logits:
             return fn(*args)
         try:
@@ -262,6 +293,7 @@ class DecodeState:
                 raise
             _warn_once(f"compile=True: {err}".split("\n")[0] + " -- decoding eagerly from here.")
             self._prefill_fn = self._decode_fn = model_logits
+            self.cache_module = None
             return model_logits(*args)
 
     def prefill(self) -> Tensor:
@@ -313,6 +345,7 @@ class DecodeState:
     def close(self) -> None:
         """Free this generation's decoding state (nothing else's)."""
         self.cache = None
+        self.cache_module = None
 
 
 def decode_n_tokens(
