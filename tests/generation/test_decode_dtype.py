@@ -65,3 +65,29 @@ def test_generate_cli_dtype(cli, saved):
     bad = cli(*args, "--dtype", "int8")
     assert bad.code == 2
     assert "int8" in bad.err and "Traceback" not in bad.err
+
+
+def test_transposed_head_copy_gives_the_same_logits_and_never_goes_stale():
+    # The generation's transposed LM-head copy (float32 on CPU: a faster mat-vec) gives the model's own logits, and is
+    # taken anew by each generation: after a weight change the next generation decodes with the new weights.
+    from lightning_gpt.generation.sampling import decode_head, model_logits
+
+    torch.manual_seed(0)
+    model = GPT(TINY).eval()
+    x = torch.randint(0, TINY.vocab_size, (2, 8))
+    head_t = decode_head(model, batch_size=2)
+    assert head_t is not None and head_t.shape == (TINY.n_embd, TINY.padded_vocab_size) and head_t.is_contiguous()
+    bf16 = GPT(TINY).eval().to(torch.bfloat16)
+    assert decode_head(model, batch_size=9) is None and decode_head(bf16, batch_size=1) is None
+    with torch.inference_mode():
+        cache = model.new_cache(2, 16)
+        with_copy = model_logits(model, x, torch.arange(8), cache, None, None, TINY.vocab_size, 8, head_t)
+        plain = model(x)[..., : TINY.vocab_size]
+    torch.testing.assert_close(with_copy[..., : TINY.vocab_size], plain.float(), rtol=1e-5, atol=1e-5)
+    ids = torch.tensor([[1, 2, 3]])
+    first = generate(model, ids, max_new_tokens=6)
+    with torch.no_grad():  # "a training step": the weights change after the generation
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert torch.equal(generate(model, ids, max_new_tokens=6), generate(model, ids, max_new_tokens=6, use_cache=False))
+    assert first.shape == (1, 9)
