@@ -19,7 +19,17 @@ Three measurements, all greedy, in one process:
    ``small`` (6 layers, 384 wide, vocab 50257) configurations in float32 and bfloat16 (interleaved rounds, alternating
    who goes first, medians). Also: whether the bfloat16 greedy tokens equal the float32 ones.
 
-Prints markdown tables and writes them to ``<out>/decode_speed.md`` (``--only roofline``: ``<out>/decode_roofline.md``).
+5. **compiled** (``--only compiled``): the ``tiny`` and ``small`` configurations in float32, batch 1: HF ``generate``,
+   ours eager and ours with ``compile=True`` (tokens/s, interleaved rounds, medians), the compilation time of the first
+   compiled call (wall clock: inductor compiles in worker processes) reported apart, and the roofline share.
+
+6. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
+   trained ``--spec_steps`` steps on ``--spec_data`` (tiny Shakespeare, characters) by a plain PyTorch loop here (the
+   pair is cached in ``--spec_cache``), then the target's greedy decode alone vs with the draft
+   (``num_draft_tokens`` in ``--spec_k``): tokens/s, the acceptance rate, and whether the output is the same.
+
+Prints markdown tables and writes them to ``<out>/decode_speed.md`` (``--only roofline``: ``<out>/decode_roofline.md``;
+``--only compiled`` / ``--only speculative``: ``<out>/decode_compiled.md`` / ``<out>/decode_speculative.md``).
 
 Usage::
 
@@ -155,6 +165,8 @@ def bench_context(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+PARTS = ["hf", "cache", "context", "roofline", "compiled", "speculative"]
+
 ROOF_CONFIGS = {
     "tiny": dict(n_layer=2, n_embd=128, n_head=4, vocab_size=512),
     "small": dict(n_layer=6, n_embd=384, n_head=6, vocab_size=50257),
@@ -251,6 +263,202 @@ def bench_roofline(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def bench_compiled(args: argparse.Namespace) -> list[str]:
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    bandwidth = measure_bandwidth(args.bw_size)
+    rows = [
+        f"Measured bandwidth (float32 mat-vec, {args.bw_size}x{args.bw_size}): {bandwidth / 1e9:.1f} GB/s.",
+        "",
+        "| config | HF tok/s | ours eager tok/s | ours compiled tok/s | eager / HF | compiled / HF | compiled % of "
+        "roofline | first compiled call (wall s) | same tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    print("\n".join(rows), flush=True)
+    n = args.roof_new_tokens
+    for name in args.roof_configs:
+        spec = ROOF_CONFIGS[name]
+        torch.manual_seed(0)
+        hf_cfg = transformers.GPT2Config(
+            vocab_size=spec["vocab_size"],
+            n_positions=args.prompt_len + n,
+            n_embd=spec["n_embd"],
+            n_layer=spec["n_layer"],
+            n_head=spec["n_head"],
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+        hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+        ours = from_hf_gpt2(hf, attention="standard").eval()
+        prompt = torch.randint(0, spec["vocab_size"], (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+
+        def run_hf(hf=hf, prompt=prompt) -> torch.Tensor:
+            with torch.inference_mode():
+                return hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+        def run_eager(ours=ours, prompt=prompt) -> torch.Tensor:
+            return generate(ours, prompt, max_new_tokens=n)
+
+        def run_compiled(ours=ours, prompt=prompt) -> torch.Tensor:
+            return generate(ours, prompt, max_new_tokens=n, compile=True)
+
+        start = time.perf_counter()
+        first = run_compiled()  # compiles the prefill and the one-token step
+        compile_s = time.perf_counter() - start
+        runs = {"hf": run_hf, "eager": run_eager, "compiled": run_compiled}
+        outs = {k: fn() for k, fn in runs.items()}
+        same = all(torch.equal(outs["hf"], o) for o in outs.values()) and torch.equal(first, outs["hf"])
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for r in range(args.rounds):
+            for k in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                times[k].append(timed(runs[k]))
+        tps = {k: n / statistics.median(t) for k, t in times.items()}
+        roof = bandwidth / weight_bytes(ours)
+        rows.append(
+            f"| {name} | {tps['hf']:.0f} | {tps['eager']:.0f} | {tps['compiled']:.0f} | "
+            f"{tps['eager'] / tps['hf']:.2f}x | {tps['compiled'] / tps['hf']:.2f}x | "
+            f"{100 * tps['compiled'] / roof:.0f}% | {compile_s:.0f} | {'yes' if same else 'NO'} |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _train_char(model: GPT, data: torch.Tensor, steps: int, lr: float, batch: int, seed: int) -> float:
+    """A plain AdamW loop (warm-up 50 steps, cosine to lr/10) on random windows of ``data``; returns the last loss."""
+    import math
+
+    g = torch.Generator().manual_seed(seed)
+    T = model.config.block_size
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.1)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        warm = min(1.0, (step + 1) / 50)
+        cos = 0.1 + 0.45 * (1 + math.cos(math.pi * step / max(1, steps)))
+        for group in opt.param_groups:
+            group["lr"] = lr * warm * cos
+        starts = torch.randint(0, data.numel() - T - 1, (batch,), generator=g)
+        x = torch.stack([data[i : i + T] for i in starts.tolist()])
+        y = torch.stack([data[i + 1 : i + T + 1] for i in starts.tolist()])
+        _, loss = model(x, targets=y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    return loss.item()
+
+
+def bench_speculative(args: argparse.Namespace) -> list[str]:
+    from lightning_gpt.generation.config import GenerationConfig
+    from lightning_gpt.generation.sampling import DecodeState
+    from lightning_gpt.generation.speculative import speculative_steps
+    from lightning_gpt.generation.stopping import StopCriteria
+
+    text = Path(args.spec_data).read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
+    train = data[: int(0.9 * data.numel())]
+    block = args.prompt_len + args.roof_new_tokens
+    shapes = {"target": args.spec_target, "draft": args.spec_draft}
+    models: dict[str, GPT] = {}
+    notes = []
+    for role, (layers, width, heads) in shapes.items():
+        config = GPTConfig(
+            vocab_size=len(chars), block_size=block, n_layer=layers, n_head=heads, n_embd=width, dropout=0.0,
+            bias=False, attention="flash",
+        )  # fmt: skip
+        path = Path(args.spec_cache) / f"{role}_{layers}x{width}_{args.spec_steps}_{block}.pt"
+        torch.manual_seed(0)
+        model = GPT(config)
+        if path.exists():
+            model.load_state_dict(torch.load(path, weights_only=True))
+            loss = float("nan")
+        else:
+            start = time.perf_counter()
+            lr = 1e-3 if role == "target" else 4e-3
+            loss = _train_char(model, train, args.spec_steps, lr, args.spec_batch, seed=1)
+            wall = time.perf_counter() - start
+            notes.append(f"{role} {layers}x{width}: {args.spec_steps} steps in {wall:.0f} s wall, last training loss "
+                         f"{loss:.2f}")  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+        models[role] = model.eval()
+    target, draft = models["target"], models["draft"]
+    val = data[int(0.9 * data.numel()) :]
+    n = args.roof_new_tokens
+    prompts = [val[i * 997 : i * 997 + args.prompt_len][None] for i in range(args.spec_prompts)]
+
+    modes = {"greedy": GenerationConfig(max_new_tokens=n)}
+    if args.spec_temperature > 0:
+        modes[f"sampled T={args.spec_temperature}"] = GenerationConfig(
+            max_new_tokens=n, do_sample=True, temperature=args.spec_temperature
+        )
+
+    def run_alone(config: GenerationConfig) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return [generate(target, p, config, generator=g) for p in prompts]
+
+    def run_spec(config: GenerationConfig, k: int) -> tuple[list[torch.Tensor], float]:
+        outs, drafted, accepted = [], 0, 0
+        config = GenerationConfig.fold(config, num_draft_tokens=k)
+        g = torch.Generator().manual_seed(0)
+        with torch.inference_mode():
+            for p in prompts:
+                t_state, d_state = DecodeState(target, p, None, n), DecodeState(draft, p, None, n)
+                reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
+                stop = StopCriteria([], None, None, len(chars))
+                for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=g,
+                                           reasons=reasons, lengths=lengths):  # fmt: skip
+                    pass
+                outs.append(t_state.tokens[:, : t_state.length].clone())
+                drafted += t_state.drafted
+                accepted += t_state.accepted
+        return outs, accepted / max(1, drafted)
+
+    rows = [
+        f"Target {args.spec_target[0]}x{args.spec_target[1]}, draft {args.spec_draft[0]}x{args.spec_draft[1]}, both "
+        f"trained {args.spec_steps} steps (batch {args.spec_batch} x {block} characters) on "
+        f"{Path(args.spec_data).name}; {len(prompts)} prompts of {args.prompt_len} characters from the last 10% of "
+        f"the text, {n} new tokens each; median of {args.rounds} interleaved rounds. Sampled rows: the same seed, so "
+        "not the same tokens as the target alone (the distribution is the target's: tests/generation/"
+        "test_speculative.py).",
+        "",
+        *[f"- {note}" for note in notes],
+        "",
+        "| decode | tok/s | speed-up vs target alone | acceptance rate | same tokens as target alone |",
+        "|---|---:|---:|---:|---|",
+    ]
+    print("\n".join(rows), flush=True)
+    for mode, config in modes.items():
+        reference = run_alone(config)
+        times: dict[str, list[float]] = {"alone": []}
+        rates = {}
+        for k in args.spec_k:
+            outs, rate = run_spec(config, k)  # warm-up and the check
+            times[f"k={k}"] = []
+            rates[k] = (rate, all(torch.equal(a, b) for a, b in zip(outs, reference)))
+        for r in range(args.rounds):
+            for name in list(times) if r % 2 == 0 else list(times)[::-1]:
+                if name == "alone":
+                    times[name].append(timed(lambda config=config: run_alone(config)))
+                else:
+                    k = int(name[2:])
+                    times[name].append(timed(lambda config=config, k=k: run_spec(config, k)))
+        tps = {name: n * len(prompts) / statistics.median(t) for name, t in times.items()}
+        rows.append(f"| {mode}: target alone | {tps['alone']:.0f} | 1.00x | | |")
+        print(rows[-1], flush=True)
+        for k in args.spec_k:
+            rate, same = rates[k]
+            rows.append(
+                f"| {mode}: with draft, num_draft_tokens={k} | {tps[f'k={k}']:.0f} | "
+                f"{tps[f'k={k}'] / tps['alone']:.2f}x | {100 * rate:.0f}% | {'yes' if same else 'no'} |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -271,16 +479,27 @@ def main() -> None:
     parser.add_argument("--small_heads", type=int, default=4)
     parser.add_argument("--small_vocab", type=int, default=4096)
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="process CPU time or wall time")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["hf", "cache", "context", "roofline"])
-    parser.add_argument("--only", default=None, choices=["hf", "cache", "context", "roofline"], help="run one part")
+    parser.add_argument("--skip", nargs="*", default=[], choices=PARTS)
+    parser.add_argument("--only", default=None, choices=PARTS, help="run one part")
     parser.add_argument("--roof_configs", nargs="+", default=["tiny", "small"], choices=sorted(ROOF_CONFIGS))
     parser.add_argument("--roof_dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--roof_new_tokens", type=int, default=128)
     parser.add_argument("--bw_size", type=int, default=8192, help="side of the bandwidth-probe matrix")
+    parser.add_argument("--spec_data", default="../shared/data/tinyshakespeare.txt")
+    parser.add_argument("--spec_steps", type=int, default=2000, help="training steps of each model of the pair")
+    parser.add_argument("--spec_target", type=int, nargs=3, default=[6, 384, 6], help="layers width heads")
+    parser.add_argument("--spec_draft", type=int, nargs=3, default=[2, 128, 4], help="layers width heads")
+    parser.add_argument("--spec_k", type=int, nargs="+", default=[2, 4, 6])
+    parser.add_argument("--spec_prompts", type=int, default=4)
+    parser.add_argument("--spec_temperature", type=float, default=0.8, help="also sampled rows (0: greedy only)")
+    parser.add_argument("--spec_batch", type=int, default=12, help="training batch (sequences of prompt + new tokens)")
+    parser.add_argument("--spec_cache", default="/tmp/lightning_gpt_spec_pair")
     parser.add_argument("--out", default=None, help="directory for decode_speed.md")
     args = parser.parse_args()
     if args.only:
-        args.skip = [part for part in ("hf", "cache", "context", "roofline") if part != args.only]
+        args.skip = [part for part in PARTS if part != args.only]
+    else:
+        args.skip = list(args.skip) + ["compiled", "speculative"]  # minutes each (compiling, training): with --only
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
@@ -330,6 +549,16 @@ def main() -> None:
             "",
         ]
         lines += bench_roofline(args) + [""]
+    if "compiled" not in args.skip:
+        lines += [
+            f"## Compiled decode (`generate(..., compile=True)`): greedy batch 1, {args.roof_new_tokens} new tokens "
+            f"after a {args.prompt_len}-token prompt, float32; median of {args.rounds} interleaved rounds",
+            "",
+        ]
+        lines += bench_compiled(args) + [""]
+    if "speculative" not in args.skip:
+        lines += ["## Speculative decoding (`generate(..., draft_model=draft)`)", ""]
+        lines += bench_speculative(args) + [""]
     try:
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
@@ -339,7 +568,7 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        name = "decode_roofline.md" if args.only == "roofline" else "decode_speed.md"
+        name = f"decode_{args.only}.md" if args.only in ("roofline", "compiled", "speculative") else "decode_speed.md"
         (out / name).write_text("\n".join(lines), encoding="utf-8")
         print(f"wrote {out / name}")
 

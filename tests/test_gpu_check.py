@@ -30,3 +30,5 @@ def test_gpu_check_dry_run(tmp_path):
     for part in ("| train |", "| attention |", "| fsdp2 |", "| decode |"):
         assert part in table
     assert "torch.compile" in table and "MFU" in table and "sharded=True" in table and "same tokens: yes" in table
+    assert "compiled (CUDA graphs), batch 1" in table and "compiled (CUDA graphs), batch 8" in table
+    assert "HF static cache + compile" in table and "speculative, batch 1" in table

@@ -6,24 +6,32 @@ An attention *core* receives already-projected queries, keys and values and retu
 Every core supports the same two calls:
 
 * ``forward(q, k, v, key_mask=None)``: a full causal pass over a sequence that starts at position 0.
-* ``step(q, k, v, state, start_pos, key_mask=None)``: extend the decoding ``state`` (from ``init_state``) with
-  ``T_new`` new tokens at positions ``start_pos .. start_pos + T_new - 1`` and return their outputs.
+* ``step(q, k, v, state, input_pos, key_mask=None)``: extend the decoding ``state`` (from ``init_state``) with
+  ``T_new`` new tokens at the consecutive buffer positions ``input_pos`` (a ``(T_new,)`` long tensor; an ``int``
+  ``start_pos`` is accepted and means ``arange(start_pos, start_pos + T_new)``) and return their outputs.
 
 ``key_mask`` is a ``(B, T_keys)`` bool tensor, True for real tokens and False for (left) padding; for ``step`` it
-covers every position seen so far, ``0 .. start_pos + T_new - 1``. A padded query position still attends to itself,
-so its (ignored) output stays finite. ``start_pos`` and the key indices are positions in the padded buffer; a core
-whose pattern depends on absolute positions (not only on query - key distances) must count them from each row's
-first real token, ``pad_offsets(key_mask)``, so a left-padded row decodes exactly like its prompt alone.
+covers at least every position seen so far, ``0 .. input_pos[-1]`` (the generation passes its whole buffer, so the
+shapes stay the same from step to step). A padded query position still attends to itself, so its (ignored) output
+stays finite. ``input_pos`` and the key indices are positions in the padded buffer; a core whose pattern depends on
+absolute positions (not only on query - key distances) must count them from each row's first real token,
+``pad_offsets(key_mask)``, so a left-padded row decodes exactly like its prompt alone.
+
+Static shapes: a key/value core writes the new keys by index (``index_copy_``) into a buffer preallocated at
+``max_seq_len`` and attends over the whole buffer with a mask, so a one-token step has the same shapes at every
+position and can be compiled once (and captured as a CUDA graph). Entries past the last position written are masked
+out, which also makes rolling back a speculative step free (``rollback_free``).
 
 The decoding state is a ``dict`` of tensors whose first dimension is the batch, so beam search can reorder any
-core's state with one ``index_select``.
+core's state with one ``index_select`` (or in place: ``t.copy_(t.index_select(0, index))``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -36,6 +44,7 @@ __all__ = [
     "get_attention",
     "available_attention",
     "pad_offsets",
+    "positions",
     "State",
 ]
 
@@ -50,6 +59,11 @@ class AttentionCore(nn.Module):
     Args:
         config: the model config (cores read their own options from it).
     """
+
+    #: Whether the decoding state is indexed by position with later entries ignored (a full key/value cache), so
+    #: forgetting the last tokens (rejected speculative drafts) needs no work. ``False``: the state folds tokens in
+    #: (a recurrent sum, a rolling window) and speculative decoding snapshots and replays it instead.
+    rollback_free: bool = False
 
     def __init__(self, config: "GPTConfig") -> None:
         super().__init__()
@@ -67,9 +81,16 @@ class AttentionCore(nn.Module):
         raise NotImplementedError
 
     def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        state: State,
+        input_pos: Union[int, Tensor],
+        key_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        """Extend ``state`` in place with new tokens and return their outputs ``(B, nh, T_new, hs)``."""
+        """Extend ``state`` in place with new tokens at buffer positions ``input_pos`` ``(T_new,)`` and return their
+        outputs ``(B, nh, T_new, hs)``."""
         raise NotImplementedError
 
     def flops_per_token(self, seq_len: int) -> int:
@@ -90,31 +111,41 @@ class AttentionCore(nn.Module):
 
 
 class KVCacheCore(AttentionCore):
-    """A core whose decoding state is a full key/value cache ``(B, nh, max_seq_len, hs)``.
+    """A core whose decoding state is a full key/value cache ``(B, nh, max_seq_len, hs)``, written by index.
 
-    Subclasses implement ``attend_cached`` (attention of the new queries over every cached key); ``init_state`` and
-    ``step`` are shared.
+    Subclasses implement ``attend_cached`` (attention of the new queries over the whole buffer, under the mask that
+    ``cache_mask`` builds); ``init_state`` and ``step`` are shared.
     """
+
+    rollback_free = True
 
     def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
         return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
 
     def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        state: State,
+        input_pos: Union[int, Tensor],
+        key_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        k_all, v_all = kv_cache_update(state, k, v, start_pos)  # (B, nh, start_pos + T_new, hs)
-        return self.attend_cached(q, k_all, v_all, start_pos, key_mask)
+        if not isinstance(input_pos, Tensor):
+            input_pos = positions(input_pos, q.size(2), q.device)
+        k_all, v_all = state["k"], state["v"]  # (B, nh, S, hs), S = max_seq_len (kv_cache_update, inlined: hot path)
+        k_all.index_copy_(2, input_pos, k.to(k_all.dtype))
+        v_all.index_copy_(2, input_pos, v.to(v_all.dtype))
+        return self.attend_cached(q, k_all, v_all, input_pos, cache_mask(input_pos, k_all.size(2), key_mask))
 
-    def attend_cached(
-        self, q: Tensor, k_all: Tensor, v_all: Tensor, start_pos: int, key_mask: Optional[Tensor]
-    ) -> Tensor:
-        """Outputs ``(B, nh, T_new, hs)`` of queries at ``start_pos..`` over the cached keys/values ``0..``.
+    def attend_cached(self, q: Tensor, k_all: Tensor, v_all: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+        """Outputs ``(B, nh, T_new, hs)`` of the queries at ``input_pos`` over the whole key/value buffer.
 
         Args:
             q: the new queries ``(B, nh, T_new, hs)``.
-            k_all, v_all: every key/value so far ``(B, nh, start_pos + T_new, hs)``.
-            start_pos: position of the first new query.
-            key_mask: ``(B, start_pos + T_new)`` bool, False at padding; ``None`` for no padding.
+            k_all, v_all: the buffers ``(B, nh, S, hs)``; entries past ``input_pos[-1]`` are stale or zero.
+            input_pos: ``(T_new,)`` buffer positions of the queries.
+            mask: ``(B or 1, 1, T_new, S)`` bool, True where a query may see a key (``cache_mask``).
         """
         raise NotImplementedError
 
@@ -178,6 +209,35 @@ def pad_offsets(key_mask: Optional[Tensor]) -> Optional[Tensor]:
     return key_mask.to(torch.uint8).argmax(dim=-1)
 
 
+def positions(input_pos: Union[int, Tensor], length: int, device: torch.device) -> Tensor:
+    """``(length,)`` long buffer positions: ``input_pos`` itself, or ``arange(input_pos, input_pos + length)`` for an
+    ``int`` start."""
+    if isinstance(input_pos, Tensor):
+        return input_pos
+    return torch.arange(input_pos, input_pos + length, device=device)
+
+
+def cache_mask(input_pos: Tensor, size: int, key_mask: Optional[Tensor]) -> Tensor:
+    """``(B or 1, 1, T_new, size)`` bool: query at ``input_pos[i]`` may see buffer key ``j`` when ``j <= input_pos[i]``
+    and ``j`` is not padding; a query always keeps itself (so a padded query's row is never empty).
+
+    Args:
+        input_pos: ``(T_new,)`` positions of the queries.
+        size: the buffer length ``S``.
+        key_mask: ``(B, T_keys)`` bool or 0/1, False at padding, ``T_keys <= S`` (missing keys count as real: they
+            lie after every query); ``None`` for no padding.
+    """
+    k_pos = torch.arange(size, device=input_pos.device)
+    allowed = k_pos[None, :] <= input_pos[:, None]  # (T_new, S)
+    if key_mask is None:
+        return allowed[None, None]
+    key_mask = key_mask.bool()
+    if key_mask.size(1) < size:
+        key_mask = F.pad(key_mask, (0, size - key_mask.size(1)), value=True)
+    is_self = k_pos[None, :] == input_pos[:, None]  # (T_new, S)
+    return ((allowed[None] & key_mask[:, None, :size]) | is_self[None])[:, None]  # (B, 1, T_new, S)
+
+
 def causal_mask(q_len: int, k_len: int, start_pos: int, device: torch.device) -> Tensor:
     """``(q_len, k_len)`` bool mask, True where query ``start_pos + i`` may see key ``j`` (``j <= start_pos + i``)."""
     q_pos = torch.arange(start_pos, start_pos + q_len, device=device)
@@ -207,14 +267,15 @@ def kv_cache_state(
     return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype)}
 
 
-def kv_cache_update(state: State, k: Tensor, v: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
-    """Write new keys/values at ``start_pos`` and return the filled prefix ``(B, nh, start_pos + T_new, hs)``."""
-    end = start_pos + k.size(2)
-    if end > state["k"].size(2):
-        raise ValueError(
-            f"The decoding cache holds {state['k'].size(2)} positions but position {end - 1} was requested; "
-            "set up the cache with a larger max_seq_len."
-        )
-    state["k"][:, :, start_pos:end] = k
-    state["v"][:, :, start_pos:end] = v
-    return state["k"][:, :, :end], state["v"][:, :, :end]
+def kv_cache_update(state: State, k: Tensor, v: Tensor, input_pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Write the new keys/values ``(B, nh, T_new, hs)`` at buffer positions ``input_pos`` ``(T_new,)`` (in place, by
+    index: the shapes do not depend on the position) and return the whole buffers ``(B, nh, S, hs)``.
+
+    Raises:
+        RuntimeError: (from ``index_copy_``, on CPU) a position is not in ``[0, S)``: the cache was allocated for
+            fewer positions (``max_seq_len``).
+    """
+    k_buf, v_buf = state["k"], state["v"]
+    k_buf.index_copy_(2, input_pos, k.to(k_buf.dtype))
+    v_buf.index_copy_(2, input_pos, v.to(v_buf.dtype))
+    return k_buf, v_buf

@@ -40,11 +40,5 @@ class FlashAttention(KVCacheCore):
         mask = combine_masks(causal_mask(T, T, 0, q.device), key_mask, 0)  # (B, 1, T, T)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
-    def attend_cached(
-        self, q: Tensor, k_all: Tensor, v_all: Tensor, start_pos: int, key_mask: Optional[Tensor]
-    ) -> Tensor:
-        if key_mask is None and q.size(2) == 1:
-            # One new token sees every cached position: no mask needed.
-            return F.scaled_dot_product_attention(q, k_all, v_all)
-        mask = combine_masks(causal_mask(q.size(2), k_all.size(2), start_pos, q.device), key_mask, start_pos)
+    def attend_cached(self, q: Tensor, k_all: Tensor, v_all: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)

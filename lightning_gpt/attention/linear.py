@@ -19,13 +19,13 @@ Notes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import AttentionCore, State
+from lightning_gpt.attention.base import AttentionCore, State, positions
 
 if TYPE_CHECKING:
     from lightning_gpt.config import GPTConfig
@@ -196,10 +196,16 @@ class LinearAttention(AttentionCore):
         }
 
     def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        state: State,
+        input_pos: Union[int, Tensor],
+        key_mask: Optional[Tensor] = None,
     ) -> Tensor:
-        T_new = q.size(2)
-        new_mask = None if key_mask is None else key_mask[:, start_pos : start_pos + T_new]  # (B, T_new)
+        input_pos = positions(input_pos, q.size(2), q.device)
+        new_mask = None if key_mask is None else key_mask.index_select(1, input_pos)  # (B, T_new)
         qf, kf, vv = self._featurize(q, k, v, new_mask)
         S0, z0 = state["S"].to(qf.dtype), state["z"].to(qf.dtype)
         y, S, z = chunked_linear_attention(qf, kf, vv, self.chunk_size, S0=S0, z0=z0)

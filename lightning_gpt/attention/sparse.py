@@ -187,6 +187,7 @@ class SparseAttention(AttentionCore):
         self.window = config.attention_window
         self.stride = config.stride
         self.n_global = config.n_global_tokens
+        self.rollback_free = self.pattern != "local"  # strided/longformer: a full key/value cache
 
     def attended_keys(self, seq_len: int) -> int:
         """Keys a query of a ``seq_len``-token sequence is scored against: its window plus the pattern's extra keys.
@@ -245,13 +246,25 @@ class SparseAttention(AttentionCore):
         return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
 
     def step(
-        self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor] = None
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        state: State,
+        input_pos: Union[int, Tensor],
+        key_mask: Optional[Tensor] = None,
     ) -> Tensor:
         T_new = q.size(2)
+        if isinstance(input_pos, Tensor) and T_new == 1:
+            return self._step_one(q, k, v, state, input_pos, key_mask)
+        start_pos = int(input_pos[0]) if isinstance(input_pos, Tensor) else input_pos
+        key_mask = None if key_mask is None else key_mask[:, : start_pos + T_new]
         if self.pattern == "local":
             return self._step_rolling(q, k, v, state, start_pos, key_mask)
-        k_all, v_all = kv_cache_update(state, k, v, start_pos)  # (B, nh, start_pos + T_new, hs)
-        extra_k, extra_v, pos = self._extra(k_all, v_all, start_pos + T_new - 1, key_mask)
+        end = start_pos + T_new
+        k_all, v_all = kv_cache_update(state, k, v, torch.arange(start_pos, end, device=q.device))
+        k_all, v_all = k_all[:, :, :end], v_all[:, :, :end]  # (B, nh, start_pos + T_new, hs)
+        extra_k, extra_v, pos = self._extra(k_all, v_all, end - 1, key_mask)
         return sparse_attention(
             q,
             k,
@@ -265,6 +278,47 @@ class SparseAttention(AttentionCore):
             extra_v=extra_v,
             extra_pos=pos,
         )
+
+    def _step_one(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Tensor, key_mask: Optional[Tensor]
+    ) -> Tensor:
+        """One new token at buffer position ``input_pos`` ``(1,)`` with shapes independent of the position (a compiled
+        step): write its key/value by index, then attend over the whole buffer under the pattern's mask.
+
+        ``local``: slot ``s`` of the rolling buffer holds position ``p - ((p - s) mod slots)``, the latest position
+        ``<= p`` stored there; ``strided`` / ``longformer``: the full buffer, the window plus the pattern's extra keys
+        (counted from the row's first real token).
+        """
+        k_buf, v_buf = state["k"], state["v"]
+        S = k_buf.size(2)
+        slot = input_pos % S if self.pattern == "local" else input_pos
+        k_buf.index_copy_(2, slot, k)
+        v_buf.index_copy_(2, slot, v)
+        s = torch.arange(S, device=q.device)
+        if self.pattern == "local":
+            key_pos = input_pos - (input_pos - s) % S  # (S,) position held in each slot
+        else:
+            key_pos = s
+        rel = input_pos - key_pos  # (S,)
+        allowed = (rel >= 0) & (rel < self.window) & (key_pos >= 0)  # (S,)
+        if key_mask is not None:
+            key_mask = key_mask.bool()
+            allowed = allowed[None] & key_mask.gather(1, key_pos.clamp(min=0)[None].expand(key_mask.size(0), -1))
+        else:
+            allowed = allowed[None]  # (1, S)
+        if self.pattern != "local":
+            offsets = pad_offsets(key_mask)
+            own = key_pos[None] - (0 if offsets is None else offsets[:, None])  # (B or 1, S): counted from the row
+            if self.pattern == "strided":
+                extra = (own >= 0) & (own % self.stride == self.stride - 1)
+            else:
+                extra = (own >= 0) & (own < self.n_global)
+            causal = (rel >= 0)[None] if key_mask is None else (rel >= 0)[None] & key_mask
+            allowed = allowed | (extra & causal)
+        allowed = allowed | (rel == 0)[None]  # a query always keeps itself
+        att = (q @ k_buf.transpose(-2, -1)) * self.scale  # (B, nh, 1, S)
+        att = att.masked_fill(~allowed[:, None, None, :], float("-inf"))
+        return F.softmax(att, dim=-1) @ v_buf  # (B, nh, 1, hs)
 
     def _step_rolling(
         self, q: Tensor, k: Tensor, v: Tensor, state: State, start_pos: int, key_mask: Optional[Tensor]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,11 +14,12 @@ from lightning_gpt.attention.base import KVCacheCore, causal_mask, combine_masks
 class StandardAttention(KVCacheCore):
     """Scores matrix ``q k^T / sqrt(hs)``, causal mask with -inf, softmax, weighted sum of values."""
 
-    def scores(self, q: Tensor, k: Tensor, start_pos: int) -> Tensor:
+    def scores(self, q: Tensor, k: Tensor, start_pos: Union[int, Tensor]) -> Tensor:
         """Pre-mask attention scores ``(B, nh, Tq, Tk)`` of queries at ``start_pos..`` against keys at ``0..``.
 
         The one place a variant (e.g. a position bias such as ALiBi) needs to override; masking, softmax, dropout and
-        the KV cache stay shared.
+        the KV cache stay shared. While decoding, ``start_pos`` is a 0-d tensor (the first query's buffer position)
+        and ``k`` is the whole cache buffer (keys past the queries are masked afterwards).
         """
         return (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, Tq, Tk)
 
@@ -37,7 +38,6 @@ class StandardAttention(KVCacheCore):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
         return self._attend(q, k, v, 0, key_mask)
 
-    def attend_cached(
-        self, q: Tensor, k_all: Tensor, v_all: Tensor, start_pos: int, key_mask: Optional[Tensor]
-    ) -> Tensor:
-        return self._attend(q, k_all, v_all, start_pos, key_mask)
+    def attend_cached(self, q: Tensor, k_all: Tensor, v_all: Tensor, input_pos: Tensor, mask: Tensor) -> Tensor:
+        att = self.scores(q, k_all, input_pos[0]).masked_fill(~mask, float("-inf"))  # (B, nh, Tq, S)
+        return F.softmax(att, dim=-1) @ v_all  # (B, nh, Tq, hs)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any
+from typing import Any, Optional
 
 from lightning_gpt.cli.options import add_trust_checkpoint
 from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig  # no torch: --help and flag errors are fast
@@ -78,6 +78,24 @@ def _generate_parser() -> Any:
     )
     add("--stop", action="append", default=d.stop, help="stop string (repeatable)")
     add("--seed", type=int, default=d.seed, help="seed of the sampling generator (reproducible output)")
+    add(
+        "--compile",
+        action="store_true",
+        help="compile the decoding step (torch.compile; CUDA graphs on a GPU): faster tokens after a first call that "
+        "compiles (seconds to a minute)",
+    )
+    add(
+        "--draft_ckpt_path",
+        default=None,
+        help="speculative decoding: a smaller model on the same tokenizer (same kinds of path as --ckpt_path) drafts "
+        "tokens that the model checks in one pass; same output distribution (greedy: same tokens)",
+    )
+    add(
+        "--num_draft_tokens",
+        type=int,
+        default=d.num_draft_tokens,
+        help=f"tokens the draft proposes per round (default {d.num_draft_tokens}; with --draft_ckpt_path)",
+    )
     add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add("--dtype", default=None, help="decode in this dtype: float32, bfloat16 or float16 (default: the checkpoint's)")
     add("--echo", type=_bool, default=True, help="print the prompt before the completion (default true)")
@@ -118,6 +136,7 @@ def _build_config(opts: Any) -> GenerationConfig:
         num_return_sequences=opts.num_return_sequences,
         stop=opts.stop,
         seed=opts.seed,
+        num_draft_tokens=opts.num_draft_tokens,
     )
     if not do_sample and opts.temperature == CLI_DEFAULTS.temperature:
         config = GenerationConfig.fold(config, temperature=1.0)
@@ -159,9 +178,18 @@ def generate_command(argv: list[str]) -> None:
             "lightning-gpt fit (it stores the tokenizer), or call lightning_gpt.generation.generate on token ids."
         )
     model = model.to(device).eval()
+    run = {"compile": opts.compile}
+    if opts.draft_ckpt_path is not None:
+        draft_path = (
+            opts.draft_ckpt_path if is_pretrained_path(opts.draft_ckpt_path) else find_checkpoint(opts.draft_ckpt_path)
+        )
+        draft, _ = load_checkpoint(
+            draft_path, map_location="cpu", trust_checkpoint=opts.trust_checkpoint, dtype=opts.dtype
+        )
+        run["draft_model"] = draft.to(device).eval()
     out = sys.stdout
     if config.num_beams > 1 or config.num_return_sequences > 1:
-        rows = _generate_fitted(model, tokenizer, prompt, config)
+        rows = _generate_fitted(model, tokenizer, prompt, config, run)
         for i, row in enumerate(rows):
             if i:
                 out.write("\n---\n")
@@ -172,7 +200,7 @@ def generate_command(argv: list[str]) -> None:
         return
     from lightning_gpt.generation.text import stream_text
 
-    pieces = stream_text(model, tokenizer, prompt, config, slide=True)  # settings checked here, before the echo
+    pieces = stream_text(model, tokenizer, prompt, config, slide=True, **run)  # settings checked here, before the echo
     if opts.echo:
         out.write(prompt)
         out.flush()
@@ -227,7 +255,9 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device {device!r}: no Apple MPS device here. Use --device cpu (or auto).")
 
 
-def _generate_fitted(model: Any, tokenizer: Any, prompt: str, config: GenerationConfig) -> list[str]:
+def _generate_fitted(
+    model: Any, tokenizer: Any, prompt: str, config: GenerationConfig, run: Optional[dict[str, Any]] = None
+) -> list[str]:
     """Beam search (or several samples) in one window of the context, which it cannot slide past as a stream does:
     a prompt that fills the context keeps its last ``block_size // 2`` token ids, and ``max_new_tokens`` shrinks to
     what fits after it. Each change is reported on stderr. Returns the completions, best first."""
@@ -261,6 +291,7 @@ def _generate_fitted(model: Any, tokenizer: Any, prompt: str, config: Generation
         pad_token_id=getattr(tokenizer, "pad_id", None),
         tokenizer=tokenizer if config.stop else None,
         return_dict=True,
+        **(run or {}),
     )
     stops = _stop_strings(config.stop)
     return [_cut_at_stop(tokenizer.decode(tokens), stops)[0] for tokens in out.new_tokens]

@@ -64,6 +64,8 @@ class GenerationConfig:
         use_cache: decode through each layer's cache (True) or rerun the whole sequence each step (False).
         seed: seed of a dedicated ``torch.Generator`` for sampling (reproducible output); None: torch's global RNG
             (or the ``generator`` passed to ``generate``).
+        num_draft_tokens: speculative decoding (``generate(..., draft_model=draft)``): tokens the draft model proposes
+            per round, all checked by one forward pass of the target; >= 1. Ignored without a draft model.
 
     Raises:
         ValueError: one paragraph naming the setting, the value and the range it must be in.
@@ -83,6 +85,7 @@ class GenerationConfig:
     stop: Optional[list[Union[str, list[int]]]] = None
     use_cache: bool = True
     seed: Optional[int] = None
+    num_draft_tokens: int = 4
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and (not is_int(self.max_new_tokens) or self.max_new_tokens < 1):
@@ -127,6 +130,8 @@ class GenerationConfig:
             raise ValueError(f"use_cache must be True or False, got {self.use_cache!r}.")
         if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"seed must be None or an integer, got {self.seed!r}.")
+        if not is_int(self.num_draft_tokens) or self.num_draft_tokens < 1:
+            raise ValueError(f"num_draft_tokens must be an integer >= 1, got {self.num_draft_tokens!r}.")
         if self.stop is not None:
             self._check_stop()
 

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from lightning_gpt.config import is_int
 from lightning_gpt.generation.beam import beam_search
 from lightning_gpt.generation.config import GenerationConfig
-from lightning_gpt.generation.sampling import DecodeState, sample_steps
+from lightning_gpt.generation.sampling import DecodeState, decode_n_tokens
+from lightning_gpt.generation.speculative import speculative_steps
 from lightning_gpt.generation.stopping import FINISH_REASONS, StopCriteria
 from lightning_gpt.generation.validate import normalize_eos, validate_prompt
 
@@ -47,7 +48,10 @@ class GenerateOutput:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def _eval_mode(model: Optional[nn.Module]) -> Iterator[None]:
+    if model is None:
+        yield
+        return
     was_training = model.training
     model.eval()
     try:
@@ -122,6 +126,51 @@ def _prepare(
     )
 
 
+def _check_draft(model: nn.Module, draft_model: nn.Module, prep: dict[str, Any], config: GenerationConfig) -> None:
+    """One paragraph for a draft model that cannot assist this generation."""
+    block_size, vocab_size = _model_config(draft_model)
+    _, target_vocab = _model_config(model)
+    rows = prep["input_ids"].size(0)
+    if config.num_beams > 1 or rows != 1:
+        raise ValueError(
+            f"Speculative decoding (draft_model) decodes one sequence: got {rows} rows (batch size x "
+            f"num_return_sequences) and num_beams={config.num_beams}. Pass one prompt with num_beams=1 and "
+            "num_return_sequences=1, or drop draft_model."
+        )
+    if not config.use_cache:
+        raise ValueError("Speculative decoding (draft_model) needs use_cache=True.")
+    if vocab_size != target_vocab:
+        raise ValueError(
+            f"The draft model's vocab_size ({vocab_size}) differs from the target's ({target_vocab}): speculative "
+            "decoding needs both models on the same tokenizer. Use a draft trained with the target's tokenizer."
+        )
+    needed = prep["input_ids"].size(1) + prep["max_new_tokens"]
+    if needed > block_size:
+        raise ValueError(
+            f"The prompt plus max_new_tokens is {needed} tokens, longer than the draft model's context "
+            f"(block_size={block_size}). Lower max_new_tokens or use a draft with a longer context."
+        )
+    device = next(model.parameters()).device
+    if next(draft_model.parameters()).device != device:
+        raise ValueError(
+            f"The draft model is on {next(draft_model.parameters()).device}, the target on {device}; move the draft "
+            "to the target's device (draft_model.to(device))."
+        )
+
+
+def _new_states(
+    model: nn.Module,
+    prep: dict[str, Any],
+    config: GenerationConfig,
+    compile: Union[bool, str],
+    draft_model: Optional[nn.Module],
+) -> tuple[DecodeState, Optional[DecodeState]]:
+    prompt, mask, n = prep["input_ids"], prep["attention_mask"], prep["max_new_tokens"]
+    state = DecodeState(model, prompt, mask, n, config.use_cache, compile)
+    draft = None if draft_model is None else DecodeState(draft_model, prompt, mask, n, True, compile)
+    return state, draft
+
+
 _Config = Optional[GenerationConfig]
 
 
@@ -151,6 +200,8 @@ def generate(
     tokenizer: Any = None,
     generator: Optional[torch.Generator] = None,
     return_dict: bool = False,
+    compile: Union[bool, str] = False,
+    draft_model: Optional[nn.Module] = None,
     **settings: Any,
 ) -> Union[Tensor, GenerateOutput]:
     """Continue prompts with a GPT; keyword names and semantics follow Hugging Face ``generate``.
@@ -172,6 +223,13 @@ def generate(
 
     Runs under ``torch.inference_mode()`` with the model in eval mode (its mode is restored afterwards).
 
+    How to run (not what to decode, so beside the config): ``compile=True`` compiles the prefill (dynamic length)
+    and the one-token step (``fullgraph``; on CUDA ``mode="reduce-overhead"``, CUDA graphs); the first call pays the
+    compilation (seconds to a minute), later calls with the same model, batch size and buffer size reuse it.
+    ``draft_model``: speculative decoding (one prompt, no beams): a smaller model on the same tokenizer drafts
+    ``config.num_draft_tokens`` tokens per round and the target checks them in one pass; greedy output is the
+    target's own, sampled output has the target's distribution (``lightning_gpt.generation.speculative``).
+
     Args:
         model: a ``lightning_gpt.GPT`` (or any model with ``config.block_size``/``vocab_size`` and the cache protocol).
         input_ids: ``(B, T)`` (or ``(T,)``) prompt ids; rows of different lengths are LEFT-padded.
@@ -185,7 +243,11 @@ def generate(
         return_dict: return a ``GenerateOutput`` (with finish reasons, lengths and beam scores).
         settings: fields of ``GenerationConfig`` (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``,
             ``top_p``, ``min_p``, ``repetition_penalty``, ``num_beams``, ``length_penalty``, ``early_stopping``,
-            ``num_return_sequences``, ``stop``, ``use_cache``, ``seed``); they override ``config``.
+            ``num_return_sequences``, ``stop``, ``use_cache``, ``seed``, ``num_draft_tokens``); they override
+            ``config``.
+        compile: run the decoding steps compiled (see above); a string names the ``torch.compile`` backend
+            (default inductor).
+        draft_model: a draft ``GPT`` for speculative decoding (see above).
 
     Returns:
         ``(B * num_return_sequences, T + L)`` LongTensor of prompt + generated ids (L <= max_new_tokens), or a
@@ -209,8 +271,10 @@ def generate(
     prompt = prep["input_ids"]
     max_new_tokens = prep["max_new_tokens"]
     num_return_sequences = config.num_return_sequences
-    with torch.inference_mode(), _eval_mode(model):
-        state = DecodeState(model, prompt, prep["attention_mask"], max_new_tokens, config.use_cache)
+    if draft_model is not None:
+        _check_draft(model, draft_model, prep, config)
+    with torch.inference_mode(), _eval_mode(model), _eval_mode(draft_model):
+        state, draft = _new_states(model, prep, config, compile, draft_model)
         try:
             if config.num_beams > 1:
                 res = beam_search(
@@ -228,22 +292,15 @@ def generate(
             else:
                 reasons = torch.zeros(prompt.size(0), dtype=torch.long, device=prompt.device)
                 lengths = torch.full_like(reasons, max_new_tokens)
-                for _ in sample_steps(
-                    state,
-                    config,
-                    max_new_tokens=max_new_tokens,
-                    stop=prep["stop"],
-                    pad_token_id=prep["pad"],
-                    generator=prep["generator"],
-                    reasons=reasons,
-                    lengths=lengths,
-                ):
+                for _ in _steps(state, draft, config, prep, reasons, lengths):
                     pass
                 sequences = state.tokens[:, : state.length].clone()
                 sequences[:, : state.prompt_len] = prompt
                 scores = None
         finally:
             state.close()
+            if draft is not None:
+                draft.close()
     if not return_dict:
         return sequences
     return GenerateOutput(
@@ -252,6 +309,38 @@ def generate(
         finish_reasons=[FINISH_REASONS[int(r)] for r in reasons.tolist()],
         prompt_length=prompt.size(1),
         sequences_scores=scores,
+    )
+
+
+def _steps(
+    state: DecodeState,
+    draft: Optional[DecodeState],
+    config: GenerationConfig,
+    prep: dict[str, Any],
+    reasons: Tensor,
+    lengths: Tensor,
+) -> Generator[Tensor, None, None]:
+    """The greedy/sampling loop, or the speculative one with a draft state."""
+    if draft is not None:
+        return speculative_steps(
+            state,
+            draft,
+            config,
+            max_new_tokens=prep["max_new_tokens"],
+            stop=prep["stop"],
+            generator=prep["generator"],
+            reasons=reasons,
+            lengths=lengths,
+        )
+    return decode_n_tokens(
+        state,
+        config,
+        max_new_tokens=prep["max_new_tokens"],
+        stop=prep["stop"],
+        pad_token_id=prep["pad"],
+        generator=prep["generator"],
+        reasons=reasons,
+        lengths=lengths,
     )
 
 
@@ -265,6 +354,8 @@ def stream_generate(
     pad_token_id: Optional[int] = None,
     tokenizer: Any = None,
     generator: Optional[torch.Generator] = None,
+    compile: Union[bool, str] = False,
+    draft_model: Optional[nn.Module] = None,
     **settings: Any,
 ) -> Generator[Tensor, None, None]:
     """Yield the next ids ``(N,)`` of every row at each step, as they are produced (greedy or sampling).
@@ -283,6 +374,8 @@ def stream_generate(
         pad_token_id: see ``generate``.
         tokenizer: see ``generate``.
         generator: see ``generate``.
+        compile: see ``generate``.
+        draft_model: see ``generate``.
         settings: fields of ``GenerationConfig``, as for ``generate``.
 
     Raises:
@@ -303,27 +396,26 @@ def stream_generate(
         tokenizer=tokenizer,
         generator=generator,
     )
+    if draft_model is not None:
+        _check_draft(model, draft_model, prep, config)
     # Arguments are checked above, at call time; the steps run lazily as the caller iterates.
-    return _stream(model, prep, config)
+    return _stream(model, prep, config, compile, draft_model)
 
 
-def _stream(model: nn.Module, prep: dict[str, Any], config: GenerationConfig) -> Generator[Tensor, None, None]:
+def _stream(
+    model: nn.Module,
+    prep: dict[str, Any],
+    config: GenerationConfig,
+    compile: Union[bool, str],
+    draft_model: Optional[nn.Module],
+) -> Generator[Tensor, None, None]:
     max_new_tokens = prep["max_new_tokens"]
-    with _eval_mode(model):
+    with _eval_mode(model), _eval_mode(draft_model):
         with torch.inference_mode():
-            state = DecodeState(model, prep["input_ids"], prep["attention_mask"], max_new_tokens, config.use_cache)
+            state, draft = _new_states(model, prep, config, compile, draft_model)
         reasons = torch.zeros(state.batch_size, dtype=torch.long, device=state.tokens.device)
         lengths = torch.full_like(reasons, max_new_tokens)
-        steps = sample_steps(
-            state,
-            config,
-            max_new_tokens=max_new_tokens,
-            stop=prep["stop"],
-            pad_token_id=prep["pad"],
-            generator=prep["generator"],
-            reasons=reasons,
-            lengths=lengths,
-        )
+        steps = _steps(state, draft, config, prep, reasons, lengths)
         try:
             while True:
                 # Inference mode only around the model's work, so it does not leak into the caller between yields.
@@ -336,3 +428,5 @@ def _stream(model: nn.Module, prep: dict[str, Any], config: GenerationConfig) ->
         finally:
             steps.close()
             state.close()
+            if draft is not None:
+                draft.close()

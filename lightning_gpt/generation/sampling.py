@@ -1,15 +1,20 @@
-"""The decoding state (prefill, decode one token) and the greedy/sampling loop, gpt-fast style.
+"""The decoding engine, gpt-fast style: ``model_logits`` (one forward through a cache), ``DecodeState`` (its
+``prefill`` and ``decode_one_token``) and ``decode_n_tokens`` (the greedy/sampling loop).
 
-``DecodeState`` owns the growing token buffer (preallocated), the padding mask, the positions and its own cache (one
-state per layer from ``model.new_cache``, bound to the model only during each forward call), so generations
-interleaved on one model (two open streams, or a ``generate`` call between two steps of a stream) never share state.
-With ``use_cache=True`` the prompt is prefilled in one call at ``start_pos=0`` and every later step feeds one token per
-row through each layer's cache or recurrent state; with ``use_cache=False`` every step reruns the whole sequence.
+``DecodeState`` owns the token buffer (preallocated), the padding mask, the positions and its own cache (one state per
+layer from ``model.new_cache``), and passes that cache to every forward call (``model(idx, input_pos=pos,
+cache=cache)``): nothing is bound to the model, so generations interleaved on one model (two open streams, or a
+``generate`` call between two steps of a stream) never share state. With ``use_cache=True`` the prompt is prefilled in
+one call and every later step feeds one token per row at a position given as a tensor, so the step has the same shapes
+every time: ``compile=True`` compiles it once with ``fullgraph=True`` (on CUDA with ``mode="reduce-overhead"``: CUDA
+graphs), and the prefill with a dynamic length. ``use_cache=False`` reruns the whole sequence every step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generator, Optional, cast
+import inspect
+import warnings
+from typing import Any, Callable, Generator, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -18,19 +23,155 @@ from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
-__all__ = ["DecodeState", "sample_steps"]
+__all__ = [
+    "CacheBuffers",
+    "DecodeState",
+    "compiled_steps",
+    "decode_head",
+    "decode_n_tokens",
+    "model_logits",
+    "sample_steps",
+]
+
+StepFn = Callable[..., Tensor]
+
+
+def model_logits(
+    model: nn.Module,
+    idx: Tensor,
+    input_pos: Tensor,
+    cache: Union[None, list, "CacheBuffers"],
+    mask: Optional[Tensor],
+    positions: Optional[Tensor],
+    n_real: int,
+    keep: int = 1,
+    head_t: Optional[Tensor] = None,
+) -> Tensor:
+    """Float32 logits ``(B, keep, V)`` of the last ``keep`` of the tokens ``idx`` ``(B, T)`` run at the buffer positions
+    ``input_pos`` ``(T,)`` through ``cache`` (``cache=None``: ``idx`` is the whole sequence, run without a cache); ids
+    from ``n_real`` on (a padded table's filler rows) get ``-inf``.
+
+    ``mask`` ``(B, S)`` bool and ``positions`` ``(B, S)`` (position ids, for left padding) cover the whole buffer, so
+    no shape depends on the step. ``head_t`` ``(n_embd, V)``: a contiguous transposed copy of the LM head's weight
+    (``decode_head``), multiplied here instead of the model's ``lm_head``. ``cache`` may come wrapped in a
+    ``CacheBuffers`` (the compiled step: see there).
+    """
+    if isinstance(cache, CacheBuffers):
+        cache = cache.states
+    hidden = {} if head_t is None else {"return_hidden": True}
+    if cache is None:  # no cache: the whole sequence, from position 0
+        pos_ids = None if positions is None else positions[:, : idx.size(1)]
+        logits = model(idx, attention_mask=mask, position_ids=pos_ids, logits_to_keep=keep, **hidden)
+    else:
+        pos_ids = None if positions is None else positions.index_select(1, input_pos)  # (B, T)
+        logits = model(
+            idx,
+            attention_mask=mask,
+            position_ids=pos_ids,
+            input_pos=input_pos,
+            cache=cache,
+            logits_to_keep=keep,
+            **hidden,
+        )
+    if head_t is not None:
+        logits = logits @ head_t  # (B, keep, V)
+    logits = logits.float()
+    if logits.size(-1) > n_real:
+        # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
+        logits = logits.masked_fill(torch.arange(logits.size(-1), device=logits.device) >= n_real, float("-inf"))
+    return logits
+
+
+class CacheBuffers(nn.Module):
+    """A generation's cache with its tensors registered as buffers, handed to the compiled step instead of the bare
+    list: ``torch.compile`` treats the buffers of a module it is given as static inputs, so the step's in-place cache
+    writes do not stop it from being replayed as a CUDA graph (``mode="reduce-overhead"``). Same tensors, no copy.
+
+    Args:
+        states: the cache, one dict of tensors per layer (``model.new_cache``).
+    """
+
+    def __init__(self, states: list) -> None:
+        super().__init__()
+        self.states = states
+        for i, state in enumerate(states):
+            for name, tensor in state.items():
+                self.register_buffer(f"layer{i}_{name}", tensor, persistent=False)
+
+
+def _prefill_logits(*args: object) -> Tensor:
+    return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with a dynamic length
+
+
+def _decode_logits(*args: object) -> Tensor:
+    return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with static shapes
+
+
+def compiled_steps(device: torch.device, backend: str = "inductor") -> tuple[StepFn, StepFn]:
+    """``(prefill, decode_one)``: ``model_logits`` compiled for the prompt (``dynamic=True``: any length, one
+    compilation) and for a one-token step (``fullgraph=True``, static shapes; ``mode="reduce-overhead"`` on CUDA, i.e.
+    replayed as a CUDA graph; inductor's C++ code on CPU).
+
+    The first call of each compiles (seconds to a minute; see ``benchmarks/decode_speed.py`` for measured times);
+    later generations of the same model, batch size and buffer length reuse the compiled code. ``backend``: the
+    ``torch.compile`` backend (``"eager"`` checks the graph capture quickly, without code generation).
+    """
+    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+    prefill = torch.compile(_prefill_logits, dynamic=True, backend=backend)
+    decode = torch.compile(_decode_logits, fullgraph=True, mode=mode, backend=backend)
+    return prefill, decode
+
+
+_COMPILED: dict[str, tuple[StepFn, StepFn]] = {}
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def decode_head(model: nn.Module, batch_size: int) -> Optional[Tensor]:
+    """A contiguous ``(n_embd, V)`` copy of the LM head's weight when it speeds up decoding, else ``None``.
+
+    At batch 1 a decoded token is a matrix-vector product per layer. On CPU, for the LM head (``V`` outputs from
+    ``n_embd`` inputs, the largest matrix of a small model) that product streams about 2x faster from a contiguous
+    ``(in, out)`` copy than from ``nn.Linear``'s ``(out, in)`` layout (9 vs 20 GB/s for a 50257 x 384 head on one
+    thread; ``benchmarks/results/decode_roofline.md``). The copy is taken from the current weight when a generation
+    starts and belongs to it (a later training step is never missed); it costs one copy of the head in memory while
+    decoding. Float32 on CPU at batch <= 8 only (bfloat16 kernels and CUDA gain nothing from it).
+    """
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, Tensor) or type(weight.data) is not torch.Tensor or weight.dim() != 2:
+        return None  # not a plain tensor (a sharded DTensor) or no LM head
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or batch_size > 8:
+        return None
+    if getattr(head, "bias", None) is not None or "return_hidden" not in inspect.signature(model.forward).parameters:
+        return None
+    return weight.detach().t().contiguous()  # (n_embd, V)
+
+
+def _uses_input_pos(model: nn.Module) -> bool:
+    # A model written for the 0.1 protocol (``start_pos`` int, no ``input_pos``/``cache`` arguments) still decodes,
+    # without a cache of ours (e.g. a scripted test double).
+    return "input_pos" in inspect.signature(model.forward).parameters
 
 
 class DecodeState:
     """Token buffer, mask, positions and cache of a batch being decoded.
 
     Args:
-        model: a model following the cache protocol (``new_cache``, ``swap_cache``,
-            ``model(idx, start_pos=..., logits_to_keep=1)``) and returning logits ``(B, T, V)``.
+        model: a model following the cache protocol (``new_cache``, ``model(idx, input_pos=..., cache=...,
+            logits_to_keep=k)``) and returning logits ``(B, T, V)``.
         input_ids: ``(B, T0)`` left-padded prompts.
         attention_mask: ``(B, T0)`` 1 for real tokens, 0 for padding; ``None`` when there is no padding.
         max_new_tokens: room to reserve after the prompt.
         use_cache: decode through the caches (True) or rerun the full sequence each step (False).
+        compile: run the prefill and the one-token step compiled (``compiled_steps``); needs ``use_cache``. The
+            cache is then sized to a power of two (at most ``block_size``) so that prompts of other lengths reuse the
+            compiled step. ``True`` uses inductor; a string names another ``torch.compile`` backend.
     """
 
     def __init__(
@@ -40,18 +181,24 @@ class DecodeState:
         attention_mask: Optional[Tensor],
         max_new_tokens: int,
         use_cache: bool = True,
+        compile: Union[bool, str] = False,
     ) -> None:
         self.model: Any = cast(Any, model)  # duck-typed: the cache protocol above (nn.Module types attributes loosely)
         self.use_cache = use_cache
-        # Ids from the config's vocab_size up to the table's padded size are padding, never real tokens.
         config = getattr(model, "config", None)
-        self.n_real = getattr(config, "vocab_size", None)
         B, T0 = input_ids.shape
         self.batch_size, self.prompt_len = B, T0
         self.max_len = T0 + max_new_tokens
+        # Ids from the config's vocab_size up to the table's padded size are padding, never real tokens.
+        self.n_real = int(getattr(config, "vocab_size", 1 << 62))
+        size = self.max_len
+        if compile:
+            size = min(max(16, 1 << (self.max_len - 1).bit_length()), int(getattr(config, "block_size", size)))
+        self.size = max(size, self.max_len)
         device = input_ids.device
         self.tokens = torch.zeros(B, self.max_len, dtype=torch.long, device=device)  # (B, T0 + max_new)
         self.length = T0
+        self.arange = torch.arange(self.size, device=device)
         if attention_mask is None:
             self.tokens[:, :T0] = input_ids
             self.mask: Optional[Tensor] = None
@@ -59,15 +206,35 @@ class DecodeState:
         else:
             # Padding ids may be anything (even out of vocabulary): feed 0 there, the mask hides it.
             self.tokens[:, :T0] = input_ids.masked_fill(attention_mask == 0, 0)
-            self.mask = torch.ones(B, self.max_len, dtype=torch.long, device=device)
-            self.mask[:, :T0] = attention_mask
+            self.mask = torch.ones(B, self.size, dtype=torch.bool, device=device)
+            self.mask[:, :T0] = attention_mask.bool()
             # Hugging Face convention: positions count real tokens only; padding sits at position 0.
-            self.positions = torch.zeros(B, self.max_len, dtype=torch.long, device=device)
+            self.positions = torch.zeros(B, self.size, dtype=torch.long, device=device)
             prompt_pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T0)
             self.positions[:, :T0] = prompt_pos
-            self.positions[:, T0:] = prompt_pos[:, -1:] + torch.arange(1, max_new_tokens + 1, device=device)
+            n_after = self.size - T0
+            self.positions[:, T0:] = prompt_pos[:, -1:] + torch.arange(1, n_after + 1, device=device)
+            self.positions.clamp_(max=int(getattr(config, "block_size", self.size)) - 1)  # beyond max_len: unused
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
-        self.cache = self.model.new_cache(B, self.max_len, device=device) if use_cache else None
+        self.legacy = not _uses_input_pos(model)
+        self.cache = self.model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
+        self.head_t = None if self.legacy else decode_head(model, B)
+        self.fed = 0  # tokens already run through the cache
+        # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
+        self.rollback_free = bool(getattr(model, "rollback_free", False))
+        self.compiled = bool(compile)
+        if compile:
+            if not use_cache:
+                raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True.")
+            backend = compile if isinstance(compile, str) else "inductor"
+            key = f"{device.type}:{backend}"
+            if key not in _COMPILED:
+                _COMPILED[key] = compiled_steps(device, backend)
+            self._prefill_fn, self._decode_fn = _COMPILED[key]
+            self.cache_module = None if self.cache is None else CacheBuffers(self.cache)
+        else:
+            self._prefill_fn = self._decode_fn = model_logits
+            self.cache_module = None
 
     @property
     def new_tokens(self) -> Tensor:
@@ -76,36 +243,62 @@ class DecodeState:
 
     def valid(self) -> Optional[Tensor]:
         """``(B, length)`` bool, False at padding; ``None`` when there is no padding."""
-        return None if self.mask is None else self.mask[:, : self.length].bool()
+        return None if self.mask is None else self.mask[:, : self.length]
 
-    def _logits(self, idx: Tensor, start: int, end: int) -> Tensor:
-        mask = None if self.mask is None else self.mask[:, :end]
-        pos = None if self.positions is None else self.positions[:, start:end]
-        if self.use_cache and self.cache is None:
+    def feed(self, end: int, keep: int = 1) -> Tensor:
+        """Run the tokens ``fed .. end - 1`` of the buffer (not yet in the cache) and return the float32 logits
+        ``(B, keep, V)`` of the last ``keep`` of them; afterwards ``fed = end``. Without cache, the whole sequence
+        ``0 .. end - 1`` is rerun."""
+        if self.use_cache and self.cache is None and not self.legacy:  # (closed)
             raise RuntimeError("This DecodeState was closed; start a new generation.")
-        # Bind this generation's cache for the one call, then restore whatever was bound (another stream's, or none).
-        previous = self.model.swap_cache(self.cache) if self.use_cache else None
-        try:
-            # Only the last position's logits are used.
+        start = self.fed if self.use_cache else 0
+        self.fed = end
+        if self.legacy:
             logits = self.model(
-                idx,
-                attention_mask=mask,
-                position_ids=pos,
+                self.tokens[:, start:end],
+                attention_mask=None if self.mask is None else self.mask[:, :end],
+                position_ids=None if self.positions is None else self.positions[:, start:end],
                 start_pos=start if self.use_cache else None,
-                logits_to_keep=1,
+                logits_to_keep=keep,
             )
-        finally:
-            if self.use_cache:
-                self.model.swap_cache(previous)
-        logits = logits[:, -1].float()  # (B, V)
-        if self.n_real is not None and logits.size(-1) > self.n_real:
-            # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
-            logits[:, self.n_real :] = float("-inf")
-        return logits
+            return logits[:, -keep:].float()
+        if not self.use_cache:
+            mask = None if self.mask is None else self.mask[:, :end]
+            return model_logits(
+                self.model,
+                self.tokens[:, :end],
+                self.arange[:end],
+                None,
+                mask,
+                self.positions,
+                self.n_real,
+                keep,
+                self.head_t,
+            )
+        fn = self._decode_fn if end - start == 1 else self._prefill_fn
+        input_pos = self.arange[start:end]
+        idx = self.tokens[:, start:end]
+        if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
+            input_pos, idx = input_pos.clone(), idx.clone()
+        cache = self.cache if self.cache_module is None else self.cache_module
+        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, self.head_t)
+        if fn is model_logits:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as err:
+            # torch.compile's per-function limit of compiled variants (many models or shapes in one process): the
+            # step fails before it runs, so decoding goes on eagerly, with the same tokens.
+            if "RecompileLimit" not in type(err).__name__:
+                raise
+            _warn_once(f"compile=True: {err}".split("\n")[0] + " -- decoding eagerly from here.")
+            self._prefill_fn = self._decode_fn = model_logits
+            self.cache_module = None
+            return model_logits(*args)
 
     def prefill(self) -> Tensor:
-        """Run the prompt (one call, ``start_pos=0``); return the next-token logits ``(B, V)`` in float32."""
-        return self._logits(self.tokens[:, : self.length], 0, self.length)
+        """Run the prompt (one call); return the next-token logits ``(B, V)`` in float32."""
+        return self.feed(self.length)[:, -1]
 
     def append(self, next_tokens: Tensor) -> None:
         """Write ``(B,)`` new ids at the end of every row."""
@@ -114,32 +307,48 @@ class DecodeState:
         self.tokens[:, self.length] = next_tokens
         self.length += 1
 
-    def decode_one_token(self) -> Tensor:
-        """Feed the last appended token (or, without cache, the whole sequence); return logits ``(B, V)``."""
-        end = self.length
-        if self.use_cache:
-            return self._logits(self.tokens[:, end - 1 : end], end - 1, end)
-        return self._logits(self.tokens[:, :end], 0, end)
+    def decode_one_token(self, next_tokens: Optional[Tensor] = None) -> Tensor:
+        """Append ``next_tokens`` ``(B,)`` (if given), feed the last token through the cache (without cache: rerun the
+        whole sequence); return the next-token logits ``(B, V)`` in float32."""
+        if next_tokens is not None:  # (``append``, inlined: the hot path)
+            if self.length >= self.max_len:
+                raise RuntimeError("DecodeState is full: max_new_tokens tokens were already appended.")
+            self.tokens[:, self.length] = next_tokens
+            self.length += 1
+        return self.feed(self.length)[:, -1]
 
     def reorder(self, index: Tensor) -> None:
-        """Row ``i`` becomes old row ``index[i]`` (beam search); the model's cache follows."""
+        """Row ``i`` becomes old row ``index[i]`` (beam search); the cache follows, in place (same storage, so a
+        compiled step keeps its inputs)."""
         self.tokens = self.tokens.index_select(0, index)
-        if self.mask is not None:
-            assert self.positions is not None and self.prompt_valid is not None  # set together with the mask
+        if self.mask is not None and self.positions is not None and self.prompt_valid is not None:
             self.mask = self.mask.index_select(0, index)
             self.positions = self.positions.index_select(0, index)
             self.prompt_valid = self.prompt_valid.index_select(0, index)
         if self.cache is not None:
-            self.cache = [
-                None if st is None else {n: t.index_select(0, index) for n, t in st.items()} for st in self.cache
-            ]
+            for st in self.cache:
+                for t in st.values():
+                    t.copy_(t.index_select(0, index))
+
+    def snapshot(self) -> list[dict[str, Tensor]]:
+        """A copy of the cache (to undo steps on a state that folds tokens in: ``restore``)."""
+        return [] if self.cache is None else [{n: t.clone() for n, t in st.items()} for st in self.cache]
+
+    def restore(self, saved: list[dict[str, Tensor]], fed: int) -> None:
+        """Put back a ``snapshot`` taken when ``fed`` tokens had been run (in place)."""
+        if self.cache is not None:
+            for st, old in zip(self.cache, saved):
+                for n, t in st.items():
+                    t.copy_(old[n])
+        self.fed = fed
 
     def close(self) -> None:
         """Free this generation's decoding state (nothing else's)."""
         self.cache = None
+        self.cache_module = None
 
 
-def sample_steps(
+def decode_n_tokens(
     state: DecodeState,
     config: GenerationConfig,
     *,
@@ -150,7 +359,8 @@ def sample_steps(
     reasons: Tensor,
     lengths: Tensor,
 ) -> Generator[Tensor, None, None]:
-    """Greedy or sampling loop: yields the ``(B,)`` next ids each step; finished rows get ``pad_token_id``.
+    """Greedy or sampling loop (prefill, then one token per step): yields the ``(B,)`` next ids each step; finished
+    rows get ``pad_token_id``.
 
     ``reasons`` (``(B,)`` long, all ``NOT_STOPPED`` at the start) is filled in place with each row's stop code, and
     ``lengths`` (``(B,)`` long, ``max_new_tokens`` at the start) with the generated length of each row that stopped.
@@ -167,27 +377,35 @@ def sample_steps(
     """
     do_sample = config.sampling
     repetition_penalty = float(config.repetition_penalty)
+    penalize = repetition_penalty != 1.0
+    process = penalize or do_sample
+    active = stop.active
     logits = state.prefill()
     unfinished = torch.ones(state.batch_size, dtype=torch.bool, device=logits.device)
     for step in range(max_new_tokens):
-        penalize = repetition_penalty != 1.0
-        scores = process_logits(
-            logits,
-            previous_ids=state.tokens[:, : state.length] if penalize else None,
-            previous_valid=state.valid() if penalize else None,
-            repetition_penalty=repetition_penalty,
-            do_sample=do_sample,
-            temperature=float(config.temperature),
-            top_k=config.top_k,
-            top_p=config.top_p,
-            min_p=config.min_p,
-        )
-        next_tokens = sample_from_logits(scores, generator) if do_sample else scores.argmax(dim=-1)  # (B,)
-        if stop.active:
+        if process:
+            logits = process_logits(
+                logits,
+                previous_ids=state.tokens[:, : state.length] if penalize else None,
+                previous_valid=state.valid() if penalize else None,
+                repetition_penalty=repetition_penalty,
+                do_sample=do_sample,
+                temperature=float(config.temperature),
+                top_k=config.top_k,
+                top_p=config.top_p,
+                min_p=config.min_p,
+            )
+        next_tokens = sample_from_logits(logits, generator) if do_sample else logits.argmax(dim=-1)  # (B,)
+        if active:
             next_tokens = torch.where(unfinished, next_tokens, pad_token_id)
-        state.append(next_tokens)
-        yield next_tokens
-        if stop.active:
+        if active or step + 1 == max_new_tokens:
+            state.append(next_tokens)
+            yield next_tokens
+        else:  # the hot path: append and feed in one call
+            yield next_tokens
+            logits = state.decode_one_token(next_tokens)
+            continue
+        if active:
             rows = unfinished.nonzero().flatten()
             code = stop(state.new_tokens.index_select(0, rows))
             hit = code != NOT_STOPPED
@@ -199,3 +417,6 @@ def sample_steps(
                     return
         if step + 1 < max_new_tokens:
             logits = state.decode_one_token()
+
+
+sample_steps = decode_n_tokens  # the 0.1 name

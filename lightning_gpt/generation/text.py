@@ -62,7 +62,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], pad_id: Optional[int]
     return input_ids, mask
 
 
-_CALL_ARGS = ("eos_token_id", "pad_token_id", "tokenizer", "generator", "return_dict")
+_CALL_ARGS = ("eos_token_id", "pad_token_id", "tokenizer", "generator", "return_dict", "compile", "draft_model")
 
 
 def _fold(

@@ -148,3 +148,16 @@ def test_sliding_stream_ends_at_eos_or_a_stop_string_on_a_window_edge(bpe_ckpt):
         "".join(stream_text(model, tok, prompt, max_new_tokens=40, eos_token_id=None, slide=True))
         == ((CYCLE * 14)[1:41])
     )
+
+
+def test_draft_checkpoint_gives_the_same_stream_and_a_foreign_draft_is_refused(cli, bpe_ckpt, tmp_path):
+    args = ["generate", "--ckpt_path", bpe_ckpt, "--prompt", "o", "--max_new_tokens", "40", "--temperature", "0"]
+    out = cli(*args, "--draft_ckpt_path", bpe_ckpt, "--num_draft_tokens", "3")
+    assert out.code == 0, out.err
+    assert out.out == "o" + (CYCLE * 20)[1:41] + "\n"  # the sliding stream, speculative in each window
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    foreign = tmp_path / "foreign.ckpt"
+    state = {f"model.{k}": v for k, v in GPT(config).state_dict().items()}
+    torch.save({"gpt_config": dataclasses.asdict(config), "state_dict": state}, foreign)
+    bad = cli(*args, "--draft_ckpt_path", str(foreign))
+    assert bad.code == 2 and "vocab_size" in bad.err and "Traceback" not in bad.err

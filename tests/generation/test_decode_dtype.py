@@ -67,39 +67,29 @@ def test_generate_cli_dtype(cli, saved):
     assert "int8" in bad.err and "Traceback" not in bad.err
 
 
-def test_decoding_head_copy_gives_the_same_logits_and_tokens():
-    # setup_cache keeps transposed copies of the wide weights (float32 on CPU: faster mat-vec products); logits and
-    # greedy tokens stay the same.
+def test_transposed_head_copy_gives_the_same_logits_and_never_goes_stale():
+    # The generation's transposed LM-head copy (float32 on CPU: a faster mat-vec) gives the model's own logits, and is
+    # taken anew by each generation: after a weight change the next generation decodes with the new weights.
+    from lightning_gpt.generation.sampling import decode_head, model_logits
+
     torch.manual_seed(0)
     model = GPT(TINY).eval()
     x = torch.randint(0, TINY.vocab_size, (2, 8))
+    head_t = decode_head(model, batch_size=2)
+    assert head_t is not None and head_t.shape == (TINY.n_embd, TINY.padded_vocab_size) and head_t.is_contiguous()
+    bf16 = GPT(TINY).eval().to(torch.bfloat16)
+    assert decode_head(model, batch_size=9) is None and decode_head(bf16, batch_size=1) is None
     with torch.inference_mode():
-        full = model(x)
-        model.setup_cache(2, 16)
-        assert model.lm_head.decode_weight_t.shape == (TINY.n_embd, TINY.vocab_size)
-        cached = model(x, start_pos=0)
-        model.clear_cache()
-    assert model.lm_head.decode_weight_t is None and model.transformer.h[0].mlp.c_fc.decode_weight_t is None
-    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
-    assert torch.equal(generate(model, x, max_new_tokens=8), generate(model, x, max_new_tokens=8, use_cache=False))
-
-
-def test_transposed_decode_weights_live_with_the_generation_and_never_go_stale():
-    """The copies belong to one generation's cache: bound only while it decodes. After it, a forward pass without
-    gradients (validation after more training steps) uses the current weights, and the next generation takes new
-    copies."""
-    torch.manual_seed(0)
-    model = GPT(TINY).eval()
+        cache = model.new_cache(2, 16)
+        with_copy = model_logits(model, x, torch.arange(8), cache, None, None, TINY.vocab_size, 8, head_t)
+        plain = model(x)[..., : TINY.vocab_size]
+    torch.testing.assert_close(with_copy[..., : TINY.vocab_size], plain.float(), rtol=1e-5, atol=1e-5)
     ids = torch.tensor([[1, 2, 3]])
     first = generate(model, ids, max_new_tokens=6)
-    assert all(getattr(layer, "decode_weight_t", None) is None for layer in model._decode_layers())
     with torch.no_grad():  # "a training step": the weights change after the generation
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     reference = GPT(TINY).eval()
-    reference.load_state_dict(model.state_dict())
-    reference.transposed_decode_weights = False
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids), reference(ids), rtol=0, atol=0)
+    reference.load_state_dict(model.state_dict())  # a fresh model: nothing of the first generation can reach it
     assert torch.equal(generate(model, ids, max_new_tokens=6), generate(reference, ids, max_new_tokens=6))
     assert first.shape == (1, 9)
