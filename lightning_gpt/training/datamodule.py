@@ -53,6 +53,15 @@ __all__ = ["TextDataModule"]
 log = logging.getLogger(__name__)
 
 
+def rank_and_world(trainer: Any) -> tuple[int, int]:
+    """``(global rank, world size)`` of the attached Trainer, else of an initialized process group, else ``(0, 1)``."""
+    if trainer is not None:
+        return trainer.global_rank, trainer.world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 class TextDataModule(TextPipeline, pl.LightningDataModule):
     """Batches of fixed-length token windows for next-token training, configured by its typed arguments.
 
@@ -194,11 +203,7 @@ class TextDataModule(TextPipeline, pl.LightningDataModule):
         )
 
     def _rank_world(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
+        return rank_and_world(self.trainer)
 
     def _loader(self, dataset: Any, sampler: Optional[ResumableSampler] = None) -> DataLoader:
         b = self.settings.batch
