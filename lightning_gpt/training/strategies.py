@@ -12,10 +12,11 @@ trainer:
   of hanging. gloo on CPU, nccl on CUDA.
 - ``FSDP2Strategy``: Lightning's ``ModelParallelStrategy`` set up for pure FSDP2 (``fully_shard``): every
   ``Block`` and then the root are sharded in ``GPTModule.configure_model``, which reads ``activation_checkpointing``,
-  ``param_dtype`` and ``reduce_dtype`` from this object. Checkpoints are one consolidated file by default (loadable by
-  DDP, by a single process and by ``lightning_gpt.io.checkpoint.load_checkpoint``); set ``save_distributed_checkpoint``
-  for very large models (a sharded directory; convert with
-  ``python -m lightning.fabric.utilities.consolidate_checkpoint <dir>``).
+  ``param_dtype`` and ``reduce_dtype`` from this object. The model is built on the meta device and each rank allocates
+  only its shards (``lightning_gpt.training.parallelize``). Checkpoints are sharded folders by default (every rank
+  writes its own shards; ``lightning_gpt.io.checkpoint.load_checkpoint``, ``export``, ``generate`` and ``evaluate``
+  read them); ``save_distributed_checkpoint: false`` writes one consolidated ``.ckpt`` instead (resumable under DDP
+  or one process too).
 - ``FSDP1Strategy``: Lightning's ``FSDPStrategy`` (CUDA only) wrapping each ``Block``, with optional activation
   checkpointing of each ``Block``.
 
@@ -123,7 +124,12 @@ class FSDP2Strategy(ModelParallelStrategy):
             until backward (ZeRO-2-like, more memory, less communication).
         data_parallel_size: number of shards; ``auto`` uses every process (pure FSDP).
         tensor_parallel_size: kept at 1 for pure FSDP (tensor parallelism is not implemented by ``GPT``).
-        save_distributed_checkpoint: write a sharded checkpoint directory instead of one consolidated file.
+        save_distributed_checkpoint: ``True`` (default): each checkpoint is a sharded folder (``last.ckpt/``:
+            ``torch.distributed.checkpoint`` shards, written by every rank in parallel, and ``meta.pt``; no rank
+            gathers the model or the optimizer state), written beside the old one and renamed into place. ``export``,
+            ``generate``, ``evaluate``, ``serve`` and ``load_checkpoint`` read it directly (consolidating as they
+            load); ``fit --ckpt_path`` resumes from it under ``FSDP2Strategy``. ``False``: one consolidated ``.ckpt``
+            file gathered on rank 0 (loads under any strategy; memory for the whole model and optimizer state there).
         timeout_minutes: bound on how long a collective waits for a dead rank (see ``DDPStrategy``).
         process_group_backend: ``gloo``, ``nccl`` or ``None`` for the device's default.
     """
@@ -136,7 +142,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         reshard_after_forward: bool = True,
         data_parallel_size: int | Literal["auto"] = "auto",
         tensor_parallel_size: int = 1,
-        save_distributed_checkpoint: bool = False,
+        save_distributed_checkpoint: bool = True,
         timeout_minutes: float = 30.0,
         process_group_backend: Optional[str] = None,
     ) -> None:
@@ -165,6 +171,34 @@ class FSDP2Strategy(ModelParallelStrategy):
         data_parallel, tensor_parallel = model_parallel_sizes(self)
         if data_parallel == "auto":
             set_data_parallel_size(self, self.world_size // tensor_parallel)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
+        """Save a sharded folder into ``<path>.tmp-<pid>`` and rename it onto ``path`` once every rank has written
+        (a save killed midway leaves the previous checkpoint whole, and the temporary is not a ``*.ckpt``); a
+        consolidated file as Lightning does."""
+        if not saves_distributed_checkpoint(self):
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        import os
+        import shutil
+        from pathlib import Path
+
+        path = Path(self.broadcast(str(filepath)))
+        temporary = Path(self.broadcast(f"{path}.tmp-{os.getpid()}"))
+        if self.global_rank == 0:
+            shutil.rmtree(temporary, ignore_errors=True)
+        self.barrier()
+        super().save_checkpoint(checkpoint, temporary, storage_options)
+        self.barrier()  # every rank's shards are on disk (meta.pt and .metadata too)
+        if self.global_rank == 0:
+            old = Path(f"{path}.old-{os.getpid()}")
+            if path.is_dir():
+                path.rename(old)
+            elif path.exists():
+                path.unlink()
+            temporary.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier()
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         """The consolidated optimizer state keyed like a plain optimizer's (ids in ``param_groups`` order).
