@@ -25,7 +25,7 @@ import torch
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.io.serialization import UnsafeCheckpointError, read_checkpoint
 
-__all__ = ["is_sharded_checkpoint", "load_sharded_weights", "read_sharded_checkpoint"]
+__all__ = ["is_sharded_checkpoint", "load_sharded_weights", "read_sharded_checkpoint", "sharded_keys"]
 
 _PREFIX = "state_dict."  # Lightning saves {"state_dict": module state, "optimizer_0": ...}; DCP flattens the keys
 _META = "meta.pt"
@@ -98,6 +98,12 @@ def _reader(path: Path, trust_checkpoint: bool) -> Any:
             return metadata
 
     return SafeReader(str(path))
+
+
+def sharded_keys(path: Union[str, Path], trust_checkpoint: bool = False) -> set[str]:
+    """The top-level entries of a sharded folder's tensors (``state_dict``, ``optimizer_0``...), from ``.metadata``."""
+    index = _reader(Path(path), trust_checkpoint).read_metadata()
+    return {key.split(".", 1)[0] for key in index.state_dict_metadata}
 
 
 def read_sharded_checkpoint(
