@@ -30,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "read_model_checkpoint",
+    "read_sharded_checkpoint",
     "check_checkpoint_contents",
     "model_state_dict",
     "resolve_checkpoint_config",
@@ -154,7 +155,7 @@ def load_checkpoint(
     if is_pretrained_path(path):
         model, tokenizer = load_pretrained(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
         return (model if target_dtype is None else model.to(dtype=target_dtype)), tokenizer
-    from lightning_gpt.io.sharded import is_sharded_checkpoint, load_sharded_weights, read_sharded_checkpoint
+    from lightning_gpt.io.sharded import is_sharded_checkpoint, load_sharded_weights
 
     if Path(path).is_dir() and not is_sharded_checkpoint(path):
         path = find_checkpoint(str(path))
@@ -244,7 +245,7 @@ def read_model_checkpoint(
         FileNotFoundError: no such file. UnsafeCheckpointError: it needs a full unpickle, without
             ``trust_checkpoint``. ValueError: see ``read_checkpoint`` and ``check_checkpoint_contents``.
     """
-    from lightning_gpt.io.sharded import is_sharded_checkpoint, load_sharded_weights, read_sharded_checkpoint
+    from lightning_gpt.io.sharded import is_sharded_checkpoint, load_sharded_weights
 
     if is_sharded_checkpoint(path):  # checked from .metadata, then consolidated into tensors of the checked sizes
         config, specs, saved_tokenizer, _ = read_sharded_checkpoint(path, trust_checkpoint, strict, given)
@@ -257,6 +258,33 @@ def read_model_checkpoint(
     if is_nanogpt_checkpoint(checkpoint):  # nanoGPT's ckpt.pt: its model_args, weights and meta.pkl (or GPT-2 BPE)
         checkpoint = from_nanogpt(checkpoint, path, tokenizer)
     return check_checkpoint_contents(checkpoint, path, strict=strict, given=given)
+
+
+def read_sharded_checkpoint(
+    path: Union[str, Path], trust_checkpoint: bool = False, strict: bool = True, given: Optional[GPTConfig] = None
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Optional[Any], dict[str, Any]]:
+    """Check a sharded ``FSDP2Strategy`` checkpoint folder (``lightning_gpt.io.sharded``) without reading its tensors:
+    the sizes and dtypes in its ``.metadata`` against its ``gpt_config`` (and ``given``).
+
+    Args:
+        path: the folder.
+        trust_checkpoint: allow a full unpickle of ``meta.pt`` / ``.metadata`` (code may run).
+        strict: see ``check_checkpoint_contents``.
+        given: see ``check_checkpoint_contents``.
+
+    Returns:
+        ``(config, specs, tokenizer, meta)``: as ``check_checkpoint_contents``, the weights as meta tensors; and the
+        folder's ``meta.pt`` dict (loop counters, hyperparameters...).
+
+    Raises:
+        UnsafeCheckpointError: ``meta.pt`` or ``.metadata`` needs a full unpickle and ``trust_checkpoint`` is off.
+        ValueError: a damaged folder; sizes that do not fit the config (one paragraph; nothing allocated).
+    """
+    from lightning_gpt.io.sharded import read_sharded_index
+
+    contents, meta = read_sharded_index(path, trust_checkpoint=trust_checkpoint)
+    config, specs, tokenizer = check_checkpoint_contents(contents, path, strict=strict, given=given)
+    return config, specs, tokenizer, meta
 
 
 def check_config_for_checkpoint(given: Any, path: Union[str, Path], trust_checkpoint: bool = False) -> None:

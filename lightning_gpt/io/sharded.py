@@ -8,7 +8,8 @@ the tensors: ``gpt_config``, ``tokenizer``, loop counters). Loading here needs n
    (``torch.distributed.checkpoint`` itself would ``pickle.load`` it: code could run); anything else in it is an
    ``UnsafeCheckpointError`` unless ``trust_checkpoint``.
 2. The sizes and dtypes in ``.metadata`` are checked against ``gpt_config`` (and a given config) by
-   ``check_checkpoint_contents``, as meta tensors: nothing is allocated for a config that does not fit.
+   ``lightning_gpt.io.checkpoint.read_sharded_checkpoint``, as meta tensors: nothing is allocated for a config that
+   does not fit.
 3. ``torch.distributed.checkpoint.load`` reads every rank's shards into full tensors (the model's own, for
    ``load_checkpoint``): consolidation happens as the shards are read, with no second copy of the model.
 """
@@ -18,14 +19,13 @@ from __future__ import annotations
 import pickle
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 
-from lightning_gpt.config import GPTConfig
 from lightning_gpt.io.serialization import UnsafeCheckpointError, read_checkpoint
 
-__all__ = ["is_sharded_checkpoint", "load_sharded_weights", "read_sharded_checkpoint", "sharded_keys"]
+__all__ = ["is_sharded_checkpoint", "load_sharded_weights", "read_sharded_index", "sharded_keys"]
 
 _PREFIX = "state_dict."  # Lightning saves {"state_dict": module state, "optimizer_0": ...}; DCP flattens the keys
 _META = "meta.pt"
@@ -106,28 +106,24 @@ def sharded_keys(path: Union[str, Path], trust_checkpoint: bool = False) -> set[
     return {key.split(".", 1)[0] for key in index.state_dict_metadata}
 
 
-def read_sharded_checkpoint(
-    path: Union[str, Path], trust_checkpoint: bool = False, strict: bool = True, given: Optional[GPTConfig] = None
-) -> tuple[GPTConfig, dict[str, torch.Tensor], Optional[Any], dict[str, Any]]:
-    """Check a sharded checkpoint folder without reading its tensors.
+def read_sharded_index(path: Union[str, Path], trust_checkpoint: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a sharded checkpoint folder's ``meta.pt`` and ``.metadata``, without reading its tensors.
+
+    ``lightning_gpt.io.checkpoint.read_sharded_checkpoint`` checks the result against the saved config.
 
     Args:
         path: the folder.
         trust_checkpoint: allow a full unpickle of ``meta.pt`` / ``.metadata`` (code may run); trusted folders only.
-        strict: see ``lightning_gpt.io.checkpoint.check_checkpoint_contents``.
-        given: another config about to be built for these weights, checked too.
 
     Returns:
-        ``(config, specs, tokenizer, meta)``: the saved ``gpt_config``; the weights as meta tensors (``GPT``'s names,
-        global shapes and dtypes from ``.metadata``); the tokenizer (``None`` when none); ``meta.pt``'s dict.
+        ``(contents, meta)``: a checkpoint-like dict (``gpt_config``, ``tokenizer``, and ``state_dict`` of meta
+        tensors with the saved global shapes and dtypes, keyed ``model.<GPT name>``), and ``meta.pt``'s dict.
 
     Raises:
         UnsafeCheckpointError: ``meta.pt`` or ``.metadata`` needs a full unpickle and ``trust_checkpoint`` is off.
-        ValueError: a damaged folder, or weights whose sizes do not fit the config (one paragraph, named).
+        ValueError: a damaged folder.
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    from lightning_gpt.io.checkpoint import check_checkpoint_contents
 
     path = Path(path)
     meta = read_checkpoint(path / _META, trust_checkpoint=trust_checkpoint)
@@ -138,11 +134,9 @@ def read_sharded_checkpoint(
     for key, item in index.state_dict_metadata.items():
         if key.startswith(_PREFIX) and isinstance(item, TensorStorageMetadata):
             specs[key[len(_PREFIX) :]] = torch.empty(item.size, dtype=item.properties.dtype, device="meta")
-    contents = {"gpt_config": meta.get("gpt_config"), "tokenizer": meta.get("tokenizer"), "state_dict": specs}
-    if "gpt_config" not in meta:
-        contents.pop("gpt_config")
-    config, state, tokenizer = check_checkpoint_contents(contents, path, strict=strict, given=given)
-    return config, state, tokenizer, meta
+    contents: dict[str, Any] = {k: meta[k] for k in ("gpt_config", "tokenizer") if k in meta}
+    contents["state_dict"] = specs
+    return contents, meta
 
 
 def load_sharded_weights(
@@ -151,7 +145,7 @@ def load_sharded_weights(
     """Read the weights of a sharded checkpoint folder into ``targets`` (full tensors, filled in place).
 
     Args:
-        path: the folder (checked first with ``read_sharded_checkpoint``).
+        path: the folder (checked first: ``lightning_gpt.io.checkpoint.read_sharded_checkpoint``).
         targets: ``GPT`` parameter name -> a tensor of the saved global size (e.g. ``model.state_dict()``); names the
             folder does not hold (the tied ``lm_head.weight``) are left as they are.
         trust_checkpoint: see ``read_sharded_checkpoint``.

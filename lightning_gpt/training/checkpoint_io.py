@@ -101,8 +101,7 @@ def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
 def _sharded_as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
     """A sharded ``FSDP2Strategy`` folder as a checkpoint dict of consolidated weights and its ``meta.pt`` entries
     (no optimizer state: ``validate``/``test``/``predict``; resuming from it needs ``FSDP2Strategy``)."""
-    from lightning_gpt.io.checkpoint import read_model_checkpoint
-    from lightning_gpt.io.sharded import read_sharded_checkpoint
+    from lightning_gpt.io.checkpoint import read_model_checkpoint, read_sharded_checkpoint
 
     meta = read_sharded_checkpoint(path, trust_checkpoint=trust_checkpoint)[3]
     _, state, _ = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)  # sizes checked, then read

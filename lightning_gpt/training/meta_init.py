@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_gpt.training._torch_internals import is_view
+
 __all__ = ["Recording", "materialize_recorded", "record_meta_build"]
 
 _NOT_VALUES = {"requires_grad_", "share_memory_", "retain_grad", "detach_", "set_", "resize_", "as_strided_"}
@@ -100,7 +102,7 @@ class _Recorder(TorchFunctionMode):
 
     def _record(self, func: Any, name: str, target: Tensor, args: tuple, kwargs: dict, key: Optional[str]) -> None:
         others = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
-        if target._base is not None:
+        if is_view(target):
             self.problem = f"{name} on a view of a parameter"
         elif any(a.is_meta for a in others):
             self.problem = f"{name} reads another meta tensor"

@@ -137,13 +137,16 @@ class GPTModule(ConfigAndTokenizer):
         each rank allocates only its shards, initialized as a one-process build with the same seed would be."""
         trainer = attached_trainer(self)
         strategy = trainer.strategy if trainer is not None else None
-        if self.model is None and self.init_from is None:  # under FSDP2: built on meta, sharded, then initialized
+        model = self.model
+        if model is None and self.init_from is None:  # under FSDP2: built on meta, sharded, then initialized
             device = getattr(strategy, "root_device", torch.device("cpu"))
-            self.model = build_parallel(lambda: GPT(self.config), self.device_mesh, strategy, device)
-        elif self.model is None:
-            self.model = GPT(self.config)
-            load_init_weights(self.model, self.init_from, self._trust_checkpoint())
-        parallelize(self.model, self.device_mesh, strategy)
+            model = build_parallel(lambda: GPT(self.config), self.device_mesh, strategy, device)
+        elif model is None and self.init_from is not None:
+            model = GPT(self.config)
+            load_init_weights(model, self.init_from, self._trust_checkpoint())
+        assert model is not None
+        parallelize(model, self.device_mesh, strategy)
+        self.model = model
 
     def configure_callbacks(self) -> list[Callback]:
         """The default training callbacks the ``Trainer`` lacks, for ``fit`` (see ``default_callbacks``)."""

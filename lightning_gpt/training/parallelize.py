@@ -122,10 +122,11 @@ def build_parallel(build: Callable[[], GPT], mesh: Any = None, strategy: Any = N
         model = build()
         parallelize(model, mesh, strategy)
         return model
-    model, recording = recorded
-    apply_fsdp2(model, mesh, strategy)  # type: ignore[arg-type]
-    materialize_recorded(model, recording)
-    return model  # type: ignore[return-value]
+    built, recording = recorded
+    assert isinstance(built, GPT)
+    apply_fsdp2(built, mesh, strategy)
+    materialize_recorded(built, recording)
+    return built
 
 
 class CompiledForward:

@@ -103,15 +103,15 @@ def inspect_checkpoint(path: str) -> CheckpointInfo:
 
     if is_sharded_checkpoint(path):  # meta.pt: the loops and counters; .metadata: the tensors' names
         try:
-            state: Any = torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
+            meta: Any = torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
             keys = sharded_keys(path)
         except Exception as err:  # noqa: BLE001 - damaged bytes raise many types
             return CheckpointInfo(path, None, f"it cannot be read ({type(err).__name__}; truncated or damaged?)")
-        if isinstance(state, dict):  # the sharded entries stand in for the keys a .ckpt file would hold
-            state = {**state, **{key: True for key in keys}}
+        if isinstance(meta, dict):  # the sharded entries stand in for the keys a .ckpt file would hold
+            meta = {**meta, **{key: True for key in keys}}
             if "optimizer_0" in keys:
-                state["optimizer_states"] = True
-        return _info(path, state)
+                meta["optimizer_states"] = True
+        return _info(path, meta)
     if not os.path.isfile(path):
         return CheckpointInfo(path, None, "it does not exist")
     if os.path.getsize(path) == 0:

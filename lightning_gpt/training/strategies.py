@@ -232,6 +232,11 @@ class FSDP2Strategy(ModelParallelStrategy):
         # Weights-only unless the user trusts the file (--trust_checkpoint), whatever Lightning passes.
         trust = bool(getattr(self.checkpoint_io, "trust_checkpoint", False))
         if not path.is_file():  # a sharded checkpoint directory: Lightning's loader
+            # torch.distributed.checkpoint loads only the entries the live optimizer already has: without this, the
+            # saved ``initial_lr`` (LRSchedule's peak rate) is skipped and the schedule restarts from the saved ``lr``.
+            for optimizer in self.optimizers:
+                for group in optimizer.param_groups:
+                    group.setdefault("initial_lr", group["lr"])
             return super().load_checkpoint(checkpoint_path, weights_only=weights_only if trust else True)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 

@@ -26,7 +26,7 @@ def test_fsdp2_options_are_read_by_the_module():
     policy = strategy.mixed_precision_policy()
     assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
     assert FSDP2Strategy().mixed_precision_policy() is None
-    assert strategy._save_distributed_checkpoint is False  # one consolidated file by default
+    assert strategy._save_distributed_checkpoint is True  # sharded checkpoint folders by default
     assert strategy._tensor_parallel_size == 1
 
 
