@@ -354,7 +354,12 @@ def test_fsdp2_resumes_exactly_from_a_sharded_folder(workdir, sharded):
     _close(_weights(_ckpt(workdir, "sharded_resumed", 6)), _weights(_ckpt(workdir, "sharded", 6)), tol=0.0)
 
 
-def test_export_and_generate_read_a_sharded_folder(workdir, sharded):
+def test_export_generate_and_evaluate_read_a_sharded_folder(workdir, sharded):
+    from lightning_gpt.evaluation.loading import load_model
+
+    model, tokenizer = load_model(str(sharded), device="cpu")  # evaluate's loader: the run folder's newest folder
+    _close(model.state_dict(), _weights(_ckpt(workdir, "sharded", 6)), tol=0.0)
+    assert tokenizer is not None
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cli = [sys.executable, "-m", "lightning_gpt"]
     folder = _ckpt(workdir, "sharded", 6)
