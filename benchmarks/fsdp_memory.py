@@ -12,7 +12,8 @@ The goal (issue 18): FSDP2's peak per rank <= 0.75x DDP's, and the same losses t
 
 Usage::
 
-    python benchmarks/fsdp_memory.py                      # both strategies, 5 steps; writes results/fsdp_memory.md
+    python benchmarks/fsdp_memory.py                      # both strategies, 5 steps; appends to results/fsdp_memory.md
+    python benchmarks/fsdp_memory.py --mmap_threshold 131072   # the same with glibc's mmap threshold fixed
     python benchmarks/fsdp_memory.py --steps 2 --n_layer 2   # a quick smoke run (not the goal's model)
 """
 
@@ -89,12 +90,26 @@ def main() -> None:
     parser.add_argument("--strategy", choices=["ddp", "fsdp2"], default=None, help="(internal: one strategy's run)")
     parser.add_argument("--out_dir", default=None, help="(internal)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "fsdp_memory.md"))
+    parser.add_argument(
+        "--mmap_threshold",
+        type=int,
+        default=None,
+        help="run both strategies with glibc's MALLOC_MMAP_THRESHOLD_ fixed at this many bytes (e.g. 131072): large "
+        "buffers are then returned to the system when freed instead of fragmenting the heap",
+    )
     args = parser.parse_args()
     if args.strategy is not None:
         run_rank(args)
         return
     env = dict(
         os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    if args.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    allocator = (
+        "glibc malloc with its default (dynamic) mmap threshold"
+        if args.mmap_threshold is None
+        else f"glibc malloc with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
     )
     results = {}
     with tempfile.TemporaryDirectory() as out_dir:
@@ -106,8 +121,8 @@ def main() -> None:
             results[strategy] = [json.loads(Path(out_dir, f"{strategy}-rank{r}.json").read_text()) for r in (0, 1)]
     lines = [
         f"GPT-2 124M shape (n_layer={args.n_layer}, 768 wide, vocab 50257), block {args.block_size}, batch 2 per rank, "
-        f"2 CPU processes (gloo), {args.steps} steps + checkpoint save; {platform.processor() or platform.machine()}, "
-        f"load average {os.getloadavg()[0]:.2f} at the end.",
+        f"2 CPU processes (gloo), {args.steps} steps + checkpoint save; {allocator}; "
+        f"{platform.processor() or platform.machine()}, load average {os.getloadavg()[0]:.2f} at the end.",
         "",
         "| strategy | rank | peak RSS after build (MB) | after training (MB) | after the save (MB): the run's peak |",
         "|---|---|---|---|---|",
@@ -126,11 +141,15 @@ def main() -> None:
         f"Largest loss difference: {diff:.2e} (goal <= 1e-5).",
         "",
         f"Command: `python benchmarks/fsdp_memory.py --steps {args.steps} --n_layer {args.n_layer} "
-        f"--block_size {args.block_size}`",
+        f"--block_size {args.block_size}"
+        + ("" if args.mmap_threshold is None else f" --mmap_threshold {args.mmap_threshold}")
+        + "`",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.results).write_text("# FSDP2 vs DDP: peak memory per rank\n\n" + text)
+    path = Path(args.results)
+    previous = path.read_text() if path.is_file() else "# FSDP2 vs DDP: peak memory per rank\n"
+    path.write_text(previous.rstrip("\n") + "\n\n" + text)  # appended: each run keeps its own table
 
 
 if __name__ == "__main__":
