@@ -356,10 +356,16 @@ def test_fsdp2_resumes_exactly_from_a_sharded_folder(workdir, sharded):
 
 def test_export_generate_and_evaluate_read_a_sharded_folder(workdir, sharded):
     from lightning_gpt.evaluation.loading import load_model
+    from lightning_gpt.io import load_tokenizer
+    from lightning_gpt.io.init_from import init_config, init_state_dict
 
     model, tokenizer = load_model(str(sharded), device="cpu")  # evaluate's loader: the run folder's newest folder
-    _close(model.state_dict(), _weights(_ckpt(workdir, "sharded", 6)), tol=0.0)
+    folder = _ckpt(workdir, "sharded", 6)
+    _close(model.state_dict(), _weights(folder), tol=0.0)
     assert tokenizer is not None
+    assert load_tokenizer(str(folder)).state_dict() == tokenizer.state_dict()  # --data.tokenizer <folder>
+    state = init_state_dict(folder, init_config(folder))  # --model.init_from <folder>
+    _close({k: v for k, v in state.items() if k in model.state_dict()}, model.state_dict(), tol=0.0)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cli = [sys.executable, "-m", "lightning_gpt"]
     folder = _ckpt(workdir, "sharded", 6)
