@@ -174,8 +174,8 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
         """Save a sharded folder into ``<path>.tmp-<pid>`` and rename it onto ``path`` once every rank has written
-        (a save killed midway leaves the previous checkpoint whole, and the temporary is not a ``*.ckpt``); a
-        consolidated file as Lightning does."""
+        (a save killed midway leaves the previous checkpoint whole, and the temporary is not a ``*.ckpt``; the next
+        save of ``path`` removes it); a consolidated file as Lightning does."""
         if not saves_distributed_checkpoint(self):
             super().save_checkpoint(checkpoint, filepath, storage_options)
             return
@@ -185,8 +185,9 @@ class FSDP2Strategy(ModelParallelStrategy):
 
         path = Path(self.broadcast(str(filepath)))
         temporary = Path(self.broadcast(f"{path}.tmp-{os.getpid()}"))
-        if self.global_rank == 0:
-            shutil.rmtree(temporary, ignore_errors=True)
+        if self.global_rank == 0:  # temporaries of saves that never finished (a run folder holds one run: not live)
+            for stale in path.parent.glob(f"{path.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         self.barrier()
         super().save_checkpoint(checkpoint, temporary, storage_options)
         self.barrier()  # every rank's shards are on disk (meta.pt and .metadata too)
