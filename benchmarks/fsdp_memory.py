@@ -107,9 +107,10 @@ def main() -> None:
     if args.mmap_threshold is not None:
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     allocator = (
-        "glibc malloc with its default (dynamic) mmap threshold"
+        "glibc malloc's defaults (DDP: dynamic mmap threshold; FSDP2Strategy fixes it at its cpu_mmap_threshold, "
+        "131072 bytes)"
         if args.mmap_threshold is None
-        else f"glibc malloc with MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+        else f"both under MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
     )
     results = {}
     with tempfile.TemporaryDirectory() as out_dir:

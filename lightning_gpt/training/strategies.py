@@ -43,7 +43,7 @@ from lightning_gpt.training._lightning_internals import (
     unwrap_optimizer,
 )
 
-__all__ = ["DDPStrategy", "FSDP1Strategy", "FSDP2Strategy", "resolve_dtype"]
+__all__ = ["DDPStrategy", "FSDP1Strategy", "FSDP2Strategy", "fix_mmap_threshold", "resolve_dtype"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -132,6 +132,10 @@ class FSDP2Strategy(ModelParallelStrategy):
             file gathered on rank 0 (loads under any strategy; memory for the whole model and optimizer state there).
         timeout_minutes: bound on how long a collective waits for a dead rank (see ``DDPStrategy``).
         process_group_backend: ``gloo``, ``nccl`` or ``None`` for the device's default.
+        cpu_mmap_threshold: on CPU (Linux, glibc), fix malloc's mmap threshold at this many bytes when the process
+            group starts, so that the blocks' gathered parameters and gradients, freed at every step, go back to the
+            system instead of growing a fragmented heap (``benchmarks/fsdp_memory.py``: peak RSS per rank 3.6 GB with
+            glibc's dynamic threshold vs 2.1 GB fixed, GPT-2 124M). ``None`` leaves malloc alone; ignored on GPUs.
     """
 
     def __init__(
@@ -145,7 +149,16 @@ class FSDP2Strategy(ModelParallelStrategy):
         save_distributed_checkpoint: bool = True,
         timeout_minutes: float = 30.0,
         process_group_backend: Optional[str] = None,
+        cpu_mmap_threshold: Optional[int] = 131072,
     ) -> None:
+        if cpu_mmap_threshold is not None and (
+            isinstance(cpu_mmap_threshold, bool) or not isinstance(cpu_mmap_threshold, int) or cpu_mmap_threshold <= 0
+        ):
+            raise ValueError(
+                f"FSDP2Strategy(cpu_mmap_threshold={cpu_mmap_threshold!r}): give a positive number of bytes (e.g. "
+                "131072) or null to leave malloc's default."
+            )
+        self.cpu_mmap_threshold = cpu_mmap_threshold
         if tensor_parallel_size != 1:
             raise ValueError(
                 f"FSDP2Strategy(tensor_parallel_size={tensor_parallel_size}): GPT has no tensor-parallel plan; use "
@@ -171,6 +184,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         data_parallel, tensor_parallel = model_parallel_sizes(self)
         if data_parallel == "auto":
             set_data_parallel_size(self, self.world_size // tensor_parallel)
+        if self.root_device.type == "cpu" and self.cpu_mmap_threshold is not None:
+            fix_mmap_threshold(self.cpu_mmap_threshold)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Optional[Any] = None) -> None:
         """Save a sharded folder into ``<path>.tmp-<pid>`` and rename it onto ``path`` once every rank has written
@@ -273,6 +288,25 @@ class FSDP2Strategy(ModelParallelStrategy):
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
         return MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+
+
+def fix_mmap_threshold(threshold: int) -> bool:
+    """Fix glibc malloc's mmap threshold (``mallopt(M_MMAP_THRESHOLD, threshold)``): allocations of at least
+    ``threshold`` bytes are mapped and unmapped on free, and glibc stops raising the threshold dynamically.
+
+    Returns:
+        Whether it was set (``False`` off Linux or without glibc).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD (malloc.h)
 
 
 class FSDP1Strategy(_LightningFSDP):
