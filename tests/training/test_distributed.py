@@ -366,6 +366,13 @@ def test_export_generate_and_evaluate_read_a_sharded_folder(workdir, sharded):
     assert load_tokenizer(str(folder)).state_dict() == tokenizer.state_dict()  # --data.tokenizer <folder>
     state = init_state_dict(folder, init_config(folder))  # --model.init_from <folder>
     _close({k: v for k, v in state.items() if k in model.state_dict()}, model.state_dict(), tol=0.0)
+    # validate/test/predict --ckpt_path <folder> under another strategy: the checkpoint IO consolidates the weights
+    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
+
+    checkpoint = AtomicCheckpointIO().load_checkpoint(str(folder))
+    assert checkpoint["global_step"] == 6 and "gpt_config" in checkpoint and "tokenizer" in checkpoint
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    _close({k: v for k, v in weights.items() if k in model.state_dict()}, model.state_dict(), tol=0.0)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cli = [sys.executable, "-m", "lightning_gpt"]
     folder = _ckpt(workdir, "sharded", 6)
