@@ -56,6 +56,8 @@ def step(model):
     total = loss.detach().clone()
     dist.all_reduce(total)
     grads = {}
+    global grad_local
+    grad_local = sum(p.grad.to_local().numel() for p in model.parameters())  # before gathering: this rank's shards
     for name, p in model.named_parameters():
         g = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
         grads[name] = g
@@ -81,6 +83,7 @@ for name, strategy in {
         loss=loss,
         after=after,
         local=local,
+        grad_local=grad_local,
         total=sum(p.numel() for p in model.parameters()),
         dtypes=sorted({str(p.dtype) for p in model.parameters()}),
         grad_dtypes=sorted({str(g.dtype) for g in grads.values()}),
@@ -155,8 +158,9 @@ def test_sharded_from_the_start_with_the_weights_of_one_process(two_ranks):
             assert torch.equal(initial[key], value), (name, key)  # bit-equal after gathering the shards
         assert out[name]["after"] == after
         assert out[name]["tied"]
-        # parameters and AdamW moments are shards: this rank holds about half of each
+        # parameters, gradients and AdamW moments are shards: this rank holds about half of each
         assert out[name]["local"] <= out[name]["total"] // 2 + 64
+        assert out[name]["grad_local"] <= out[name]["total"] // 2 + 64  # gradients too
         assert out[name]["exp_avg_local"][0] < out[name]["exp_avg_global"][0]
 
 
