@@ -30,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "read_model_checkpoint",
+    "read_sharded_checkpoint",
     "check_checkpoint_contents",
     "model_state_dict",
     "resolve_checkpoint_config",
@@ -126,6 +127,7 @@ def load_checkpoint(
 
     Args:
         path: a ``.ckpt`` file saved by ``GPTModule`` (Lightning ``ModelCheckpoint`` or ``trainer.save_checkpoint``);
+            a sharded ``.ckpt`` folder of ``FSDP2Strategy`` (``lightning_gpt.io.sharded``, consolidated as it loads);
             a run folder (``runs/quickstart``) or its ``checkpoints`` folder, whose newest complete checkpoint is
             loaded; a ``.safetensors`` file with its JSON config beside it; a folder written by ``lightning-gpt
             export`` or by Hugging Face ``save_pretrained`` (GPT-2); or nanoGPT's ``ckpt.pt`` or ``out_dir``
@@ -153,16 +155,23 @@ def load_checkpoint(
     if is_pretrained_path(path):
         model, tokenizer = load_pretrained(path, map_location=map_location, trust_checkpoint=trust_checkpoint)
         return (model if target_dtype is None else model.to(dtype=target_dtype)), tokenizer
-    if Path(path).is_dir() and not (Path(path) / ".metadata").exists():
+    from lightning_gpt.io.sharded import is_sharded_checkpoint, load_sharded_weights
+
+    if Path(path).is_dir() and not is_sharded_checkpoint(path):
         path = find_checkpoint(str(path))
-    config, state, tokenizer = read_model_checkpoint(
-        path, trust_checkpoint=trust_checkpoint, strict=strict, tokenizer=tokenizer
-    )
-    model = GPT(config)
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as err:
-        raise ValueError(f"The weights in {path} do not fit its gpt_config ({config}): {err}") from err
+    if is_sharded_checkpoint(path):  # sizes checked against .metadata first, then the shards read into the model
+        config, _, tokenizer, _ = read_sharded_checkpoint(path, trust_checkpoint=trust_checkpoint, strict=strict)
+        model = GPT(config)
+        load_sharded_weights(path, model.state_dict(), trust_checkpoint=trust_checkpoint)
+    else:
+        config, state, tokenizer = read_model_checkpoint(
+            path, trust_checkpoint=trust_checkpoint, strict=strict, tokenizer=tokenizer
+        )
+        model = GPT(config)
+        try:
+            model.load_state_dict(state, strict=strict)
+        except RuntimeError as err:
+            raise ValueError(f"The weights in {path} do not fit its gpt_config ({config}): {err}") from err
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     if target_dtype is not None:
         model.to(dtype=target_dtype)
@@ -236,10 +245,46 @@ def read_model_checkpoint(
         FileNotFoundError: no such file. UnsafeCheckpointError: it needs a full unpickle, without
             ``trust_checkpoint``. ValueError: see ``read_checkpoint`` and ``check_checkpoint_contents``.
     """
+    from lightning_gpt.io.sharded import is_sharded_checkpoint, load_sharded_weights
+
+    if is_sharded_checkpoint(path):  # checked from .metadata, then consolidated into tensors of the checked sizes
+        config, specs, saved_tokenizer, _ = read_sharded_checkpoint(path, trust_checkpoint, strict, given)
+        state = {name: torch.empty(spec.shape, dtype=spec.dtype) for name, spec in specs.items()}
+        load_sharded_weights(path, state, trust_checkpoint=trust_checkpoint)
+        if config.tie_weights and "transformer.wte.weight" in state:
+            state["lm_head.weight"] = state["transformer.wte.weight"]
+        return config, state, saved_tokenizer
     checkpoint = read_checkpoint(path, map_location="cpu", trust_checkpoint=trust_checkpoint, mmap=True)
     if is_nanogpt_checkpoint(checkpoint):  # nanoGPT's ckpt.pt: its model_args, weights and meta.pkl (or GPT-2 BPE)
         checkpoint = from_nanogpt(checkpoint, path, tokenizer)
     return check_checkpoint_contents(checkpoint, path, strict=strict, given=given)
+
+
+def read_sharded_checkpoint(
+    path: Union[str, Path], trust_checkpoint: bool = False, strict: bool = True, given: Optional[GPTConfig] = None
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Optional[Any], dict[str, Any]]:
+    """Check a sharded ``FSDP2Strategy`` checkpoint folder (``lightning_gpt.io.sharded``) without reading its tensors:
+    the sizes and dtypes in its ``.metadata`` against its ``gpt_config`` (and ``given``).
+
+    Args:
+        path: the folder.
+        trust_checkpoint: allow a full unpickle of ``meta.pt`` / ``.metadata`` (code may run).
+        strict: see ``check_checkpoint_contents``.
+        given: see ``check_checkpoint_contents``.
+
+    Returns:
+        ``(config, specs, tokenizer, meta)``: as ``check_checkpoint_contents``, the weights as meta tensors; and the
+        folder's ``meta.pt`` dict (loop counters, hyperparameters...).
+
+    Raises:
+        UnsafeCheckpointError: ``meta.pt`` or ``.metadata`` needs a full unpickle and ``trust_checkpoint`` is off.
+        ValueError: a damaged folder; sizes that do not fit the config (one paragraph; nothing allocated).
+    """
+    from lightning_gpt.io.sharded import read_sharded_index
+
+    contents, meta = read_sharded_index(path, trust_checkpoint=trust_checkpoint)
+    config, specs, tokenizer = check_checkpoint_contents(contents, path, strict=strict, given=given)
+    return config, specs, tokenizer, meta
 
 
 def check_config_for_checkpoint(given: Any, path: Union[str, Path], trust_checkpoint: bool = False) -> None:
@@ -272,7 +317,19 @@ def check_config_for_checkpoint(given: Any, path: Union[str, Path], trust_checkp
 
 
 def _checkpoint_step(path: str) -> Optional[int]:
-    """The ``global_step`` of a checkpoint that loads weights-only (tensors memory-mapped, not read), else ``None``."""
+    """The ``global_step`` of a checkpoint that loads weights-only (tensors memory-mapped, not read), else ``None``;
+    of a sharded folder, from its ``meta.pt``."""
+    from lightning_gpt.io.sharded import is_sharded_checkpoint
+
+    if os.path.isdir(path):
+        if not is_sharded_checkpoint(path):
+            return None
+        try:
+            meta = read_checkpoint(os.path.join(path, "meta.pt"), map_location="cpu")
+        except (ValueError, OSError):
+            return None
+        step = meta.get("global_step", 0) if isinstance(meta, dict) else None
+        return int(step) if isinstance(step, int) else None
     try:
         checkpoint = read_checkpoint(path, map_location="cpu", mmap=True)
     except (ValueError, OSError):
@@ -286,9 +343,9 @@ def _checkpoint_step(path: str) -> Optional[int]:
 def find_checkpoint(path: str) -> str:
     """Resolve a run folder to its newest complete checkpoint, or return a file path unchanged.
 
-    Newest complete: of the ``.ckpt`` files that load (weights-only), the one with the highest ``global_step``,
-    ``last.ckpt`` first among equals, then the newest file. Damaged files are passed over with a warning; when none
-    loads, the newest file is returned so that loading it names the problem.
+    Newest complete: of the ``.ckpt`` files (or sharded ``.ckpt`` folders) that load (weights-only), the one with the
+    highest ``global_step``, ``last.ckpt`` first among equals, then the newest file. Damaged files are passed over with
+    a warning; when none loads, the newest file is returned so that loading it names the problem.
 
     Args:
         path: a ``.ckpt`` file, a run folder (``runs/quickstart``) or its ``checkpoints`` folder.
@@ -296,7 +353,9 @@ def find_checkpoint(path: str) -> str:
     Raises:
         FileNotFoundError: no such path, or no ``.ckpt`` file in the folder.
     """
-    if os.path.isfile(path):
+    from lightning_gpt.io.sharded import is_sharded_checkpoint
+
+    if os.path.isfile(path) or is_sharded_checkpoint(path):
         return path
     if not os.path.isdir(path):
         raise FileNotFoundError(
@@ -307,7 +366,7 @@ def find_checkpoint(path: str) -> str:
         if not os.path.isdir(folder):
             continue
         ckpts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
-        ckpts = [c for c in ckpts if os.path.isfile(c)] or [
+        ckpts = [c for c in ckpts if os.path.isfile(c) or is_sharded_checkpoint(c)] or [
             c
             for c in [os.path.join(folder, "ckpt.pt")]
             if os.path.isfile(c)  # a nanoGPT out_dir

@@ -51,7 +51,10 @@ def _is_folder(path: Union[str, Path]) -> bool:
 def _checkpoint(path: Union[str, Path], trust_checkpoint: bool) -> dict[str, Any]:
     from lightning_gpt.io.checkpoint import read_checkpoint
     from lightning_gpt.io.nanogpt import from_nanogpt, is_nanogpt_checkpoint
+    from lightning_gpt.io.sharded import is_sharded_checkpoint, read_sharded_index
 
+    if is_sharded_checkpoint(path):  # FSDP2's folder: its config, tokenizer and tensor sizes (nothing read yet)
+        return read_sharded_index(path, trust_checkpoint=trust_checkpoint)[0]
     checkpoint = read_checkpoint(path, trust_checkpoint=trust_checkpoint, mmap=True)
     if is_nanogpt_checkpoint(checkpoint):  # nanoGPT's ckpt.pt: its model_args, weights and meta.pkl (or GPT-2 BPE)
         checkpoint = from_nanogpt(checkpoint, path)
@@ -73,7 +76,8 @@ def _check_exists(path: Union[str, Path]) -> None:
 
 
 def init_config(path: Union[str, Path], trust_checkpoint: bool = False) -> GPTConfig:
-    """The ``GPTConfig`` stored at ``path`` (a weights folder, a ``.safetensors`` file or a ``.ckpt``).
+    """The ``GPTConfig`` stored at ``path`` (a weights folder, a ``.safetensors`` file, a ``.ckpt`` file or FSDP2's
+    sharded ``.ckpt`` folder).
 
     Args:
         path: the init source.
@@ -90,7 +94,9 @@ def init_config(path: Union[str, Path], trust_checkpoint: bool = False) -> GPTCo
         from lightning_gpt.io.hf import read_pretrained_config
 
         return read_pretrained_config(path, trust_checkpoint=trust_checkpoint)  # checked against the weights
-    if Path(path).is_dir():
+    from lightning_gpt.io.sharded import is_sharded_checkpoint
+
+    if Path(path).is_dir() and not is_sharded_checkpoint(path):
         raise ValueError(
             f"init_from={str(path)!r} is a folder without config.json, so it is not a Hugging Face model folder. "
             "Expected config.json, model.safetensors or pytorch_model.bin, and tokenizer.json (or vocab.json + "

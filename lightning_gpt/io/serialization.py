@@ -157,9 +157,9 @@ def read_checkpoint(
     if path.is_dir():
         if (path / ".metadata").is_file():
             raise ValueError(
-                f"{path} is a sharded (distributed) checkpoint folder. Consolidate it first: save with the strategy's "
-                "save_distributed_checkpoint=False, or convert the folder with "
-                "torch.distributed.checkpoint.format_utils.dcp_to_torch_save."
+                f"{path} is a sharded (distributed) checkpoint folder, not a file. Load it with "
+                "lightning_gpt.io.checkpoint.load_checkpoint (lightning-gpt export, generate and evaluate read it "
+                "too), or convert it to one file with torch.distributed.checkpoint.format_utils.dcp_to_torch_save."
             )
         raise ValueError(
             f"{path} is a folder, not a checkpoint file: pass one of its .ckpt files, or give the run folder to "

@@ -156,9 +156,14 @@ def load_tokenizer(
     """
     path = os.path.expanduser(kind)
     if path.endswith((".ckpt", ".pt")):
-        if not os.path.isfile(path):
+        from lightning_gpt.io.sharded import is_sharded_checkpoint, read_sharded_index
+
+        if is_sharded_checkpoint(path):  # FSDP2's folder: the tokenizer is in its meta.pt
+            ckpt: Any = read_sharded_index(path, trust_checkpoint=trust_checkpoint)[0]
+        elif not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer={kind!r}: checkpoint file not found.")
-        ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)  # weights-only unless trusted: no code runs
+        else:
+            ckpt = read_checkpoint(path, trust_checkpoint=trust_checkpoint)  # weights-only unless trusted
         if is_nanogpt_checkpoint(ckpt):  # nanoGPT's ckpt.pt: the meta.pkl beside it, else GPT-2's BPE
             ckpt = from_nanogpt(ckpt, path)
         if not isinstance(ckpt, dict) or "tokenizer" not in ckpt:

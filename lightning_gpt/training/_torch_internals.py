@@ -10,6 +10,8 @@ Accessed here (wrapped in a function):
 * ``torch.distributed._composable.checkpoint``: activation checkpointing that keeps the module's parameter names
   (``checkpoint_wrapper`` would insert ``_checkpoint_wrapped_module.`` into them).
 * ``torch.amp.GradScaler._per_optimizer_states``: whether a ``GradScaler`` has unscaled an optimizer's gradients yet.
+* ``Tensor._base``: whether a tensor is a view of another (``lightning_gpt.training.meta_init`` cannot replay an
+  initializer called on a view of a parameter).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["checkpoint_activations", "foreach_mul_", "scaler_has_unscaled"]
+__all__ = ["checkpoint_activations", "foreach_mul_", "is_view", "scaler_has_unscaled"]
 
 
 def foreach_mul_(tensors: list[Tensor], factor: float) -> None:
@@ -54,3 +56,8 @@ def scaler_has_unscaled(scaler: Any, optimizer: torch.optim.Optimizer) -> bool:
     from torch.amp.grad_scaler import OptState
 
     return scaler._per_optimizer_states[id(optimizer)]["stage"] is not OptState.READY
+
+
+def is_view(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a view of another tensor (``Tensor._base`` is set)."""
+    return tensor._base is not None

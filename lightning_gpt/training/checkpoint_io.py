@@ -31,7 +31,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Reading (``fit --ckpt_path``, ``validate``/``test``/``predict``) is weights-only whatever Lightning asks for: a file
     that needs a full unpickle is refused (``UnsafeCheckpointError``) unless ``trust_checkpoint`` is set. A weights
-    folder (``lightning-gpt export`` or Hugging Face GPT-2) reads as a checkpoint of weights, config and tokenizer. The
+    folder (``lightning-gpt export`` or Hugging Face GPT-2), or a sharded ``FSDP2Strategy`` folder read by another
+    strategy, reads as a checkpoint of weights, config and tokenizer. The
     ``gpt_config`` is checked against the weights, and the tokenizer state parsed, before Lightning sees either.
 
     Args:
@@ -47,6 +48,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         from lightning_gpt.io.checkpoint import check_checkpoint_contents, read_checkpoint, torch_load
         from lightning_gpt.io.hf import is_pretrained_path
+        from lightning_gpt.io.sharded import is_sharded_checkpoint
 
         fs = get_filesystem(path)
         if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
@@ -56,6 +58,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 return torch_load(f, map_location=map_location, trust_checkpoint=self.trust_checkpoint, name=path)
         if is_pretrained_path(path):
             return _as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
+        if is_sharded_checkpoint(path):  # FSDP2's folder under another strategy: its weights, consolidated
+            return _sharded_as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
         checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=self.trust_checkpoint)
         if isinstance(checkpoint, dict) and "gpt_config" in checkpoint:  # a GPTModule's (others: Lightning's checks)
             check_checkpoint_contents(checkpoint, path)
@@ -92,6 +96,16 @@ def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
         "epoch": 0,
         "global_step": 0,
     }
+
+
+def _sharded_as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """A sharded ``FSDP2Strategy`` folder as a checkpoint dict of consolidated weights and its ``meta.pt`` entries
+    (no optimizer state: ``validate``/``test``/``predict``; resuming from it needs ``FSDP2Strategy``)."""
+    from lightning_gpt.io.checkpoint import read_model_checkpoint, read_sharded_checkpoint
+
+    meta = read_sharded_checkpoint(path, trust_checkpoint=trust_checkpoint)[3]
+    _, state, _ = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)  # sizes checked, then read
+    return {**meta, "state_dict": {f"model.{k}": v for k, v in state.items()}}
 
 
 class AtomicSaveConfigCallback(SaveConfigCallback):

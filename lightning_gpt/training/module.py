@@ -36,7 +36,7 @@ from lightning_gpt.training.loss import (
     normalize_gradients,
     token_mean_cross_entropy,
 )
-from lightning_gpt.training.parallelize import CompiledForward, parallelize
+from lightning_gpt.training.parallelize import CompiledForward, build_parallel, parallelize
 
 __all__ = ["GPTModule", "GenerationConfig", "IGNORE_INDEX", "is_logging_step"]
 
@@ -135,13 +135,20 @@ class GPTModule(ConfigAndTokenizer):
 
     def configure_model(self) -> None:
         """Build the GPT (once), from ``init_from``'s weights when given; under a ``ModelParallelStrategy`` (FSDP2),
-        shard it (``lightning_gpt.training.parallelize``)."""
-        if self.model is None:
-            self.model = GPT(self.config)
-            if self.init_from is not None:
-                load_init_weights(self.model, self.init_from, self._trust_checkpoint())
+        shard it (``lightning_gpt.training.parallelize``): without ``init_from`` it is built on the meta device and
+        each rank allocates only its shards, initialized as a one-process build with the same seed would be."""
         trainer = attached_trainer(self)
-        parallelize(self.model, self.device_mesh, trainer.strategy if trainer is not None else None)
+        strategy = trainer.strategy if trainer is not None else None
+        model = self.model
+        if model is None and self.init_from is None:  # under FSDP2: built on meta, sharded, then initialized
+            device = getattr(strategy, "root_device", torch.device("cpu"))
+            model = build_parallel(lambda: GPT(self.config), self.device_mesh, strategy, device)
+        elif model is None and self.init_from is not None:
+            model = GPT(self.config)
+            load_init_weights(model, self.init_from, self._trust_checkpoint())
+        assert model is not None
+        parallelize(model, self.device_mesh, strategy)
+        self.model = model
 
     def configure_callbacks(self) -> list[Callback]:
         """The default training callbacks the ``Trainer`` lacks, for ``fit`` (see ``default_callbacks``)."""

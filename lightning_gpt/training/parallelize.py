@@ -13,11 +13,17 @@ One order, as torchtitan's ``parallelize.py`` documents its own (``apply_ac``, `
    the data-parallel mesh, with the strategy's ``param_dtype`` / ``reduce_dtype`` / ``reshard_after_forward``.
 
 Steps 1 and 3 run in ``GPTModule.configure_model`` (once: a sharded model is marked); step 2 at the first step.
+
+Under FSDP2 the model is built on the meta device first (``build_parallel``; torchtitan's order): build on meta ->
+steps 1 and 3 -> ``to_empty`` + initialization (``lightning_gpt.training.meta_init``), so no rank ever holds the whole
+model, and the weights equal those of ``GPT(config)`` built in one process after the same seed. With ``init_from``
+(weights to load) the model is built in full and then sharded.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import logging
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -25,7 +31,9 @@ from torch import nn
 from lightning_gpt.model import GPT, Block
 from lightning_gpt.training._torch_internals import checkpoint_activations
 
-__all__ = ["CompiledForward", "apply_fsdp2", "is_sharded", "parallelize"]
+__all__ = ["CompiledForward", "apply_fsdp2", "build_parallel", "is_sharded", "parallelize"]
+
+log = logging.getLogger(__name__)
 
 _SHARDED = "_lightning_gpt_sharded"  # set on a GPT once it is sharded: configure_model runs more than once per process
 
@@ -48,7 +56,7 @@ def apply_fsdp2(model: GPT, mesh: Any, strategy: Any = None) -> None:
     """Steps 1 and 3 of the module docstring: checkpoint and shard each ``Block``, then shard the root.
 
     Args:
-        model: the model, built in full on each rank.
+        model: the model, built in full on each rank or on the meta device (``build_parallel``).
         mesh: the device mesh (``LightningModule.device_mesh``); its ``data_parallel`` dimension when it has one.
         strategy: the strategy whose ``activation_checkpointing``, ``param_dtype``, ``reduce_dtype`` and
             ``reshard_after_forward`` attributes are read (``FSDP2Strategy``); missing ones take FSDP2's defaults.
@@ -86,6 +94,39 @@ def parallelize(model: GPT, mesh: Any = None, strategy: Any = None) -> None:
     """
     if mesh is not None and not is_sharded(model):
         apply_fsdp2(model, mesh, strategy)
+
+
+def build_parallel(build: Callable[[], GPT], mesh: Any = None, strategy: Any = None, device: Any = "cpu") -> GPT:
+    """Build the model laid out for the strategy: under FSDP2 (a device mesh), on the meta device, sharded, then
+    materialized shard by shard with the values a one-process ``build()`` would draw; otherwise ``build()`` itself.
+
+    Args:
+        build: makes the model, e.g. ``lambda: GPT(config)``.
+        mesh: the device mesh (``LightningModule.device_mesh``), or ``None``.
+        strategy: the trainer's strategy (its FSDP2 settings are read), or ``None``.
+        device: where the parameters live (the strategy's ``root_device``); its random generator draws the weights.
+
+    Returns:
+        The model; under FSDP2 its parameters are ``DTensor`` shards and it is marked sharded.
+    """
+    if mesh is None:
+        return build()
+    from lightning_gpt.training.meta_init import materialize_recorded, record_meta_build
+
+    recorded = record_meta_build(build, torch.device(device))
+    if recorded is None:
+        log.warning(
+            "The model cannot be built on the meta device (see lightning_gpt.training.meta_init); each rank "
+            "builds it in full before sharding (more memory, same weights)."
+        )
+        model = build()
+        parallelize(model, mesh, strategy)
+        return model
+    built, recording = recorded
+    assert isinstance(built, GPT)
+    apply_fsdp2(built, mesh, strategy)
+    materialize_recorded(built, recording)
+    return built
 
 
 class CompiledForward:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -78,11 +79,15 @@ class CheckpointInfo:
 
 
 def checkpoint_files(folder: str) -> list[str]:
-    """The ``*.ckpt`` files in ``folder`` (not temporaries of a save in progress), sorted by name."""
+    """The ``*.ckpt`` files and sharded ``*.ckpt`` folders (``FSDP2Strategy``) in ``folder`` (not temporaries of a save
+    in progress), sorted by name."""
+    from lightning_gpt.io.sharded import is_sharded_checkpoint
+
     if not os.path.isdir(folder):
         return []
     names = sorted(n for n in os.listdir(folder) if n.endswith(".ckpt"))
-    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+    paths = [os.path.join(folder, n) for n in names]
+    return [p for p in paths if os.path.isfile(p) or is_sharded_checkpoint(p)]
 
 
 def inspect_checkpoint(path: str) -> CheckpointInfo:
@@ -94,6 +99,19 @@ def inspect_checkpoint(path: str) -> CheckpointInfo:
     Returns:
         A ``CheckpointInfo``; ``problem`` names what is wrong (missing, empty, unreadable, weights only).
     """
+    from lightning_gpt.io.sharded import is_sharded_checkpoint, sharded_keys
+
+    if is_sharded_checkpoint(path):  # meta.pt: the loops and counters; .metadata: the tensors' names
+        try:
+            meta: Any = torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
+            keys = sharded_keys(path)
+        except Exception as err:  # noqa: BLE001 - damaged bytes raise many types
+            return CheckpointInfo(path, None, f"it cannot be read ({type(err).__name__}; truncated or damaged?)")
+        if isinstance(meta, dict):  # the sharded entries stand in for the keys a .ckpt file would hold
+            meta = {**meta, **{key: True for key in keys}}
+            if "optimizer_0" in keys:
+                meta["optimizer_states"] = True
+        return _info(path, meta)
     if not os.path.isfile(path):
         return CheckpointInfo(path, None, "it does not exist")
     if os.path.getsize(path) == 0:
@@ -105,6 +123,10 @@ def inspect_checkpoint(path: str) -> CheckpointInfo:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - damaged bytes raise many types
         return CheckpointInfo(path, None, f"it cannot be read ({type(err).__name__}; truncated or damaged?)")
+    return _info(path, state)
+
+
+def _info(path: str, state: Any) -> CheckpointInfo:
     if not isinstance(state, dict):
         return CheckpointInfo(path, None, "it is not a Lightning checkpoint")
     missing = [k for k in _RESUME_KEYS if k not in state]
@@ -169,7 +191,7 @@ def check_fresh_run(folder: str) -> None:
     if not files:
         return
     last = os.path.join(folder, LAST)
-    info = inspect_checkpoint(last) if os.path.isfile(last) else None
+    info = inspect_checkpoint(last) if os.path.exists(last) else None
     held = f"{len(files)} .ckpt file(s)"
     if info is not None and info.step is not None:
         held = f"{LAST} at step {info.step}"
@@ -185,7 +207,10 @@ def remove_checkpoints(folder: str) -> list[str]:
     """Delete the ``*.ckpt`` files of ``folder`` (what ``--overwrite true`` asks for); returns their paths."""
     files = checkpoint_files(folder)
     for path in files:
-        os.remove(path)
+        if os.path.isdir(path):  # a sharded checkpoint folder
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     return files
 
 

@@ -97,7 +97,7 @@ def test_directory_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="is a folder, not a checkpoint file"):
         read_checkpoint(tmp_path)
     (tmp_path / ".metadata").write_bytes(b"")
-    with pytest.raises(ValueError, match="sharded .*dcp_to_torch_save"):
+    with pytest.raises(ValueError, match="sharded .*load_checkpoint.*dcp_to_torch_save"):
         read_checkpoint(tmp_path)
 
 

@@ -48,6 +48,22 @@ class DumpWeights(Callback):
         torch.save(state, os.path.join(self.folder, f"rank{trainer.global_rank}.pt"))
 
 
+class DumpInitial(Callback):
+    """At the start of fit, rank 0 writes the full (gathered) initial weights to <folder>/initial.pt."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_start(self, trainer, pl_module):
+        state = {}
+        for name, value in pl_module.model.state_dict().items():
+            value = value.full_tensor() if hasattr(value, "full_tensor") else value
+            state[name] = value.detach().cpu().clone()
+        if trainer.global_rank == 0:
+            os.makedirs(self.folder, exist_ok=True)
+            torch.save(state, os.path.join(self.folder, "initial.pt"))
+
+
 class DumpFirstStep(Callback):
     """Every rank writes <folder>/rank<r>.pt: the config, the initial weights, the micro-batches it trained on and the
     gradients and loss the first optimizer step sees."""
@@ -109,12 +125,14 @@ def workdir(tmp_path_factory) -> Path:
     return tmp
 
 
-def _strategy(kind: str, timeout_minutes: float = 5.0) -> str:
+def _strategy(kind: str, timeout_minutes: float = 5.0, **init_args: object) -> str:
     path = {
         "ddp": "lightning_gpt.training.strategies.DDPStrategy",
         "fsdp2": "lightning_gpt.training.strategies.FSDP2Strategy",
     }[kind]
-    return json.dumps({"class_path": path, "init_args": {"timeout_minutes": timeout_minutes}})
+    if kind == "fsdp2":  # consolidated .ckpt files, which every strategy resumes from; the sharded default below
+        init_args.setdefault("save_distributed_checkpoint", False)
+    return json.dumps({"class_path": path, "init_args": {"timeout_minutes": timeout_minutes, **init_args}})
 
 
 def _fit(workdir: Path, name: str, *extra: str, devices: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
@@ -150,15 +168,16 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 
         torch.testing.assert_close(a[name], b[name], rtol=tol, atol=tol, msg=name)
 
 
-def _dump_callback(folder: Path) -> list[str]:
-    spec = json.dumps({"class_path": "dist_helpers.DumpWeights", "init_args": {"folder": str(folder)}})
+def _dump_callback(folder: Path, kind: str = "DumpWeights") -> list[str]:
+    spec = json.dumps({"class_path": f"dist_helpers.{kind}", "init_args": {"folder": str(folder)}})
     return ["--trainer.callbacks+", spec]
 
 
 @pytest.fixture(scope="module")
 def single(workdir) -> Path:
     """One process, batch 4, 6 steps (checkpoints at 2, 4, 6)."""
-    _ok(_fit(workdir, "single", "--trainer.max_steps", "6", devices=1))
+    dump = _dump_callback(workdir / "single" / "dump", "DumpInitial")
+    _ok(_fit(workdir, "single", "--trainer.max_steps", "6", *dump, devices=1))
     return workdir / "single"
 
 
@@ -296,3 +315,104 @@ def test_ddp_with_padding_and_accumulation_weighs_tokens_like_one_process(workdi
     reference = {n: p.grad for n, p in model.named_parameters()}
     _close(ranks[0]["grads"], reference, tol=1e-5)
     assert ranks[0]["loss"] == pytest.approx(float(loss), rel=1e-5)
+
+
+# FSDP2's default: built on the meta device, sharded checkpoint folders (no gather on one rank).
+SHARDED = json.dumps({"class_path": "lightning_gpt.training.strategies.FSDP2Strategy", "init_args": {}})
+
+
+@pytest.fixture(scope="module")
+def sharded(workdir) -> Path:
+    """FSDP2 with its defaults, 6 steps: sharded folders at steps 2, 4, 6; initial and final weights dumped."""
+    dump = [*_dump_callback(workdir / "sharded" / "dump"), *_dump_callback(workdir / "sharded" / "dump", "DumpInitial")]
+    _ok(_fit(workdir, "sharded", "--trainer.strategy", SHARDED, "--trainer.max_steps", "6", *dump))
+    return workdir / "sharded"
+
+
+def test_fsdp2_starts_from_the_weights_of_one_process_and_saves_sharded_folders(workdir, single, sharded):
+    initial = torch.load(sharded / "dump" / "initial.pt")
+    _close(initial, torch.load(single / "dump" / "initial.pt"), tol=0.0)  # built on meta, bit-equal to one process
+    folder = _ckpt(workdir, "sharded", 6)
+    assert folder.is_dir() and (folder / ".metadata").is_file() and (folder / "meta.pt").is_file()
+    shards = sorted(p.name for p in folder.glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]  # each rank wrote its own shards
+    assert (sharded / "checkpoints" / "last.ckpt").is_dir()
+    assert not list((sharded / "checkpoints").glob("*.tmp-*"))  # temporaries renamed into place
+    # load_checkpoint consolidates the folder: exactly the weights the ranks held at the end
+    final = torch.load(sharded / "dump" / "rank0.pt")
+    _close(_weights(sharded), {k: v for k, v in final.items()}, tol=0.0)
+    # ... and the run matches one process (float summation order aside)
+    _close(_weights(_ckpt(workdir, "sharded", 4)), _weights(_ckpt(workdir, "single", 4)))
+
+
+def test_fsdp2_resumes_exactly_from_a_sharded_folder(workdir, sharded):
+    result = _fit(
+        workdir, "sharded_resumed", "--trainer.strategy", SHARDED, "--trainer.max_steps", "6",
+        "--ckpt_path", str(_ckpt(workdir, "sharded", 4)),
+    )  # fmt: skip
+    _ok(result)
+    _close(_weights(_ckpt(workdir, "sharded_resumed", 6)), _weights(_ckpt(workdir, "sharded", 6)), tol=0.0)
+
+
+def test_export_generate_and_evaluate_read_a_sharded_folder(workdir, sharded):
+    from lightning_gpt.evaluation.loading import load_model
+    from lightning_gpt.io import load_tokenizer
+    from lightning_gpt.io.init_from import init_config, init_state_dict
+
+    model, tokenizer = load_model(str(sharded), device="cpu")  # evaluate's loader: the run folder's newest folder
+    folder = _ckpt(workdir, "sharded", 6)
+    _close(model.state_dict(), _weights(folder), tol=0.0)
+    assert tokenizer is not None
+    assert load_tokenizer(str(folder)).state_dict() == tokenizer.state_dict()  # --data.tokenizer <folder>
+    state = init_state_dict(folder, init_config(folder))  # --model.init_from <folder>
+    _close({k: v for k, v in state.items() if k in model.state_dict()}, model.state_dict(), tol=0.0)
+    # validate/test/predict --ckpt_path <folder> under another strategy: the checkpoint IO consolidates the weights
+    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
+
+    checkpoint = AtomicCheckpointIO().load_checkpoint(str(folder))
+    assert checkpoint["global_step"] == 6 and "gpt_config" in checkpoint and "tokenizer" in checkpoint
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    _close({k: v for k, v in weights.items() if k in model.state_dict()}, model.state_dict(), tol=0.0)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cli = [sys.executable, "-m", "lightning_gpt"]
+    folder = _ckpt(workdir, "sharded", 6)
+    out = workdir / "exported"
+    export = subprocess.run([*cli, "export", "--ckpt_path", str(folder), "--output_dir", str(out)], env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    _close(_weights(out), _weights(folder), tol=0.0)
+    generate = subprocess.run(
+        [*cli, "generate", "--ckpt_path", str(sharded), "--prompt", "the quick", "--max_new_tokens", "5"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert generate.returncode == 0, generate.stderr[-3000:]
+    assert "the quick" in generate.stdout
+
+
+def test_a_sharded_folder_is_checked_before_anything_is_allocated(workdir, sharded, tmp_path):
+    import pickle
+    import shutil
+
+    from lightning_gpt.io.checkpoint import UnsafeCheckpointError, load_checkpoint
+
+    source = _ckpt(workdir, "sharded", 6)
+    huge = tmp_path / "huge.ckpt"
+    shutil.copytree(source, huge)
+    meta = torch.load(huge / "meta.pt", weights_only=True)
+    meta["gpt_config"]["n_layer"] = 100000  # a config that would allocate terabytes
+    torch.save(meta, huge / "meta.pt")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="n_layer=100000.*Nothing was built"):
+        load_checkpoint(huge)
+    assert time.monotonic() - start < 10
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    hostile = tmp_path / "hostile.ckpt"
+    shutil.copytree(source, hostile)
+    (hostile / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(UnsafeCheckpointError, match="os.system|posix.system"):
+        load_checkpoint(hostile)
+    assert not (tmp_path / "pwned").exists()

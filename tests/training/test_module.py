@@ -236,10 +236,10 @@ def test_fsdp2_two_cpu_processes_shard_each_block_and_save_a_loadable_checkpoint
     assert proc.returncode == 0, proc.stderr[-3000:]
     # each rank holds half of the (128, 32) matrix: sharded on dim 0, activation checkpointing kept the names
     assert "RANK0 DTensor local=(64, 32)" in proc.stdout and "RANK1 DTensor local=(64, 32)" in proc.stdout
-    model, _ = load_checkpoint(ckpt)  # one consolidated file, strict load into a single-process GPT
+    model, _ = load_checkpoint(ckpt)  # a sharded folder by default, consolidated by a strict single-process load
     assert model.transformer.h[0].mlp.c_fc.weight.shape == (128, 32)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+    assert ckpt.is_dir() and torch.load(ckpt / "meta.pt", weights_only=True)["global_step"] == 3
 
 
 # ------------------------------------------------------------------------- token weighting across accumulation

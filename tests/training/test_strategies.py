@@ -26,7 +26,7 @@ def test_fsdp2_options_are_read_by_the_module():
     policy = strategy.mixed_precision_policy()
     assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
     assert FSDP2Strategy().mixed_precision_policy() is None
-    assert strategy._save_distributed_checkpoint is False  # one consolidated file by default
+    assert strategy._save_distributed_checkpoint is True  # sharded checkpoint folders by default
     assert strategy._tensor_parallel_size == 1
 
 
@@ -49,6 +49,7 @@ def test_fsdp1_wraps_and_checkpoints_each_block():
         (lambda: FSDP2Strategy(tensor_parallel_size=2), "tensor_parallel_size=1"),
         (lambda: DDPStrategy(timeout_minutes=0), "timeout_minutes must be a positive number"),
         (lambda: FSDP2Strategy(timeout_minutes=-1), "timeout_minutes"),
+        (lambda: FSDP2Strategy(cpu_mmap_threshold=0), "cpu_mmap_threshold=0"),
     ],
 )
 def test_bad_options_raise_clear_errors(make, message):
@@ -93,3 +94,14 @@ def test_yaml_selects_a_preset_with_init_args(tmp_path, monkeypatch):
     )
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.strategy._timeout == timedelta(minutes=2)
+
+
+def test_fsdp2_fixes_mallocs_mmap_threshold_on_cpu_by_default():
+    import sys
+
+    from lightning_gpt.training.strategies import fix_mmap_threshold
+
+    assert FSDP2Strategy().cpu_mmap_threshold == 131072
+    assert FSDP2Strategy(cpu_mmap_threshold=None).cpu_mmap_threshold is None
+    if sys.platform.startswith("linux"):
+        assert fix_mmap_threshold(131072)  # glibc accepted it (the memory effect: benchmarks/fsdp_memory.py)

@@ -40,3 +40,11 @@ def test_scaler_has_unscaled_follows_the_scaler_stage():
     scaler.unscale_(optimizer)
     assert internals.scaler_has_unscaled(scaler, optimizer)
     torch.testing.assert_close(p.grad, torch.ones(4))  # unscaled to the true gradient
+
+
+def test_is_view():
+    from lightning_gpt.training._torch_internals import is_view
+
+    base = torch.zeros(4, 3)
+    assert is_view(base[1]) and is_view(base.t())
+    assert not is_view(base) and not is_view(base.clone())

@@ -1,0 +1,191 @@
+"""Multi-node training for real, on one host: the ``gpt2-fsdp`` recipe, shrunk to CPU size (a 2-layer, 32-wide GPT,
+gloo, the recipe's FSDP2 options kept: activation checkpointing, bf16 compute with fp32 reduction, sharded
+checkpoints), trained as 2 nodes x 1 process from a ``lightning-gpt prepare``d dataset in a local folder that plays
+the object store.
+
+- Two ``torchrun`` agents (``--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d``, rendezvous on 127.0.0.1) run the
+  recipe's torchrun line; in a second launch the node of global rank 1 dies (its agent and its worker get SIGKILL after
+  step 3); the survivor exits with an error; both agents restart with ``--ckpt_path last``. The final weights equal
+  those of the uninterrupted launch, bit for bit.
+- The same two nodes through the SLURM environment Lightning reads (``SLURM_NTASKS``, ``SLURM_PROCID``... set by hand
+  on loopback, what ``srun`` sets on a cluster), i.e. the recipe's ``srun python -m lightning_gpt fit`` line, train to
+  the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.helpers import REPO, python_env
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
+]
+pytest.importorskip("litdata")
+
+KILL = '''
+import os
+import signal
+
+from lightning.pytorch import Callback
+
+
+class NodeDies(Callback):
+    """The node of global rank ``rank`` dies after ``step`` optimizer steps: SIGKILL to its torchrun agent (the
+    parent) and to its own process group, as when a machine is lost."""
+
+    def __init__(self, rank: int = 1, step: int = 3) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_rank == self.rank and trainer.global_step >= self.step:
+            os.kill(os.getppid(), signal.SIGKILL)
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(base: Path) -> dict[str, str]:
+    env = python_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(base), str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A JSONL corpus prepared into ``store/`` with the shrunk recipe, and that recipe as ``tiny-fsdp.yaml``."""
+    import json
+
+    base = tmp_path_factory.mktemp("multinode")
+    with open(base / "corpus.jsonl", "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"text": f"doc {i}: " + "lorem ipsum dolor sit amet " * (1 + i % 5)}) + "\n")
+    cfg = yaml.safe_load((REPO / "recipes" / "gpt2-fsdp.yaml").read_text())
+    trainer = cfg["trainer"]
+    trainer.pop("check_val_every_n_epoch")
+    trainer.update(accelerator="cpu", devices=1, num_nodes=2, max_steps=6, accumulate_grad_batches=1,
+                   val_check_interval=None, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer["strategy"]["init_args"].update(process_group_backend="gloo", timeout_minutes=1)
+    cfg["model"]["config"] = {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32, "dropout": 0.0}
+    data = cfg["data"]
+    for key in ("dataset_config", "max_chars"):
+        data.pop(key)
+    data.update(source=str(base / "corpus.jsonl"), tokenizer="char", batch_size=2, num_workers=0, pin_memory=False,
+                streaming=False, val_fraction=0.0)  # fmt: skip
+    cfg["lr_schedule"].update(warmup_steps=1, decay_steps=100)
+    cfg["sampling"]["every_n_steps"] = 100000
+    cfg["checkpoint"]["every_n_train_steps"] = 2
+    (base / "tiny-fsdp.yaml").write_text(yaml.safe_dump(cfg))
+    (base / "multinode_helpers.py").write_text(KILL)
+    prepare = [sys.executable, "-m", "lightning_gpt", "prepare", "--config", "tiny-fsdp.yaml"]
+    result = subprocess.run([*prepare, "--output_dir", str(base / "store"), "--num_workers", "1"], cwd=base,
+                            env=_env(base), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return base
+
+
+def _fit_args(base: Path, run: str, *extra: str) -> list[str]:
+    return ["-m", "lightning_gpt", "fit", "--config", str(base / "tiny-fsdp.yaml"), "--data.source",
+            str(base / "store"), "--trainer.default_root_dir", str(base / run), *extra]  # fmt: skip
+
+
+def _torchrun(base: Path, run: str, *extra: str) -> list[subprocess.Popen]:
+    """Two torchrun agents, as the recipe's torchrun line on two machines (each in its own session, like a node)."""
+    port = _free_port()
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", run]  # fmt: skip
+    return [
+        subprocess.Popen(
+            [*agent, *_fit_args(base, run, *extra)],
+            cwd=base,
+            env=_env(base),
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+
+
+def _wait(agents: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+    out = []
+    for agent in agents:
+        try:
+            log, _ = agent.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(agent.pid, signal.SIGKILL)
+            log, _ = agent.communicate()
+        out.append((agent.returncode, log))
+    return out
+
+
+def _final(base: Path, run: str) -> dict[str, torch.Tensor]:
+    from lightning_gpt.io.checkpoint import load_checkpoint
+
+    folder = base / run / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and (folder / ".metadata").is_file()  # the recipe's sharded checkpoint
+    assert torch.load(folder / "meta.pt", weights_only=True)["global_step"] == 6
+    return load_checkpoint(folder)[0].state_dict()
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), (name, (a[name] - b[name]).abs().max())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base) -> dict[str, torch.Tensor]:
+    for code, log in _wait(_torchrun(base, "full")):
+        assert code == 0, log[-3000:]
+    return _final(base, "full")
+
+
+def test_two_torchrun_nodes_one_killed_resume_to_the_uninterrupted_weights(base, uninterrupted):
+    kill = '{"class_path": "multinode_helpers.NodeDies", "init_args": {"rank": 1, "step": 3}}'
+    start = time.monotonic()
+    results = _wait(_torchrun(base, "killed", "--trainer.callbacks+", kill), timeout=240)
+    assert all(code != 0 for code, _ in results), [log[-2000:] for _, log in results]  # the node died, the other failed
+    assert time.monotonic() - start < 280
+    checkpoints = base / "killed" / "checkpoints"
+    assert not (checkpoints / "epoch=0-step=6.ckpt").exists()  # it really stopped mid-run
+    assert torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 2
+    for code, log in _wait(_torchrun(base, "killed", "--ckpt_path", "last")):
+        assert code == 0, log[-3000:]
+    _equal(_final(base, "killed"), uninterrupted)
+
+
+def test_the_same_two_nodes_under_slurm_variables(base, uninterrupted):
+    port = str(_free_port())
+    processes = []
+    for rank in (0, 1):
+        env = _env(base)
+        env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_PROCID=str(rank), SLURM_LOCALID="0",
+                   SLURM_NODEID=str(rank), SLURM_JOB_ID="4242", SLURM_JOB_NAME="gpt2-fsdp",
+                   SLURM_NODELIST="node[0-1]", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
+            env.pop(name, None)
+        processes.append(subprocess.Popen([sys.executable, *_fit_args(base, "slurm")], cwd=base, env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    for code, log in _wait(processes):
+        assert code == 0, log[-3000:]
+        assert "GLOBAL_RANK" in log or "MEMBER" in log  # Lightning set up the two-process group itself
+    _equal(_final(base, "slurm"), uninterrupted)
