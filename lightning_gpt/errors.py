@@ -180,8 +180,8 @@ def _class_start_failure(message: str) -> Optional[str]:
         return None
     class_path, rest = found.groups()
     reason = re.split(r"\s*Expected a <class ", rest, maxsplit=1)[0].strip()
-    if not reason or "Option '" in reason:
-        return None
+    if not reason or "Option '" in reason or "Parser key" in reason:
+        return None  # a bad value or field inside the class's arguments, not a class that failed to start
     name = class_path.rpartition(".")[2]
     what = "logger" if ".loggers." in class_path else "class"
     fix = (
