@@ -45,10 +45,13 @@ __all__ = [
     "available_attention",
     "pad_offsets",
     "positions",
+    "Positions",
     "State",
 ]
 
 State = dict[str, Tensor]
+#: Buffer positions of new tokens: a ``(T_new,)`` long tensor, or an ``int`` start (``arange(start, start + T_new)``).
+Positions = Union[int, Tensor]
 
 _REGISTRY: dict[str, Callable[["GPTConfig"], "AttentionCore"]] = {}
 
@@ -81,13 +84,7 @@ class AttentionCore(nn.Module):
         raise NotImplementedError
 
     def step(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        state: State,
-        input_pos: Union[int, Tensor],
-        key_mask: Optional[Tensor] = None,
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Positions, key_mask: Optional[Tensor] = None
     ) -> Tensor:
         """Extend ``state`` in place with new tokens at buffer positions ``input_pos`` ``(T_new,)`` (or an ``int``
         start) and return their outputs ``(B, nh, T_new, hs)``.
@@ -132,13 +129,7 @@ class KVCacheCore(AttentionCore):
         return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
 
     def step(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        state: State,
-        input_pos: Union[int, Tensor],
-        key_mask: Optional[Tensor] = None,
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Positions, key_mask: Optional[Tensor] = None
     ) -> Tensor:
         # Overrides the template step rather than implementing _step: one call fewer per layer and decoded token, the
         # hot path (tests/generation/test_profile.py holds it to a call budget).
@@ -220,7 +211,7 @@ def pad_offsets(key_mask: Optional[Tensor]) -> Optional[Tensor]:
     return key_mask.to(torch.uint8).argmax(dim=-1)
 
 
-def positions(input_pos: Union[int, Tensor], length: int, device: torch.device) -> Tensor:
+def positions(input_pos: Positions, length: int, device: torch.device) -> Tensor:
     """``(length,)`` long buffer positions: ``input_pos`` itself, or ``arange(input_pos, input_pos + length)`` for an
     ``int`` start."""
     if isinstance(input_pos, Tensor):
