@@ -29,7 +29,8 @@ class ALiBiAttention(StandardAttention):
 
     Subclasses the ``standard`` core and overrides only ``scores``: masking, softmax, dropout and the KV cache are
     inherited. A core that is not softmax attention would subclass ``AttentionCore`` and implement ``forward``,
-    ``init_state`` and ``step`` itself (see ``lightning_gpt/attention/linear.py``).
+    ``init_state`` and ``_step`` (``step`` with the positions as a tensor) itself (see
+    ``lightning_gpt/attention/linear.py``).
     """
 
     def __init__(self, config: GPTConfig) -> None:

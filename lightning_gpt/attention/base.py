@@ -45,10 +45,13 @@ __all__ = [
     "available_attention",
     "pad_offsets",
     "positions",
+    "Positions",
     "State",
 ]
 
 State = dict[str, Tensor]
+#: Buffer positions of new tokens: a ``(T_new,)`` long tensor, or an ``int`` start (``arange(start, start + T_new)``).
+Positions = Union[int, Tensor]
 
 _REGISTRY: dict[str, Callable[["GPTConfig"], "AttentionCore"]] = {}
 
@@ -81,16 +84,19 @@ class AttentionCore(nn.Module):
         raise NotImplementedError
 
     def step(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        state: State,
-        input_pos: Union[int, Tensor],
-        key_mask: Optional[Tensor] = None,
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Positions, key_mask: Optional[Tensor] = None
     ) -> Tensor:
-        """Extend ``state`` in place with new tokens at buffer positions ``input_pos`` ``(T_new,)`` and return their
-        outputs ``(B, nh, T_new, hs)``."""
+        """Extend ``state`` in place with new tokens at buffer positions ``input_pos`` ``(T_new,)`` (or an ``int``
+        start) and return their outputs ``(B, nh, T_new, hs)``.
+
+        Turns an ``int`` start into positions and calls ``_step``, which a core implements (or it overrides ``step``
+        itself, as ``KVCacheCore`` does)."""
+        return self._step(q, k, v, state, positions(input_pos, q.size(2), q.device), key_mask)
+
+    def _step(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Tensor, key_mask: Optional[Tensor]
+    ) -> Tensor:
+        """``step`` with ``input_pos`` already a ``(T_new,)`` long tensor."""
         raise NotImplementedError
 
     def flops_per_token(self, seq_len: int) -> int:
@@ -123,14 +129,10 @@ class KVCacheCore(AttentionCore):
         return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
 
     def step(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        state: State,
-        input_pos: Union[int, Tensor],
-        key_mask: Optional[Tensor] = None,
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Positions, key_mask: Optional[Tensor] = None
     ) -> Tensor:
+        # Overrides the template step rather than implementing _step: one call fewer per layer and decoded token, the
+        # hot path (tests/generation/test_profile.py holds it to a call budget).
         if not isinstance(input_pos, Tensor):
             input_pos = positions(input_pos, q.size(2), q.device)
         k_all, v_all = state["k"], state["v"]  # (B, nh, S, hs), S = max_seq_len (kv_cache_update, inlined: hot path)
@@ -209,12 +211,49 @@ def pad_offsets(key_mask: Optional[Tensor]) -> Optional[Tensor]:
     return key_mask.to(torch.uint8).argmax(dim=-1)
 
 
-def positions(input_pos: Union[int, Tensor], length: int, device: torch.device) -> Tensor:
+def positions(input_pos: Positions, length: int, device: torch.device) -> Tensor:
     """``(length,)`` long buffer positions: ``input_pos`` itself, or ``arange(input_pos, input_pos + length)`` for an
     ``int`` start."""
     if isinstance(input_pos, Tensor):
         return input_pos
     return torch.arange(input_pos, input_pos + length, device=device)
+
+
+def padded_to(
+    length: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """``q, k, v`` ``(B, nh, T, hs)`` padded with zeros to ``length`` positions, ``key_mask`` ``(B, T)`` with False.
+
+    The padded positions come after every real query, so causal attention over the padded sequence gives the real
+    positions the same outputs."""
+    extra = length - q.size(2)
+    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+    if key_mask is not None:
+        key_mask = F.pad(key_mask.bool(), (0, extra), value=False)
+    return q, k, v, key_mask
+
+
+def static_when_traced(
+    attend: Callable[[Tensor, Tensor, Tensor, Optional[Tensor]], Tensor],
+    block_size: int,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Optional[Tensor],
+) -> Tensor:
+    """``attend(q, k, v, key_mask)`` ``(B, nh, T, hs)``, run at the static ``block_size`` when ``T`` is traced.
+
+    For torch.export / ONNX with a dynamic length: a core whose plan depends on ``T`` (a chunk or block size
+    ``min(c, T)``, a block count, a pattern's extra positions) would pin the traced graph to the example's case, so
+    with a symbolic ``T`` (``T <= block_size``) the inputs are padded to ``block_size`` (``padded_to``) and the real
+    positions are taken from the output. An eager call runs ``attend`` as it is.
+    """
+    T = q.size(2)
+    if not isinstance(T, torch.SymInt):
+        return attend(q, k, v, key_mask)
+    y = attend(*padded_to(block_size, q, k, v, key_mask))  # (B, nh, block_size, hs)
+    # index_select, not y[:, :, :T]: a slice's strides would make the tracer guard on T == block_size.
+    return y.index_select(2, torch.arange(T, device=y.device))  # (B, nh, T, hs)
 
 
 def cache_mask(input_pos: Tensor, size: int, key_mask: Optional[Tensor]) -> Tensor:

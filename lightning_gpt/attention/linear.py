@@ -19,13 +19,13 @@ Notes:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import AttentionCore, State, positions
+from lightning_gpt.attention.base import AttentionCore, State, static_when_traced
 
 if TYPE_CHECKING:
     from lightning_gpt.config import GPTConfig
@@ -51,20 +51,6 @@ def feature_map(x: Tensor, name: str) -> Tensor:
     if name == "identity":
         return x
     raise ValueError(f"Unknown feature_map {name!r}; expected one of 'elu', 'relu', 'softmax', 'identity'.")
-
-
-def _padded_to(
-    length: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
-) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """``q, k, v`` ``(B, nh, T, hs)`` padded with zeros to ``length`` positions, ``key_mask`` ``(B, T)`` with False.
-
-    For a traced (symbolic) ``T``: the padded positions come after every real query, so causal attention over the
-    padded sequence gives the real positions the same outputs."""
-    extra = length - q.size(2)
-    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
-    if key_mask is not None:
-        key_mask = F.pad(key_mask.bool(), (0, extra), value=False)
-    return q, k, v, key_mask
 
 
 def _safe_denominator(den: Tensor, eps: float) -> Tensor:
@@ -173,18 +159,13 @@ class LinearAttention(AttentionCore):
         return qf, kf, v
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-        T = q.size(2)
-        traced = isinstance(T, torch.SymInt)
-        if traced:
-            # torch.export / ONNX with a dynamic length: min(chunk, T) and the chunk count ceil(T / C) would pin the
-            # traced graph to the example's case (one chunk or several), so the core runs at the static block_size
-            # (T <= block_size) and the real positions are taken from its output.
-            q, k, v, key_mask = _padded_to(self.config.block_size, q, k, v, key_mask)
+        # Traced with a dynamic length, min(chunk, T) and the chunk count would pin the graph: see static_when_traced.
+        return static_when_traced(self._attend, self.config.block_size, q, k, v, key_mask)  # (B, nh, T, hs)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]) -> Tensor:
         qf, kf, vv = self._featurize(q, k, v, key_mask)
         y, _, _ = chunked_linear_attention(qf, kf, vv, self.chunk_size)
-        y = y.to(q.dtype)  # (B, nh, T, hs), or (B, nh, block_size, hs) when traced
-        # index_select, not y[:, :, :T]: a slice's strides would make the tracer guard on T == block_size.
-        return y.index_select(2, torch.arange(T, device=y.device)) if traced else y  # (B, nh, T, hs)
+        return y.to(q.dtype)  # (B, nh, T, hs)
 
     def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
         # Constant size, whatever max_seq_len is; kept in float32 for half-precision models.
@@ -195,16 +176,9 @@ class LinearAttention(AttentionCore):
             "z": torch.zeros(batch_size, nh, hs, device=device, dtype=dtype),
         }
 
-    def step(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        state: State,
-        input_pos: Union[int, Tensor],
-        key_mask: Optional[Tensor] = None,
+    def _step(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Tensor, key_mask: Optional[Tensor]
     ) -> Tensor:
-        input_pos = positions(input_pos, q.size(2), q.device)
         new_mask = None if key_mask is None else key_mask.index_select(1, input_pos)  # (B, T_new)
         qf, kf, vv = self._featurize(q, k, v, new_mask)
         S0, z0 = state["S"].to(qf.dtype), state["z"].to(qf.dtype)

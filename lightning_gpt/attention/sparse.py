@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gpt.attention.base import AttentionCore, State, kv_cache_state, kv_cache_update, pad_offsets
+from lightning_gpt.attention.base import (
+    AttentionCore,
+    State,
+    kv_cache_state,
+    kv_cache_update,
+    pad_offsets,
+    static_when_traced,
+)
 
 if TYPE_CHECKING:
     from lightning_gpt.config import GPTConfig
@@ -137,20 +144,6 @@ def sparse_attention(
     return y.reshape(B, nh, N * Lq, -1)[:, :, :T]  # (B, nh, T, hs)
 
 
-def _padded_to(
-    length: int, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
-) -> tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """``q, k, v`` ``(B, nh, T, hs)`` padded with zeros to ``length`` positions, ``key_mask`` ``(B, T)`` with False.
-
-    For a traced (symbolic) ``T``: the padded positions come after every real query, so causal attention over the
-    padded sequence gives the real positions the same outputs."""
-    extra = length - q.size(2)
-    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
-    if key_mask is not None:
-        key_mask = F.pad(key_mask.bool(), (0, extra), value=False)
-    return q, k, v, key_mask
-
-
 def extra_positions(
     pattern: str, window: int, stride: int, n_global: int, last_pos: int, device: Union[torch.device, str]
 ) -> Tensor:
@@ -223,20 +216,16 @@ class SparseAttention(AttentionCore):
         return extra_k, extra_v, row_pos
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
-        T = q.size(2)
-        traced = isinstance(T, torch.SymInt)
-        if traced:
-            # torch.export / ONNX with a dynamic length: min(window, T), the block count and the pattern's extra
-            # positions would pin the traced graph to the example's case, so the core runs at the static block_size
-            # (T <= block_size) and the real positions are taken from its output.
-            q, k, v, key_mask = _padded_to(self.config.block_size, q, k, v, key_mask)
+        # Traced with a dynamic length, min(window, T), the block count and the pattern's extra positions would pin
+        # the graph: see static_when_traced.
+        return static_when_traced(self._attend, self.config.block_size, q, k, v, key_mask)  # (B, nh, T, hs)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]) -> Tensor:
         extra_k, extra_v, pos = self._extra(k, v, q.size(2) - 1, key_mask)
         p = self.dropout_p if self.training else 0.0
-        y = sparse_attention(
+        return sparse_attention(
             q, k, v, self.window, key_mask=key_mask, extra_k=extra_k, extra_v=extra_v, extra_pos=pos, dropout_p=p
-        )  # (B, nh, T, hs), or (B, nh, block_size, hs) when traced
-        # index_select, not y[:, :, :T]: a slice's strides would make the tracer guard on T == block_size.
-        return y.index_select(2, torch.arange(T, device=y.device)) if traced else y  # (B, nh, T, hs)
+        )  # (B, nh, T, hs)
 
     def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
         if self.pattern == "local":
@@ -245,19 +234,13 @@ class SparseAttention(AttentionCore):
             return kv_cache_state(batch_size, self.config.n_head, slots, self.head_size, device, dtype)
         return kv_cache_state(batch_size, self.config.n_head, max_seq_len, self.head_size, device, dtype)
 
-    def step(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        state: State,
-        input_pos: Union[int, Tensor],
-        key_mask: Optional[Tensor] = None,
+    def _step(
+        self, q: Tensor, k: Tensor, v: Tensor, state: State, input_pos: Tensor, key_mask: Optional[Tensor]
     ) -> Tensor:
         T_new = q.size(2)
-        if isinstance(input_pos, Tensor) and T_new == 1:
+        if T_new == 1:
             return self._step_one(q, k, v, state, input_pos, key_mask)
-        start_pos = int(input_pos[0]) if isinstance(input_pos, Tensor) else input_pos
+        start_pos = int(input_pos[0])
         key_mask = None if key_mask is None else key_mask[:, : start_pos + T_new]
         if self.pattern == "local":
             return self._step_rolling(q, k, v, state, start_pos, key_mask)
@@ -303,6 +286,8 @@ class SparseAttention(AttentionCore):
         allowed = (rel >= 0) & (rel < self.window) & (key_pos >= 0)  # (S,)
         if key_mask is not None:
             key_mask = key_mask.bool()
+            if key_mask.size(1) < S:  # it need only cover 0 .. input_pos: the later keys are never causal
+                key_mask = F.pad(key_mask, (0, S - key_mask.size(1)), value=True)
             allowed = allowed[None] & key_mask.gather(1, key_pos.clamp(min=0)[None].expand(key_mask.size(0), -1))
         else:
             allowed = allowed[None]  # (1, S)

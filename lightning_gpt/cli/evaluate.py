@@ -16,28 +16,20 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from lightning_gpt.cli.options import add_trust_checkpoint
+from lightning_gpt.cli.options import checkpoint_parser
 
 __all__ = ["evaluate_command"]
 
 
 def _evaluate_parser() -> Any:
-    from lightning_gpt.cli.flags import CommandParser
-
-    parser = CommandParser(
-        prog="lightning-gpt evaluate",
-        description="Evaluate a model. Text mode (--data.source): loss, perplexity and bits per byte of every "
+    parser = checkpoint_parser(
+        "evaluate",
+        "Evaluate a model. Text mode (--data.source): loss, perplexity and bits per byte of every "
         "document, scored in lm-eval's rolling windows. Tasks mode (--tasks): lm-evaluation-harness tasks through "
         "lightning-gpt's own lm-eval model (every attention kind; needs pip install 'lightning-gpt[eval]'). Prints "
         "a table; --output_path writes the results as JSON.",
     )
     add = parser.add_argument
-    add(
-        "--ckpt_path",
-        required=True,
-        help="a .ckpt, a run folder (its newest checkpoint), an export or Hugging Face GPT-2 folder, or nanoGPT's "
-        "ckpt.pt (or its out_dir)",
-    )
     add("--data.source", dest="source", help="text mode: any source fit accepts (file, folder, glob, hf://...)")
     add("--data.text_column", dest="text_column", default="text", help="text field of .jsonl/.parquet/HF data")
     add("--data.split", dest="split", default="train", help="split of an hf:// source (default train)")
@@ -53,7 +45,6 @@ def _evaluate_parser() -> Any:
     add("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     add("--output_path", default=None, help="write the results to this JSON file")
-    add_trust_checkpoint(parser)
     return parser
 
 

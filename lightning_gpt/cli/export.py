@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_gpt.cli.options import add_trust_checkpoint
+from lightning_gpt.cli.options import checkpoint_parser
 
 __all__ = ["export_command"]
 
@@ -27,11 +27,9 @@ DEPLOY_FORMATS = ("onnx", "torch_export")  # lightning_gpt.io.deploy.DEPLOY_FORM
 
 
 def _export_parser() -> Any:
-    from lightning_gpt.cli.flags import CommandParser
-
-    parser = CommandParser(
-        prog="lightning-gpt export",
-        description="Write a checkpoint as a Hugging Face GPT-2 folder (config.json, model.safetensors, "
+    parser = checkpoint_parser(
+        "export",
+        "Write a checkpoint as a Hugging Face GPT-2 folder (config.json, model.safetensors, "
         "generation_config.json, tokenizer files) or, with --format safetensors, as its weights alone under "
         "lightning-gpt's own names (any architecture). Both add lightning_gpt.json (the exact model config and "
         "tokenizer), so generate/predict/load_checkpoint read the folder back exactly. --format onnx (model.onnx, "
@@ -41,7 +39,6 @@ def _export_parser() -> Any:
         "folder is put in place; deploy.json beside it describes the input and output and keeps the tokenizer.",
     )
     add = parser.add_argument
-    add("--ckpt_path", required=True, help="a .ckpt file, a run directory (its newest checkpoint), or a weights folder")
     add("--output_dir", required=True, help="the folder to create (must not exist, or be empty)")
     add(
         "--format",
@@ -49,7 +46,6 @@ def _export_parser() -> Any:
         default="hf",
         help="hf (default: transformers-loadable), safetensors, onnx or torch_export (a .pt2 program)",
     )
-    add_trust_checkpoint(parser)
     return parser
 
 

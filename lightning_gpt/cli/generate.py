@@ -15,7 +15,7 @@ import dataclasses
 import sys
 from typing import Any, Optional
 
-from lightning_gpt.cli.options import add_trust_checkpoint
+from lightning_gpt.cli.options import checkpoint_parser
 from lightning_gpt.generation.config import CLI_DEFAULTS, GenerationConfig  # no torch: --help and flag errors are fast
 
 __all__ = ["generate_command"]
@@ -31,22 +31,13 @@ def _bool(text: str) -> bool:
 
 
 def _generate_parser() -> Any:
-    from lightning_gpt.cli.flags import CommandParser
-
     d = CLI_DEFAULTS  # the command's decoding defaults: one preset, documented in lightning_gpt.generation.config
-    parser = CommandParser(
-        prog="lightning-gpt generate",
-        description="Stream a completion of one prompt from a checkpoint to the terminal. The model config and the "
-        "tokenizer come from the checkpoint. Sampling by default (temperature 0 or --do_sample false: greedy).",
+    parser = checkpoint_parser(
+        "generate",
+        "Stream a completion of one prompt from a checkpoint to the terminal. The model config and the tokenizer "
+        "come from the checkpoint. Sampling by default (temperature 0 or --do_sample false: greedy).",
     )
     add = parser.add_argument
-    add(
-        "--ckpt_path",
-        required=True,
-        help="a .ckpt file, a run directory (its checkpoints/last.ckpt is used), or a weights folder "
-        "(lightning-gpt export, or a Hugging Face GPT-2 folder)",
-    )
-    add_trust_checkpoint(parser)
     add("--prompt", required=True, help="the prompt text; '-' reads it from stdin")
     add(
         "--max_new_tokens",

@@ -16,26 +16,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lightning_gpt.cli.flags import CommandParser
-from lightning_gpt.cli.options import add_trust_checkpoint
+from lightning_gpt.cli.options import checkpoint_parser
 
 __all__ = ["serve_command"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="lightning-gpt serve",
-        description="Serve a checkpoint over HTTP: POST /v1/completions (OpenAI's completions API, stream: true for "
+    parser = checkpoint_parser(
+        "serve",
+        "Serve a checkpoint over HTTP: POST /v1/completions (OpenAI's completions API, stream: true for "
         "server-sent events), POST /predict (prompt + GenerationConfig fields), GET /v1/models, GET /health, GET "
         "/stats. Concurrent requests are decoded together in batches.",
     )
     add = parser.add_argument
-    add(
-        "--ckpt_path",
-        required=True,
-        help="a .ckpt file, a run directory (its newest checkpoint) or a weights folder (lightning-gpt export, or a "
-        "Hugging Face GPT-2 folder)",
-    )
     add("--host", default="127.0.0.1", help="127.0.0.1 (this machine only; default), 0.0.0.0 or :: (every interface)")
     add("--port", type=int, default=8000, help="TCP port, 1024-65535 (default 8000)")
     add("--model_name", default=None, help="the model's id in /v1/models and requests (default: the run's name)")
@@ -53,7 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     add("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add("--dtype", default=None, help="decode in float32, bfloat16 or float16 (default: the checkpoint's)")
     add("--threads", type=int, default=None, help="torch threads of the model worker (default: torch's)")
-    add_trust_checkpoint(parser)
     add("--log_level", default="warning", help="critical, error, warning (default) or info (logs every request)")
     return parser
 

@@ -80,7 +80,9 @@ def _prepare(
     attention_mask: Optional[Tensor],
     tokenizer: Any,
     generator: Optional[torch.Generator],
+    draft_model: Optional[nn.Module],
 ) -> dict[str, Any]:
+    """The checked prompt and what the decoding loops read (a draft model checked too), or one paragraph raised."""
     block_size, vocab_size = _model_config(model)
     if pad_token_id is not None and (not is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
         raise ValueError(f"pad_token_id={pad_token_id!r} must be None or an integer in [0, {vocab_size}).")
@@ -115,7 +117,7 @@ def _prepare(
         attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(expand, dim=0)
     if generator is None and config.sampling:
         generator = config.make_generator(device)
-    return dict(
+    prep = dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
         stop=criteria,
@@ -124,6 +126,9 @@ def _prepare(
         generator=generator,
         batch_size=input_ids.size(0) // expand,
     )
+    if draft_model is not None:
+        _check_draft(model, draft_model, prep, config)
+    return prep
 
 
 def _check_draft(model: nn.Module, draft_model: nn.Module, prep: dict[str, Any], config: GenerationConfig) -> None:
@@ -158,17 +163,25 @@ def _check_draft(model: nn.Module, draft_model: nn.Module, prep: dict[str, Any],
         )
 
 
-def _new_states(
+@contextlib.contextmanager
+def _decode_states(
     model: nn.Module,
     prep: dict[str, Any],
     config: GenerationConfig,
     compile: Union[bool, str],
     draft_model: Optional[nn.Module],
-) -> tuple[DecodeState, Optional[DecodeState]]:
+) -> Iterator[tuple[DecodeState, Optional[DecodeState]]]:
+    """This generation's own decoding states, the target's and the draft's (or ``None``), freed on exit."""
     prompt, mask, n = prep["input_ids"], prep["attention_mask"], prep["max_new_tokens"]
-    state = DecodeState(model, prompt, mask, n, config.use_cache, compile)
-    draft = None if draft_model is None else DecodeState(draft_model, prompt, mask, n, True, compile)
-    return state, draft
+    with torch.inference_mode():  # allocated as inference tensors even where the steps run outside the mode
+        state = DecodeState(model, prompt, mask, n, config.use_cache, compile)
+        draft = None if draft_model is None else DecodeState(draft_model, prompt, mask, n, True, compile)
+    try:
+        yield state, draft
+    finally:
+        state.close()
+        if draft is not None:
+            draft.close()
 
 
 _Config = Optional[GenerationConfig]
@@ -267,15 +280,13 @@ def generate(
         attention_mask=attention_mask,
         tokenizer=tokenizer,
         generator=generator,
+        draft_model=draft_model,
     )
     prompt = prep["input_ids"]
     max_new_tokens = prep["max_new_tokens"]
     num_return_sequences = config.num_return_sequences
-    if draft_model is not None:
-        _check_draft(model, draft_model, prep, config)
     with torch.inference_mode(), _eval_mode(model), _eval_mode(draft_model):
-        state, draft = _new_states(model, prep, config, compile, draft_model)
-        try:
+        with _decode_states(model, prep, config, compile, draft_model) as (state, draft):
             if config.num_beams > 1:
                 res = beam_search(
                     state,
@@ -297,10 +308,6 @@ def generate(
                 sequences = state.tokens[:, : state.length].clone()
                 sequences[:, : state.prompt_len] = prompt
                 scores = None
-        finally:
-            state.close()
-            if draft is not None:
-                draft.close()
     if not return_dict:
         return sequences
     return GenerateOutput(
@@ -395,9 +402,8 @@ def stream_generate(
         attention_mask=attention_mask,
         tokenizer=tokenizer,
         generator=generator,
+        draft_model=draft_model,
     )
-    if draft_model is not None:
-        _check_draft(model, draft_model, prep, config)
     # Arguments are checked above, at call time; the steps run lazily as the caller iterates.
     return _stream(model, prep, config, compile, draft_model)
 
@@ -411,22 +417,18 @@ def _stream(
 ) -> Generator[Tensor, None, None]:
     max_new_tokens = prep["max_new_tokens"]
     with _eval_mode(model), _eval_mode(draft_model):
-        with torch.inference_mode():
-            state, draft = _new_states(model, prep, config, compile, draft_model)
-        reasons = torch.zeros(state.batch_size, dtype=torch.long, device=state.tokens.device)
-        lengths = torch.full_like(reasons, max_new_tokens)
-        steps = _steps(state, draft, config, prep, reasons, lengths)
-        try:
-            while True:
-                # Inference mode only around the model's work, so it does not leak into the caller between yields.
-                with torch.inference_mode():
-                    try:
-                        next_tokens = next(steps)
-                    except StopIteration:
-                        return
-                yield next_tokens
-        finally:
-            steps.close()
-            state.close()
-            if draft is not None:
-                draft.close()
+        with _decode_states(model, prep, config, compile, draft_model) as (state, draft):
+            reasons = torch.zeros(state.batch_size, dtype=torch.long, device=state.tokens.device)
+            lengths = torch.full_like(reasons, max_new_tokens)
+            steps = _steps(state, draft, config, prep, reasons, lengths)
+            try:
+                while True:
+                    # Inference mode only around the model's work, so it does not leak into the caller between yields.
+                    with torch.inference_mode():
+                        try:
+                            next_tokens = next(steps)
+                        except StopIteration:
+                            return
+                    yield next_tokens
+            finally:
+                steps.close()

@@ -309,8 +309,11 @@ def test_sparse_equals_bruteforce_mask(pattern, window, stride, n_global, masked
     torch.testing.assert_close(SparseAttention(cfg)(q, k, v, key_mask=key_mask), expected, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("tensor_pos", [False, True], ids=["int-start", "tensor-positions"])
 @pytest.mark.parametrize("pattern", ["local", "strided", "longformer"])
-def test_sparse_step_matches_forward_core(pattern):
+def test_sparse_step_matches_forward_core(pattern, tensor_pos):
+    """Positions as an int start or a (T_new,) tensor; the key mask covers only the positions seen so far (what the
+    step contract asks), also for a one-token step."""
     T = 30
     q, k, v = qkv(T=T, seed=1)
     cfg = tiny_config(
@@ -328,7 +331,7 @@ def test_sparse_step_matches_forward_core(pattern):
                 k[:, :, pos : pos + n],
                 v[:, :, pos : pos + n],
                 state,
-                pos,
+                torch.arange(pos, pos + n) if tensor_pos else pos,
                 key_mask=key_mask[:, : pos + n],
             )
         )
