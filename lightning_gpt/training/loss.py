@@ -36,6 +36,7 @@ from lightning_gpt.training._torch_internals import foreach_mul_
 __all__ = [
     "AccumulationWindow",
     "StepLoss",
+    "TargetBytes",
     "TokenMeanLoss",
     "check_accumulation",
     "normalize_gradients",
@@ -78,11 +79,45 @@ class TokenMeanLoss(Metric):
         """The mean loss per target token (NaN when no batch had any target token)."""
         return self.loss_sum / self.tokens
 
+    def summary(self) -> dict[str, Tensor]:
+        """``loss`` (``compute``), ``ppl`` (its exp) and, when bytes were counted, ``bpb`` (``bits_per_byte``)."""
+        loss = self.compute()
+        bpb = self.bits_per_byte()
+        return {"loss": loss, "ppl": loss.exp(), **({"bpb": bpb} if bpb is not None else {})}
+
     def bits_per_byte(self) -> Optional[Tensor]:
         """The summed loss in bits per UTF-8 byte of the scored text, or ``None`` when no batch counted bytes."""
         if int(self.n_bytes) <= 0:
             return None
         return self.loss_sum / math.log(2) / self.n_bytes.float()
+
+
+class TargetBytes:
+    """How many UTF-8 bytes of text a batch's target ids stand for, for bits per byte (``TokenMeanLoss``): a table of
+    bytes per id (``lightning_gpt.evaluation.metrics.token_byte_lengths``), built once per tokenizer and moved once to
+    the targets' device; special and ignored ids count 0."""
+
+    def __init__(self) -> None:
+        self._table: Optional[Tensor] = None
+        self._of: Any = None
+
+    def __call__(self, tokenizer: Any, size: int, targets: Tensor) -> Optional[Tensor]:
+        """The bytes behind ``targets`` ``(B, T)`` (a 0-d long tensor), or ``None`` without a tokenizer.
+
+        Args:
+            tokenizer: the tokenizer the ids come from (``None``: unknown, no bits per byte).
+            size: the table's length, the model's ``padded_vocab_size``.
+            targets: next-token ids, ``IGNORE_INDEX`` where ignored.
+        """
+        if tokenizer is None:
+            return None
+        if self._table is None or self._of is not tokenizer:
+            from lightning_gpt.evaluation.metrics import token_byte_lengths
+
+            self._table, self._of = token_byte_lengths(tokenizer, size), tokenizer
+        if self._table.device != targets.device:
+            self._table = self._table.to(targets.device)
+        return self._table[targets.clamp(min=0)].masked_fill(targets == IGNORE_INDEX, 0).sum()
 
 
 @dataclass(frozen=True)

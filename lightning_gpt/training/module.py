@@ -31,6 +31,7 @@ from lightning_gpt.training.callbacks.defaults import missing_default_callbacks
 from lightning_gpt.training.callbacks.throughput import batch_flops
 from lightning_gpt.training.loss import (
     AccumulationWindow,
+    TargetBytes,
     TokenMeanLoss,
     check_accumulation,
     normalize_gradients,
@@ -130,8 +131,7 @@ class GPTModule(ConfigAndTokenizer):
         self._step_seed: Optional[int] = None
         self.val_loss = TokenMeanLoss()
         self.test_loss = TokenMeanLoss()
-        self._byte_table: Optional[Tensor] = None  # bytes per token id, for <stage>/bpb (built once per tokenizer)
-        self._byte_table_of: Any = None
+        self._target_bytes = TargetBytes()  # UTF-8 bytes behind the targets, for <stage>/bpb
 
     def configure_model(self) -> None:
         """Build the GPT (once), from ``init_from``'s weights when given; under a ``ModelParallelStrategy`` (FSDP2),
@@ -139,16 +139,13 @@ class GPTModule(ConfigAndTokenizer):
         each rank allocates only its shards, initialized as a one-process build with the same seed would be."""
         trainer = attached_trainer(self)
         strategy = trainer.strategy if trainer is not None else None
-        model = self.model
-        if model is None and self.init_from is None:  # under FSDP2: built on meta, sharded, then initialized
+        if self.model is None and self.init_from is not None:
+            self.model = GPT(self.config)
+            load_init_weights(self.model, self.init_from, self._trust_checkpoint())
+        elif self.model is None:  # under FSDP2: built on meta, sharded, then initialized
             device = getattr(strategy, "root_device", torch.device("cpu"))
-            model = build_parallel(lambda: GPT(self.config), self.device_mesh, strategy, device)
-        elif model is None and self.init_from is not None:
-            model = GPT(self.config)
-            load_init_weights(model, self.init_from, self._trust_checkpoint())
-        assert model is not None
-        parallelize(model, self.device_mesh, strategy)
-        self.model = model
+            self.model = build_parallel(lambda: GPT(self.config), self.device_mesh, strategy, device)
+        parallelize(self.model, self.device_mesh, strategy)
 
     def configure_callbacks(self) -> list[Callback]:
         """The default training callbacks the ``Trainer`` lacks, for ``fit`` (see ``default_callbacks``)."""
@@ -181,8 +178,7 @@ class GPTModule(ConfigAndTokenizer):
             raise RuntimeError("GPTModule has no model yet: configure_model builds it (the Trainer calls it).")
         return self.model
 
-    def _shared_step(self, batch: Any) -> tuple[Tensor, Tensor]:
-        idx, targets = self.split_batch(batch)
+    def _shared_step(self, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         logits = self._compiled(self._gpt())(idx)  # (B, T, vocab_size)
         self._batch_shape = tuple(idx.shape)
         return self.compute_loss(logits, targets), (targets != IGNORE_INDEX).sum()
@@ -216,7 +212,7 @@ class GPTModule(ConfigAndTokenizer):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """One micro-batch: its mean token loss, with the gradient of its token sum / ``config.block_size`` (the
         optimizer step divides by the tokens of the whole step; ``lightning_gpt.training.loss``)."""
-        return self._window.add(*self._shared_step(batch), scale=self.config.block_size)
+        return self._window.add(*self._shared_step(*self.split_batch(batch)), scale=self.config.block_size)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Step the optimizer on gradients divided by the accumulated batch's target tokens over all ranks: right after
@@ -249,39 +245,26 @@ class GPTModule(ConfigAndTokenizer):
             self.log("train/tokens_seen", self.tokens_seen.float())  # target tokens, all ranks
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.val_loss.update(*self._shared_step(batch), self._target_bytes(batch))
+        self._evaluation_step(batch, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val", self.val_loss)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self.test_loss.update(*self._shared_step(batch), self._target_bytes(batch))
+        self._evaluation_step(batch, self.test_loss)
 
-    def _target_bytes(self, batch: Any) -> Optional[Tensor]:
-        """The UTF-8 bytes of text the batch's target tokens stand for (``token_byte_lengths`` of the tokenizer,
-        special and ignored ids 0), or ``None`` without a tokenizer (no ``bpb`` is logged then)."""
-        if self.tokenizer is None or self.model is None:
-            return None
-        if self._byte_table is None or self._byte_table_of is not self.tokenizer:
-            from lightning_gpt.evaluation.metrics import token_byte_lengths
-
-            self._byte_table = token_byte_lengths(self.tokenizer, self.config.padded_vocab_size)
-            self._byte_table_of = self.tokenizer
-        targets = self.split_batch(batch)[1]
-        table = self._byte_table.to(targets.device)
-        return table[targets.clamp(min=0)].masked_fill(targets == IGNORE_INDEX, 0).sum()
+    def _evaluation_step(self, batch: Any, metric: TokenMeanLoss) -> None:
+        idx, targets = self.split_batch(batch)
+        n_bytes = self._target_bytes(self.tokenizer, self.config.padded_vocab_size, targets)
+        metric.update(*self._shared_step(idx, targets), n_bytes)
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test", self.test_loss)
 
     def _log_evaluation(self, stage: str, metric: TokenMeanLoss) -> None:
-        """``<stage>/loss`` (token-weighted over the whole set) and ``<stage>/ppl``."""
-        loss = metric.compute()
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=False)
-        self.log(f"{stage}/ppl", loss.exp())
-        bpb = metric.bits_per_byte()
-        if bpb is not None:
-            self.log(f"{stage}/bpb", bpb)
+        """``<stage>/loss`` (token-weighted over the whole set), ``<stage>/ppl`` and ``<stage>/bpb``."""
+        for name, value in metric.summary().items():
+            self.log(f"{stage}/{name}", value, prog_bar=stage == "val" and name == "loss", sync_dist=False)
         metric.reset()
 
     def parameter_groups(self) -> list[dict[str, Any]]:
