@@ -173,6 +173,24 @@ ROOF_CONFIGS = {
 }
 
 
+def _random_hf_model(transformers, spec: dict, prompt_len: int, new_tokens: int):
+    """A randomly initialized (seed 0) Hugging Face GPT-2 of ``spec``'s shape, in eval mode, and a seeded random prompt
+    ``(1, prompt_len)``: the same pair for every part that compares with HF."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=spec["vocab_size"],
+        n_positions=prompt_len + new_tokens,
+        n_embd=spec["n_embd"],
+        n_layer=spec["n_layer"],
+        n_head=spec["n_head"],
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    prompt = torch.randint(0, spec["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(1))
+    return model, prompt
+
+
 def measure_bandwidth(size: int, rounds: int = 9) -> float:
     """Bytes/s one ``torch.mv`` streams from a ``size x size`` float32 matrix (far larger than the caches)."""
     W = torch.randn(size, size)
@@ -205,18 +223,7 @@ def bench_roofline(args: argparse.Namespace) -> list[str]:
     n = args.roof_new_tokens
     for name in args.roof_configs:
         spec = ROOF_CONFIGS[name]
-        torch.manual_seed(0)
-        hf_cfg = transformers.GPT2Config(
-            vocab_size=spec["vocab_size"],
-            n_positions=args.prompt_len + n,
-            n_embd=spec["n_embd"],
-            n_layer=spec["n_layer"],
-            n_head=spec["n_head"],
-            bos_token_id=None,
-            eos_token_id=None,
-        )
-        hf32 = transformers.GPT2LMHeadModel(hf_cfg).eval()
-        prompt = torch.randint(0, spec["vocab_size"], (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
+        hf32, prompt = _random_hf_model(transformers, spec, args.prompt_len, n)
         fp32_tokens = None
         tps_by_dtype = {}
         for dtype_name in args.roof_dtypes:
@@ -280,19 +287,8 @@ def bench_compiled(args: argparse.Namespace) -> list[str]:
     n = args.roof_new_tokens
     for name in args.roof_configs:
         spec = ROOF_CONFIGS[name]
-        torch.manual_seed(0)
-        hf_cfg = transformers.GPT2Config(
-            vocab_size=spec["vocab_size"],
-            n_positions=args.prompt_len + n,
-            n_embd=spec["n_embd"],
-            n_layer=spec["n_layer"],
-            n_head=spec["n_head"],
-            bos_token_id=None,
-            eos_token_id=None,
-        )
-        hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+        hf, prompt = _random_hf_model(transformers, spec, args.prompt_len, n)
         ours = from_hf_gpt2(hf, attention="standard").eval()
-        prompt = torch.randint(0, spec["vocab_size"], (1, args.prompt_len), generator=torch.Generator().manual_seed(1))
 
         def run_hf(hf=hf, prompt=prompt) -> torch.Tensor:
             with torch.inference_mode():
