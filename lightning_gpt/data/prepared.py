@@ -133,8 +133,15 @@ def _encode_shard(
     val_parts: str,
 ) -> Iterator[np.ndarray]:
     """litdata ``fn``: yield the training tokens of one shard (in ~1M-character pieces); append its validation
-    documents' tokens to ``<val_parts>/<shard>.bin``."""
+    documents' tokens to ``<val_parts>/<shard>.bin``.
+
+    A shard whose text is refused (a ``ValueError`` naming ``file:row``) records the message in
+    ``<val_parts>/<shard>.error`` and yields no more; every worker then stops at its next piece, and
+    ``prepare_dataset`` raises that one message (a worker's exception would reach the user as several processes'
+    tracebacks, after the other workers finished the whole corpus)."""
     index, shard = item
+    if _first_failure(val_parts) is not None:
+        return
     tokenizer = _worker_tokenizer(tokenizer_state)
     dtype = token_dtype(tokenizer.vocab_size)
     source = resolve_source(**source_spec) if shard["kind"] in ("hf", "whole") else None
@@ -150,7 +157,7 @@ def _encode_shard(
                 size += len(doc)
                 if size < _BATCH_CHARS:
                     continue
-            if not docs:
+            if not docs or _first_failure(val_parts) is not None:
                 break
             train_ids = []
             for ids in encode_documents(tokenizer, docs, add_bos):
@@ -164,11 +171,26 @@ def _encode_shard(
             if train_ids:
                 yield np.concatenate(train_ids).astype(dtype)
             docs, size = [], 0
+    except ValueError as err:
+        tmp = os.path.join(val_parts, f".{index:08d}.error.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(str(err))
+        os.replace(tmp, os.path.join(val_parts, f"{index:08d}.error"))
+        return
     finally:
         if val_out is not None:
             val_out.close()
     if val_out is not None:
         os.replace(val_file + ".tmp", val_file)
+
+
+def _first_failure(val_parts: str) -> Optional[str]:
+    """The message of the lowest-numbered shard that failed (``_encode_shard``), if any."""
+    failed = sorted(name for name in os.listdir(val_parts) if name.endswith(".error"))
+    if not failed:
+        return None
+    with open(os.path.join(val_parts, failed[0]), encoding="utf-8") as f:
+        return f.read()
 
 
 def _read_val_part(path: str, dtype: str) -> Iterator[np.ndarray]:
@@ -190,7 +212,12 @@ def _clear_interrupted(output_dir: str) -> None:
             "Give an empty or new folder."
         )
     log.warning("%s holds an interrupted prepare; deleting it and preparing again.", output_dir)
-    for name in names:
+    _remove_ours(output_dir)
+
+
+def _remove_ours(output_dir: str) -> None:
+    """Delete what prepare writes in ``output_dir`` (only its own names; the folder itself stays)."""
+    for name in set(os.listdir(output_dir)) & _OURS:
         path = os.path.join(output_dir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -295,6 +322,10 @@ def prepare_dataset(
             item_loader=TokensLoader(),
             reorder_files=False,  # shards keep their order (each worker takes a fixed slice of them)
         )
+        failure = _first_failure(val_parts)
+        if failure is not None:
+            _remove_ours(output_dir)  # nothing half-written stays behind
+            raise ValueError(f"{failure} (Nothing was prepared: {output_dir!r} holds none of it.)")
         parts = sorted(os.path.join(val_parts, p) for p in os.listdir(val_parts) if p.endswith(".bin"))
         if parts:
             litdata.optimize(

@@ -10,18 +10,19 @@ Hugging Face shard counts) and ``read_shard`` yields one shard's documents, in o
 - a Hugging Face dataset by ``Dataset.shard`` (contiguous) or, streamed, by the stream's own shards;
 - anything else (the embedded ``python-stdlib`` corpus, a few MB) is one shard: ``source.documents()``.
 
-With ``max_chars``, every shard is capped at ``max_chars / number of shards`` (a bounded total without a serial scan).
+Every part is read by the plain source's own readers (``data/sources/readers.py``), held to the same rules and giving
+the same messages. With ``max_chars``, every shard is capped at ``max_chars / number of shards`` (a bounded total
+without a serial scan).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Iterator, Optional
 
-from lightning_gpt.data.sources import HFSource, LocalSource, TextSource, decode_utf8_line
-from lightning_gpt.data.sources.base import capped
-from lightning_gpt.data.sources.readers import jsonl_row_value
+from lightning_gpt.data.sources import HFSource, LocalSource, TextSource
+from lightning_gpt.data.sources.base import Skips, capped
+from lightning_gpt.data.sources.readers import read_jsonl, read_parquet, read_txt_range
 
 __all__ = ["DEFAULT_SHARD_BYTES", "plan_shards", "read_shard", "sample_documents"]
 
@@ -71,99 +72,55 @@ def plan_shards(source: TextSource, shard_bytes: int = DEFAULT_SHARD_BYTES) -> l
     return shards
 
 
-def _lines(path: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """``(byte offset, line)`` of the lines that start in ``[start, end)`` (the first partial line is skipped)."""
-    with open(path, "rb") as f:
-        if start > 0:
-            f.seek(start - 1)
-            if f.read(1) != b"\n":
-                f.readline()  # the line that straddles ``start`` belongs to the previous range
-        pos = f.tell()
-        while pos < end:
-            line = f.readline()
-            if not line:
-                return
-            yield pos, line
-            pos += len(line)
-
-
-def _line_of(path: str, offset: int) -> int:
-    """The 1-based line number of byte ``offset`` (counted only when a message needs it)."""
-    count, pos = 1, 0
-    with open(path, "rb") as f:
-        while pos < offset:
-            block = f.read(min(1 << 20, offset - pos))
-            if not block:
-                break
-            count += block.count(b"\n")
-            pos += len(block)
-    return count
-
-
-def _decode(raw: bytes, path: str, offset: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return decode_utf8_line(raw, path, _line_of(path, offset), offset)  # raises, naming file:line
-
-
-def _txt(shard: dict[str, Any]) -> Iterator[str]:
-    path, start, end = shard["path"], shard["start"], shard["end"]
-    yield "".join(_decode(raw, path, off) for off, raw in _lines(path, start, end))
-
-
-def _jsonl(shard: dict[str, Any]) -> Iterator[str]:
-    # The messages are read_jsonl's (sources/readers.py): file:line, the line counted only on the error path.
-    path, column = shard["path"], shard["column"]
-    for off, raw in _lines(path, shard["start"], shard["end"]):
-        line = _decode(raw, path, off)
-        if not line.strip():
-            continue
-        yield str(jsonl_row_value(line, column, functools.partial(_where, path, off)) or "")
-
-
-def _where(path: str, offset: int) -> str:
-    return f"{path}:{_line_of(path, offset)}"
-
-
-def _raw_documents(shard: dict[str, Any], source: Optional[TextSource]) -> Iterator[str]:
+def _raw_documents(shard: dict[str, Any], source: Optional[TextSource], skips: Skips) -> Iterator[str]:
+    # The plain readers' own functions (data/sources/readers.py) on a part of a file: the same strictness (UTF-8, no
+    # NUL, a BOM dropped, universal line ends in .txt, text values only: numbers, lists and bools are errors naming
+    # file:row; nulls and blank rows skipped and counted) and the same messages.
     kind = shard["kind"]
     if kind == "txt":
-        yield from _txt(shard)
+        yield read_txt_range(shard["path"], shard["start"], shard["end"], skips)
     elif kind == "jsonl":
-        yield from _jsonl(shard)
+        yield from read_jsonl(shard["path"], shard["column"], skips, shard["start"], shard["end"])
     elif kind == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.ParquetFile(shard["path"]).read_row_group(shard["row_group"], columns=[shard["column"]])
-        for value in table.column(0).to_pylist():
-            yield str(value or "")
+        yield from read_parquet(shard["path"], shard["column"], skips, shard["row_group"])
     elif kind == "hf":
         assert isinstance(source, HFSource)
-        ds = source.dataset()
-        part = (
-            ds.shard(num_shards=shard["num_shards"], index=shard["index"])
-            if source.streaming
-            else ds.shard(num_shards=shard["num_shards"], index=shard["index"], contiguous=True)
-        )
-        for row in part:
-            yield str(row.get(source.text_column) or "")
+        ds, n, i = source.dataset(), shard["num_shards"], shard["index"]
+        if source.streaming:
+            yield from source.texts(ds.shard(num_shards=n, index=i), skips, where=f"shard {i}, row")
+        else:
+            div, mod = divmod(len(ds), n)  # Dataset.shard(contiguous=True): the first ``mod`` shards get one more
+            part = ds.shard(num_shards=n, index=i, contiguous=True)
+            yield from source.texts(part, skips, first_row=1 + i * div + min(i, mod))
     else:
         assert source is not None
         yield from source.documents()
 
 
-def read_shard(shard: dict[str, Any], source: Optional[TextSource] = None) -> Iterator[str]:
-    """Yield the documents of one shard (whitespace-only documents skipped, the shard's cap applied).
+def read_shard(
+    shard: dict[str, Any], source: Optional[TextSource] = None, skips: Optional[Skips] = None
+) -> Iterator[str]:
+    """Yield the documents of one shard (whitespace-only documents skipped, the shard's cap applied), read as the
+    plain source reads them (``data/sources/readers.py``).
 
     Args:
         shard: one of ``plan_shards``' descriptions.
         source: the source it came from (needed for Hugging Face and ``whole`` shards).
+        skips: where rows left out on purpose (null or blank text, empty files) are counted; ``None``: counted here
+            and reported as one warning when the shard is done (``prepare`` reads each shard in a worker process).
 
     Raises:
-        ValueError: a line that is not valid UTF-8 or not a JSON object with the text column (names file and byte).
+        ValueError: the shard's text is not valid UTF-8, holds a NUL character, a JSONL line is not a JSON object
+            with the text column, or a value is not text (each naming ``file:row``).
     """
-    return capped(_raw_documents(shard, source), shard.get("max_chars"))  # blank documents dropped, then the cap
+    if skips is not None:
+        yield from capped(_raw_documents(shard, source, skips), shard.get("max_chars"))
+        return
+    own = Skips(str(shard.get("path") or getattr(source, "name", "source")))
+    try:
+        yield from capped(_raw_documents(shard, source, own), shard.get("max_chars"))
+    finally:
+        own.report()
 
 
 def sample_documents(source: TextSource, max_chars: int, seed: int) -> Iterator[str]:
@@ -186,8 +143,9 @@ def sample_documents(source: TextSource, max_chars: int, seed: int) -> Iterator[
         shard.pop("max_chars", None)  # the sample's own bound applies
     random.Random(seed).shuffle(shards)
     total = 0
+    skipped = Skips(source.name)  # not reported: the pass that trains on the text reports what it skips
     for shard in shards:
-        for doc in read_shard(shard, source):
+        for doc in read_shard(shard, source, skipped):
             if total + len(doc) >= max_chars:
                 yield doc[: max_chars - total]
                 return

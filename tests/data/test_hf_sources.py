@@ -138,3 +138,19 @@ def test_files_that_disagree_on_the_column_type_are_one_message(tmp_path, stream
     write_jsonl(tmp_path / "b.jsonl", [{"text": "words"}])
     with pytest.raises(ValueError, match=r"hf://json \[train\]"):
         _docs("hf://json", data_files=[str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")], streaming=streaming)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_prepare_shards_read_the_rows_as_the_source_does(tmp_path, streaming, caplog):
+    from lightning_gpt.data.shards import plan_shards, read_shard
+
+    write_jsonl(tmp_path / "a.jsonl", [{"text": "kept"}, {"text": None}, {"text": "also kept"}])
+    write_jsonl(tmp_path / "b.jsonl", [{"text": "b kept"}, {"text": " "}])
+    source = resolve_source(
+        "hf://json", data_files=[str(tmp_path / f) for f in ("a.jsonl", "b.jsonl")], streaming=streaming
+    )
+    with caplog.at_level(logging.WARNING):
+        docs = [doc for shard in plan_shards(source) for doc in read_shard(shard, source)]
+    assert docs == list(source.documents()) == ["kept", "also kept", "b kept"]  # and the skips counted (they were not)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "1 rows with null text (first: hf://json [train] " + ("shard 0, row 2" if streaming else "row 2") in message

@@ -154,6 +154,21 @@ def test_fit_refuses_an_unprepared_source_past_the_limit_at_once(cli, run_yaml, 
     user_error(result, "more than max_unprepared_chars=1,000", "lightning-gpt prepare", "--data.source data/prepared")
 
 
+def test_a_refused_row_stops_prepare_with_one_paragraph_and_nothing_written(cli, tmp_path):
+    corpus = jsonl_corpus(tmp_path / "c.jsonl", n_docs=300)
+    with open(corpus, "a") as f:
+        f.write(json.dumps({"text": 123}) + "\n")  # line 301: a number, not text
+    out = tmp_path / "out"
+    result = cli(
+        "prepare", "--data.source", corpus, "--data.tokenizer", "char", "--data.tokenizer_sample_chars", 200,
+        "--output_dir", out, "--num_workers", 1,
+    )  # fmt: skip
+    assert result.code == 2, result
+    assert "c.jsonl:301: text_column='text' holds a int (123), not a string" in result.err
+    assert "Traceback" not in result.err and "Nothing was prepared" in result.err
+    assert not out.exists() or not any(out.iterdir())
+
+
 @pytest.mark.slow
 def test_prepare_then_fit_through_the_command(cli, run_yaml, tmp_path, corpus):
     out = tmp_path / "prepared"

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 __all__ = ["TextSource", "Skips", "capped"]
 
 log = logging.getLogger("lightning_gpt.data.sources")
 
 # Part of every identity: bump it when the text a reader yields for the same bytes changes (here: 2 = .txt files read
-# in pieces with universal newlines and without a BOM), so caches built by an older reader are not reused.
-READER_VERSION = 2
+# in pieces with universal newlines and without a BOM; 3 = prepare's shards read by the same strict readers), so caches
+# and prepared folders built by an older reader are not reused.
+READER_VERSION = 3
 
 
 class TextSource:
@@ -55,10 +56,12 @@ class Skips:
         self.first: dict[str, str] = {}
         self._reported: Optional[str] = None
 
-    def add(self, kind: str, where: str) -> None:
-        """Count one skipped item of ``kind`` (e.g. ``"null text"``) found at ``where`` (``file:row``)."""
+    def add(self, kind: str, where: Union[str, Callable[[], str]]) -> None:
+        """Count one skipped item of ``kind`` (e.g. ``"null text"``) found at ``where`` (``file:row``, or a function
+        giving it: called for the first item of a kind only, as finding a line number may cost a scan)."""
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        self.first.setdefault(kind, where)
+        if kind not in self.first:
+            self.first[kind] = where if isinstance(where, str) else where()
 
     def reset(self) -> None:
         """Start a new pass (``documents()`` may be iterated several times: tokenizer training, then the cache)."""

@@ -207,19 +207,33 @@ class HFSource(TextSource):
 
     def _read_all(self) -> Iterator[str]:
         self.skips.reset()
-        col = self.text_column
         try:
-            for i, value in enumerate(self._values(), 1):
-                text = text_value(value, f"{self.name} row {i}", col, self.skips)
-                if text is not None:
-                    yield text
+            yield from self.texts(self.dataset(), self.skips)
         except GeneratorExit:
             self.skips.report()
             raise
         self.skips.report()
 
-    def _values(self) -> Iterator[Any]:
-        ds, col = self.dataset(), self.text_column
+    def texts(self, ds: Any, skips: Skips, first_row: int = 1, where: str = "row") -> Iterator[str]:
+        """The checked ``text_column`` strings of ``ds``: this source's dataset, or a shard of it (``prepare``).
+
+        Args:
+            ds: a ``datasets.Dataset`` or ``IterableDataset`` with ``text_column``.
+            skips: where null and blank rows are counted.
+            first_row: the number of ``ds``'s first row in this source, for messages.
+            where: the word before a row's number in messages (e.g. ``"shard 3, row"`` for a streamed shard).
+
+        Raises:
+            ValueError: a value is not text, a streamed row lacks the column or cannot be read (naming the row).
+        """
+        col = self.text_column
+        for i, value in enumerate(self._values(ds, first_row, where), first_row):
+            text = text_value(value, f"{self.name} {where} {i}", col, skips)
+            if text is not None:
+                yield text
+
+    def _values(self, ds: Any, first_row: int, where: str) -> Iterator[Any]:
+        col = self.text_column
         if not self.streaming:
             table = ds.select_columns([col])
             for start in range(0, len(table), 1024):
@@ -228,15 +242,15 @@ class HFSource(TextSource):
         import pyarrow as pa
 
         rows = iter(ds)
-        for i in itertools.count(1):
+        for i in itertools.count(first_row):
             try:
                 row = next(rows)
             except StopIteration:
                 return
             except pa.ArrowException as err:  # e.g. a later file whose column types differ from the first's
-                raise ValueError(f"{self.name} row {i}: could not be read ({_reason(err)}).") from None
+                raise ValueError(f"{self.name} {where} {i}: could not be read ({_reason(err)}).") from None
             if col not in row:
-                raise ValueError(f"{self.name} row {i}: text_column={col!r} is missing from this row.")
+                raise ValueError(f"{self.name} {where} {i}: text_column={col!r} is missing from this row.")
             yield row[col]
 
     def documents(self) -> Iterator[str]:

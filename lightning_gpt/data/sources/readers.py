@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -27,6 +28,7 @@ __all__ = [
     "TXT_PIECE_CHARS",
     "MAX_JSONL_LINE_BYTES",
     "read_txt",
+    "read_txt_range",
     "read_jsonl",
     "read_parquet",
     "text_value",
@@ -39,6 +41,32 @@ __all__ = [
 TXT_PIECE_CHARS = 1 << 20
 MAX_JSONL_LINE_BYTES = 64 << 20  # one JSON line: a whole book is ~5 MB
 _SURROGATE = re.compile("[\ud800-\udfff]")
+Where = Union[str, Callable[[], str]]  # ``file:row`` for a message, or a function giving it (called on that path only)
+
+
+def _at(where: Where) -> str:
+    return where if isinstance(where, str) else where()
+
+
+def line_of(path: str, offset: int) -> int:
+    """The 1-based line number of byte ``offset`` of ``path`` (a scan: for messages, or once per byte range)."""
+    count, pos = 1, 0
+    with open(path, "rb") as f:
+        while pos < offset:
+            block = f.read(min(1 << 20, offset - pos))
+            if not block:
+                break
+            count += block.count(b"\n")
+            pos += len(block)
+    return count
+
+
+def _nul_error(path: str, line: int) -> ValueError:
+    return ValueError(
+        f"{path}:{line}: holds a NUL character, so it is not UTF-8 text (a binary file, or text saved as "
+        f"UTF-16/UTF-32?). Convert it, e.g. iconv -f utf-16 -t utf-8 {path!r} > fixed.txt, or remove it "
+        "from the source."
+    )
 
 
 def _utf8_error(path: str, lineno: int, offset: int, err: UnicodeDecodeError) -> ValueError:
@@ -127,12 +155,7 @@ def read_txt(path: str, skips: Skips, piece_chars: int = TXT_PIECE_CHARS) -> Ite
             cut = _cut(buf, piece_chars) if len(buf) > piece_chars else len(buf)
             piece, buf = buf[:cut], buf[cut:]
             if "\0" in piece:
-                line = lineno + piece.count("\n", 0, piece.index("\0"))
-                raise ValueError(
-                    f"{path}:{line}: holds a NUL character, so it is not UTF-8 text (a binary file, or text saved as "
-                    f"UTF-16/UTF-32?). Convert it, e.g. iconv -f utf-16 -t utf-8 {path!r} > fixed.txt, or remove it "
-                    "from the source."
-                )
+                raise _nul_error(path, lineno + piece.count("\n", 0, piece.index("\0")))
             lineno += piece.count("\n")
             if piece and not piece.isspace():
                 nonblank = True
@@ -141,13 +164,13 @@ def read_txt(path: str, skips: Skips, piece_chars: int = TXT_PIECE_CHARS) -> Ite
         skips.add("empty or whitespace-only files", path)
 
 
-def text_value(value: Any, where: str, text_column: str, skips: Skips) -> Optional[str]:
+def text_value(value: Any, where: Where, text_column: str, skips: Skips) -> Optional[str]:
     """Check the ``text_column`` value of one row: a string with some text is returned; a null, an empty or a
     whitespace-only string is counted in ``skips`` and ``None`` is returned.
 
     Args:
         value: the row's value.
-        where: ``file:row`` (or ``source row N``), for messages.
+        where: ``file:row`` (or ``source row N``), for messages, or a function giving it.
         text_column: the column's name, for messages.
         skips: where skipped rows are counted.
 
@@ -160,7 +183,7 @@ def text_value(value: Any, where: str, text_column: str, skips: Skips) -> Option
             return None
         if _SURROGATE.search(value):
             raise ValueError(
-                f"{where}: {text_column}={_short(value)} holds a lone UTF-16 surrogate (an escape like \\ud800 "
+                f"{_at(where)}: {text_column}={_short(value)} holds a lone UTF-16 surrogate (an escape like \\ud800 "
                 "without its pair), which is not valid Unicode text. Fix the row or leave it out of the source."
             )
         return value
@@ -168,8 +191,8 @@ def text_value(value: Any, where: str, text_column: str, skips: Skips) -> Option
         skips.add("rows with null text", where)
         return None
     raise ValueError(
-        f"{where}: text_column={text_column!r} holds a {type(value).__name__} ({_short(value)}), not a string; only "
-        "text is trained on, and turning it into text would train on something the data does not say. Set "
+        f"{_at(where)}: text_column={text_column!r} holds a {type(value).__name__} ({_short(value)}), not a string; "
+        "only text is trained on, and turning it into text would train on something the data does not say. Set "
         "text_column to the field that holds the text, or fix the row."
     )
 
@@ -179,7 +202,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def jsonl_row_value(line: str, text_column: str, where: Union[str, Callable[[], str]]) -> Any:
+def jsonl_row_value(line: str, text_column: str, where: Where) -> Any:
     """The value under ``text_column`` of one JSONL line (not yet checked to be text).
 
     Args:
@@ -193,7 +216,7 @@ def jsonl_row_value(line: str, text_column: str, where: Union[str, Callable[[], 
     """
 
     def at() -> str:
-        return where if isinstance(where, str) else where()
+        return _at(where)
 
     try:
         row = json.loads(line)
@@ -212,43 +235,115 @@ def jsonl_row_value(line: str, text_column: str, where: Union[str, Callable[[], 
     return row[text_column]
 
 
-def read_jsonl(path: str, text_column: str, skips: Skips) -> Iterator[str]:
+class _Lines:
+    """The lines of ``path`` that start in the byte range ``[start, end)`` (the line that straddles ``start`` belongs
+    to the range before; ``end=None``: to the end of the file), with their byte offsets and, on demand, line numbers.
+
+    A line longer than ``max_bytes`` is an error before it is read whole.
+    """
+
+    def __init__(self, path: str, start: int = 0, end: Optional[int] = None, max_bytes: int = -1) -> None:
+        self.path, self.start, self.end, self.max_bytes = path, start, end, max_bytes
+        self.count = 0  # lines given so far
+        self.begin = start  # the byte offset of the range's first line (set when the reading starts)
+        self._first: Optional[int] = None  # the line number of the range's first line, found when a message needs it
+
+    def lineno(self) -> int:
+        """The 1-based line number (in the file) of the last line given."""
+        if self._first is None:
+            self._first = 1 if self.begin == 0 else line_of(self.path, self.begin)
+        return self._first + self.count - 1
+
+    def where(self) -> str:
+        return f"{self.path}:{self.lineno()}"
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        with open(self.path, "rb") as f:
+            if self.start > 0:
+                f.seek(self.start - 1)
+                if f.read(1) != b"\n":
+                    f.readline()  # the line that straddles ``start`` belongs to the previous range
+            self.begin = pos = f.tell()
+            limit = self.max_bytes + 1 if self.max_bytes > 0 else -1
+            while self.end is None or pos < self.end:
+                raw = f.readline(limit)
+                if not raw:
+                    return
+                self.count += 1
+                if 0 < self.max_bytes < len(raw):
+                    raise ValueError(
+                        f"{self.where()}: the line is longer than {self.max_bytes >> 20} MiB; a JSONL line holds one "
+                        "document. Split the document over several lines (rows)."
+                    )
+                if pos == 0 and raw.startswith(codecs.BOM_UTF8):  # a byte-order mark starts the file: dropped
+                    yield len(codecs.BOM_UTF8), raw[len(codecs.BOM_UTF8) :]
+                else:
+                    yield pos, raw
+                pos += len(raw)
+
+
+def read_jsonl(path: str, text_column: str, skips: Skips, start: int = 0, end: Optional[int] = None) -> Iterator[str]:
     """The ``text_column`` strings of a ``.jsonl`` file, one per line (blank lines ignored).
 
     Args:
         path: the file.
         text_column: the field holding the text.
         skips: where null and empty values are counted.
+        start: read the lines that start at or after this byte offset (the part of the file a shard reads) ...
+        end: ... and before this one (``None``: the end of the file).
 
     Raises:
         ValueError: a line is not UTF-8, not JSON, not an object, longer than ``MAX_JSONL_LINE_BYTES``, lacks
             ``text_column``, or its value is not a string (each naming ``file:line``).
     """
-    with open(path, "rb") as f:
-        offset = 0
-        lineno = 0
-        while raw := f.readline(MAX_JSONL_LINE_BYTES + 1):
-            lineno += 1
-            if len(raw) > MAX_JSONL_LINE_BYTES:
-                raise ValueError(
-                    f"{path}:{lineno}: the line is longer than {MAX_JSONL_LINE_BYTES >> 20} MiB; a JSONL line holds "
-                    "one document. Split the document over several lines (rows)."
-                )
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw, offset = raw[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8)
-            line = decode_utf8_line(raw, path, lineno, offset)
-            offset += len(raw)
-            if not line.strip():
-                continue
-            value = jsonl_row_value(line, text_column, f"{path}:{lineno}")
-            text = text_value(value, f"{path}:{lineno}", text_column, skips)
-            if text is not None:
-                yield text
+    lines = _Lines(path, start, end, MAX_JSONL_LINE_BYTES)
+    for offset, raw in lines:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _utf8_error(path, lines.lineno(), offset, err) from None
+        if not line.strip():
+            continue
+        value = jsonl_row_value(line, text_column, lines.where)
+        text = text_value(value, lines.where, text_column, skips)
+        if text is not None:
+            yield text
 
 
-def read_parquet(path: str, text_column: str, skips: Skips) -> Iterator[str]:
+def read_txt_range(path: str, start: int, end: int, skips: Skips) -> str:
+    """The text of the lines of a ``.txt`` file that start in the byte range ``[start, end)``, read as ``read_txt``
+    reads the whole file (a byte-order mark at the file's start dropped, universal line ends, UTF-8 and no NUL):
+    joined in order, the ranges of a file give ``read_txt``'s text exactly.
+
+    Args:
+        path: the file.
+        start: the first byte of the range (a line starting in it is read whole).
+        end: the byte after the range.
+        skips: where a file that is empty or whitespace only is counted (when the range is the whole file).
+
+    Raises:
+        ValueError: the range is not UTF-8 or holds a NUL character (naming ``file:line``).
+    """
+    lines = _Lines(path, start, end)
+    parts = []
+    for offset, raw in lines:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise _utf8_error(path, lines.lineno(), offset, err) from None
+        if "\0" in line:
+            raise _nul_error(path, lines.lineno())
+        parts.append(line.replace("\r\n", "\n").replace("\r", "\n") if "\r" in line else line)
+    text = "".join(parts)
+    if start == 0 and (not text or text.isspace()) and os.path.getsize(path) <= end:
+        skips.add("empty or whitespace-only files", path)
+    return text
+
+
+def read_parquet(path: str, text_column: str, skips: Skips, row_group: Optional[int] = None) -> Iterator[str]:
     """The ``text_column`` strings of a ``.parquet`` file, one per row (read 1024 rows at a time); the arguments
-    are ``read_jsonl``'s, ``text_column`` naming a column.
+    are ``read_jsonl``'s, ``text_column`` naming a column; ``row_group`` reads that row group alone (a shard), its
+    rows still named by their place in the file.
 
     Raises:
         ValueError: the file is not Parquet, lacks ``text_column``, or the column is not of a string type (naming
@@ -271,8 +366,9 @@ def read_parquet(path: str, text_column: str, skips: Skips) -> Iterator[str]:
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     textual = pa.types.is_string(kind) or pa.types.is_large_string(kind) or str(kind) == "string_view"
-    row = 0
-    for batch in pf.iter_batches(columns=[text_column], batch_size=1024):
+    groups = None if row_group is None else [row_group]
+    row = 0 if row_group is None else sum(pf.metadata.row_group(i).num_rows for i in range(row_group))
+    for batch in pf.iter_batches(columns=[text_column], batch_size=1024, row_groups=groups):
         for value in batch.column(0).to_pylist():
             row += 1
             if not textual and value is not None:
