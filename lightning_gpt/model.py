@@ -19,18 +19,42 @@ Decoding protocol (used by ``lightning_gpt.generation``), static-shaped as in gp
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Sequence, TypedDict, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_gpt.attention import State, get_attention
+from lightning_gpt.attention.base import Positions
 from lightning_gpt.config import IGNORE_INDEX, GPTConfig
 
-__all__ = ["GPT", "Block", "MLP", "CausalSelfAttention", "Cache"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
+__all__ = ["GPT", "Block", "MLP", "CausalSelfAttention", "Cache", "CachePlacement", "LayerStep"]
 
 Cache = list[State]  # one decoding state per layer
+
+
+class CachePlacement(TypedDict, total=False):
+    """Where ``GPT.new_cache`` puts a cache, as keywords (``setup_cache`` passes them on)."""
+
+    device: Optional[torch.device]
+    dtype: Optional[torch.dtype]
+
+
+class LayerStep(NamedTuple):
+    """One layer's part of a decoding call: where the new tokens go and the state they extend (the two travel
+    together: positions mean nothing without a state). ``None`` in its place means the full causal pass.
+
+    Args:
+        input_pos: buffer positions of the ``T`` new tokens: a ``(T,)`` long tensor, or an ``int`` start.
+        state: the layer's decoding state (one entry of ``GPT.new_cache``); ``None``: the one ``setup_cache`` kept.
+    """
+
+    input_pos: Positions
+    state: Optional[State] = None
 
 
 class CausalSelfAttention(nn.Module):
@@ -50,28 +74,32 @@ class CausalSelfAttention(nn.Module):
         self.core = get_attention(config.attention)(config)
         self.state: Optional[State] = None
 
-    def forward(
-        self,
-        x: Tensor,
-        key_mask: Optional[Tensor] = None,
-        input_pos: Union[None, int, Tensor] = None,
-        state: Optional[State] = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, step: Optional[LayerStep] = None) -> Tensor:
+        """``(B, T, C)`` -> ``(B, T, C)``: the full causal pass over ``x``, or ``T`` new tokens through its state.
+
+        Args:
+            x: the layer's input ``(B, T, C)``.
+            key_mask: ``(B, T_keys)`` bool, False for (left) padding (``lightning_gpt.attention`` says what it covers).
+            step: the decoding call's positions and this layer's state; ``None``: the full causal pass.
+
+        Raises:
+            RuntimeError: a step without a state where no cache was kept (``setup_cache``).
+        """
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if input_pos is None:
+        if step is None:
             y = self.core(q, k, v, key_mask=key_mask)
         else:
-            state = self.state if state is None else state
+            state = self.state if step.state is None else step.state
             if state is None:
                 raise RuntimeError(
                     "A decoding position was given without a cache: pass cache=model.new_cache(...) (or call "
                     "model.setup_cache() first)."
                 )
-            y = self.core.step(q, k, v, state, input_pos, key_mask=key_mask)
+            y = self.core.step(q, k, v, state, step.input_pos, key_mask=key_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -109,14 +137,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: Tensor,
-        key_mask: Optional[Tensor] = None,
-        input_pos: Union[None, int, Tensor] = None,
-        state: Optional[State] = None,
-    ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), key_mask, input_pos, state)
+    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, step: Optional[LayerStep] = None) -> Tensor:
+        """``(B, T, C)`` -> ``(B, T, C)``; ``key_mask`` and ``step`` as for ``CausalSelfAttention``."""
+        x = x + self.attn(self.ln_1(x), key_mask, step)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -254,7 +277,7 @@ class GPT(nn.Module):
                     f"Position {int(position_ids.max())} exceeds the model's context (block_size="
                     f"{self.config.block_size})."
                 )
-            step_pos: Union[None, int, Tensor] = start_pos
+            step_pos: Optional[Positions] = start_pos
         else:
             step_pos = input_pos
             if position_ids is None:
@@ -264,12 +287,13 @@ class GPT(nn.Module):
         if self.embedding_scale != 1.0:
             tok_emb = tok_emb * self.embedding_scale
         x = self.transformer.drop(tok_emb + self.transformer.wpe(position_ids))  # (B, T, C)
-        if step_pos is None or cache is None:
+        if step_pos is None:
             for block in self.transformer.h:
-                x = block(x, key_mask, step_pos)
+                x = block(x, key_mask)
         else:
-            for block, state in zip(self.transformer.h, cache):
-                x = block(x, key_mask, step_pos, state)
+            states: Sequence[Optional[State]] = cache if cache is not None else [None] * len(self.transformer.h)
+            for block, state in zip(self.transformer.h, states):
+                x = block(x, key_mask, LayerStep(step_pos, state))
         if logits_to_keep or return_hidden:
             if targets is not None:
                 what = "logits_to_keep" if logits_to_keep else "return_hidden"
@@ -319,17 +343,14 @@ class GPT(nn.Module):
         return [block.attn.core.init_state(batch_size, max_seq_len, device, dtype) for block in self.transformer.h]
 
     def setup_cache(
-        self,
-        batch_size: int,
-        max_seq_len: Optional[int] = None,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+        self, batch_size: int, max_seq_len: Optional[int] = None, **placement: Unpack[CachePlacement]
     ) -> None:
-        """Keep a new cache on the model (see ``new_cache``), used by ``model(idx, start_pos=p)`` without ``cache=``.
+        """Keep a new cache on the model (``new_cache``'s arguments), used by ``model(idx, start_pos=p)`` without
+        ``cache=``.
 
         Generation does not use it (each generation passes its own cache); it is for interactive use and tests.
         """
-        for block, state in zip(self.transformer.h, self.new_cache(batch_size, max_seq_len, device, dtype)):
+        for block, state in zip(self.transformer.h, self.new_cache(batch_size, max_seq_len, **placement)):
             block.attn.state = state
 
     def clear_cache(self) -> None:

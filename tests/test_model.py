@@ -123,3 +123,25 @@ def test_model_imports_without_lightning():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_layer_step_through_the_kept_cache_equals_the_full_pass():
+    from lightning_gpt.model import LayerStep
+
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    model.setup_cache(2, 8, dtype=torch.float64)  # new_cache's placement keywords pass through
+    block = model.transformer.h[0]
+    assert all(t.dtype == torch.float64 for t in block.attn.state.values())
+    model.setup_cache(2, 8)
+    x = torch.randn(2, 6, model.config.n_embd)
+    with torch.no_grad():
+        full = block(x)  # step=None: the full causal pass
+        first = block(x[:, :4], None, LayerStep(0))  # state=None: the cache setup_cache kept
+        rest = block(x[:, 4:], None, LayerStep(torch.arange(4, 6)))
+        owned = block(x, None, LayerStep(0, model.new_cache(2, 8)[0]))  # a caller-owned state
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), full)
+    torch.testing.assert_close(owned, full)
+    model.clear_cache()
+    with pytest.raises(RuntimeError, match="without a cache"):
+        block(x, None, LayerStep(0))

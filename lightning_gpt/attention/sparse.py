@@ -21,7 +21,7 @@ is O(w) however long the sequence; ``strided`` and ``longformer`` keep a full ke
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,21 @@ from lightning_gpt.attention.base import (
 if TYPE_CHECKING:
     from lightning_gpt.config import GPTConfig
 
-__all__ = ["SparseAttention", "sparse_attention", "extra_positions"]
+__all__ = ["ExtraKeys", "SparseAttention", "sparse_attention", "extra_positions"]
+
+
+class ExtraKeys(NamedTuple):
+    """The keys outside the window that a pattern adds (summary or global positions), gathered once per call.
+
+    Args:
+        k, v: their keys and values ``(B, nh, M, hs)``.
+        pos: their buffer positions, ``(M,)`` (same for every row) or ``(B, M)`` (per row, e.g. shifted by each row's
+            left padding); entries past a row's last key are never causal, so they are unused.
+    """
+
+    k: Tensor
+    v: Tensor
+    pos: Tensor
 
 
 def sparse_attention(
@@ -52,9 +66,7 @@ def sparse_attention(
     k_prev: Optional[Tensor] = None,
     v_prev: Optional[Tensor] = None,
     key_mask: Optional[Tensor] = None,
-    extra_k: Optional[Tensor] = None,
-    extra_v: Optional[Tensor] = None,
-    extra_pos: Optional[Tensor] = None,
+    extra: Optional[ExtraKeys] = None,
     dropout_p: float = 0.0,
 ) -> Tensor:
     """Sliding-window causal attention (plus optional extra keys) for queries at ``start_pos .. start_pos + T - 1``.
@@ -66,10 +78,7 @@ def sparse_attention(
         k_prev, v_prev: keys/values of the positions just before ``start_pos`` ``(B, nh, P, hs)``; at least
             ``min(window - 1, start_pos)`` of them are needed (extra earlier ones are ignored).
         key_mask: ``(B, start_pos + T)`` bool, False for padded positions; None for no padding.
-        extra_k, extra_v: keys/values ``(B, nh, M, hs)`` that every query may see when they are causal and outside
-            its window (the summary or global positions).
-        extra_pos: buffer positions of the extra keys, ``(M,)`` (same for every row) or ``(B, M)`` (per row, e.g.
-            shifted by each row's left padding); entries past a row's last key are never causal, so they are unused.
+        extra: keys that every query may see when they are causal and outside its window (``ExtraKeys``).
         dropout_p: dropout on the attention weights.
 
     Returns:
@@ -121,12 +130,10 @@ def sparse_attention(
         allowed = allowed[None]  # (1, N, Lq, K)
 
     scores = (qb @ kw) * scale  # (B, nh, N, Lq, K)
-    M = 0 if extra_k is None else extra_k.size(2)
-    if M:
-        assert extra_k is not None and extra_pos is not None  # M > 0 only with extra keys
-        extra_scores = (qb @ extra_k.transpose(-2, -1)[:, :, None]) * scale  # (B, nh, N, Lq, M)
+    if extra is not None:
+        extra_scores = (qb @ extra.k.transpose(-2, -1)[:, :, None]) * scale  # (B, nh, N, Lq, M)
         # Causal and outside the window (keys inside it are already in the local set).
-        row_pos = extra_pos if extra_pos.dim() == 2 else extra_pos[None]  # (B or 1, M)
+        row_pos = extra.pos if extra.pos.dim() == 2 else extra.pos[None]  # (B or 1, M)
         extra_allowed = row_pos[:, None, None, :] <= q_pos[None, :, :, None] - window  # (B or 1, N, Lq, M)
         if key_mask is not None:
             idx = row_pos.clamp(max=key_mask.size(1) - 1).expand(B, -1)  # (B, M)
@@ -138,9 +145,8 @@ def sparse_attention(
     if dropout_p > 0:
         att = F.dropout(att, p=dropout_p)
     y = att[..., :K] @ vw  # (B, nh, N, Lq, hs)
-    if M:
-        assert extra_v is not None  # given with extra_k
-        y = y + att[..., K:] @ extra_v[:, :, None]  # (B, nh, N, Lq, hs)
+    if extra is not None:
+        y = y + att[..., K:] @ extra.v[:, :, None]  # (B, nh, N, Lq, hs)
     return y.reshape(B, nh, N * Lq, -1)[:, :, :T]  # (B, nh, T, hs)
 
 
@@ -198,22 +204,20 @@ class SparseAttention(AttentionCore):
         """``12 K d`` with ``K = attended_keys(T)`` keys per query instead of full attention's ``T``."""
         return 12 * self.attended_keys(seq_len) * self.config.n_embd
 
-    def _extra(
-        self, k: Tensor, v: Tensor, last_pos: int, key_mask: Optional[Tensor]
-    ) -> tuple[Optional[Tensor], Optional[Tensor], Tensor]:
+    def _extra(self, k: Tensor, v: Tensor, last_pos: int, key_mask: Optional[Tensor]) -> Optional[ExtraKeys]:
         # The pattern's positions count from each row's first real token: shift them by the row's left padding.
         pos = extra_positions(self.pattern, self.window, self.stride, self.n_global, last_pos, k.device)  # (M,)
         offsets = pad_offsets(key_mask)
         if pos.numel() == 0:
-            return None, None, pos
+            return None
         if offsets is None:
-            return k[:, :, pos], v[:, :, pos], pos  # (B, nh, M, hs)
+            return ExtraKeys(k[:, :, pos], v[:, :, pos], pos)  # (B, nh, M, hs)
         B, nh, T_k, hs = k.shape
         row_pos = pos[None, :] + offsets[:, None]  # (B, M) buffer positions
         idx = row_pos.clamp(max=T_k - 1)[:, None, :, None]  # (B, 1, M, 1); clamped ones are never causal
         extra_k = k.gather(2, idx.expand(B, nh, -1, hs))  # (B, nh, M, hs)
         extra_v = v.gather(2, idx.expand(B, nh, -1, v.size(-1)))  # (B, nh, M, hs)
-        return extra_k, extra_v, row_pos
+        return ExtraKeys(extra_k, extra_v, row_pos)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
         # Traced with a dynamic length, min(window, T), the block count and the pattern's extra positions would pin
@@ -221,11 +225,9 @@ class SparseAttention(AttentionCore):
         return static_when_traced(self._attend, self.config.block_size, q, k, v, key_mask)  # (B, nh, T, hs)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]) -> Tensor:
-        extra_k, extra_v, pos = self._extra(k, v, q.size(2) - 1, key_mask)
+        extra = self._extra(k, v, q.size(2) - 1, key_mask)
         p = self.dropout_p if self.training else 0.0
-        return sparse_attention(
-            q, k, v, self.window, key_mask=key_mask, extra_k=extra_k, extra_v=extra_v, extra_pos=pos, dropout_p=p
-        )  # (B, nh, T, hs)
+        return sparse_attention(q, k, v, self.window, key_mask=key_mask, extra=extra, dropout_p=p)  # (B, nh, T, hs)
 
     def init_state(self, batch_size: int, max_seq_len: int, device: torch.device, dtype: torch.dtype) -> State:
         if self.pattern == "local":
@@ -247,7 +249,6 @@ class SparseAttention(AttentionCore):
         end = start_pos + T_new
         k_all, v_all = kv_cache_update(state, k, v, torch.arange(start_pos, end, device=q.device))
         k_all, v_all = k_all[:, :, :end], v_all[:, :, :end]  # (B, nh, start_pos + T_new, hs)
-        extra_k, extra_v, pos = self._extra(k_all, v_all, end - 1, key_mask)
         return sparse_attention(
             q,
             k,
@@ -257,9 +258,7 @@ class SparseAttention(AttentionCore):
             k_prev=k_all[:, :, max(0, start_pos - self.window + 1) : start_pos],
             v_prev=v_all[:, :, max(0, start_pos - self.window + 1) : start_pos],
             key_mask=key_mask,
-            extra_k=extra_k,
-            extra_v=extra_v,
-            extra_pos=pos,
+            extra=self._extra(k_all, v_all, end - 1, key_mask),
         )
 
     def _step_one(

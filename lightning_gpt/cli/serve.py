@@ -14,7 +14,7 @@ the server starts, so a mistake is one paragraph and exit status 2, never a half
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
 
 from lightning_gpt.cli.options import checkpoint_parser
 
@@ -62,11 +62,10 @@ def serve_command(argv: list[str]) -> None:
     """
     opts = _parser().parse_args(argv)
     try:
-        from lightning_gpt.serve import run_server
+        from lightning_gpt.serve import ServeOptions, run_server
     except ImportError as err:
         raise ValueError(
             f"lightning-gpt serve needs LitServe ({err}). Install the serve extra: pip install 'lightning-gpt[serve]'."
         ) from None
-    settings: dict[str, Any] = {k: v for k, v in vars(opts).items() if k not in ("ckpt_path", "host", "port")}
-    log_level = settings.pop("log_level")
-    run_server(opts.ckpt_path, host=opts.host, port=opts.port, log_level=log_level, **settings)
+    options = ServeOptions(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(ServeOptions)})
+    run_server(opts.ckpt_path, options, host=opts.host, port=opts.port, log_level=opts.log_level)

@@ -1,7 +1,8 @@
 """Decoding for any model that follows the cache protocol (plain PyTorch; no Lightning import).
 
 * ``generate(model, input_ids, max_new_tokens=..., ...)``: greedy, sampling and beam search with Hugging Face keyword
-  names and semantics; ``stream_generate`` yields the next ids per step.
+  names and semantics; ``stream_generate`` yields the next ids per step. Their keyword arguments are one typed
+  ``DecodeOptions`` (the ``GenerationConfig`` fields, ``GenerationSettings``, and the call's own).
 * ``generate_text`` / ``stream_text``: the same from prompt strings through a tokenizer.
 * ``processors``: the pure ``(B, V) -> (B, V)`` logits functions (temperature, top-k, top-p, min-p, repetition penalty).
 
@@ -12,8 +13,8 @@ this package stays free of Lightning.
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lightning_gpt.generation.config import GenerationConfig
-    from lightning_gpt.generation.decode import GenerateOutput, generate, stream_generate
+    from lightning_gpt.generation.config import GenerationConfig, GenerationSettings
+    from lightning_gpt.generation.decode import DecodeOptions, GenerateOutput, generate, stream_generate
     from lightning_gpt.generation.processors import (
         apply_min_p,
         apply_repetition_penalty,
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 # `lightning-gpt generate --help`) must not import torch through this package.
 _HOME = {
     "GenerationConfig": "config",
+    "GenerationSettings": "config",
+    "DecodeOptions": "decode",
     "GenerateOutput": "decode",
     "generate": "decode",
     "stream_generate": "decode",
@@ -61,8 +64,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DecodeOptions",
     "GenerateOutput",
     "GenerationConfig",
+    "GenerationSettings",
     "StopCriteria",
     "apply_min_p",
     "apply_repetition_penalty",

@@ -26,14 +26,21 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, TypedDict, Union
 
 from lightning_gpt.config import is_int
 
 if TYPE_CHECKING:  # torch is imported when a generator is made: `lightning-gpt generate --help` starts without it
     import torch
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
-__all__ = ["GenerationConfig", "CLI_DEFAULTS", "SAMPLE_CALLBACK_DEFAULTS", "DOCUMENTED_DIFFERENCES"]
+__all__ = [
+    "GenerationConfig",
+    "GenerationSettings",
+    "CLI_DEFAULTS",
+    "SAMPLE_CALLBACK_DEFAULTS",
+    "DOCUMENTED_DIFFERENCES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +170,9 @@ class GenerationConfig:
         return self.do_sample and self.temperature > 0
 
     @classmethod
-    def fold(cls, config: Optional["GenerationConfig"] = None, **settings: Any) -> "GenerationConfig":
+    def fold(
+        cls, config: Optional["GenerationConfig"] = None, **settings: Unpack[GenerationSettings]
+    ) -> "GenerationConfig":
         """``config`` (default ``GenerationConfig()``) with ``settings`` applied: how keyword arguments become one.
 
         Args:
@@ -217,6 +226,28 @@ class GenerationConfig:
                 "do_sample=True to sample.",
                 ", ".join(ignored),
             )
+
+
+class GenerationSettings(TypedDict, total=False):
+    """The fields of ``GenerationConfig`` as keyword arguments (``generate(model, ids, top_k=50)``), typed for
+    checkers (PEP 692: ``**settings: Unpack[GenerationSettings]``); a test holds it to the dataclass's fields and
+    types. Meanings and ranges: ``GenerationConfig``."""
+
+    max_new_tokens: Optional[int]
+    do_sample: bool
+    temperature: float
+    top_k: Optional[int]
+    top_p: Optional[float]
+    min_p: Optional[float]
+    repetition_penalty: float
+    num_beams: int
+    length_penalty: float
+    early_stopping: Union[bool, Literal["never"]]
+    num_return_sequences: int
+    stop: Optional[list[Union[str, list[int]]]]
+    use_cache: bool
+    seed: Optional[int]
+    num_draft_tokens: int
 
 
 # The presets of the table in the module docstring. ``lightning-gpt generate`` resolves ``do_sample`` itself when the

@@ -4,20 +4,90 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Generator, Iterator, Literal, Optional, Sequence, Union, overload
+from typing import TYPE_CHECKING, Any, Generator, Iterator, Literal, Optional, Sequence, TypedDict, Union, overload
 
 import torch
 from torch import Tensor, nn
 
 from lightning_gpt.config import is_int
 from lightning_gpt.generation.beam import beam_search
-from lightning_gpt.generation.config import GenerationConfig
+from lightning_gpt.generation.config import GenerationConfig, GenerationSettings
 from lightning_gpt.generation.sampling import DecodeState, decode_n_tokens
 from lightning_gpt.generation.speculative import speculative_steps
 from lightning_gpt.generation.stopping import FINISH_REASONS, StopCriteria
 from lightning_gpt.generation.validate import normalize_eos, validate_prompt
 
-__all__ = ["GenerateOutput", "generate", "stream_generate"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
+__all__ = ["DecodeOptions", "GenerateOutput", "generate", "stream_generate"]
+
+
+class DecodeOptions(GenerationSettings, total=False):
+    """The keyword arguments of ``generate`` and ``stream_generate``, defined once for both: the decoding settings
+    (the fields of ``GenerationConfig``, see ``GenerationSettings``; they win over ``config``) and the ones below.
+
+    Args:
+        attention_mask: ``(B, T)`` 1 for real tokens, 0 for left padding.
+        eos_token_id: one id or several; a row ends after generating one (it stays in the output).
+        pad_token_id: filler for finished rows; defaults to the first EOS id (or 0).
+        tokenizer: for string stop sequences (anything with ``decode(ids) -> str``).
+        generator: a seeded ``torch.Generator`` for sampling; default one seeded with ``config.seed``, else torch's
+            global RNG.
+        compile: run the decoding steps compiled (see ``generate``); a string names the ``torch.compile`` backend
+            (default inductor).
+        draft_model: a draft ``GPT`` for speculative decoding (see ``generate``).
+    """
+
+    attention_mask: Optional[Tensor]
+    eos_token_id: Union[None, int, Sequence[int]]
+    pad_token_id: Optional[int]
+    tokenizer: Any
+    generator: Optional[torch.Generator]
+    compile: Union[bool, str]
+    draft_model: Optional[nn.Module]
+
+
+_CALL_KEYWORDS = frozenset(DecodeOptions.__annotations__) - frozenset(GenerationSettings.__annotations__)
+
+
+class _LoopArgs(TypedDict):
+    """The keyword arguments every decoding loop takes (``decode_n_tokens``, ``speculative_steps``, ``beam_search``)."""
+
+    max_new_tokens: int
+    stop: StopCriteria
+    generator: Optional[torch.Generator]
+
+
+@dataclass
+class _Decoding:
+    """One checked call of ``generate`` / ``stream_generate``: its settings, the prompt as decoded and what the
+    decoding loops read.
+
+    Args:
+        config: the folded settings.
+        input_ids: ``(N, T)`` the prompt on the model's device, each row repeated ``num_beams`` (beam search) or
+            ``num_return_sequences`` times: ``N = batch_size * that``.
+        attention_mask: ``(N, T)``, or ``None``.
+        batch_size: the distinct prompts.
+        pad: filler for finished rows.
+        loop: the loops' shared keyword arguments (``max_new_tokens`` resolved against the context).
+        compile: see ``generate``.
+        draft_model: see ``generate``.
+    """
+
+    config: GenerationConfig
+    input_ids: Tensor
+    attention_mask: Optional[Tensor]
+    batch_size: int
+    pad: int
+    loop: _LoopArgs
+    compile: Union[bool, str]
+    draft_model: Optional[nn.Module]
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.loop["max_new_tokens"]
 
 
 @dataclass
@@ -71,23 +141,18 @@ def _model_config(model: nn.Module) -> tuple[int, int]:
 
 
 def _prepare(
-    model: nn.Module,
-    input_ids: Tensor,
-    config: GenerationConfig,
-    *,
-    eos_token_id: Union[None, int, Sequence[int]],
-    pad_token_id: Optional[int],
-    attention_mask: Optional[Tensor],
-    tokenizer: Any,
-    generator: Optional[torch.Generator],
-    draft_model: Optional[nn.Module],
-) -> dict[str, Any]:
-    """The checked prompt and what the decoding loops read (a draft model checked too), or one paragraph raised."""
+    model: nn.Module, input_ids: Tensor, config: Optional[GenerationConfig], options: DecodeOptions
+) -> _Decoding:
+    """The call checked (a draft model too) and folded into one ``_Decoding``, or one paragraph raised."""
+    # Everything but the call's own keywords is a setting (an unknown name too: fold's error names it).
+    settings: dict[str, Any] = {k: v for k, v in options.items() if k not in _CALL_KEYWORDS}
+    config = GenerationConfig.fold(config, **settings)
     block_size, vocab_size = _model_config(model)
+    pad_token_id = options.get("pad_token_id")
     if pad_token_id is not None and (not is_int(pad_token_id) or not 0 <= pad_token_id < vocab_size):
         raise ValueError(f"pad_token_id={pad_token_id!r} must be None or an integer in [0, {vocab_size}).")
     config.warn_ignored()
-    input_ids, attention_mask = validate_prompt(input_ids, attention_mask, vocab_size)
+    input_ids, attention_mask = validate_prompt(input_ids, options.get("attention_mask"), vocab_size)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     attention_mask = None if attention_mask is None else attention_mask.to(device)
@@ -107,35 +172,37 @@ def _prepare(
             f"({max_new_tokens}) is {T0 + max_new_tokens} tokens, longer than the model's context "
             f"(block_size={block_size}). To fix: " + ", or ".join(fixes) + "."
         )
-    eos = normalize_eos(eos_token_id, vocab_size)
-    criteria = StopCriteria(eos, config.stop, tokenizer, vocab_size)
-    # Hugging Face's fallback: finished rows are padded with the (first) EOS id when no pad id is given.
-    pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    eos = normalize_eos(options.get("eos_token_id"), vocab_size)
     expand = config.num_beams if config.num_beams > 1 else config.num_return_sequences
     if expand > 1:
         input_ids = input_ids.repeat_interleave(expand, dim=0)
         attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(expand, dim=0)
-    if generator is None and config.sampling:
-        generator = config.make_generator(device)
-    prep = dict(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        stop=criteria,
-        pad=pad,
-        max_new_tokens=max_new_tokens,
-        generator=generator,
+    generator = options.get("generator")
+    run = _Decoding(
+        config,
+        input_ids,
+        attention_mask,
         batch_size=input_ids.size(0) // expand,
+        # Hugging Face's fallback: finished rows are padded with the (first) EOS id when no pad id is given.
+        pad=pad_token_id if pad_token_id is not None else (eos[0] if eos else 0),
+        loop=_LoopArgs(
+            max_new_tokens=max_new_tokens,
+            stop=StopCriteria(eos, config.stop, options.get("tokenizer"), vocab_size),
+            generator=config.make_generator(device) if generator is None and config.sampling else generator,
+        ),
+        compile=options.get("compile", False),
+        draft_model=options.get("draft_model"),
     )
-    if draft_model is not None:
-        _check_draft(model, draft_model, prep, config)
-    return prep
+    if run.draft_model is not None:
+        _check_draft(model, run.draft_model, run)
+    return run
 
 
-def _check_draft(model: nn.Module, draft_model: nn.Module, prep: dict[str, Any], config: GenerationConfig) -> None:
+def _check_draft(model: nn.Module, draft_model: nn.Module, run: _Decoding) -> None:
     """One paragraph for a draft model that cannot assist this generation."""
     block_size, vocab_size = _model_config(draft_model)
     _, target_vocab = _model_config(model)
-    rows = prep["input_ids"].size(0)
+    rows, config = run.input_ids.size(0), run.config
     if config.num_beams > 1 or rows != 1:
         raise ValueError(
             f"Speculative decoding (draft_model) decodes one sequence: got {rows} rows (batch size x "
@@ -149,7 +216,7 @@ def _check_draft(model: nn.Module, draft_model: nn.Module, prep: dict[str, Any],
             f"The draft model's vocab_size ({vocab_size}) differs from the target's ({target_vocab}): speculative "
             "decoding needs both models on the same tokenizer. Use a draft trained with the target's tokenizer."
         )
-    needed = prep["input_ids"].size(1) + prep["max_new_tokens"]
+    needed = run.input_ids.size(1) + run.max_new_tokens
     if needed > block_size:
         raise ValueError(
             f"The prompt plus max_new_tokens is {needed} tokens, longer than the draft model's context "
@@ -164,41 +231,61 @@ def _check_draft(model: nn.Module, draft_model: nn.Module, prep: dict[str, Any],
 
 
 @contextlib.contextmanager
-def _decode_states(
-    model: nn.Module,
-    prep: dict[str, Any],
-    config: GenerationConfig,
-    compile: Union[bool, str],
-    draft_model: Optional[nn.Module],
-) -> Iterator[tuple[DecodeState, Optional[DecodeState]]]:
-    """This generation's own decoding states, the target's and the draft's (or ``None``), freed on exit."""
-    prompt, mask, n = prep["input_ids"], prep["attention_mask"], prep["max_new_tokens"]
-    with torch.inference_mode():  # allocated as inference tensors even where the steps run outside the mode
-        state = DecodeState(model, prompt, mask, n, config.use_cache, compile)
-        draft = None if draft_model is None else DecodeState(draft_model, prompt, mask, n, True, compile)
-    try:
-        yield state, draft
-    finally:
-        state.close()
-        if draft is not None:
-            draft.close()
+def _decoding(model: nn.Module, run: _Decoding) -> Iterator[tuple[DecodeState, Optional[DecodeState]]]:
+    """This generation's own decoding states, the target's and the draft's (or ``None``), with both models in eval
+    mode; the states are freed and the modes restored on exit."""
+    prompt, mask, n, draft_model = run.input_ids, run.attention_mask, run.max_new_tokens, run.draft_model
+    with _eval_mode(model), _eval_mode(draft_model):
+        with torch.inference_mode():  # allocated as inference tensors even where the steps run outside the mode
+            state = DecodeState(model, prompt, mask, n, run.config.use_cache, run.compile)
+            draft = None if draft_model is None else DecodeState(draft_model, prompt, mask, n, True, run.compile)
+        try:
+            yield state, draft
+        finally:
+            state.close()
+            if draft is not None:
+                draft.close()
+
+
+def _steps(
+    state: DecodeState, draft: Optional[DecodeState], run: _Decoding
+) -> tuple[Generator[Tensor, None, None], Tensor, Tensor]:
+    """The greedy/sampling loop (or the speculative one, with a draft state) and the ``(N,)`` buffers it fills in
+    place: each row's stop code and generated length."""
+    reasons = torch.zeros(state.batch_size, dtype=torch.long, device=state.tokens.device)
+    lengths = torch.full_like(reasons, run.max_new_tokens)
+    if draft is None:
+        steps = decode_n_tokens(state, run.config, pad_token_id=run.pad, reasons=reasons, lengths=lengths, **run.loop)
+    else:
+        steps = speculative_steps(state, draft, run.config, reasons=reasons, lengths=lengths, **run.loop)
+    return steps, reasons, lengths
 
 
 _Config = Optional[GenerationConfig]
 
 
-# The type of what ``generate`` returns follows ``return_dict`` (the keyword arguments in ``kw`` are typed below).
+# The type of what ``generate`` returns follows ``return_dict``.
 @overload
 def generate(
-    model: nn.Module, input_ids: Tensor, config: _Config = None, *, return_dict: Literal[False] = False, **kw: Any
+    model: nn.Module,
+    input_ids: Tensor,
+    config: _Config = None,
+    *,
+    return_dict: Literal[False] = False,
+    **options: Unpack[DecodeOptions],
 ) -> Tensor: ...
 @overload
 def generate(
-    model: nn.Module, input_ids: Tensor, config: _Config = None, *, return_dict: Literal[True], **kw: Any
+    model: nn.Module,
+    input_ids: Tensor,
+    config: _Config = None,
+    *,
+    return_dict: Literal[True],
+    **options: Unpack[DecodeOptions],
 ) -> GenerateOutput: ...
 @overload
 def generate(
-    model: nn.Module, input_ids: Tensor, config: _Config = None, *, return_dict: bool, **kw: Any
+    model: nn.Module, input_ids: Tensor, config: _Config = None, *, return_dict: bool, **options: Unpack[DecodeOptions]
 ) -> Union[Tensor, GenerateOutput]: ...
 
 
@@ -207,15 +294,8 @@ def generate(
     input_ids: Tensor,
     config: Optional[GenerationConfig] = None,
     *,
-    attention_mask: Optional[Tensor] = None,
-    eos_token_id: Union[None, int, Sequence[int]] = None,
-    pad_token_id: Optional[int] = None,
-    tokenizer: Any = None,
-    generator: Optional[torch.Generator] = None,
     return_dict: bool = False,
-    compile: Union[bool, str] = False,
-    draft_model: Optional[nn.Module] = None,
-    **settings: Any,
+    **options: Unpack[DecodeOptions],
 ) -> Union[Tensor, GenerateOutput]:
     """Continue prompts with a GPT; keyword names and semantics follow Hugging Face ``generate``.
 
@@ -247,20 +327,16 @@ def generate(
         model: a ``lightning_gpt.GPT`` (or any model with ``config.block_size``/``vocab_size`` and the cache protocol).
         input_ids: ``(B, T)`` (or ``(T,)``) prompt ids; rows of different lengths are LEFT-padded.
         config: the decoding settings (default ``GenerationConfig()``: greedy, fill the context).
-        attention_mask: ``(B, T)`` 1 for real tokens, 0 for left padding.
-        eos_token_id: one id or several; a row ends after generating one (it stays in the output).
-        pad_token_id: filler for finished rows; defaults to the first EOS id (or 0).
-        tokenizer: for string stop sequences (anything with ``decode(ids) -> str``).
-        generator: a seeded ``torch.Generator`` for sampling; default one seeded with ``config.seed``, else torch's
-            global RNG.
         return_dict: return a ``GenerateOutput`` (with finish reasons, lengths and beam scores).
-        settings: fields of ``GenerationConfig`` (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``,
-            ``top_p``, ``min_p``, ``repetition_penalty``, ``num_beams``, ``length_penalty``, ``early_stopping``,
-            ``num_return_sequences``, ``stop``, ``use_cache``, ``seed``, ``num_draft_tokens``); they override
-            ``config``.
-        compile: run the decoding steps compiled (see above); a string names the ``torch.compile`` backend
-            (default inductor).
-        draft_model: a draft ``GPT`` for speculative decoding (see above).
+        options: ``DecodeOptions``: the fields of ``GenerationConfig`` (``max_new_tokens``, ``do_sample``,
+            ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``num_beams``,
+            ``length_penalty``, ``early_stopping``, ``num_return_sequences``, ``stop``, ``use_cache``, ``seed``,
+            ``num_draft_tokens``; they override ``config``), and ``attention_mask`` (``(B, T)`` 1 for real tokens,
+            0 for left padding), ``eos_token_id`` (one id or several; a row ends after generating one, which stays
+            in the output), ``pad_token_id`` (filler for finished rows; default the first EOS id, or 0),
+            ``tokenizer`` (for string stop sequences), ``generator`` (a seeded ``torch.Generator`` for sampling;
+            default one seeded with ``config.seed``, else torch's global RNG), ``compile`` (see above; a string
+            names the ``torch.compile`` backend) and ``draft_model`` (see above).
 
     Returns:
         ``(B * num_return_sequences, T + L)`` LongTensor of prompt + generated ids (L <= max_new_tokens), or a
@@ -270,44 +346,21 @@ def generate(
         ValueError: an unknown or out-of-range setting, a bad prompt or mask, or a prompt plus ``max_new_tokens``
             longer than the context; the message names the value and the fix.
     """
-    config = GenerationConfig.fold(config, **settings)
-    prep = _prepare(
-        model,
-        input_ids,
-        config,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        attention_mask=attention_mask,
-        tokenizer=tokenizer,
-        generator=generator,
-        draft_model=draft_model,
-    )
-    prompt = prep["input_ids"]
-    max_new_tokens = prep["max_new_tokens"]
-    num_return_sequences = config.num_return_sequences
-    with torch.inference_mode(), _eval_mode(model), _eval_mode(draft_model):
-        with _decode_states(model, prep, config, compile, draft_model) as (state, draft):
-            if config.num_beams > 1:
-                res = beam_search(
-                    state,
-                    config,
-                    batch_size=prep["batch_size"],
-                    max_new_tokens=max_new_tokens,
-                    stop=prep["stop"],
-                    pad_token_id=prep["pad"],
-                    generator=prep["generator"],
-                )
-                keep = torch.arange(prep["batch_size"], device=prompt.device).repeat_interleave(num_return_sequences)
-                sequences = torch.cat([prompt[keep * config.num_beams], res.new_tokens], dim=1)
-                lengths, reasons, scores = res.lengths, res.reasons, res.scores
-            else:
-                reasons = torch.zeros(prompt.size(0), dtype=torch.long, device=prompt.device)
-                lengths = torch.full_like(reasons, max_new_tokens)
-                for _ in _steps(state, draft, config, prep, reasons, lengths):
-                    pass
-                sequences = state.tokens[:, : state.length].clone()
-                sequences[:, : state.prompt_len] = prompt
-                scores = None
+    run = _prepare(model, input_ids, config, options)
+    prompt, config = run.input_ids, run.config
+    with torch.inference_mode(), _decoding(model, run) as (state, draft):
+        if config.num_beams > 1:
+            res = beam_search(state, config, batch_size=run.batch_size, pad_token_id=run.pad, **run.loop)
+            keep = torch.arange(run.batch_size, device=prompt.device).repeat_interleave(config.num_return_sequences)
+            sequences = torch.cat([prompt[keep * config.num_beams], res.new_tokens], dim=1)
+            lengths, reasons, scores = res.lengths, res.reasons, res.scores
+        else:
+            steps, reasons, lengths = _steps(state, draft, run)
+            for _ in steps:
+                pass
+            sequences = state.tokens[:, : state.length].clone()
+            sequences[:, : state.prompt_len] = prompt
+            scores = None
     if not return_dict:
         return sequences
     return GenerateOutput(
@@ -319,51 +372,8 @@ def generate(
     )
 
 
-def _steps(
-    state: DecodeState,
-    draft: Optional[DecodeState],
-    config: GenerationConfig,
-    prep: dict[str, Any],
-    reasons: Tensor,
-    lengths: Tensor,
-) -> Generator[Tensor, None, None]:
-    """The greedy/sampling loop, or the speculative one with a draft state."""
-    if draft is not None:
-        return speculative_steps(
-            state,
-            draft,
-            config,
-            max_new_tokens=prep["max_new_tokens"],
-            stop=prep["stop"],
-            generator=prep["generator"],
-            reasons=reasons,
-            lengths=lengths,
-        )
-    return decode_n_tokens(
-        state,
-        config,
-        max_new_tokens=prep["max_new_tokens"],
-        stop=prep["stop"],
-        pad_token_id=prep["pad"],
-        generator=prep["generator"],
-        reasons=reasons,
-        lengths=lengths,
-    )
-
-
 def stream_generate(
-    model: nn.Module,
-    input_ids: Tensor,
-    config: Optional[GenerationConfig] = None,
-    *,
-    attention_mask: Optional[Tensor] = None,
-    eos_token_id: Union[None, int, Sequence[int]] = None,
-    pad_token_id: Optional[int] = None,
-    tokenizer: Any = None,
-    generator: Optional[torch.Generator] = None,
-    compile: Union[bool, str] = False,
-    draft_model: Optional[nn.Module] = None,
-    **settings: Any,
+    model: nn.Module, input_ids: Tensor, config: Optional[GenerationConfig] = None, **options: Unpack[DecodeOptions]
 ) -> Generator[Tensor, None, None]:
     """Yield the next ids ``(N,)`` of every row at each step, as they are produced (greedy or sampling).
 
@@ -376,59 +386,31 @@ def stream_generate(
         model: see ``generate``.
         input_ids: see ``generate``.
         config: see ``generate``.
-        attention_mask: see ``generate``.
-        eos_token_id: see ``generate``.
-        pad_token_id: see ``generate``.
-        tokenizer: see ``generate``.
-        generator: see ``generate``.
-        compile: see ``generate``.
-        draft_model: see ``generate``.
-        settings: fields of ``GenerationConfig``, as for ``generate``.
+        options: ``DecodeOptions``, as for ``generate``.
 
     Raises:
         ValueError: as ``generate``, when called (not at the first ``next``); also for ``num_beams > 1``.
     """
-    if settings.pop("return_dict", False):
+    if "return_dict" in options:
         raise ValueError("stream_generate yields token ids step by step; return_dict is not supported.")
-    config = GenerationConfig.fold(config, **settings)
-    if config.num_beams != 1:
+    run = _prepare(model, input_ids, config, options)
+    if run.config.num_beams != 1:
         raise ValueError("stream_generate does not support beam search (num_beams > 1); use generate for beams.")
-    prep = _prepare(
-        model,
-        input_ids,
-        config,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        attention_mask=attention_mask,
-        tokenizer=tokenizer,
-        generator=generator,
-        draft_model=draft_model,
-    )
     # Arguments are checked above, at call time; the steps run lazily as the caller iterates.
-    return _stream(model, prep, config, compile, draft_model)
+    return _stream(model, run)
 
 
-def _stream(
-    model: nn.Module,
-    prep: dict[str, Any],
-    config: GenerationConfig,
-    compile: Union[bool, str],
-    draft_model: Optional[nn.Module],
-) -> Generator[Tensor, None, None]:
-    max_new_tokens = prep["max_new_tokens"]
-    with _eval_mode(model), _eval_mode(draft_model):
-        with _decode_states(model, prep, config, compile, draft_model) as (state, draft):
-            reasons = torch.zeros(state.batch_size, dtype=torch.long, device=state.tokens.device)
-            lengths = torch.full_like(reasons, max_new_tokens)
-            steps = _steps(state, draft, config, prep, reasons, lengths)
-            try:
-                while True:
-                    # Inference mode only around the model's work, so it does not leak into the caller between yields.
-                    with torch.inference_mode():
-                        try:
-                            next_tokens = next(steps)
-                        except StopIteration:
-                            return
-                    yield next_tokens
-            finally:
-                steps.close()
+def _stream(model: nn.Module, run: _Decoding) -> Generator[Tensor, None, None]:
+    with _decoding(model, run) as (state, draft):
+        steps, _, _ = _steps(state, draft, run)
+        try:
+            while True:
+                # Inference mode only around the model's work, so it does not leak into the caller between yields.
+                with torch.inference_mode():
+                    try:
+                        next_tokens = next(steps)
+                    except StopIteration:
+                        return
+                yield next_tokens
+        finally:
+            steps.close()

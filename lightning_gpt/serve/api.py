@@ -15,6 +15,7 @@ import litserve as ls
 from litserve.loops import BatchedStreamingLoop
 
 from lightning_gpt.serve.batching import decode_jobs
+from lightning_gpt.serve.options import ServeOptions, resolve_device
 from lightning_gpt.serve.shared import SharedState
 from lightning_gpt.serve.spec import CompletionsSpec
 
@@ -31,39 +32,30 @@ class GPTServeAPI(ls.LitAPI):
         ckpt_path: what ``lightning_gpt.io.load_checkpoint`` reads (a ``.ckpt`` file or a weights folder).
         spec: the routes (``CompletionsSpec``).
         state: counters and cancellations shared with the HTTP processes.
-        max_batch_size: the most requests decoded together.
-        batch_timeout: seconds the worker gathers queued requests into a batch before decoding it.
-        max_batch_rows: the most rows (prompts x choices) in one forward pass.
-        device: the torch device to decode on (``cpu``, ``cuda``, ``cuda:1``).
-        dtype: cast the weights to this dtype (``bfloat16``...), or ``None`` to keep the checkpoint's.
-        trust_checkpoint: allow a full unpickle of a checkpoint that needs it (trusted files only).
-        threads: torch intra-op threads in the worker, or ``None`` for torch's default.
+        options: the server's settings; the worker reads ``max_batch_size``, ``batch_timeout``, ``max_batch_rows``,
+            ``device`` (``auto`` resolved here), ``dtype``, ``trust_checkpoint`` and ``threads``. Default
+            ``ServeOptions()``.
+
+    Raises:
+        ValueError: ``options.device`` is not a device this machine has.
     """
 
     def __init__(
-        self,
-        ckpt_path: str,
-        *,
-        spec: CompletionsSpec,
-        state: SharedState,
-        max_batch_size: int = 16,
-        batch_timeout: float = 0.05,
-        max_batch_rows: int = 64,
-        device: str = "cpu",
-        dtype: Optional[str] = None,
-        trust_checkpoint: bool = False,
-        threads: Optional[int] = None,
+        self, ckpt_path: str, *, spec: CompletionsSpec, state: SharedState, options: Optional[ServeOptions] = None
     ) -> None:
+        options = ServeOptions() if options is None else options
         super().__init__(
-            max_batch_size=max_batch_size, batch_timeout=batch_timeout, spec=spec, loop=BatchedStreamingLoop()
+            max_batch_size=options.max_batch_size,
+            batch_timeout=options.batch_timeout,
+            spec=spec,
+            loop=BatchedStreamingLoop(),
         )
         self.ckpt_path = ckpt_path
         self.state = state
-        self.max_batch_rows = max_batch_rows
-        self.torch_device = device
-        self.threads = threads
-        # What setup() passes to load_checkpoint (the worker loads on CPU, then moves the model to torch_device).
-        self.load_options: dict[str, Any] = dict(map_location="cpu", trust_checkpoint=trust_checkpoint, dtype=dtype)
+        self.max_batch_rows = options.max_batch_rows
+        self.torch_device = resolve_device(options.device)
+        self.threads = options.threads
+        self.load_options = options.load_options  # what setup() passes to load_checkpoint
         self.model: Any = None
         self.tokenizer: Any = None
 

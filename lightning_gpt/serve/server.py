@@ -8,6 +8,7 @@ context length it checks requests against; the worker then loads the weights for
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import litserve as ls
 from lightning_gpt.io.checkpoint import find_checkpoint, load_checkpoint
 from lightning_gpt.io.hf import is_pretrained_path
 from lightning_gpt.serve.api import GPTServeAPI
+from lightning_gpt.serve.options import ServeOptions, resolve_device
 from lightning_gpt.serve.requests import Limits
 from lightning_gpt.serve.shared import SharedState
 from lightning_gpt.serve.spec import CompletionsSpec
@@ -43,43 +45,14 @@ def default_model_name(ckpt_path: str) -> str:
     return path.stem if path.is_file() else path.name
 
 
-def _check(name: str, value: Any, ok: bool, need: str) -> None:
-    if not ok:
-        raise ValueError(f"--{name} must be {need}, got {value!r}.")
-
-
-def build_server(
-    ckpt_path: str,
-    *,
-    model_name: Optional[str] = None,
-    max_batch_size: int = 16,
-    batch_timeout: float = 0.05,
-    max_batch_rows: int = 64,
-    max_rows_per_request: int = 16,
-    timeout: float = 300.0,
-    device: str = "auto",
-    dtype: Optional[str] = None,
-    trust_checkpoint: bool = False,
-    threads: Optional[int] = None,
-) -> tuple[Any, dict[str, Any]]:
+def build_server(ckpt_path: str, options: Optional[ServeOptions] = None, **settings: Any) -> tuple[Any, dict[str, Any]]:
     """A ``litserve.LitServer`` serving a checkpoint, not started yet (``server.run(host=..., port=...)``).
 
     Args:
         ckpt_path: a ``.ckpt`` file, a run folder (its newest checkpoint) or a weights folder (``lightning-gpt
             export``, Hugging Face GPT-2): anything ``lightning-gpt generate`` accepts.
-        model_name: the id of the model in ``/v1/models`` and the ``model`` field; default from the path.
-        max_batch_size: the most requests decoded together (1: one at a time).
-        batch_timeout: seconds the worker gathers queued requests into a batch before decoding it (it stops early at
-            ``max_batch_size``); > 0. Clients that send their next request as soon as one returns need it longer
-            than their round trip to land in the same batch (0.05 s: batches of 16 under the 16-client benchmark,
-            where 0.01 s settled into two alternating batches of 8).
-        max_batch_rows: the most rows (prompts x choices) in one forward pass.
-        max_rows_per_request: the most rows one request may ask for (<= ``max_batch_rows``).
-        timeout: seconds a request may wait in the queue before it is answered 504.
-        device: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1``...
-        dtype: decode in ``float32``, ``bfloat16`` or ``float16`` (default: the checkpoint's).
-        trust_checkpoint: allow a full unpickle of a checkpoint that needs it (trusted files only).
-        threads: torch threads of the worker (default: torch's).
+        options: the server's settings (default ``ServeOptions()``; the ``serve`` command builds them from its flags).
+        settings: fields of ``ServeOptions`` as keywords (``max_batch_size=4``); they win over ``options``.
 
     Returns:
         ``(server, info)``; ``info`` holds ``model_name``, ``ckpt_path`` (resolved), ``block_size``,
@@ -89,50 +62,29 @@ def build_server(
         FileNotFoundError: no checkpoint at ``ckpt_path``.
         ValueError: a setting out of range, an unreadable checkpoint, or one without a tokenizer.
     """
-    _check("max_batch_size", max_batch_size, isinstance(max_batch_size, int) and max_batch_size >= 1, "an integer >= 1")
-    _check("batch_timeout", batch_timeout, 0 < batch_timeout <= 10, "a number of seconds in (0, 10]")
-    _check("max_batch_rows", max_batch_rows, isinstance(max_batch_rows, int) and max_batch_rows >= 1, "an integer >= 1")
-    _check(
-        "max_rows_per_request",
-        max_rows_per_request,
-        isinstance(max_rows_per_request, int) and 1 <= max_rows_per_request <= max_batch_rows,
-        f"an integer in [1, --max_batch_rows={max_batch_rows}]",
-    )
-    _check("timeout", timeout, timeout > batch_timeout, f"more seconds than --batch_timeout ({batch_timeout})")
-    _check("threads", threads, threads is None or (isinstance(threads, int) and threads >= 1), "an integer >= 1")
-    device = _resolve_device(device)
+    options = ServeOptions.fold(options, **settings)
+    options = dataclasses.replace(options, device=resolve_device(options.device))
     path = ckpt_path if is_pretrained_path(ckpt_path) else find_checkpoint(ckpt_path)
-    model, tokenizer = load_checkpoint(path, map_location="cpu", trust_checkpoint=trust_checkpoint, dtype=dtype)
+    model, tokenizer = load_checkpoint(path, **options.load_options)
     if tokenizer is None:
         raise ValueError(
             f"Checkpoint {path!r} holds no tokenizer, so the server could not encode prompts. Serve a checkpoint "
             "written by lightning-gpt fit (it stores the tokenizer) or an export folder with its tokenizer."
         )
-    name = model_name or default_model_name(ckpt_path)
+    name = options.model_name or default_model_name(ckpt_path)
     info: dict[str, Any] = {
         "model_name": name,
         "ckpt_path": str(path),
         "block_size": int(model.config.block_size),
         "vocab_size": int(model.config.vocab_size),
         "parameters": sum(p.numel() for p in model.parameters()),
-        "device": device,
+        "device": options.device,
     }
     del model  # the worker loads its own copy
-    limits = Limits(info["block_size"], info["vocab_size"], name, max_rows=max_rows_per_request)
+    limits = Limits(info["block_size"], info["vocab_size"], name, max_rows=options.max_rows_per_request)
     state = SharedState()
-    spec = CompletionsSpec(tokenizer, limits, state, max_batch_size=max_batch_size)
-    api = GPTServeAPI(
-        str(path),
-        spec=spec,
-        state=state,
-        max_batch_size=max_batch_size,
-        batch_timeout=batch_timeout,
-        max_batch_rows=max_batch_rows,
-        device=device,
-        dtype=dtype,
-        trust_checkpoint=trust_checkpoint,
-        threads=threads,
-    )
+    spec = CompletionsSpec(tokenizer, limits, state, max_batch_size=options.max_batch_size)
+    api = GPTServeAPI(str(path), spec=spec, state=state, options=options)
     # One worker process whatever the hardware: LitServe's "accelerator" only picks the device string handed to
     # setup(), and the worker places the model itself (``device``).
     server = ls.LitServer(
@@ -140,43 +92,31 @@ def build_server(
         accelerator="cpu",
         devices=1,
         workers_per_device=1,
-        timeout=timeout,
+        timeout=options.timeout,
         max_payload_size=MAX_PAYLOAD_BYTES,
         model_metadata={"model": name, "block_size": info["block_size"], "vocab_size": info["vocab_size"]},
     )
     return server, info
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:1.") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine. Use --device cpu (or auto).")
-    index = torch.device(device).index
-    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
-        raise ValueError(
-            f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s). Use --device cuda:0."
-        )
-    return device
-
-
 def run_server(
-    ckpt_path: str, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning", **settings: Any
+    ckpt_path: str,
+    options: Optional[ServeOptions] = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    **settings: Any,
 ) -> None:
     """Serve a checkpoint until interrupted (Ctrl-C or SIGTERM: both shut the worker and HTTP process down).
 
     Args:
         ckpt_path: see ``build_server``.
+        options: the server's settings (see ``build_server``).
         host: ``127.0.0.1`` (this machine only; the default), ``0.0.0.0`` (every IPv4 interface) or ``::``.
         port: TCP port, 1024-65535.
         log_level: LitServe's and uvicorn's log level (``info`` logs every request).
-        settings: the keyword arguments of ``build_server``.
+        settings: fields of ``ServeOptions`` as keywords, as for ``build_server``.
 
     Raises:
         ValueError: a bad host, port or setting; see ``build_server`` for the checkpoint's errors.
@@ -190,7 +130,7 @@ def run_server(
         raise ValueError(f"--port must be an integer from 1024 to 65535, got {port!r}.")
     if log_level not in ("critical", "error", "warning", "info", "debug"):
         raise ValueError(f"--log_level must be critical, error, warning, info or debug, got {log_level!r}.")
-    server, info = build_server(ckpt_path, **settings)
+    server, info = build_server(ckpt_path, options, **settings)
     shown = f"[{host}]" if ":" in host else host
     sys.stderr.write(
         f"lightning-gpt serve: {info['model_name']!r} ({info['parameters'] / 1e6:.1f}M parameters, context "

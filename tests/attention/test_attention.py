@@ -16,7 +16,6 @@ from lightning_gpt.attention import (
     register_attention,
 )
 from lightning_gpt.attention import base as attention_base
-from lightning_gpt.attention.flash import FlashAttention
 from lightning_gpt.attention.linear import chunked_linear_attention, feature_map
 from lightning_gpt.config import GPTConfig
 from lightning_gpt.model import GPT
@@ -234,19 +233,6 @@ def sparse_pattern_mask(T, pattern, window, stride=None, n_global=0, offset=0):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_flash_equals_standard(masked):
-    cfg = tiny_config(n_head=2, n_embd=16)
-    q, k, v = qkv(T=23)
-    key_mask = left_pad_mask(2, 23) if masked else None
-    torch.testing.assert_close(
-        FlashAttention(cfg)(q, k, v, key_mask=key_mask),
-        StandardAttention(cfg)(q, k, v, key_mask=key_mask),
-        atol=ATOL,
-        rtol=0,
-    )
-
-
-@pytest.mark.parametrize("masked", [False, True])
 def test_flash_equals_standard_model(masked):
     torch.manual_seed(0)
     std = GPT(tiny_config(attention="standard")).eval()
@@ -259,18 +245,25 @@ def test_flash_equals_standard_model(masked):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("pattern", ["local", "strided", "longformer"])
-def test_sparse_with_large_window_equals_standard(pattern, masked):
-    q, k, v = qkv(T=17)
-    key_mask = left_pad_mask(2, 17) if masked else None
-    for window in (17, 64):
-        cfg = tiny_config(n_head=2, n_embd=16, attention="sparse", sparse_pattern=pattern, attention_window=window)
-        torch.testing.assert_close(
-            SparseAttention(cfg)(q, k, v, key_mask=key_mask),
-            StandardAttention(cfg)(q, k, v, key_mask=key_mask),
-            atol=ATOL,
-            rtol=0,
-        )
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(attention="flash"),
+        *(  # a window as long as the sequence, or longer
+            dict(attention="sparse", sparse_pattern=pattern, attention_window=window)
+            for pattern in ("local", "strided", "longformer")
+            for window in (23, 64)
+        ),
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_a_core_that_sees_every_key_equals_standard(options, masked):
+    cfg = tiny_config(n_head=2, n_embd=16, **options)
+    q, k, v = qkv(T=23)
+    key_mask = left_pad_mask(2, 23) if masked else None
+    core = get_attention(cfg.attention)(cfg)
+    expected = StandardAttention(cfg)(q, k, v, key_mask=key_mask)
+    torch.testing.assert_close(core(q, k, v, key_mask=key_mask), expected, atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -163,3 +163,25 @@ def test_config_and_keywords_decode_alike(model):
     b = generate(model, PROMPT, max_new_tokens=6, do_sample=True, top_k=5, seed=7)
     c = generate(model, PROMPT, config, max_new_tokens=3)  # a keyword wins over the config
     assert torch.equal(a, b) and c.shape == (1, 6) and torch.equal(c, a[:, :6])
+
+
+def test_the_keyword_arguments_are_one_typed_definition_that_follows_the_config():
+    import dataclasses
+    import inspect
+    import typing
+
+    from lightning_gpt.generation import GenerationConfig
+    from lightning_gpt.generation.config import GenerationSettings
+    from lightning_gpt.generation.decode import DecodeOptions
+
+    # The typed keywords (PEP 692) are the config's fields with the config's types: a field added to one and not the
+    # other fails here.
+    fields = typing.get_type_hints(GenerationConfig)
+    assert typing.get_type_hints(GenerationSettings) == fields
+    assert [f.name for f in dataclasses.fields(GenerationConfig)] == list(GenerationSettings.__annotations__)
+    # generate and stream_generate take that one keyword set (plus generate's return_dict).
+    call = {"attention_mask", "eos_token_id", "pad_token_id", "tokenizer", "generator", "compile", "draft_model"}
+    assert set(DecodeOptions.__annotations__) == set(fields) | call
+    for fn in (generate, stream_generate):
+        kwargs = [p for p in inspect.signature(fn).parameters.values() if p.kind is p.VAR_KEYWORD]
+        assert [p.annotation for p in kwargs] == ["Unpack[DecodeOptions]"], fn

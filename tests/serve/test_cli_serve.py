@@ -70,3 +70,20 @@ def test_a_damaged_checkpoint_is_refused(cli, tmp_path):
     ckpt.write_bytes(b"not a checkpoint at all")
     out = cli("serve", "--ckpt_path", ckpt)
     assert out.code == 2 and "Traceback" not in out.err and "broken.ckpt" in out.err
+
+
+def test_the_flags_are_the_fields_of_serve_options_and_each_bad_one_is_named(tiny_ckpt):
+    import dataclasses
+
+    from lightning_gpt.cli.serve import _parser
+    from lightning_gpt.serve import ServeOptions, build_server
+
+    flags = set(vars(_parser().parse_args(["--ckpt_path", "x"])))
+    assert flags - {"ckpt_path", "host", "port", "log_level"} == {f.name for f in dataclasses.fields(ServeOptions)}
+    with pytest.raises(ValueError, match=r"--max_rows_per_request must be an integer in \[1, --max_batch_rows=8\]"):
+        ServeOptions(max_batch_rows=8, max_rows_per_request=9)
+    with pytest.raises(ValueError, match=r"Unknown server setting\(s\) \['max_batch'\]"):
+        build_server(str(tiny_ckpt), max_batch=4)
+    # Keywords win over the options (build_server's 0.1 keywords keep working); "auto" is resolved once.
+    _, info = build_server(str(tiny_ckpt), ServeOptions(model_name="a", device="auto"), model_name="b")
+    assert info["model_name"] == "b" and info["device"] in ("cpu", "cuda")
