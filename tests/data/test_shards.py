@@ -25,6 +25,12 @@ def _plain(source) -> list[str]:
     return list(source.documents())
 
 
+def _both_refuse(source, pattern: str) -> None:
+    for read in (_plain, _by_shards):
+        with pytest.raises(ValueError, match=pattern):
+            read(source)
+
+
 def _jsonl(path, rows, prefix: bytes = b"") -> str:
     path.write_bytes(prefix + b"".join(json.dumps(r).encode() + b"\n" for r in rows))
     return str(path)
@@ -39,10 +45,7 @@ FILLER = [{"text": f"row {i} with some words"} for i in range(6)]
 )
 def test_a_jsonl_value_that_is_not_text_is_refused_by_row(tmp_path, value, kind):
     path = _jsonl(tmp_path / "d.jsonl", [*FILLER, {"text": value}, *FILLER])
-    source = resolve_source(path)
-    for read in (_plain, _by_shards):
-        with pytest.raises(ValueError, match=rf"d\.jsonl:7: text_column='text' holds a {kind} "):
-            read(source)
+    _both_refuse(resolve_source(path), rf"d\.jsonl:7: text_column='text' holds a {kind} ")
 
 
 def test_jsonl_nulls_and_empty_text_are_skipped_and_counted_a_bom_is_dropped(tmp_path, caplog):
@@ -57,13 +60,9 @@ def test_jsonl_nulls_and_empty_text_are_skipped_and_counted_a_bom_is_dropped(tmp
 
 def test_a_jsonl_lone_surrogate_and_a_missing_column_are_refused(tmp_path):
     source = resolve_source(_jsonl(tmp_path / "s.jsonl", [*FILLER, {"text": "a\ud800b"}]))
-    for read in (_plain, _by_shards):
-        with pytest.raises(ValueError, match=r"s\.jsonl:7: .* lone UTF-16 surrogate"):
-            read(source)
+    _both_refuse(source, r"s\.jsonl:7: .* lone UTF-16 surrogate")
     source = resolve_source(_jsonl(tmp_path / "m.jsonl", [*FILLER, {"body": "x"}]))
-    for read in (_plain, _by_shards):
-        with pytest.raises(ValueError, match=r"m\.jsonl:7: text_column='text' is not in this row"):
-            read(source)
+    _both_refuse(source, r"m\.jsonl:7: text_column='text' is not in this row")
 
 
 def test_a_jsonl_line_past_the_limit_is_refused_without_reading_it_whole(tmp_path):
@@ -94,18 +93,14 @@ def test_a_txt_file_holding_a_nul_character_is_refused(tmp_path):
     path = tmp_path / "u16.txt"
     path.write_bytes("some text\nmore text\n".encode("utf-16-le") * 4)
     source = resolve_source(str(path))
-    for read in (_plain, _by_shards):
-        with pytest.raises(ValueError, match=r"u16\.txt:1: holds a NUL character"):
-            read(source)
+    _both_refuse(source, r"u16\.txt:1: holds a NUL character")
 
 
 def test_parquet_values_that_are_not_text_nulls_and_a_missing_column(tmp_path):
     ints = tmp_path / "ints.parquet"
     pq.write_table(pa.table({"text": [1, 2, 3]}), ints, row_group_size=1)
     source = resolve_source(str(ints))
-    for read in (_plain, _by_shards):
-        with pytest.raises(ValueError, match=r"ints\.parquet:row 1: text_column='text' is a Parquet column of type"):
-            read(source)
+    _both_refuse(source, r"ints\.parquet:row 1: text_column='text' is a Parquet column of type")
     mixed = tmp_path / "mixed.parquet"
     pq.write_table(pa.table({"text": ["a b", None, "", "c d", "e f"]}), mixed, row_group_size=2)
     source = resolve_source(str(mixed))
@@ -113,15 +108,11 @@ def test_parquet_values_that_are_not_text_nulls_and_a_missing_column(tmp_path):
     other = tmp_path / "other.parquet"
     pq.write_table(pa.table({"body": ["a"]}), other)
     source = resolve_source(str(other))
-    for read in (_plain, _by_shards):
-        with pytest.raises(ValueError, match=r"text_column='text' is not in .*other\.parquet"):
-            read(source)
+    _both_refuse(source, r"text_column='text' is not in .*other\.parquet")
 
 
 def test_a_parquet_row_is_named_by_its_place_in_the_file_not_in_its_row_group(tmp_path):
     path = tmp_path / "late.parquet"
     pq.write_table(pa.table({"text": pa.array([["x"] if i == 4 else None for i in range(6)])}), path, row_group_size=2)
     source = resolve_source(str(path))
-    for read in (_plain, _by_shards):
-        with pytest.raises(ValueError, match=r"late\.parquet:row 5: "):
-            read(source)
+    _both_refuse(source, r"late\.parquet:row 5: ")
