@@ -37,6 +37,7 @@ pytest.importorskip("litdata")
 KILL = '''
 import os
 import signal
+import time
 
 from lightning.pytorch import Callback
 
@@ -52,6 +53,26 @@ class NodeDies(Callback):
         if trainer.global_rank == self.rank and trainer.global_step >= self.step:
             os.kill(os.getppid(), signal.SIGKILL)
             os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class AgentTerminated(Callback):
+    """After ``step`` optimizer steps, global rank ``rank`` sends SIGTERM to its torchrun agent (as ``kill <pid>``,
+    ``scancel`` or a spot notice would), which forwards it to its own worker only; the rank then waits (at most 20 s)
+    until that SIGTERM has reached it, so that the stop does not depend on how fast the agent forwards it."""
+
+    def __init__(self, rank: int = 1, step: int = 3) -> None:
+        self.rank, self.step, self.sent = rank, step, False
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        if trainer.global_rank != self.rank or trainer.global_step < self.step or self.sent:
+            return
+        self.sent = True
+        os.kill(os.getppid(), signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            trainer.received_sigterm or any(getattr(c, "sigterm_received", False) for c in trainer.callbacks)
+        ):
+            time.sleep(0.01)
 '''
 
 
@@ -171,6 +192,26 @@ def test_two_torchrun_nodes_one_killed_resume_to_the_uninterrupted_weights(base,
     for code, log in _wait(_torchrun(base, "killed", "--ckpt_path", "last")):
         assert code == 0, log[-3000:]
     _equal(_final(base, "killed"), uninterrupted)
+
+
+def test_a_sigterm_to_one_torchrun_agent_saves_on_every_node_and_resumes_exactly(base, uninterrupted):
+    """The agent of global rank 1's node gets SIGTERM after step 3; its worker finishes the step, tells the other node
+    at the step's end, both save ``last.ckpt`` (a sharded, collective save) and exit 143 well within torchrun's 30 s
+    grace; both agents restart with ``--ckpt_path last`` and end on the uninterrupted run's weights, bit for bit."""
+    term = '{"class_path": "multinode_helpers.AgentTerminated", "init_args": {"rank": 1, "step": 3}}'
+    results = _wait(_torchrun(base, "sigterm", "--trainer.callbacks+", term), timeout=120)
+    logs = "\n".join(log for _, log in results)
+    assert all(code != 0 for code, _ in results), logs[-3000:]  # stopped (143), not finished
+    assert "SIGKILL" not in logs and "SIGTERM at step" in logs, logs[-3000:]  # saved, not killed after the grace
+    last = base / "sigterm" / "checkpoints" / "last.ckpt"
+    assert (last / ".metadata").is_file() and sorted(p.name for p in last.glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]  # both nodes wrote their shards
+    assert 3 <= torch.load(last / "meta.pt", weights_only=True)["global_step"] < 6
+    for code, log in _wait(_torchrun(base, "sigterm", "--ckpt_path", "last")):
+        assert code == 0, log[-3000:]
+    _equal(_final(base, "sigterm"), uninterrupted)
 
 
 def test_the_same_two_nodes_under_slurm_variables(base, uninterrupted):
