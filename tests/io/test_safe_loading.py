@@ -184,7 +184,7 @@ def _optimizer_folder(folder: Path, param_groups_extra: dict[str, Any], moment: 
     """A real torch.distributed.checkpoint folder holding one optimizer as FSDP2Strategy saves it (name-keyed)."""
     import torch.distributed.checkpoint as dcp
 
-    state = {"state": {"model.w": {"step": torch.tensor(3.0), "exp_avg": moment}}}
+    state: dict[str, Any] = {"state": {"model.w": {"step": torch.tensor(3.0), "exp_avg": moment}}}
     state["param_groups"] = [{"lr": 0.1, "params": ["model.w"], **param_groups_extra}]
     dcp.save({"optimizer_0": state}, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
     return folder
