@@ -225,10 +225,10 @@ def test_node_variables_and_the_split_of_the_shards(monkeypatch):
     monkeypatch.delenv("DATA_OPTIMIZER_NUM_NODES", raising=False)
     monkeypatch.delenv("DATA_OPTIMIZER_NODE_RANK", raising=False)
     assert node_layout() == (1, 0)
-    for nodes, rank in (("2", "5"), ("two", "0"), ("2", "-1")):
-        monkeypatch.setenv("DATA_OPTIMIZER_NUM_NODES", nodes)
+    for num, rank in (("2", "5"), ("two", "0"), ("2", "-1")):
+        monkeypatch.setenv("DATA_OPTIMIZER_NUM_NODES", num)
         monkeypatch.setenv("DATA_OPTIMIZER_NODE_RANK", rank)
-        with pytest.raises(ValueError, match=f"DATA_OPTIMIZER_NUM_NODES='{nodes}'.*do not describe a node"):
+        with pytest.raises(ValueError, match=f"DATA_OPTIMIZER_NUM_NODES='{num}'.*do not describe a node"):
             node_layout()
     for n_shards in range(12):
         for nodes in range(1, 5):
