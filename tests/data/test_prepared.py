@@ -171,54 +171,6 @@ def test_prepare_then_fit_through_the_command(cli, run_yaml, tmp_path, corpus):
     assert tok.state_dict() == read_manifest(str(out))["tokenizer"]  # the model decodes with the dataset's tokenizer
 
 
-@pytest.mark.slow
-def test_two_nodes_prepare_one_shared_folder(tmp_path):
-    """Two "machines" (processes with litdata's DATA_OPTIMIZER_NUM_NODES=2 and their DATA_OPTIMIZER_NODE_RANK) run the
-    same prepare into one folder: node 0 does its part and waits (no manifest yet), node 1 does its part, node 0 merges;
-    the dataset then streams every document of the corpus exactly once (train + validation)."""
-    from lightning_gpt.data.prepared import litdata_environment
-    from lightning_gpt.data.tokenizers import tokenizer_from_state_dict
-
-    litdata_environment()  # no PyPI version check
-    from litdata import StreamingDataset, TokensLoader
-
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    docs = [f"doc {i}: " + "lorem ipsum dolor " * (1 + i % 7) for i in range(150)]
-    for part in range(5):  # five files: five shards, 3 for node 0 and 2 for node 1
-        (corpus / f"{part}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[part::5]))
-    out = tmp_path / "out"
-    cmd = [PYTHON, "-m", "lightning_gpt", "prepare", "--data.source", str(corpus), "--output_dir", str(out)]
-    cmd += ["--num_workers", "1", "--data.val_fraction", "0.2", "--data.tokenizer", "char"]
-    env = {**python_env(), "TMPDIR": str(tmp_path), "DATA_OPTIMIZER_NUM_NODES": "2"}
-    node0 = subprocess.Popen(cmd, cwd=REPO, env={**env, "DATA_OPTIMIZER_NODE_RANK": "0"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and node0.poll() is None and not (out / ".nodes" / "0" / "done.json").exists():
-        time.sleep(0.05)
-    assert node0.poll() is None and not is_prepared(str(out))  # waiting for node 1: nothing looks complete
-    node1 = subprocess.run(cmd, cwd=REPO, env={**env, "DATA_OPTIMIZER_NODE_RANK": "1"}, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
-    assert node1.returncode == 0 and "Node 1 of 2: shards 3 to 4 tokenized" in node1.stdout, node1.stderr[-2000:]
-    log, _ = node0.communicate(timeout=300)
-    assert node0.returncode == 0 and "Train on it: lightning-gpt fit" in log, log[-2000:]
-    manifest = read_manifest(str(out))
-    assert manifest["num_nodes"] == 2 and manifest["num_shards"] == 5 and not (out / ".nodes").exists()
-
-    tok = tokenizer_from_state_dict(manifest["tokenizer"])
-    seen = []
-    for split in ("train", "val"):
-        ids = [int(t[0]) for t in StreamingDataset(str(out / split), item_loader=TokensLoader(block_size=1))]
-        assert len(ids) == manifest["splits"][split]["n_tokens"] and ids[-1] == tok.eos_id
-        ends = [i for i, t in enumerate(ids) if t == tok.eos_id]
-        seen += [tok.decode(ids[a + 1 : b]) for a, b in zip([-1, *ends[:-1]], ends)]  # the documents, EOS-separated
-    assert sorted(seen) == sorted(docs)  # every document once, in train or in validation
-    dm = TextDataModule(source=str(out), block_size=8, batch_size=2)  # what fit streams
-    dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (2, 8) and torch.equal(x[:, 1:], y[:, :-1])
-
-
 def test_node_variables_and_the_split_of_the_shards(monkeypatch):
     from lightning_gpt.data.prepared_nodes import node_layout, node_shards
 

@@ -1,7 +1,8 @@
 """Multi-node training for real, on one host: the ``gpt2-fsdp`` recipe, shrunk to CPU size (a 2-layer, 32-wide GPT,
 gloo, the recipe's FSDP2 options kept: activation checkpointing, bf16 compute with fp32 reduction, sharded
 checkpoints), trained as 2 nodes x 1 process from a ``lightning-gpt prepare``d dataset in a local folder that plays
-the object store.
+the object store; the two "nodes" prepare that folder together (``DATA_OPTIMIZER_NUM_NODES=2``, each its
+``DATA_OPTIMIZER_NODE_RANK``), and it holds every document once.
 
 - Two ``torchrun`` agents (``--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d``, rendezvous on 127.0.0.1) run the
   recipe's torchrun line; in a second run one node's agent gets SIGTERM (both nodes save and stop), then, resumed,
@@ -14,6 +15,7 @@ the object store.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -90,13 +92,14 @@ def _env(base: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """A JSONL corpus prepared into ``store/`` with the shrunk recipe, and that recipe as ``tiny-fsdp.yaml``."""
-    import json
-
+    """A JSONL corpus (three files) prepared into ``store/`` by two node processes with the shrunk recipe, and that
+    recipe as ``tiny-fsdp.yaml``."""
     base = tmp_path_factory.mktemp("multinode")
-    with open(base / "corpus.jsonl", "w") as f:
-        for i in range(300):
-            f.write(json.dumps({"text": f"doc {i}: " + "lorem ipsum dolor sit amet " * (1 + i % 5)}) + "\n")
+    docs = [f"doc {i}: " + "lorem ipsum dolor sit amet " * (1 + i % 5) for i in range(300)]
+    (base / "corpus").mkdir()
+    for part in range(3):  # three files: three shards, two for node 0 and one for node 1
+        (base / "corpus" / f"{part}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[part::3]))
+    (base / "docs.json").write_text(json.dumps(docs))
     cfg = yaml.safe_load((REPO / "recipes" / "gpt2-fsdp.yaml").read_text())
     trainer = cfg["trainer"]
     trainer.pop("check_val_every_n_epoch")
@@ -108,18 +111,54 @@ def base(tmp_path_factory) -> Path:
     data = cfg["data"]
     for key in ("dataset_config", "max_chars"):
         data.pop(key)
-    data.update(source=str(base / "corpus.jsonl"), tokenizer="char", batch_size=2, num_workers=0, pin_memory=False,
+    data.update(source=str(base / "corpus"), tokenizer="char", batch_size=2, num_workers=0, pin_memory=False,
                 streaming=False, val_fraction=0.0)  # fmt: skip
     cfg["lr_schedule"].update(warmup_steps=1, decay_steps=100)
     cfg["sampling"]["every_n_steps"] = 100000
     cfg["checkpoint"]["every_n_train_steps"] = 2
     (base / "tiny-fsdp.yaml").write_text(yaml.safe_dump(cfg))
     (base / "multinode_helpers.py").write_text(KILL)
-    prepare = [sys.executable, "-m", "lightning_gpt", "prepare", "--config", "tiny-fsdp.yaml"]
-    result = subprocess.run([*prepare, "--output_dir", str(base / "store"), "--num_workers", "1"], cwd=base,
-                            env=_env(base), capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The two "machines" prepare the store together (litdata's DATA_OPTIMIZER_NUM_NODES / _NODE_RANK), 20% of the
+    # documents held out (the runs below train without validation): node 0 does its part, then waits with no manifest
+    # until node 1's part is there, merges and writes the manifest.
+    store = base / "store"
+    prepare = [sys.executable, "-m", "lightning_gpt", "prepare", "--config", "tiny-fsdp.yaml", "--output_dir",
+               str(store), "--num_workers", "1", "--data.val_fraction", "0.2"]  # fmt: skip
+    env = {**_env(base), "DATA_OPTIMIZER_NUM_NODES": "2"}
+    node0 = subprocess.Popen(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "0"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and node0.poll() is None and not (store / ".nodes" / "0" / "done.json").exists():
+        time.sleep(0.05)
+    assert node0.poll() is None and not (store / "lightning_gpt_dataset.json").exists()  # waiting: nothing complete
+    node1 = subprocess.run(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "1"}, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert node1.returncode == 0 and "Node 1 of 2: shards 2 to 2 tokenized" in node1.stdout, node1.stderr[-3000:]
+    log, _ = node0.communicate(timeout=300)
+    assert node0.returncode == 0 and "Train on it: lightning-gpt fit" in log, log[-3000:]
     return base
+
+
+def test_two_nodes_prepared_one_folder_with_every_document_once(base):
+    """The store the two nodes prepared (above) holds every document of the corpus exactly once (train or
+    validation), in one merged litdata index per split; the parts are gone."""
+    from lightning_gpt.data.prepared import litdata_environment, read_manifest
+    from lightning_gpt.data.tokenizers import tokenizer_from_state_dict
+
+    litdata_environment()  # no PyPI version check
+    from litdata import StreamingDataset, TokensLoader
+
+    store = base / "store"
+    manifest = read_manifest(str(store))
+    assert manifest["num_nodes"] == 2 and manifest["num_shards"] == 3 and not (store / ".nodes").exists()
+    tok = tokenizer_from_state_dict(manifest["tokenizer"])
+    seen = []
+    for split in ("train", "val"):
+        ids = [int(t[0]) for t in StreamingDataset(str(store / split), item_loader=TokensLoader(block_size=1))]
+        assert len(ids) == manifest["splits"][split]["n_tokens"] and ids[-1] == tok.eos_id
+        ends = [i for i, t in enumerate(ids) if t == tok.eos_id]
+        seen += [tok.decode(ids[a + 1 : b]) for a, b in zip([-1, *ends[:-1]], ends)]  # the documents, EOS-separated
+    assert sorted(seen) == sorted(json.loads((base / "docs.json").read_text()))
 
 
 def _fit_args(base: Path, run: str, *extra: str) -> list[str]:
