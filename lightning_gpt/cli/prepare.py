@@ -8,7 +8,10 @@ lightning-gpt fit --config recipes/gpt2-124m.yaml --data.source data/fineweb-10b
 
 The options are ``fit``'s ``--data.*`` (and ``--seed_everything``, from which the validation sample and the tokenizer
 sample derive, as in ``fit``); ``--config`` reads a ``fit`` YAML and uses its ``data`` and ``seed_everything``
-entries. It runs on one machine (all its cores); the folder is then read by any number of nodes.
+entries. It runs on one machine (all its cores), or on several at once into a folder they all see: the same command
+on every machine with litdata's ``DATA_OPTIMIZER_NUM_NODES`` (the number of machines) and ``DATA_OPTIMIZER_NODE_RANK``
+(``0 .. N-1``) set (``lightning_gpt.data.prepared_nodes``); node 0 writes the manifest once every node's part is there.
+The folder is then read by any number of nodes.
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ def _parser() -> Any:
     parser.add_argument("--num_workers", type=int, default=0, help="processes (0: every CPU of this machine)")
     parser.add_argument("--seed_everything", type=int, default=1337, help="the run seed fit will use (1337 in recipes)")
     parser.add_argument("--chunk_bytes", type=str, default="64MB", help="size of a dataset chunk (the streaming unit)")
+    parser.add_argument(
+        "--node_wait_minutes",
+        type=float,
+        default=24 * 60,
+        help="across machines (DATA_OPTIMIZER_NUM_NODES): how long node 0 waits for the other nodes' parts",
+    )
     parser.add_class_arguments(TextDataModule, "data", skip=_FIT_ONLY)
     return parser
 
@@ -77,6 +86,8 @@ def prepare_command(argv: list[str]) -> None:
         parser.set_defaults(_config_defaults(argv[i + 1]))
         argv = argv[:i] + argv[i + 2 :]
     cfg = parser.parse_args(argv)
+    if not cfg.node_wait_minutes > 0:
+        raise ValueError(f"--node_wait_minutes must be a positive number of minutes, got {cfg.node_wait_minutes}.")
     os.environ["PL_GLOBAL_SEED"] = str(cfg.seed_everything)  # the run seed fit derives the data seeds from
     from lightning_gpt.data.prepared import prepare_dataset
     from lightning_gpt.training.datamodule import TextDataModule
@@ -111,7 +122,18 @@ def prepare_command(argv: list[str]) -> None:
         split_seed=dm.split_seed,
         num_workers=cfg.num_workers or None,
         chunk_bytes=cfg.chunk_bytes,
+        node_wait_minutes=cfg.node_wait_minutes,
     )
+    if "splits" not in manifest:  # a node other than 0 of a multi-machine prepare: its part is done
+        first, end = manifest["shards"]
+        done = (
+            f"shards {first} to {end - 1} tokenized" if end > first else "no shard to tokenize (more nodes than shards)"
+        )
+        print(
+            f"Node {manifest['node_rank']} of {manifest['num_nodes']}: {done} into {cfg.output_dir}. Node 0 merges "
+            "the parts and writes the manifest once every node's part is there."
+        )
+        return
     splits = manifest["splits"]
     val = splits.get("val") or {"n_tokens": 0}
     print(

@@ -11,16 +11,18 @@ goes to ``val`` when ``is_held_out(split_seed, "<shard>/<index>", val_fraction)`
 fixed at preparation time (so it cannot change on resume). The manifest holds the tokenizer's state (so ``fit`` uses
 exactly the tokenizer the ids were made with, and refuses a model whose tokenizer differs), the token counts and the
 settings. ``litdata.optimize`` runs ``num_workers`` processes over the shards of ``lightning_gpt.data.shards``, with a
-progress bar (shards done, ETA). One machine: the manifest and the validation split are written by this process at the
-end, so preparing across machines (litdata's ``DATA_OPTIMIZER_NUM_NODES``) is not supported yet.
+progress bar (shards done, ETA). Across machines (litdata's ``DATA_OPTIMIZER_NUM_NODES`` / ``DATA_OPTIMIZER_NODE_RANK``)
+each node tokenizes its share into ``.nodes/<rank>/`` and node 0 merges them (``lightning_gpt.data.prepared_nodes``).
 
 A folder without the manifest is an interrupted prepare (killed, crashed): the next ``prepare`` into it deletes what
-it wrote (only files it recognises: ``train/``, ``val/``, ``.val-parts/``, the ``.preparing`` note) and starts over;
+it wrote (only files it recognises: ``train/``, ``val/``, ``.val-parts/``, the ``.preparing`` note; a node's finished
+part in ``.nodes/`` is kept and reused) and starts over;
 ``fit`` never reads it (no manifest, no dataset).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "lightning_gpt_dataset.json"
 PREPARED_VERSION = 1
 _PREPARING = ".preparing"
-_OURS = {"train", "val", ".val-parts", _PREPARING, f".{MANIFEST}.tmp"}
+_OURS = {"train", "val", ".val-parts", ".nodes", _PREPARING, f".{MANIFEST}.tmp"}
 _BATCH_CHARS = 1 << 20  # encode ~1M characters at a time: bounded memory per worker whatever the shard size
 
 
@@ -199,12 +201,13 @@ def _read_val_part(path: str, dtype: str) -> Iterator[np.ndarray]:
         yield tokens[start : start + (1 << 20)]
 
 
-def _clear_interrupted(output_dir: str) -> None:
-    """Remove what an interrupted prepare left in ``output_dir``; refuse to touch a folder holding anything else."""
+def _clear_interrupted(output_dir: str, keep: set[str]) -> None:
+    """Remove what an interrupted prepare left in ``output_dir`` (but not the names in ``keep``); refuse to touch a
+    folder holding anything else."""
     if not os.path.isdir(output_dir):
         return
-    names = set(os.listdir(output_dir))
-    if not names:
+    names = set(os.listdir(output_dir)) - keep
+    if names <= {_PREPARING}:  # nothing, or the note another node of this prepare wrote first
         return
     if not names <= _OURS or _PREPARING not in names:
         raise ValueError(
@@ -212,12 +215,12 @@ def _clear_interrupted(output_dir: str) -> None:
             "Give an empty or new folder."
         )
     log.warning("%s holds an interrupted prepare; deleting it and preparing again.", output_dir)
-    _remove_ours(output_dir)
+    _remove_ours(output_dir, keep)
 
 
-def _remove_ours(output_dir: str) -> None:
-    """Delete what prepare writes in ``output_dir`` (only its own names; the folder itself stays)."""
-    for name in set(os.listdir(output_dir)) & _OURS:
+def _remove_ours(output_dir: str, keep: frozenset[str] | set[str] = frozenset()) -> None:
+    """Delete what prepare writes in ``output_dir`` (only its own names, less ``keep``; the folder itself stays)."""
+    for name in (set(os.listdir(output_dir)) & _OURS) - set(keep):
         path = os.path.join(output_dir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -237,39 +240,46 @@ def prepare_dataset(
     num_workers: Optional[int] = None,
     chunk_bytes: str = "64MB",
     shard_bytes: Optional[int] = None,
+    node_wait_minutes: float = 24 * 60,
 ) -> dict[str, Any]:
     """Tokenize ``source`` into a litdata dataset folder; return its manifest (an up-to-date folder is kept).
+
+    Across machines (litdata's ``DATA_OPTIMIZER_NUM_NODES`` and ``DATA_OPTIMIZER_NODE_RANK`` set on each,
+    ``lightning_gpt.data.prepared_nodes``): every node tokenizes its share of the shards into
+    ``<output_dir>/.nodes/<rank>/`` and returns ``{"node_rank", "num_nodes", "shards"}``; node 0 also waits for every
+    part, merges them and writes the manifest (last), and returns it.
 
     Args:
         source: the resolved source (read for planning: file sizes, shard counts).
         source_spec: the ``resolve_source`` keyword arguments that rebuild ``source`` in the worker processes.
         tokenizer: the tokenizer (with EOS; BOS too with ``add_bos``); saved in the manifest.
-        output_dir: a new or empty local folder (or one holding an interrupted or identical prepare).
+        output_dir: a new or empty local folder (or one holding an interrupted or identical prepare); across
+            machines, a folder every node sees (a shared filesystem).
         add_bos: start every document with BOS.
         val_fraction: expected share of documents held out for validation (a seeded random sample).
         split_seed: the seed of that sample.
         num_workers: processes; ``None``: all CPUs of this machine.
         chunk_bytes: litdata chunk size (the unit of streaming and shuffling).
         shard_bytes: bytes of text per work item (``None``: ``shards.DEFAULT_SHARD_BYTES``).
+        node_wait_minutes: across machines, how long node 0 waits for the other nodes' parts (then one paragraph
+            naming the missing nodes).
 
     Raises:
         ValueError: ``output_dir`` holds something else (never deleted), or a different prepared dataset; the
-            source has no text; the tokenizer lacks EOS (or BOS with ``add_bos``); a multi-machine environment.
+            source has no text; the tokenizer lacks EOS (or BOS with ``add_bos``); malformed node variables, or
+            nodes that prepared with other settings, or a node missing after ``node_wait_minutes``.
     """
     litdata_environment()
-    import litdata
-    from litdata import TokensLoader
-
-    check_separators(tokenizer, add_bos)
+    from lightning_gpt.data import prepared_nodes as nodes_
     from lightning_gpt.data.shards import DEFAULT_SHARD_BYTES
 
-    if os.environ.get("DATA_OPTIMIZER_NUM_NODES", "1").strip() not in ("", "0", "1"):
+    check_separators(tokenizer, add_bos)
+    if "://" in output_dir:
         raise ValueError(
-            "DATA_OPTIMIZER_NUM_NODES is set: lightning-gpt prepare runs on one machine (its manifest and validation "
-            "split are written by one process). Unset it and prepare on one machine; every node can then read the "
-            "folder."
+            f"--output_dir {output_dir!r}: prepare writes to a local folder (shared by every node when several prepare "
+            "together). Prepare into one, then copy it to the bucket; fit streams it from there."
         )
-
+    nodes, rank = nodes_.node_layout()
     settings = {
         "source": source.identity(),
         "tokenizer_fingerprint": tokenizer.fingerprint(),
@@ -286,15 +296,93 @@ def prepare_dataset(
             f"--output_dir {output_dir!r} already holds a prepared dataset made with other settings (source, "
             "tokenizer, add_bos or validation split). Prepare into another folder, or delete that one first."
         )
-    _clear_interrupted(output_dir)
+    shards = plan_shards(source, shard_bytes or DEFAULT_SHARD_BYTES)
+    if nodes == 1 or rank == 0:  # the other nodes' parts (.nodes/<rank>/) are theirs
+        _clear_interrupted(output_dir, keep={nodes_.NODES} if nodes > 1 else set())
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, _PREPARING), "w", encoding="utf-8") as f:
         json.dump(settings, f)
-    shards = plan_shards(source, shard_bytes or DEFAULT_SHARD_BYTES)
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(shards)))
-    val_parts = os.path.join(output_dir, ".val-parts")
-    os.makedirs(val_parts, exist_ok=True)
+    common: dict[str, Any] = {"add_bos": add_bos, "split_seed": split_seed, "val_fraction": val_fraction}
+    common.update(num_workers=num_workers, chunk_bytes=chunk_bytes)
+    if nodes == 1:
+        val_parts = os.path.join(output_dir, ".val-parts")
+        items = list(enumerate(shards))
+        try:
+            _tokenize(tokenizer, source_spec, items, os.path.join(output_dir, "train"), val_parts, **common)
+        except _RefusedText as err:
+            _remove_ours(output_dir)  # nothing half-written stays behind
+            raise ValueError(f"{err} (Nothing was prepared: {output_dir!r} holds none of it.)") from None
+        parts = sorted(os.path.join(val_parts, p) for p in os.listdir(val_parts) if p.endswith(".bin"))
+    else:
+        folder = nodes_.part_dir(output_dir, rank)
+        mine = nodes_.node_shards(len(shards), nodes, rank)
+        part = {"settings": settings, "num_nodes": nodes, "num_shards": len(shards), "shards": [mine.start, mine.stop]}
+        if nodes_.read_part(folder) != part:  # not this node's finished part of the same prepare: (re)do it
+            shutil.rmtree(folder, ignore_errors=True)
+            items = [(i, shards[i]) for i in mine]
+            train, val = os.path.join(folder, "train"), os.path.join(folder, "val-parts")
+            try:
+                _tokenize(tokenizer, source_spec, items, train, val, **common)
+            except _RefusedText as err:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise ValueError(f"{err} (This node's part was not written: fix the row and prepare again.)") from None
+            nodes_.write_part(folder, part)
+        if rank != 0:
+            return {"node_rank": rank, "num_nodes": nodes, "shards": part["shards"]}
+        nodes_.wait_for_parts(output_dir, part, node_wait_minutes)
+        nodes_.merge_train(output_dir, nodes)
+        parts = nodes_.val_parts(output_dir, nodes)
     dtype = token_dtype(tokenizer.vocab_size)
+    if parts:
+        with _litdata_scratch(1):
+            _litdata_optimize(
+                fn=functools.partial(_read_val_part, dtype=dtype.name),
+                inputs=parts,
+                output_dir=os.path.join(output_dir, "val"),
+                num_workers=1,
+                chunk_bytes=chunk_bytes,
+            )
+    manifest = {
+        "version": PREPARED_VERSION,
+        "settings": settings,
+        "tokenizer": tokenizer.state_dict(),
+        "dtype": dtype.name,
+        "splits": {name: _split_info(os.path.join(output_dir, name)) for name in ("train", "val")},
+        "num_shards": len(shards),
+    }
+    if nodes > 1:
+        manifest["num_nodes"] = nodes
+    if manifest["splits"]["train"] is None:
+        raise ValueError(f"source {source.name!r} has no text (it is empty or only whitespace); nothing to prepare.")
+    shutil.rmtree(os.path.join(output_dir, ".val-parts" if nodes == 1 else nodes_.NODES), ignore_errors=True)
+    tmp = os.path.join(output_dir, f".{MANIFEST}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(output_dir, MANIFEST))
+    os.remove(os.path.join(output_dir, _PREPARING))
+    return manifest
+
+
+def _tokenize(
+    tokenizer: Tokenizer,
+    source_spec: dict[str, Any],
+    items: list[tuple[int, dict[str, Any]]],
+    train_dir: str,
+    val_parts: str,
+    *,
+    add_bos: bool,
+    split_seed: int,
+    val_fraction: float,
+    num_workers: Optional[int],
+    chunk_bytes: str,
+) -> None:
+    """Encode ``items`` (``(shard index, shard)``) with litdata's ``optimize`` into ``train_dir``; the held-out
+    documents of shard ``i`` go to ``<val_parts>/<i>.bin``."""
+    os.makedirs(val_parts, exist_ok=True)
+    if not items:
+        return
     fn = functools.partial(
         _encode_shard,
         source_spec=source_spec,
@@ -304,39 +392,45 @@ def prepare_dataset(
         val_fraction=val_fraction,
         val_parts=val_parts,
     )
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(items)))
+    with _litdata_scratch(workers):
+        _litdata_optimize(fn=fn, inputs=items, output_dir=train_dir, num_workers=workers, chunk_bytes=chunk_bytes)
+    failure = _first_failure(val_parts)
+    if failure is not None:
+        raise _RefusedText(failure)
+
+
+class _RefusedText(ValueError):
+    """A shard's text was refused (``_encode_shard`` recorded the message); the caller removes what was written."""
+
+
+def _litdata_optimize(**kwargs: Any) -> None:
+    """``litdata.optimize`` of token arrays (``TokensLoader``, items kept in order), on this machine alone: litdata's
+    multi-node variables are hidden from it (``prepared_nodes`` splits the work between nodes and merges)."""
+    import litdata
+    from litdata import TokensLoader
+
+    hidden = {k: os.environ.pop(k) for k in ("DATA_OPTIMIZER_NUM_NODES", "DATA_OPTIMIZER_NODE_RANK") if k in os.environ}
+    try:
+        # reorder_files=False: shards keep their order (each worker takes a fixed slice of them)
+        litdata.optimize(**kwargs, item_loader=TokensLoader(), reorder_files=False)
+    finally:
+        os.environ.update(hidden)
+
+
+@contextlib.contextmanager
+def _litdata_scratch(workers: int) -> Iterator[None]:
+    """Private scratch folders for litdata (it deletes and recreates ``$TMPDIR/chunks`` and ``$TMPDIR/data`` by
+    default!), encoder threads shared among ``workers``, and the process start method restored afterwards."""
     scratch = tempfile.mkdtemp(prefix="lightning-gpt-prepare-")
-    # litdata deletes and recreates its scratch folders ($TMPDIR/chunks and $TMPDIR/data by default!): private ones.
-    saved = {k: os.environ.get(k) for k in ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")}
-    saved["LIGHTNING_GPT_ENCODE_THREADS"] = os.environ.get("LIGHTNING_GPT_ENCODE_THREADS")
+    keys = ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER", "LIGHTNING_GPT_ENCODE_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(scratch, "chunks")
     os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(scratch, "data")
     os.environ["LIGHTNING_GPT_ENCODE_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     start_method = multiprocessing.get_start_method(allow_none=True)
     try:
-        litdata.optimize(
-            fn=fn,
-            inputs=list(enumerate(shards)),
-            output_dir=os.path.join(output_dir, "train"),
-            num_workers=workers,
-            chunk_bytes=chunk_bytes,
-            item_loader=TokensLoader(),
-            reorder_files=False,  # shards keep their order (each worker takes a fixed slice of them)
-        )
-        failure = _first_failure(val_parts)
-        if failure is not None:
-            _remove_ours(output_dir)  # nothing half-written stays behind
-            raise ValueError(f"{failure} (Nothing was prepared: {output_dir!r} holds none of it.)")
-        parts = sorted(os.path.join(val_parts, p) for p in os.listdir(val_parts) if p.endswith(".bin"))
-        if parts:
-            litdata.optimize(
-                fn=functools.partial(_read_val_part, dtype=dtype.name),
-                inputs=parts,
-                output_dir=os.path.join(output_dir, "val"),
-                num_workers=1,
-                chunk_bytes=chunk_bytes,
-                item_loader=TokensLoader(),
-                reorder_files=False,
-            )
+        yield
     finally:
         # litdata's optimize sets "spawn" for the whole process: later DataLoader workers here would each start a new
         # interpreter (and import torch) instead of forking.
@@ -347,25 +441,6 @@ def prepare_dataset(
             else:
                 os.environ[key] = value
         shutil.rmtree(scratch, ignore_errors=True)
-    manifest = {
-        "version": PREPARED_VERSION,
-        "settings": settings,
-        "tokenizer": tokenizer.state_dict(),
-        "dtype": dtype.name,
-        "splits": {name: _split_info(os.path.join(output_dir, name)) for name in ("train", "val")},
-        "num_shards": len(shards),
-    }
-    if manifest["splits"]["train"] is None:
-        raise ValueError(f"source {source.name!r} has no text (it is empty or only whitespace); nothing to prepare.")
-    shutil.rmtree(val_parts, ignore_errors=True)
-    tmp = os.path.join(output_dir, f".{MANIFEST}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(output_dir, MANIFEST))
-    os.remove(os.path.join(output_dir, _PREPARING))
-    return manifest
 
 
 def _split_info(folder: str) -> Optional[dict[str, Any]]:

@@ -12,6 +12,9 @@ the tensors: ``gpt_config``, ``tokenizer``, loop counters). Loading here needs n
    does not fit.
 3. ``torch.distributed.checkpoint.load`` reads every rank's shards into full tensors (the model's own, for
    ``load_checkpoint``): consolidation happens as the shards are read, with no second copy of the model.
+4. For a resume under another strategy (DDP, one process), ``load_sharded_optimizers`` consolidates the optimizer
+   state the same way (AdamW moments and ``step`` as full tensors, sizes checked against the weights first; the
+   ``param_groups`` values, which DCP stores pickled, read weights-only) and keys it like a plain optimizer's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ import torch
 
 from lightning_gpt.io.serialization import UnsafeCheckpointError, read_checkpoint
 
-__all__ = ["is_sharded_checkpoint", "load_sharded_weights", "read_sharded_index", "sharded_keys"]
+__all__ = [
+    "is_sharded_checkpoint",
+    "load_sharded_optimizers",
+    "load_sharded_weights",
+    "read_sharded_index",
+    "sharded_keys",
+]
 
 _PREFIX = "state_dict."  # Lightning saves {"state_dict": module state, "optimizer_0": ...}; DCP flattens the keys
 _META = "meta.pt"
@@ -159,3 +168,132 @@ def load_sharded_weights(
     with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process": the intent
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
         dcp.load({"state_dict": wanted}, storage_reader=reader, no_dist=True)
+
+
+def _safe_planner(trust_checkpoint: bool) -> Any:
+    """A ``DefaultLoadPlanner`` over a flat state dict whose non-tensor entries (``param_groups`` values, stored
+    pickled by DCP) are read weights-only: DCP's own ``load_bytes`` unpickles them in full (code could run). The keys
+    refused are listed in ``planner.refused`` (raising inside DCP would come out wrapped in its own exception)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class SafePlanner(DefaultLoadPlanner):
+        refused: list[str] = []
+
+        def load_bytes(self, read_item: Any, value: Any) -> None:
+            fqn = read_item.dest_index.fqn
+            try:
+                self.state_dict[fqn] = torch.load(value, weights_only=not trust_checkpoint)
+            except pickle.UnpicklingError:
+                self.refused.append(fqn)
+
+    planner = SafePlanner(flatten_state_dict=False, flatten_sharded_tensors=False)
+    planner.refused = []
+    return planner
+
+
+def _nest(flat: dict[str, Any], paths: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """Rebuild the nested dicts and lists DCP flattened (``planner_data``: flat key -> path of keys and indices)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        path = paths[key]
+        node: Any = out
+        for part, following in zip(path[:-1], path[1:]):
+            empty: Any = [] if isinstance(following, int) else {}
+            if isinstance(node, list):
+                node.extend({} for _ in range(part + 1 - len(node)))
+                if not node[part]:
+                    node[part] = empty
+                node = node[part]
+            else:
+                node = node.setdefault(part, empty)
+        if isinstance(node, list):
+            node.extend({} for _ in range(path[-1] + 1 - len(node)))
+        node[path[-1]] = value
+    return out
+
+
+def load_sharded_optimizers(
+    path: Union[str, Path], weights: dict[str, torch.Size], trust_checkpoint: bool = False
+) -> list[dict[str, Any]]:
+    """Consolidate the optimizer states of a sharded folder, keyed like a plain optimizer's ``state_dict()``.
+
+    ``FSDP2Strategy`` saves each optimizer as ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``
+    gives it: state keyed by parameter name (``model.transformer.wte.weight``), every moment a ``DTensor`` shard, and
+    ``param_groups`` listing names. Here every shard is read into one full tensor (``torch.distributed.checkpoint``
+    reshards as it reads, ``no_dist``: no process group needed) and the names become integer ids in ``param_groups``
+    order, as ``torch.optim.Optimizer.state_dict()`` numbers them (``GPTModule`` builds its groups in the same order
+    under every strategy): ``optimizer.load_state_dict`` of a DDP run or a single process takes it as it is.
+
+    Args:
+        path: the folder (its weights checked first: ``lightning_gpt.io.checkpoint.read_sharded_checkpoint``).
+        weights: ``model.<GPT name>`` -> the saved global size of each weight; every optimizer tensor must belong to
+            one of them and have its size (or be a scalar such as ``step``), checked before anything is allocated.
+        trust_checkpoint: allow a full unpickle of ``.metadata`` and of the ``param_groups`` values.
+
+    Returns:
+        One ``{"state": {id: {"step", "exp_avg", ...}}, "param_groups": [{..., "params": [ids]}]}`` per optimizer
+        (``optimizer_0``, ``optimizer_1``...); empty when the folder holds no optimizer.
+
+    Raises:
+        ValueError: an optimizer tensor of a weight the folder does not hold, or of another size (damaged or
+            hostile ``.metadata``), or ``param_groups`` naming unknown weights.
+        UnsafeCheckpointError: a ``param_groups`` value needs a full unpickle and ``trust_checkpoint`` is off.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    path = Path(path)
+    reader = _reader(path, trust_checkpoint)
+    index = reader.read_metadata()
+    flat: dict[str, Any] = {}
+    paths: dict[str, tuple[Any, ...]] = {}
+    for key, item in index.state_dict_metadata.items():
+        if not key.startswith("optimizer_"):
+            continue
+        where = tuple((index.planner_data or {}).get(key) or ())
+        if len(where) < 3 or not isinstance(where[0], str) or where[1] not in ("state", "param_groups"):
+            raise ValueError(f"{path / '.metadata'} holds {key!r}, which is not an optimizer entry; damaged folder.")
+        if isinstance(item, TensorStorageMetadata):
+            name = where[2] if where[1] == "state" else None
+            size = weights.get(name) if isinstance(name, str) else None
+            if size is None or tuple(item.size) not in ((), tuple(size)):
+                raise ValueError(
+                    f"{path / '.metadata'} gives the optimizer tensor {key!r} the size {tuple(item.size)}, which "
+                    f"fits no weight of the checkpoint ({name!r}: {None if size is None else tuple(size)}). The "
+                    "folder is damaged or was not written by lightning-gpt's FSDP2Strategy; nothing was allocated."
+                )
+            flat[key] = torch.empty(item.size, dtype=item.properties.dtype)
+        else:
+            flat[key] = None
+        paths[key] = where
+    if not flat:
+        return []
+    with warnings.catch_warnings():  # "torch.distributed is disabled ... load in a single process": the intent
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        planner = _safe_planner(trust_checkpoint)
+        dcp.load(flat, storage_reader=reader, planner=planner, no_dist=True)
+    if planner.refused:
+        raise UnsafeCheckpointError(
+            f"the sharded checkpoint {path} holds {sorted(planner.refused)[:3]}, which need a full unpickle (a saved "
+            "optimizer never does: code could run). Load it only if you trust its source (--trust_checkpoint / "
+            "trust_checkpoint=True)."
+        )
+    nested = _nest(flat, paths)
+    return [_numbered(nested[key], path) for key in sorted(nested, key=lambda k: int(k.split("_")[-1]))]
+
+
+def _numbered(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Name-keyed optimizer state -> id-keyed, ids in ``param_groups`` order (``torch.optim.Optimizer.state_dict``)."""
+    groups = state.get("param_groups", [])
+    order = [name for group in groups for name in group.get("params", [])]
+    ids = {name: i for i, name in enumerate(order)}
+    unknown = sorted(set(state.get("state", {})) - set(ids))
+    if unknown:
+        raise ValueError(
+            f"the optimizer state in {path} holds moments of {unknown[:3]}, which its param_groups do not list; "
+            "the folder is damaged."
+        )
+    return {
+        "state": {ids[name]: value for name, value in state.get("state", {}).items()},
+        "param_groups": [{**group, "params": [ids[n] for n in group.get("params", [])]} for group in groups],
+    }

@@ -31,8 +31,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Reading (``fit --ckpt_path``, ``validate``/``test``/``predict``) is weights-only whatever Lightning asks for: a file
     that needs a full unpickle is refused (``UnsafeCheckpointError``) unless ``trust_checkpoint`` is set. A weights
-    folder (``lightning-gpt export`` or Hugging Face GPT-2), or a sharded ``FSDP2Strategy`` folder read by another
-    strategy, reads as a checkpoint of weights, config and tokenizer. The
+    folder (``lightning-gpt export`` or Hugging Face GPT-2) reads as a checkpoint of weights, config and tokenizer; a
+    sharded ``FSDP2Strategy`` folder read by another strategy (DDP, one process) as the whole training state,
+    consolidated (``fit --ckpt_path`` resumes from it). The
     ``gpt_config`` is checked against the weights, and the tokenizer state parsed, before Lightning sees either.
 
     Args:
@@ -58,7 +59,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 return torch_load(f, map_location=map_location, trust_checkpoint=self.trust_checkpoint, name=path)
         if is_pretrained_path(path):
             return _as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
-        if is_sharded_checkpoint(path):  # FSDP2's folder under another strategy: its weights, consolidated
+        if is_sharded_checkpoint(path):  # FSDP2's folder under another strategy: its whole state, consolidated
             return _sharded_as_lightning_checkpoint(path, trust_checkpoint=self.trust_checkpoint)
         checkpoint = read_checkpoint(path, map_location=map_location, trust_checkpoint=self.trust_checkpoint)
         if isinstance(checkpoint, dict) and "gpt_config" in checkpoint:  # a GPTModule's (others: Lightning's checks)
@@ -99,13 +100,21 @@ def _as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -
 
 
 def _sharded_as_lightning_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict[str, Any]:
-    """A sharded ``FSDP2Strategy`` folder as a checkpoint dict of consolidated weights and its ``meta.pt`` entries
-    (no optimizer state: ``validate``/``test``/``predict``; resuming from it needs ``FSDP2Strategy``)."""
+    """A sharded ``FSDP2Strategy`` folder as the checkpoint dict a consolidated ``.ckpt`` holds: weights and optimizer
+    states consolidated (``lightning_gpt.io.sharded``: sizes checked against ``.metadata`` before anything is read),
+    and its ``meta.pt`` entries (loops, callbacks such as the LR schedule, the loader state). ``fit --ckpt_path`` under
+    DDP or one process resumes from it as from the ``.ckpt`` of ``save_distributed_checkpoint: false``."""
     from lightning_gpt.io.checkpoint import read_model_checkpoint, read_sharded_checkpoint
+    from lightning_gpt.io.sharded import load_sharded_optimizers
 
     meta = read_sharded_checkpoint(path, trust_checkpoint=trust_checkpoint)[3]
     _, state, _ = read_model_checkpoint(path, trust_checkpoint=trust_checkpoint)  # sizes checked, then read
-    return {**meta, "state_dict": {f"model.{k}": v for k, v in state.items()}}
+    weights = {f"model.{k}": v for k, v in state.items()}
+    checkpoint = {**meta, "state_dict": weights}
+    optimizers = load_sharded_optimizers(path, {k: v.shape for k, v in weights.items()}, trust_checkpoint)
+    if optimizers:
+        checkpoint["optimizer_states"] = optimizers
+    return checkpoint
 
 
 class AtomicSaveConfigCallback(SaveConfigCallback):

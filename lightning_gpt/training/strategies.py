@@ -15,8 +15,9 @@ trainer:
   ``param_dtype`` and ``reduce_dtype`` from this object. The model is built on the meta device and each rank allocates
   only its shards (``lightning_gpt.training.parallelize``). Checkpoints are sharded folders by default (every rank
   writes its own shards; ``lightning_gpt.io.checkpoint.load_checkpoint``, ``export``, ``generate`` and ``evaluate``
-  read them); ``save_distributed_checkpoint: false`` writes one consolidated ``.ckpt`` instead (resumable under DDP
-  or one process too).
+  read them, and ``fit --ckpt_path`` resumes from them under ``FSDP2Strategy`` on any number of processes, under
+  ``DDPStrategy`` or in one process); ``save_distributed_checkpoint: false`` writes one consolidated ``.ckpt``
+  instead (gathered on rank 0).
 - ``FSDP1Strategy``: Lightning's ``FSDPStrategy`` (CUDA only) wrapping each ``Block``, with optional activation
   checkpointing of each ``Block``.
 
@@ -128,8 +129,9 @@ class FSDP2Strategy(ModelParallelStrategy):
             ``torch.distributed.checkpoint`` shards, written by every rank in parallel, and ``meta.pt``; no rank
             gathers the model or the optimizer state), written beside the old one and renamed into place. ``export``,
             ``generate``, ``evaluate``, ``serve`` and ``load_checkpoint`` read it directly (consolidating as they
-            load); ``fit --ckpt_path`` resumes from it under ``FSDP2Strategy``. ``False``: one consolidated ``.ckpt``
-            file gathered on rank 0 (loads under any strategy; memory for the whole model and optimizer state there).
+            load); ``fit --ckpt_path`` resumes from it under ``FSDP2Strategy``, and under DDP or in one process
+            (weights and AdamW state consolidated as they load: ``lightning_gpt.io.sharded``). ``False``: one
+            consolidated ``.ckpt`` file gathered on rank 0 (memory for the whole model and optimizer state there).
         timeout_minutes: bound on how long a collective waits for a dead rank (see ``DDPStrategy``).
         process_group_backend: ``gloo``, ``nccl`` or ``None`` for the device's default.
         cpu_mmap_threshold: on CPU (Linux, glibc), fix malloc's mmap threshold at this many bytes when the process

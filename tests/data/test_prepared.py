@@ -184,3 +184,21 @@ def test_prepare_then_fit_through_the_command(cli, run_yaml, tmp_path, corpus):
 
     _, tok = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert tok.state_dict() == read_manifest(str(out))["tokenizer"]  # the model decodes with the dataset's tokenizer
+
+
+def test_node_variables_and_the_split_of_the_shards(monkeypatch):
+    from lightning_gpt.data.prepared_nodes import node_layout, node_shards
+
+    monkeypatch.delenv("DATA_OPTIMIZER_NUM_NODES", raising=False)
+    monkeypatch.delenv("DATA_OPTIMIZER_NODE_RANK", raising=False)
+    assert node_layout() == (1, 0)
+    for num, rank in (("2", "5"), ("two", "0"), ("2", "-1")):
+        monkeypatch.setenv("DATA_OPTIMIZER_NUM_NODES", num)
+        monkeypatch.setenv("DATA_OPTIMIZER_NODE_RANK", rank)
+        with pytest.raises(ValueError, match=f"DATA_OPTIMIZER_NUM_NODES='{num}'.*do not describe a node"):
+            node_layout()
+    for n_shards in range(12):
+        for nodes in range(1, 5):
+            runs = [node_shards(n_shards, nodes, r) for r in range(nodes)]
+            assert [i for run in runs for i in run] == list(range(n_shards))  # every shard once, in order
+            assert max(map(len, runs)) - min(map(len, runs)) <= 1

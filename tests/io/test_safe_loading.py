@@ -178,3 +178,34 @@ def test_trust_checkpoint_is_the_documented_opt_in(cli, trained, evil, command, 
     result = cli(*argv, "--trust_checkpoint", *([] if command == "generate" else ["true"]))
     assert result.code == 0, result
     assert marker.exists()  # the user asked for it
+
+
+def _optimizer_folder(folder: Path, param_groups_extra: dict[str, Any], moment: torch.Tensor) -> Path:
+    """A real torch.distributed.checkpoint folder holding one optimizer as FSDP2Strategy saves it (name-keyed)."""
+    import torch.distributed.checkpoint as dcp
+
+    state: dict[str, Any] = {"state": {"model.w": {"step": torch.tensor(3.0), "exp_avg": moment}}}
+    state["param_groups"] = [{"lr": 0.1, "params": ["model.w"], **param_groups_extra}]
+    dcp.save({"optimizer_0": state}, storage_writer=dcp.FileSystemWriter(str(folder)), no_dist=True)
+    return folder
+
+
+def test_a_sharded_optimizer_state_is_read_weights_only_and_size_checked(tmp_path):
+    from lightning_gpt.io.serialization import UnsafeCheckpointError
+    from lightning_gpt.io.sharded import load_sharded_optimizers
+
+    weights = {"model.w": torch.Size([4])}
+    good = _optimizer_folder(tmp_path / "good", {}, torch.arange(4.0))
+    (state,) = load_sharded_optimizers(good, weights)  # keyed like optimizer.state_dict(): ids in param_groups order
+    assert state["param_groups"] == [{"lr": 0.1, "params": [0]}]
+    assert torch.equal(state["state"][0]["exp_avg"], torch.arange(4.0)) and float(state["state"][0]["step"]) == 3.0
+
+    marker = tmp_path / "marker"
+    evil = _optimizer_folder(tmp_path / "evil", {"extra": _Payload(marker)}, torch.arange(4.0))
+    with pytest.raises(UnsafeCheckpointError, match="optimizer_0.param_groups.0.extra.*--trust_checkpoint"):
+        load_sharded_optimizers(evil, weights)
+    assert not marker.exists()
+
+    huge = _optimizer_folder(tmp_path / "huge", {}, torch.zeros(8))  # a moment that fits no weight
+    with pytest.raises(ValueError, match=r"size \(8,\), which fits no weight.*'model.w': \(4,\)"):
+        load_sharded_optimizers(huge, weights)

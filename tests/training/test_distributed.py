@@ -228,23 +228,26 @@ def test_every_ddp_and_fsdp2_checkpoint_loads_with_the_safe_loader(workdir, ddp,
             assert {"gpt_config", "tokenizer", "loops", "callbacks", "optimizer_states"} <= set(ckpt)
 
 
-def test_fsdp2_checkpoint_resumes_under_ddp_and_vice_versa(workdir, ddp, fsdp2, single):
-    """4 steps under one strategy + 2 resumed under the other == 6 steps in one process."""
-    reference = _weights(_ckpt(workdir, "single", 6))
-    for source, target in (("fsdp2", "ddp"), ("ddp", "fsdp2")):
+@pytest.fixture(scope="module")
+def resumed(workdir, ddp, fsdp2, sharded) -> dict[str, Path]:
+    """4 steps under one strategy + 2 resumed under another (or in one process): FSDP2's sharded folder under DDP,
+    DDP's file under FSDP2, FSDP2's consolidated file in one process."""
+    runs = {}
+    for source, target in (("sharded", "ddp"), ("ddp", "fsdp2"), ("fsdp2", "single")):
         name = f"{target}_from_{source}"
-        ckpt = _ckpt(workdir, source, 4)
-        result = _fit(
-            workdir, name, "--trainer.strategy", _strategy(target), "--trainer.max_steps", "6", "--ckpt_path", ckpt
-        )
-        _ok(result)
-        _close(_weights(_ckpt(workdir, name, 6)), reference)
-    # ... and into a single process.
-    result = _fit(
-        workdir, "single_from_fsdp2", "--trainer.max_steps", "6", "--ckpt_path", _ckpt(workdir, "fsdp2", 4), devices=1
-    )
-    _ok(result)
-    _close(_weights(_ckpt(workdir, "single_from_fsdp2", 6)), reference)
+        strategy = [] if target == "single" else ["--trainer.strategy", _strategy(target)]
+        _ok(_fit(workdir, name, *strategy, "--trainer.max_steps", "6", "--ckpt_path", str(_ckpt(workdir, source, 4)),
+                 devices=1 if target == "single" else 2))  # fmt: skip
+        runs[name] = _ckpt(workdir, name, 6)
+    return runs
+
+
+def test_fsdp2_checkpoint_resumes_under_ddp_and_vice_versa(workdir, single, resumed):
+    """4 steps under one strategy + 2 resumed under the other (or in one process) == 6 steps in one process (up to
+    the order in which the ranks' gradients are summed)."""
+    reference = _weights(_ckpt(workdir, "single", 6))
+    for final in resumed.values():
+        _close(_weights(final), reference)
 
 
 def test_a_dead_rank_makes_the_other_exit_with_an_error(workdir):
@@ -416,3 +419,38 @@ def test_a_sharded_folder_is_checked_before_anything_is_allocated(workdir, shard
     with pytest.raises(UnsafeCheckpointError, match="os.system|posix.system"):
         load_checkpoint(hostile)
     assert not (tmp_path / "pwned").exists()
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal nested checkpoint contents, tensors bit for bit."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_a_sharded_folder_resumes_in_one_process_exactly(workdir, sharded, fsdp2, resumed):
+    """FSDP2 on 2 ranks -> a sharded folder at step 4 -> one process, to step 6 (under DDP: ``resumed``).
+
+    The reference is the same 2-rank FSDP2 run saved consolidated (``save_distributed_checkpoint: false``, the
+    ``fsdp2`` run: the same computation, so its step-4 ``.ckpt`` holds the same state bit for bit): what the folder
+    restores for another strategy must be exactly that (weights, AdamW moments and steps, param groups with
+    ``initial_lr``, the LR schedule's and the loader's state, loop counters), and the one-process continuation must
+    end on exactly the weights of that ``.ckpt``'s one-process continuation. (DDP ranks read the folder through the
+    same ``AtomicCheckpointIO.load_checkpoint``.)
+    """
+    from lightning_gpt.training.checkpoint_io import AtomicCheckpointIO
+
+    folder = _ckpt(workdir, "sharded", 4)
+    restored = AtomicCheckpointIO().load_checkpoint(str(folder))
+    saved = torch.load(_ckpt(workdir, "fsdp2", 4), map_location="cpu", weights_only=True)
+    assert restored.keys() == saved.keys() and restored["optimizer_states"][0]["state"]
+    for key in saved:
+        assert key == "callbacks" or _same(restored[key], saved[key]), key
+    for key, value in saved["callbacks"].items():  # the ModelCheckpoint remembers each run's own folder
+        assert key.startswith("ModelCheckpoint") or _same(restored["callbacks"][key], value), key
+    _ok(_fit(workdir, "single_from_sharded", "--trainer.max_steps", "6", "--ckpt_path", str(folder), devices=1))
+    _close(_weights(_ckpt(workdir, "single_from_sharded", 6)), _weights(resumed["single_from_fsdp2"]), tol=0.0)

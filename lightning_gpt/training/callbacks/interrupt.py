@@ -34,6 +34,16 @@ class InterruptCheckpoint(Callback):
     step finishes, ``last.ckpt`` is saved and training stops with ``SIGTERMException(143)`` (exit status 143, as a
     process killed by SIGTERM). A SIGTERM that Lightning acts on first (during validation) saves in ``on_exception``.
 
+    With several processes (DDP, FSDP2; one node or many) the signal often reaches only some ranks: ``torchrun`` on
+    one node forwards its SIGTERM to that node's workers only. Lightning's handler would then broadcast from inside
+    the signal handler on that rank alone (a collective the other ranks never join: the job hangs until the process
+    group times out, and ``torchrun`` SIGKILLs its workers 30 s after the SIGTERM), and raise on that rank alone at the
+    step's end. So from ``on_train_start`` on, a multi-process run's SIGTERM handler is this callback's: it only sets a
+    flag (and forwards the signal to the ranks Lightning itself started, as Lightning's does); at the end of the
+    optimizer step the ranks agree through the process group (``reduce_boolean_decision``), all save ``last.ckpt``
+    together (the sharded save is a collective) and all exit with status 143. A SIGTERM during validation then stops
+    at the next step's end.
+
     When ``fit`` ends (``max_steps``) after the last periodic checkpoint, ``last.ckpt`` is brought up to the final step
     as well (saved at the last batch's end). Every save is registered with the ``ModelCheckpoint``, so Lightning's own
     end-of-fit save neither repeats it nor writes a second ``last-v1.ckpt``: a run has exactly one ``last.ckpt``.
@@ -48,7 +58,20 @@ class InterruptCheckpoint(Callback):
         self._requested = False
         self._saved_at: Optional[int] = None
         self._previous_handler: Any = None
+        self._previous_sigterm: Any = None
+        self._sigterm = False
+        self._launcher: Any = None
         self._step_at_batch_start = -1
+
+    @property
+    def sigterm_received(self) -> bool:
+        """Whether this process got SIGTERM during a multi-process ``fit`` (handled at the next step's end)."""
+        return self._sigterm
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if not self._sigterm and self._launcher is not None:
+            self._launcher.kill(signum)  # the local ranks Lightning started (its own handler does the same)
+        self._sigterm = True
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._requested:  # second Ctrl-C: give up on the graceful path
@@ -61,6 +84,9 @@ class InterruptCheckpoint(Callback):
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._requested = False
@@ -70,8 +96,12 @@ class InterruptCheckpoint(Callback):
             # A run started fresh, or resumed from a folder that moved (Lightning then forgets the path): without this,
             # Lightning's first save of `last` finds our last.ckpt there and writes last-v1.ckpt beside it.
             callback.last_model_path = self.checkpoint_path(trainer)
+        self._sigterm = False
         try:
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            if trainer.world_size > 1:  # Lightning's handler holds a collective of one rank (see the class docstring)
+                self._launcher = trainer.strategy.launcher
+                self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread (e.g. a notebook worker): keep Lightning's default behaviour
             self._previous_handler = None
 
@@ -87,7 +117,7 @@ class InterruptCheckpoint(Callback):
             # fit is about to stop at max_steps; save here (mid-epoch state Lightning resumes exactly), not at
             # on_train_end (where the epoch already counts as finished).
             self._save(trainer)
-        requested, sigterm = self._requested, bool(getattr(trainer, "received_sigterm", False))
+        requested, sigterm = self._requested, self._sigterm or bool(getattr(trainer, "received_sigterm", False))
         if trainer.world_size > 1:  # every rank must agree, or the collective save would hang
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
             sigterm = trainer.strategy.reduce_boolean_decision(sigterm, all=False)
