@@ -26,6 +26,15 @@ without them:
 
     python benchmarks/train_speed.py --suite defaults --rounds 6 --steps 20 --threads 1 \\
         --out benchmarks/results/train_default_callbacks.md
+
+``--suite cpu-recipe`` times what a step of ``fit`` costs for the recipe and for its fast CPU variant, and where:
+nanoGPT's step (a plain loop, fp32, eager, ``flash`` attention: PyTorch SDPA), the recipe's step in ``fit`` (the same,
+GPTModule + Trainer with the module's default callbacks), then bf16-mixed + compile with ``flash``, with ``standard``
+attention, with fused AdamW (the variant), the variant without the default callbacks, and the variant as a plain
+loop. ``--clock cpu`` times each step in this process's CPU time, steadier than wall time on a shared machine:
+
+    python benchmarks/train_speed.py --suite cpu-recipe --rounds 4 --steps 15 --threads 1 --clock cpu \\
+        --out benchmarks/results/train_cpu_recipe.md
 """
 
 from __future__ import annotations
@@ -418,7 +427,8 @@ def _report(
     env = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"python {platform.python_version()}; load average at the end: {load}; data: {data_desc}; "
-        f"config: 4 layers, 4 heads, 128 wide, context {T}, batch {B}, vocab {vocab}, attention {args.attention}; "
+        f"config: 4 layers, 4 heads, 128 wide, context {T}, batch {B}, vocab {vocab}, attention "
+        f"{'per row' if args.suite == 'cpu-recipe' else args.attention}; "
         f"{args.rounds} interleaved rounds x {args.steps} steps each; step clock: {args.clock}; total {elapsed:.0f} s"
     )
     report = f"{body}\n\n{verdict}\n\n{env}\n"
