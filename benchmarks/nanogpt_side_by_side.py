@@ -253,11 +253,15 @@ def main(argv: list[str] | None = None) -> str:
             f"| CPU time to nanoGPT's final val loss | {ng_cpu:.0f} s | {our_cpu:.0f} s | {our_cpu / ng_cpu:.2f} "
             f"| <= {args.goal} |"
         )
-    curve = ["| step | nanoGPT val | ours val |", "|---:|---:|---:|"]
-    ours_by_step = {s: loss for s, loss, _ in ours["evals"]}
-    for step, loss, _ in ng["evals"]:
+    curve = [
+        "| step | nanoGPT val | at (s since start) | ours val | at (s since start) | ours at (CPU s) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    ours_by_step = {e[0]: (*e[1:], c) for e, c in zip(ours["evals"], ours["eval_cpu"])}
+    for step, loss, t in ng["evals"]:
         other = ours_by_step.get(step)
-        curve.append(f"| {step} | {loss:.3f} | {'' if other is None else f'{other:.3f}'} |")
+        mine = "| | |" if other is None else f"{other[0]:.3f} | {other[1]:.0f} | {other[2]:.0f} |"
+        curve.append(f"| {step} | {loss:.3f} | {t:.0f} | {mine}")
     report = (
         "\n".join(lines)
         + "\n\nValidation estimates (20 batches) at each evaluation:\n\n"
