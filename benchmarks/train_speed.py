@@ -48,6 +48,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -392,15 +393,24 @@ def _cpu_recipe(args, argv, config: GPTConfig, batches: list, start: float, data
     compiled, standard attention, fused AdamW), each as a plain loop (nanoGPT's shape) and as GPTModule + Trainer
     with the module's default callbacks, plus the steps from one to the other."""
     flash, standard = (dataclasses.replace(config, attention=kind) for kind in ("flash", "standard"))
-    fast = {"compile": True, "precision": "bf16-mixed"}
-    runners = [
+    bf16 = "bf16-mixed"
+    runners: list[Any] = [
         PlainLoop(flash, name="plain loop: fp32 eager flash (nanoGPT's step)"),
         LightningRun(flash, defaults=True, name="fit: fp32 eager flash (the recipe)"),
-        LightningRun(flash, defaults=True, **fast, name="fit: bf16 compiled flash"),
-        LightningRun(standard, defaults=True, **fast, name="fit: bf16 compiled standard"),
-        LightningRun(standard, defaults=True, fused=True, **fast, name="fit: bf16 compiled standard fused (variant)"),
-        LightningRun(standard, fused=True, **fast, name="fit without default callbacks: same variant"),
-        PlainLoop(standard, fused=True, **fast, name="plain loop: same variant"),
+        LightningRun(flash, defaults=True, compile=True, precision=bf16, name="fit: bf16 compiled flash"),
+        LightningRun(standard, defaults=True, compile=True, precision=bf16, name="fit: bf16 compiled standard"),
+        LightningRun(
+            standard,
+            defaults=True,
+            fused=True,
+            compile=True,
+            precision=bf16,
+            name="fit: bf16 compiled standard fused (variant)",
+        ),
+        LightningRun(
+            standard, fused=True, compile=True, precision=bf16, name="fit without default callbacks: same variant"
+        ),
+        PlainLoop(standard, fused=True, compile=True, precision=bf16, name="plain loop: same variant"),
     ]
     results = measure(runners, batches, args.rounds, args.steps)
     elapsed = time.perf_counter() - start
