@@ -66,7 +66,13 @@ def plot(val: list[tuple[int, float]], train: list[tuple[int, float]], path: Pat
 
 
 def write_report(
-    val, command: str, wall_s: float | None, run_dir: Path, threads: str | None = None, load: str | None = None
+    val,
+    command: str,
+    wall_s: float | None,
+    run_dir: Path,
+    threads: str | None = None,
+    load: str | None = None,
+    name: str = "shakespeare_char",
 ) -> str:
     final_step, final = val[-1]
     env = f"OMP_NUM_THREADS={threads} " if threads else ""
@@ -89,13 +95,13 @@ def write_report(
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, "
         f"load average before / after the run: {load or 'not recorded (--plot-only)'}; "
         f"Python {platform.python_version()}",
-        f"- run directory: `{run_dir}`; curve: `shakespeare_char.png`",
+        f"- run directory: `{run_dir}`; curve: `{name}.png`",
         "",
         "| step | validation loss |",
         "|---:|---:|",
         *[f"| {s} | {v:.4f} |" for s, v in val],
         "",
-        "![validation curve](shakespeare_char.png)",
+        f"![validation curve]({name}.png)",
         "",
     ]
     for extra in sorted(RESULTS.glob("shakespeare_char_reference_lr*.txt")):
@@ -209,6 +215,11 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help="run nanoGPT's loop (no Lightning) instead")
     parser.add_argument("--lr", type=float, default=1e-3, help="with --reference: peak learning rate (nanoGPT: 1e-3)")
     parser.add_argument("--wall", type=float, default=None, help="with --plot-only: the measured wall time (s)")
+    parser.add_argument(
+        "--name",
+        default="shakespeare_char",
+        help="the report's and the curve's file names in benchmarks/results/ (<name>.md, <name>.png)",
+    )
     parser.add_argument("extra", nargs="*", help="extra CLI arguments (after --)")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
@@ -237,9 +248,9 @@ def main() -> None:
         load = f"{before:.2f} / {os.getloadavg()[0]:.2f} (1-minute)"
     val, train = read_metrics(REPO / run_dir if not run_dir.is_absolute() else run_dir)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot(val, train, RESULTS / "shakespeare_char.png")
-    report = write_report(val, command, wall, run_dir, os.environ.get("OMP_NUM_THREADS"), load)
-    (RESULTS / "shakespeare_char.md").write_text(report)
+    plot(val, train, RESULTS / f"{args.name}.png")
+    report = write_report(val, command, wall, run_dir, os.environ.get("OMP_NUM_THREADS"), load, args.name)
+    (RESULTS / f"{args.name}.md").write_text(report)
     print(report)
 
 

@@ -26,11 +26,21 @@ without them:
 
     python benchmarks/train_speed.py --suite defaults --rounds 6 --steps 20 --threads 1 \\
         --out benchmarks/results/train_default_callbacks.md
+
+``--suite cpu-recipe`` times what a step of ``fit`` costs for the recipe and for its fast CPU variant, and where:
+nanoGPT's step (a plain loop, fp32, eager, ``flash`` attention: PyTorch SDPA), the recipe's step in ``fit`` (the same,
+GPTModule + Trainer with the module's default callbacks), then bf16-mixed + compile with ``flash``, with ``standard``
+attention, with fused AdamW (the variant), the variant without the default callbacks, and the variant as a plain
+loop. ``--clock cpu`` times each step in this process's CPU time, steadier than wall time on a shared machine:
+
+    python benchmarks/train_speed.py --suite cpu-recipe --rounds 4 --steps 15 --threads 1 --clock cpu \\
+        --out benchmarks/results/train_cpu_recipe.md
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import sys
@@ -38,6 +48,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +60,7 @@ DEFAULT_DATA = REPO / ".." / "shared" / "data" / "tinyshakespeare.txt"
 B, T = 12, 64
 LR, MIN_LR, WARMUP = 1e-3, 1e-4, 100
 ROOT = tempfile.TemporaryDirectory(prefix="train_speed-")
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (this process's CPU time: steadier on a shared machine)
 
 
 def load_tokens(path: Path) -> tuple[torch.Tensor, int, str]:
@@ -80,31 +92,48 @@ def lr_for(step: int, max_steps: int = 2000) -> float:
     return lr_at(step, base_lr=LR, warmup_steps=WARMUP, decay_steps=max_steps, min_lr=MIN_LR)
 
 
-def adamw(model: torch.nn.Module) -> torch.optim.Optimizer:
+def adamw(model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     params = list(dict.fromkeys(p for p in model.parameters() if p.requires_grad))
     decay = [p for p in params if p.dim() >= 2 and id(p) not in emb]
     no_decay = [p for p in params if p.dim() < 2 or id(p) in emb]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.99))
+    return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.99), fused=fused or None)
 
 
 class PlainLoop:
-    """The hand-written loop nanoGPT uses (without torch.compile)."""
+    """The hand-written loop nanoGPT uses (by default without torch.compile, in fp32, with torch's default AdamW)."""
 
     name = "plain PyTorch loop"
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(
+        self,
+        config: GPTConfig,
+        *,
+        compile: bool = False,
+        precision: str = "32-true",
+        fused: bool = False,
+        name: str | None = None,
+    ) -> None:
+        torch.manual_seed(0)
         self.model = GPT(config)
-        self.opt = adamw(self.model)
+        self.opt = adamw(self.model, fused=fused)
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.bf16 = precision == "bf16-mixed"
         self.step = 0
+        if name is not None:
+            self.name = name
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.model(x, y)[1]
+        if not self.bf16:
+            return self.forward(x, y)[1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = self.forward(x)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
     def run(self, batches: list) -> list[float]:
         self.model.train()
-        times, last = [], time.perf_counter()
+        times, last = [], CLOCK()
         for x, y in batches:
             for group in self.opt.param_groups:
                 group["lr"] = lr_for(self.step)
@@ -114,7 +143,7 @@ class PlainLoop:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.step += 1
-            now = time.perf_counter()
+            now = CLOCK()
             times.append(now - last)
             last = now
         return times[1:]  # the first interval includes the round's start-up
@@ -141,6 +170,7 @@ class HFLoop(PlainLoop):
         self.model = GPT2LMHeadModel(hf_config)
         self.opt = adamw(self.model)
         self.step = 0
+        self.bf16 = False
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = self.model(input_ids=x).logits  # (B, T, V)
@@ -160,12 +190,19 @@ class LightningRun:
         precision: str = "32-true",
         name: str | None = None,
         defaults: bool = False,
+        fused: bool | None = None,
     ) -> None:
         from lightning_gpt.training.module import GPTModule
 
         torch.manual_seed(0)  # every variant starts from the same weights
         self.module = GPTModule(
-            config, learning_rate=LR, weight_decay=0.1, betas=(0.9, 0.99), compile=compile, default_callbacks=defaults
+            config,
+            learning_rate=LR,
+            weight_decay=0.1,
+            betas=(0.9, 0.99),
+            compile=compile,
+            default_callbacks=defaults,
+            fused=fused,
         )
         self.precision = precision
         self.losses: list[float] = []
@@ -184,7 +221,7 @@ class LightningRun:
             last = None
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                now = time.perf_counter()
+                now = CLOCK()
                 if self.last is not None:
                     times.append(now - self.last)
                 self.last = now
@@ -268,7 +305,13 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--attention", default="standard")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown report here")
-    parser.add_argument("--suite", choices=["overhead", "compile-bf16", "defaults"], default="overhead")
+    parser.add_argument("--suite", choices=["overhead", "compile-bf16", "defaults", "cpu-recipe"], default="overhead")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="step time as wall time, or as this process's CPU time (one thread: steadier under load)",
+    )
     parser.add_argument("--precision-steps", type=int, default=200, help="compile-bf16: steps of the loss check")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -277,6 +320,9 @@ def main(argv: list[str] | None = None) -> str:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        global CLOCK
+        CLOCK = time.process_time
     torch.manual_seed(0)
     tokens, vocab, data_desc = load_tokens(args.data)
     config = GPTConfig(
@@ -311,6 +357,8 @@ def main(argv: list[str] | None = None) -> str:
             f"{ratios['eager bf16-mixed']:.2f}x, compiled bf16-mixed {ratios['compiled bf16-mixed']:.2f}x\n\n{check}"
         )
         return _report(args, argv, body, verdict, elapsed, data_desc, vocab, "Training step time: compile and bf16")
+    if args.suite == "cpu-recipe":
+        return _cpu_recipe(args, argv, config, batches, start, data_desc, vocab)
     if args.suite == "defaults":
         runners = [
             LightningRun(config, name="schedule + clipping only"),
@@ -340,6 +388,45 @@ def main(argv: list[str] | None = None) -> str:
     return _report(args, argv, body, verdict, elapsed, data_desc, vocab, title)
 
 
+def _cpu_recipe(args, argv, config: GPTConfig, batches: list, start: float, data_desc: str, vocab: int) -> str:
+    """The shakespeare-char recipe's step (flash attention, fp32, eager) against the fast CPU variant's (bf16-mixed,
+    compiled, standard attention, fused AdamW), each as a plain loop (nanoGPT's shape) and as GPTModule + Trainer
+    with the module's default callbacks, plus the steps from one to the other."""
+    flash, standard = (dataclasses.replace(config, attention=kind) for kind in ("flash", "standard"))
+    bf16 = "bf16-mixed"
+    runners: list[Any] = [
+        PlainLoop(flash, name="plain loop: fp32 eager flash (nanoGPT's step)"),
+        LightningRun(flash, defaults=True, name="fit: fp32 eager flash (the recipe)"),
+        LightningRun(flash, defaults=True, compile=True, precision=bf16, name="fit: bf16 compiled flash"),
+        LightningRun(standard, defaults=True, compile=True, precision=bf16, name="fit: bf16 compiled standard"),
+        LightningRun(
+            standard,
+            defaults=True,
+            fused=True,
+            compile=True,
+            precision=bf16,
+            name="fit: bf16 compiled standard fused (variant)",
+        ),
+        LightningRun(
+            standard, fused=True, compile=True, precision=bf16, name="fit without default callbacks: same variant"
+        ),
+        PlainLoop(standard, fused=True, compile=True, precision=bf16, name="plain loop: same variant"),
+    ]
+    results = measure(runners, batches, args.rounds, args.steps)
+    elapsed = time.perf_counter() - start
+    ref = runners[0].name
+    body = table(results, ref, "vs nanoGPT's step")
+    med = {name: statistics.median(ts) for name, ts in results.items()}
+    variant, bare, plain = (med[r.name] for r in runners[4:])
+    verdict = (
+        f"the variant's fit step / the recipe's: {variant / med[runners[1].name]:.3f}; / nanoGPT-shaped plain loop: "
+        f"{variant / med[ref]:.3f}; Lightning + callbacks over the same plain loop: {1e3 * (variant - plain):.1f} ms "
+        f"(of which the default callbacks: {1e3 * (variant - bare):.1f} ms)"
+    )
+    title = "Training step time: the shakespeare-char recipe and its fast CPU variant"
+    return _report(args, argv, body, verdict, elapsed, data_desc, vocab, title)
+
+
 def _report(
     args: argparse.Namespace, argv, body: str, verdict: str, elapsed: float, data_desc: str, vocab: int, title: str
 ) -> str:
@@ -350,8 +437,9 @@ def _report(
     env = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"python {platform.python_version()}; load average at the end: {load}; data: {data_desc}; "
-        f"config: 4 layers, 4 heads, 128 wide, context {T}, batch {B}, vocab {vocab}, attention {args.attention}; "
-        f"{args.rounds} interleaved rounds x {args.steps} steps each; total {elapsed:.0f} s"
+        f"config: 4 layers, 4 heads, 128 wide, context {T}, batch {B}, vocab {vocab}, attention "
+        f"{'per row' if args.suite == 'cpu-recipe' else args.attention}; "
+        f"{args.rounds} interleaved rounds x {args.steps} steps each; step clock: {args.clock}; total {elapsed:.0f} s"
     )
     report = f"{body}\n\n{verdict}\n\n{env}\n"
     print(report)
