@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+import weakref
 from typing import Any, Callable, Generator, Optional, Union, cast
 
 import torch
@@ -131,6 +132,9 @@ def _warn_once(message: str) -> None:
 #: in ~350 us).
 DECODE_LAYOUT_MIN_BYTES = 8 << 20
 
+# Each model's decode-time weight layout, kept between generations (see decode_weights); freed with the model.
+_LAYOUTS: "weakref.WeakKeyDictionary[nn.Module, dict[str, Tensor]]" = weakref.WeakKeyDictionary()
+
 
 def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tensor]]:
     """The generation's own layout of the model's ``nn.Linear`` weights, when it speeds up decoding, else ``None``:
@@ -139,12 +143,16 @@ def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tens
 
     At batch 1 a decoded token is one matrix-vector product per weight, and on CPU ``F.linear(x, W)`` with such a
     ``W`` runs ``addmm(b, x, W.t())`` over a contiguous ``(in, out)`` matrix, which streams about 1.5x faster than
-    ``nn.Linear``'s ``(out, in)`` layout over a whole 6 x 384 model (2x for a 50257 x 384 LM head: 27 vs 14 GB/s on
-    one thread; ``benchmarks/results/decode_roofline.md``). ``model_logits`` runs the model with these weights in place
-    of its own (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched. The
-    copies are taken from the current weights when a generation starts and belong to it (a later training step is
-    never missed); they cost one copy of the linear weights in memory while decoding. Float32 on CPU, batch <= 8, and
-    at least ``DECODE_LAYOUT_MIN_BYTES`` of linear weights (bfloat16 kernels and CUDA gain nothing from it).
+    ``nn.Linear``'s ``(out, in)`` layout over a whole 6 x 384 model (2x for a 50257 x 384 LM head: 22-27 vs 13-14
+    GB/s on one thread; ``benchmarks/results/decode_layout.md``). ``model_logits`` runs the model with these weights in
+    place of its own (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched.
+
+    The copies are kept for the next generation of the same model (a weak reference: they go with the model), because
+    transposing costs far more than a token (~50 ms for a 50257 x 384 head) and comparing does not (~15 ms). Each
+    generation compares every kept copy with the current weight (``torch.equal``) and copies anew the ones that
+    differ, so a training step between two generations is never missed. Cost: one copy of the linear weights in
+    memory while the model lives. Float32 on CPU, batch <= 8, and at least ``DECODE_LAYOUT_MIN_BYTES`` of linear
+    weights (bfloat16 kernels and CUDA gain nothing from it).
 
     Args:
         model: the model being decoded.
@@ -155,18 +163,25 @@ def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tens
     """
     if batch_size > 8:
         return None
-    weights: dict[str, Tensor] = {}
+    linears: dict[str, Tensor] = {}
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(module, nn.Linear) or not isinstance(weight, Tensor):
             continue
         if type(weight.data) is not torch.Tensor or weight.device.type != "cpu" or weight.dtype != torch.float32:
             return None  # a sharded DTensor, another device or dtype: the model's own layout
-        weights[f"{name}.weight" if name else "weight"] = (
-            weight.detach().t().contiguous().t()
-        )  # (out, in), stored (in, out)
-    if sum(w.numel() * w.element_size() for w in weights.values()) < DECODE_LAYOUT_MIN_BYTES:
+        linears[f"{name}.weight" if name else "weight"] = weight.detach()
+    if sum(w.numel() * w.element_size() for w in linears.values()) < DECODE_LAYOUT_MIN_BYTES:
         return None
+    kept = _LAYOUTS.get(model, {})
+    weights = {}
+    for key, weight in linears.items():
+        old = kept.get(key)
+        if old is not None and old.shape == weight.shape and torch.equal(old, weight):
+            weights[key] = old
+        else:
+            weights[key] = weight.t().contiguous().t()  # shape (out, in), stored (in, out)
+    _LAYOUTS[model] = weights
     return weights
 
 
