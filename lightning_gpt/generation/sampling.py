@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import warnings
-import weakref
 from typing import Any, Callable, Generator, Optional, Union, cast
 
 import torch
@@ -132,9 +131,6 @@ def _warn_once(message: str) -> None:
 #: in ~350 us).
 DECODE_LAYOUT_MIN_BYTES = 8 << 20
 
-# Each model's decode-time weight layout, kept between generations (see decode_weights); freed with the model.
-_LAYOUTS: "weakref.WeakKeyDictionary[nn.Module, dict[str, Tensor]]" = weakref.WeakKeyDictionary()
-
 
 def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tensor]]:
     """The generation's own layout of the model's ``nn.Linear`` weights, when it speeds up decoding, else ``None``:
@@ -147,12 +143,13 @@ def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tens
     GB/s on one thread; ``benchmarks/results/decode_layout.md``). ``model_logits`` runs the model with these weights in
     place of its own (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched.
 
-    The copies are kept for the next generation of the same model (a weak reference: they go with the model), because
-    transposing costs far more than a token (~50 ms for a 50257 x 384 head) and comparing does not (~15 ms). Each
-    generation compares every kept copy with the current weight (``torch.equal``) and copies anew the ones that
-    differ, so a training step between two generations is never missed. Cost: one copy of the linear weights in
-    memory while the model lives. Float32 on CPU, batch <= 8, and at least ``DECODE_LAYOUT_MIN_BYTES`` of linear
-    weights (bfloat16 kernels and CUDA gain nothing from it).
+    The copies are taken from the current weights when a generation starts and belong to it, so a training step
+    between two generations is never missed. Keeping them for the next generation does not pay: telling whether a
+    weight changed means comparing it with its transposed copy, which costs more than copying it (110 vs 78 ms for a
+    6 x 384 model with a 50257-token head, one thread). Cost: ~80 ms per generation for that model (a 128-token greedy
+    generation gains ~400 ms: ``benchmarks/results/decode_layout.md``) and one copy of the linear weights in memory
+    while it decodes. Float32 on CPU, batch <= 8, and at least ``DECODE_LAYOUT_MIN_BYTES`` of linear weights (bfloat16
+    kernels and CUDA gain nothing from it).
 
     Args:
         model: the model being decoded.
@@ -173,16 +170,7 @@ def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tens
         linears[f"{name}.weight" if name else "weight"] = weight.detach()
     if sum(w.numel() * w.element_size() for w in linears.values()) < DECODE_LAYOUT_MIN_BYTES:
         return None
-    kept = _LAYOUTS.get(model, {})
-    weights = {}
-    for key, weight in linears.items():
-        old = kept.get(key)
-        if old is not None and old.shape == weight.shape and torch.equal(old, weight):
-            weights[key] = old
-        else:
-            weights[key] = weight.t().contiguous().t()  # shape (out, in), stored (in, out)
-    _LAYOUTS[model] = weights
-    return weights
+    return {key: weight.t().contiguous().t() for key, weight in linears.items()}  # shape (out, in), stored (in, out)
 
 
 def _uses_input_pos(model: nn.Module) -> bool:
