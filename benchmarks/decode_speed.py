@@ -23,13 +23,19 @@ Three measurements, all greedy, in one process:
    ours eager and ours with ``compile=True`` (tokens/s, interleaved rounds, medians), the compilation time of the first
    compiled call (wall clock: inductor compiles in worker processes) reported apart, and the roofline share.
 
-6. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
+6. **layout** (``--only layout``): the decode-time weight layout (``decode_weights``) on and off in one process, on
+   the ``small`` configuration: ms per one-token step and tokens/s of whole ``generate`` calls, eager and compiled.
+
+7. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
    trained ``--spec_steps`` steps on ``--spec_data`` (tiny Shakespeare, characters) by a plain PyTorch loop here (the
-   pair is cached in ``--spec_cache``), then the target's greedy decode alone vs with the draft
-   (``num_draft_tokens`` in ``--spec_k``): tokens/s, the acceptance rate, and whether the output is the same.
+   pair is cached in ``--spec_cache``), or loaded from checkpoints trained by ``lightning-gpt fit``
+   (``--spec_target_ckpt`` / ``--spec_draft_ckpt``), then the target's greedy decode alone vs with the draft
+   (``num_draft_tokens`` in ``--spec_k``): tokens/s, the acceptance rate, and whether the output is the same; and a
+   chi-square check of sampled speculative output against the target's exact marginals (``--spec_check_samples``).
 
 Prints markdown tables and writes them to ``<out>/decode_speed.md`` (``--only roofline``: ``<out>/decode_roofline.md``;
-``--only compiled`` / ``--only speculative``: ``<out>/decode_compiled.md`` / ``<out>/decode_speculative.md``).
+``--only compiled`` / ``layout`` / ``speculative``: ``<out>/decode_compiled.md`` / ``decode_layout.md`` /
+``decode_speculative.md``).
 
 Usage::
 
@@ -165,7 +171,7 @@ def bench_context(args: argparse.Namespace) -> list[str]:
     return rows
 
 
-PARTS = ["hf", "cache", "context", "roofline", "compiled", "speculative"]
+PARTS = ["hf", "cache", "context", "roofline", "compiled", "layout", "speculative"]
 
 ROOF_CONFIGS = {
     "tiny": dict(n_layer=2, n_embd=128, n_head=4, vocab_size=512),
@@ -318,6 +324,64 @@ def bench_compiled(args: argparse.Namespace) -> list[str]:
             f"{100 * tps['compiled'] / roof:.0f}% | {compile_s:.0f} | {'yes' if same else 'NO'} |"
         )
         print(rows[-1], flush=True)
+    return rows
+
+
+def bench_layout(args: argparse.Namespace) -> list[str]:
+    """The decode-time weight layout (``decode_weights``) on and off in one process, on the ``small`` configuration
+    (HF-converted random weights, batch 1, greedy): ms per one-token step (127 steps after the prefill) and tokens/s
+    of whole ``generate`` calls (prefill and the layout's copy included), eager and compiled; interleaved rounds,
+    alternating which goes first, medians. "Off" runs the model's own ``(out, in)`` weights."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    import lightning_gpt.generation.sampling as sampling
+
+    hf_logging.set_verbosity_error()
+    n = args.roof_new_tokens
+    hf, prompt = _random_hf_model(transformers, ROOF_CONFIGS["small"], args.prompt_len, n)
+    model = from_hf_gpt2(hf, attention="standard").eval()
+    on = sampling.DECODE_LAYOUT_MIN_BYTES
+
+    def steps(compile: bool) -> float:
+        with torch.inference_mode():
+            state = sampling.DecodeState(model, prompt, None, n, True, compile)
+            logits = state.prefill()
+            start = CLOCK()
+            for _ in range(n - 1):
+                logits = state.decode_one_token(logits.argmax(-1))
+            return (CLOCK() - start) / (n - 1)
+
+    def whole(compile: bool) -> float:
+        return timed(lambda: generate(model, prompt, max_new_tokens=n, compile=compile))
+
+    outs = {}
+    for layout in (True, False):
+        sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
+        outs[layout] = [generate(model, prompt, max_new_tokens=n, compile=c) for c in (False, True)]  # warm-up
+    times: dict[tuple[str, bool, bool], list[float]] = {}
+    for r in range(args.rounds):
+        for layout in (True, False) if r % 2 == 0 else (False, True):
+            sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
+            for compile in (False, True):
+                times.setdefault(("step", layout, compile), []).append(steps(compile))
+                times.setdefault(("generate", layout, compile), []).append(whole(compile))
+    sampling.DECODE_LAYOUT_MIN_BYTES = on
+    same = all(torch.equal(a, b) for a, b in zip(outs[True] + outs[False], outs[True][:1] * 4))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = [
+        "| mode | step ms/token, layout on | off | on / off speed | generate tok/s, layout on | off | on / off |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for compile in (False, True):
+        s_on, s_off = med[("step", True, compile)], med[("step", False, compile)]
+        g_on, g_off = n / med[("generate", True, compile)], n / med[("generate", False, compile)]
+        rows.append(
+            f"| {'compiled' if compile else 'eager'} | {1e3 * s_on:.2f} | {1e3 * s_off:.2f} | {s_off / s_on:.2f}x | "
+            f"{g_on:.0f} | {g_off:.0f} | {g_on / g_off:.2f}x |"
+        )
+    rows += ["", f"Same tokens in all four modes: {'yes' if same else 'NO'}."]
+    print("\n".join(rows), flush=True)
     return rows
 
 
@@ -587,7 +651,11 @@ def main() -> None:
     if args.only:
         args.skip = [part for part in PARTS if part != args.only]
     else:
-        args.skip = list(args.skip) + ["compiled", "speculative"]  # minutes each (compiling, training): with --only
+        args.skip = list(args.skip) + [
+            "compiled",
+            "layout",
+            "speculative",
+        ]  # minutes each (compiling, training): with --only
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
@@ -644,6 +712,14 @@ def main() -> None:
             "",
         ]
         lines += bench_compiled(args) + [""]
+    if "layout" not in args.skip:
+        lines += [
+            "## Decode-time weight layout (`decode_weights`) on and off: small (6 x 384, vocab 50257), greedy "
+            f"batch 1, {args.roof_new_tokens} new tokens after a {args.prompt_len}-token prompt, float32; median of "
+            f"{args.rounds} interleaved rounds",
+            "",
+        ]
+        lines += bench_layout(args) + [""]
     if "speculative" not in args.skip:
         lines += ["## Speculative decoding (`generate(..., draft_model=draft)`)", ""]
         lines += bench_speculative(args) + [""]
@@ -656,7 +732,11 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        name = f"decode_{args.only}.md" if args.only in ("roofline", "compiled", "speculative") else "decode_speed.md"
+        name = (
+            f"decode_{args.only}.md"
+            if args.only in ("roofline", "compiled", "layout", "speculative")
+            else "decode_speed.md"
+        )
         (out / name).write_text("\n".join(lines), encoding="utf-8")
         print(f"wrote {out / name}")
 
