@@ -523,7 +523,7 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
 
     def run_alone(config: GenerationConfig) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(0)
-        return [generate(target, p, config, generator=g) for p in prompts]
+        return [generate(target, p, config, generator=g, compile=args.spec_compile) for p in prompts]
 
     def run_spec(config: GenerationConfig, k: int) -> tuple[list[torch.Tensor], float]:
         outs, drafted, accepted = [], 0, 0
@@ -531,7 +531,8 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         g = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             for p in prompts:
-                t_state, d_state = DecodeState(target, p, None, n), DecodeState(draft, p, None, n)
+                t_state = DecodeState(target, p, None, n, compile=args.spec_compile)
+                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile)
                 reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
                 stop = StopCriteria([], None, None, vocab)
                 for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=g,
@@ -551,7 +552,8 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         )
     rows = [
         f"{pair}, on {Path(args.spec_data).name}; {len(prompts)} prompts of {args.prompt_len} characters from the "
-        f"last 10% of the text, {n} new tokens each; median of {args.rounds} interleaved rounds. Sampled rows: the "
+        f"last 10% of the text, {n} new tokens each; {'compiled' if args.spec_compile else 'eager'}; median of "
+        f"{args.rounds} interleaved rounds. Sampled rows: the "
         "same seed, so not the same tokens as the target alone (the distribution is the target's: tests/generation/"
         "test_speculative.py).",
         "",
@@ -645,6 +647,7 @@ def main() -> None:
     parser.add_argument("--spec_cache", default="/tmp/lightning_gpt_spec_pair")
     parser.add_argument("--spec_target_ckpt", default=None, help="target checkpoint (run folder); else trained here")
     parser.add_argument("--spec_draft_ckpt", default=None, help="draft checkpoint (with --spec_target_ckpt)")
+    parser.add_argument("--spec_compile", action="store_true", help="speculative part: target and draft compiled")
     parser.add_argument("--spec_check_samples", type=int, default=2000, help="sampled-distribution check (0: skip)")
     parser.add_argument("--out", default=None, help="directory for decode_speed.md")
     args = parser.parse_args()
