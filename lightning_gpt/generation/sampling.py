@@ -132,7 +132,14 @@ def _warn_once(message: str) -> None:
 DECODE_LAYOUT_MIN_BYTES = 8 << 20
 
 
-def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tensor]]:
+#: Fewer new tokens than this and the layout is not taken: its copy (~1.5 GB/s of weights, one thread) costs what ~25
+#: tokens of faster mat-vecs save (13-14 -> 20-22 GB/s).
+DECODE_LAYOUT_MIN_TOKENS = 32
+
+
+def decode_weights(
+    model: nn.Module, batch_size: int, new_tokens: int = DECODE_LAYOUT_MIN_TOKENS
+) -> Optional[dict[str, Tensor]]:
     """The generation's own layout of the model's ``nn.Linear`` weights, when it speeds up decoding, else ``None``:
     ``{"<module>.weight": W}`` where each ``W`` has the weight's shape ``(out, in)`` and values but is stored
     transposed, ``(in, out)`` contiguous (``W = weight.t().contiguous().t()``).
@@ -148,17 +155,19 @@ def decode_weights(model: nn.Module, batch_size: int) -> Optional[dict[str, Tens
     weight changed means comparing it with its transposed copy, which costs more than copying it (110 vs 78 ms for a
     6 x 384 model with a 50257-token head, one thread). Cost: ~80 ms per generation for that model (a 128-token greedy
     generation gains ~400 ms: ``benchmarks/results/decode_layout.md``) and one copy of the linear weights in memory
-    while it decodes. Float32 on CPU, batch <= 8, and at least ``DECODE_LAYOUT_MIN_BYTES`` of linear weights (bfloat16
-    kernels and CUDA gain nothing from it).
+    while it decodes. Float32 on CPU, batch <= 8, at least ``DECODE_LAYOUT_MIN_BYTES`` of linear weights (bfloat16
+    kernels and CUDA gain nothing from it) and at least ``DECODE_LAYOUT_MIN_TOKENS`` new tokens (a shorter generation
+    would not earn its copy back).
 
     Args:
         model: the model being decoded.
         batch_size: rows decoded together.
+        new_tokens: the most tokens the generation will decode.
 
     Returns:
         The weights by ``named_parameters`` name, or ``None`` (the model's own weights are used).
     """
-    if batch_size > 8:
+    if batch_size > 8 or new_tokens < DECODE_LAYOUT_MIN_TOKENS:
         return None
     linears: dict[str, Tensor] = {}
     for name, module in model.named_modules():
@@ -238,7 +247,7 @@ class DecodeState:
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
         self.legacy = not _uses_input_pos(model)
         self.cache = self.model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
-        self.weights = None if self.legacy else decode_weights(model, B)
+        self.weights = None if self.legacy else decode_weights(model, B, max_new_tokens)
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))

@@ -32,8 +32,8 @@ def test_the_decode_weight_layout_is_captured_in_one_graph():
     from lightning_gpt.generation.sampling import DecodeState
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=4096, block_size=32, n_layer=2, n_head=4, n_embd=256)).eval()
+    model = GPT(GPTConfig(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=256)).eval()
     prompt = torch.randint(0, 4096, (1, 5))
-    assert DecodeState(model, prompt, None, 8).weights is not None
-    eager = generate(model, prompt, max_new_tokens=8)
-    assert torch.equal(generate(model, prompt, max_new_tokens=8, compile="eager"), eager)
+    assert DecodeState(model, prompt, None, 32).weights is not None
+    eager = generate(model, prompt, max_new_tokens=32)
+    assert torch.equal(generate(model, prompt, max_new_tokens=32, compile="eager"), eager)

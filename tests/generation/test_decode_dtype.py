@@ -68,14 +68,14 @@ def test_generate_cli_dtype(cli, saved):
 
 
 # Above DECODE_LAYOUT_MIN_BYTES of linear weights (10.5 MB), so the generation takes its own weight layout.
-STREAMED = GPTConfig(vocab_size=4096, block_size=32, n_layer=2, n_head=4, n_embd=256)
+STREAMED = GPTConfig(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=256)
 
 
 def test_decode_weight_layout_gives_the_same_logits_leaves_the_model_alone_and_never_goes_stale():
     # The generation's decode-time layout of the linear weights (float32 on CPU: stored (in, out), a faster mat-vec)
     # gives the model's own logits, changes nothing in the model, and is taken anew by each generation: after a weight
     # change the next generation decodes with the new weights.
-    from lightning_gpt.generation.sampling import decode_weights, model_logits
+    from lightning_gpt.generation.sampling import DECODE_LAYOUT_MIN_TOKENS, decode_weights, model_logits
 
     torch.manual_seed(0)
     model = GPT(STREAMED).eval()
@@ -89,6 +89,7 @@ def test_decode_weight_layout_gives_the_same_logits_leaves_the_model_alone_and_n
     bf16 = GPT(STREAMED).eval().to(torch.bfloat16)
     assert decode_weights(model, batch_size=9) is None and decode_weights(bf16, batch_size=1) is None
     assert decode_weights(GPT(TINY), batch_size=1) is None  # 0.1 MB: sits in cache, the layout does not pay
+    assert decode_weights(model, batch_size=1, new_tokens=8) is None  # too short to earn the copy back
     x = torch.randint(0, STREAMED.vocab_size, (2, 8))
     with torch.inference_mode():
         cache = model.new_cache(2, 16)
@@ -101,11 +102,12 @@ def test_decode_weight_layout_gives_the_same_logits_leaves_the_model_alone_and_n
     again = decode_weights(model, batch_size=1)
     assert again is not None and all(again[k] is not weights[k] and torch.equal(again[k], weights[k]) for k in weights)
     ids = torch.tensor([[1, 2, 3]])
-    first = generate(model, ids, max_new_tokens=6)
+    first = generate(model, ids, max_new_tokens=DECODE_LAYOUT_MIN_TOKENS)
     with torch.no_grad():  # "a training step": the weights change after the generation
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     reference = GPT(STREAMED).eval()
     reference.load_state_dict(model.state_dict())  # a fresh model: nothing of the first generation can reach it
-    assert torch.equal(generate(model, ids, max_new_tokens=6), generate(reference, ids, max_new_tokens=6))
-    assert first.shape == (1, 9)
+    n = DECODE_LAYOUT_MIN_TOKENS
+    assert torch.equal(generate(model, ids, max_new_tokens=n), generate(reference, ids, max_new_tokens=n))
+    assert first.shape == (1, 3 + n)
