@@ -126,15 +126,10 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-#: Below this many bytes of linear weights the decode-time layout is not taken: such weights sit in the CPU's caches,
-#: where the layout gains less than ``functional_call`` costs per eager step (~50 us; a 2 x 128 model decodes a token
-#: in ~350 us).
-DECODE_LAYOUT_MIN_BYTES = 8 << 20
-
-
-#: Fewer new tokens than this and the layout is not taken: its copy (~1.5 GB/s of weights, one thread) costs what ~25
-#: tokens of faster mat-vecs save (13-14 -> 20-22 GB/s).
-DECODE_LAYOUT_MIN_TOKENS = 32
+#: No decode-time layout below this many bytes of linear weights (they sit in the CPU's caches, where the layout gains
+#: less than ``functional_call`` costs per eager step, ~50 us; a 2 x 128 model decodes a token in ~350 us) or for fewer
+#: new tokens (the copy, ~1.5 GB/s of weights on one thread, costs what ~25 tokens of faster mat-vecs save).
+DECODE_LAYOUT_MIN_BYTES, DECODE_LAYOUT_MIN_TOKENS = 8 << 20, 32
 
 
 def decode_weights(
@@ -145,10 +140,11 @@ def decode_weights(
     transposed, ``(in, out)`` contiguous (``W = weight.t().contiguous().t()``).
 
     At batch 1 a decoded token is one matrix-vector product per weight, and on CPU ``F.linear(x, W)`` with such a
-    ``W`` runs ``addmm(b, x, W.t())`` over a contiguous ``(in, out)`` matrix, which streams about 1.5x faster than
-    ``nn.Linear``'s ``(out, in)`` layout over a whole 6 x 384 model (2x for a 50257 x 384 LM head: 22-27 vs 13-14
-    GB/s on one thread; ``benchmarks/results/decode_layout.md``). ``model_logits`` runs the model with these weights in
-    place of its own (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched.
+    ``W`` runs ``addmm(b, x, W.t())`` over a contiguous ``(in, out)`` matrix, which streams faster than from
+    ``nn.Linear``'s ``(out, in)`` layout (a 50257 x 384 LM head: 22-27 vs 13-14 GB/s on one thread here): a 6 x 384
+    model with GPT-2's vocabulary decodes a token 1.28x (eager) and 1.39x (compiled) faster
+    (``benchmarks/results/decode_layout.md``). ``model_logits`` runs the model with these weights in place of its own
+    (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched.
 
     The copies are taken from the current weights when a generation starts and belong to it, so a training step
     between two generations is never missed. Keeping them for the next generation does not pay: telling whether a
