@@ -23,13 +23,19 @@ Three measurements, all greedy, in one process:
    ours eager and ours with ``compile=True`` (tokens/s, interleaved rounds, medians), the compilation time of the first
    compiled call (wall clock: inductor compiles in worker processes) reported apart, and the roofline share.
 
-6. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
+6. **layout** (``--only layout``): the decode-time weight layout (``decode_weights``) on and off in one process, on
+   the ``small`` configuration: ms per one-token step and tokens/s of whole ``generate`` calls, eager and compiled.
+
+7. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
    trained ``--spec_steps`` steps on ``--spec_data`` (tiny Shakespeare, characters) by a plain PyTorch loop here (the
-   pair is cached in ``--spec_cache``), then the target's greedy decode alone vs with the draft
-   (``num_draft_tokens`` in ``--spec_k``): tokens/s, the acceptance rate, and whether the output is the same.
+   pair is cached in ``--spec_cache``), or loaded from checkpoints trained by ``lightning-gpt fit``
+   (``--spec_target_ckpt`` / ``--spec_draft_ckpt``), then the target's greedy decode alone vs with the draft
+   (``num_draft_tokens`` in ``--spec_k``): tokens/s, the acceptance rate, and whether the output is the same; and a
+   chi-square check of sampled speculative output against the target's exact marginals (``--spec_check_samples``).
 
 Prints markdown tables and writes them to ``<out>/decode_speed.md`` (``--only roofline``: ``<out>/decode_roofline.md``;
-``--only compiled`` / ``--only speculative``: ``<out>/decode_compiled.md`` / ``<out>/decode_speculative.md``).
+``--only compiled`` / ``layout`` / ``speculative``: ``<out>/decode_compiled.md`` / ``decode_layout.md`` /
+``decode_speculative.md``).
 
 Usage::
 
@@ -165,7 +171,7 @@ def bench_context(args: argparse.Namespace) -> list[str]:
     return rows
 
 
-PARTS = ["hf", "cache", "context", "roofline", "compiled", "speculative"]
+PARTS = ["hf", "cache", "context", "roofline", "compiled", "layout", "speculative"]
 
 ROOF_CONFIGS = {
     "tiny": dict(n_layer=2, n_embd=128, n_head=4, vocab_size=512),
@@ -321,6 +327,64 @@ def bench_compiled(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def bench_layout(args: argparse.Namespace) -> list[str]:
+    """The decode-time weight layout (``decode_weights``) on and off in one process, on the ``small`` configuration
+    (HF-converted random weights, batch 1, greedy): ms per one-token step (127 steps after the prefill) and tokens/s
+    of whole ``generate`` calls (prefill and the layout's copy included), eager and compiled; interleaved rounds,
+    alternating which goes first, medians. "Off" runs the model's own ``(out, in)`` weights."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    import lightning_gpt.generation.sampling as sampling
+
+    hf_logging.set_verbosity_error()
+    n = args.roof_new_tokens
+    hf, prompt = _random_hf_model(transformers, ROOF_CONFIGS["small"], args.prompt_len, n)
+    model = from_hf_gpt2(hf, attention="standard").eval()
+    on = sampling.DECODE_LAYOUT_MIN_BYTES
+
+    def steps(compile: bool) -> float:
+        with torch.inference_mode():
+            state = sampling.DecodeState(model, prompt, None, n, True, compile)
+            logits = state.prefill()
+            start = CLOCK()
+            for _ in range(n - 1):
+                logits = state.decode_one_token(logits.argmax(-1))
+            return (CLOCK() - start) / (n - 1)
+
+    def whole(compile: bool) -> float:
+        return timed(lambda: generate(model, prompt, max_new_tokens=n, compile=compile))
+
+    outs = {}
+    for layout in (True, False):
+        sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
+        outs[layout] = [generate(model, prompt, max_new_tokens=n, compile=c) for c in (False, True)]  # warm-up
+    times: dict[tuple[str, bool, bool], list[float]] = {}
+    for r in range(args.rounds):
+        for layout in (True, False) if r % 2 == 0 else (False, True):
+            sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
+            for compile in (False, True):
+                times.setdefault(("step", layout, compile), []).append(steps(compile))
+                times.setdefault(("generate", layout, compile), []).append(whole(compile))
+    sampling.DECODE_LAYOUT_MIN_BYTES = on
+    same = all(torch.equal(a, b) for a, b in zip(outs[True] + outs[False], outs[True][:1] * 4))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = [
+        "| mode | step ms/token, layout on | off | on / off speed | generate tok/s, layout on | off | on / off |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for compile in (False, True):
+        s_on, s_off = med[("step", True, compile)], med[("step", False, compile)]
+        g_on, g_off = n / med[("generate", True, compile)], n / med[("generate", False, compile)]
+        rows.append(
+            f"| {'compiled' if compile else 'eager'} | {1e3 * s_on:.2f} | {1e3 * s_off:.2f} | {s_off / s_on:.2f}x | "
+            f"{g_on:.0f} | {g_off:.0f} | {g_on / g_off:.2f}x |"
+        )
+    rows += ["", f"Same tokens in all four modes: {'yes' if same else 'NO'}."]
+    print("\n".join(rows), flush=True)
+    return rows
+
+
 def _train_char(model: GPT, data: torch.Tensor, steps: int, lr: float, batch: int, seed: int) -> float:
     """A plain AdamW loop (warm-up 50 steps, cosine to lr/10) on random windows of ``data``; returns the last loss."""
     import math
@@ -346,20 +410,46 @@ def _train_char(model: GPT, data: torch.Tensor, steps: int, lr: float, batch: in
     return loss.item()
 
 
-def bench_speculative(args: argparse.Namespace) -> list[str]:
-    from lightning_gpt.generation.config import GenerationConfig
-    from lightning_gpt.generation.sampling import DecodeState
-    from lightning_gpt.generation.speculative import speculative_steps
-    from lightning_gpt.generation.stopping import StopCriteria
+def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of Pearson's chi-square goodness-of-fit test of ``counts`` against ``probs`` (cells with an expected
+    count below 5 pooled into one); the same test as ``tests/generation/test_speculative.py``."""
+    n = counts.sum()
+    expected = probs.double() * n
+    big = expected >= 5
+    obs = torch.cat([counts[big].double(), counts[~big].double().sum().view(1)])
+    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
+    keep = exp > 0
+    stat = ((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()
+    df = int(keep.sum()) - 1
+    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), stat / 2))
 
+
+def _spec_pair(args: argparse.Namespace, block: int) -> tuple[GPT, GPT, torch.Tensor, int, list[str]]:
+    """``(target, draft, val_ids, vocab, notes)``: the pair loaded from ``--spec_target_ckpt`` / ``--spec_draft_ckpt``
+    (trained by ``lightning-gpt fit``; the text encoded with the target's tokenizer), or trained here by
+    ``_train_char``; ``val_ids``: the last 10% of the text."""
     text = Path(args.spec_data).read_text(encoding="utf-8")
+    notes: list[str] = []
+    if args.spec_target_ckpt:
+        from lightning_gpt.io.checkpoint import load_checkpoint
+
+        target, tokenizer = load_checkpoint(args.spec_target_ckpt)
+        draft, draft_tokenizer = load_checkpoint(args.spec_draft_ckpt)
+        val_text = text[int(0.9 * len(text)) :]
+        if tokenizer is None or draft_tokenizer is None:
+            raise SystemExit("--spec_target_ckpt / --spec_draft_ckpt: both checkpoints must carry their tokenizer.")
+        val = torch.tensor(tokenizer.encode(val_text), dtype=torch.long)
+        if not torch.equal(val, torch.tensor(draft_tokenizer.encode(val_text), dtype=torch.long)):
+            raise SystemExit("The target's and the draft's tokenizers encode the text differently.")
+        for role, model, path in (("target", target, args.spec_target_ckpt), ("draft", draft, args.spec_draft_ckpt)):
+            c = model.config
+            notes.append(f"{role} {c.n_layer}x{c.n_embd} (block {c.block_size}): `{path}`")
+        return target.eval(), draft.eval(), val, int(target.config.vocab_size), notes
     chars = sorted(set(text))
     data = torch.tensor([chars.index(c) for c in text], dtype=torch.long)
     train = data[: int(0.9 * data.numel())]
-    block = args.prompt_len + args.roof_new_tokens
     shapes = {"target": args.spec_target, "draft": args.spec_draft}
     models: dict[str, GPT] = {}
-    notes = []
     for role, (layers, width, heads) in shapes.items():
         config = GPTConfig(
             vocab_size=len(chars), block_size=block, n_layer=layers, n_head=heads, n_embd=width, dropout=0.0,
@@ -370,7 +460,6 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         model = GPT(config)
         if path.exists():
             model.load_state_dict(torch.load(path, weights_only=True))
-            loss = float("nan")
         else:
             start = time.perf_counter()
             lr = 1e-3 if role == "target" else 4e-3
@@ -381,8 +470,48 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), path)
         models[role] = model.eval()
-    target, draft = models["target"], models["draft"]
-    val = data[int(0.9 * data.numel()) :]
+    return models["target"], models["draft"], data[int(0.9 * data.numel()) :], len(chars), notes
+
+
+def spec_distribution_check(
+    target: GPT, draft: GPT, prompt: torch.Tensor, vocab: int, temperature: float, samples: int
+) -> list[str]:
+    """Sampled speculative decoding against the target's exact distribution: ``samples`` generations of 3 new tokens
+    with 2 drafts (new tokens 1 and 2 are drafted and checked in one round); the counts of new token 1 and of new token
+    2 against their exact marginals under the target at ``temperature`` (token 2's summed over token 1), Pearson's
+    chi-square test (``chi_square_p``)."""
+    with torch.inference_mode():
+        logits = target(prompt)[0, -1, :vocab].float() / temperature
+        p1 = logits.softmax(-1)  # (V,)
+        seq2 = torch.cat([prompt.expand(vocab, -1), torch.arange(vocab)[:, None]], dim=1)  # (V, T0 + 1)
+        p2 = (p1[:, None] * (target(seq2)[:, -1, :vocab].float() / temperature).softmax(-1)).sum(0)  # (V,)
+    counts = torch.zeros(2, vocab)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(samples):
+        out = generate(target, prompt, max_new_tokens=3, do_sample=True, temperature=temperature, draft_model=draft,
+                       num_draft_tokens=2, generator=g)  # fmt: skip
+        new = out[0, prompt.size(1) :]
+        counts[0, int(new[0])] += 1
+        counts[1, int(new[1])] += 1
+    rows = []
+    for i, probs in enumerate((p1, p2)):
+        p = chi_square_p(counts[i], probs)
+        top = int(probs.argmax())
+        rows.append(
+            f"| new token {i + 1} | {samples} | {100 * float(probs.max()):.1f}% | "
+            f"{100 * float(counts[i, top]) / samples:.1f}% | {p:.3f} | {'yes' if p > 1e-3 else 'NO'} |"
+        )
+    return rows
+
+
+def bench_speculative(args: argparse.Namespace) -> list[str]:
+    from lightning_gpt.generation.config import GenerationConfig
+    from lightning_gpt.generation.sampling import DecodeState
+    from lightning_gpt.generation.speculative import speculative_steps
+    from lightning_gpt.generation.stopping import StopCriteria
+
+    block = args.prompt_len + args.roof_new_tokens
+    target, draft, val, vocab, notes = _spec_pair(args, block)
     n = args.roof_new_tokens
     prompts = [val[i * 997 : i * 997 + args.prompt_len][None] for i in range(args.spec_prompts)]
 
@@ -394,7 +523,7 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
 
     def run_alone(config: GenerationConfig) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(0)
-        return [generate(target, p, config, generator=g) for p in prompts]
+        return [generate(target, p, config, generator=g, compile=args.spec_compile) for p in prompts]
 
     def run_spec(config: GenerationConfig, k: int) -> tuple[list[torch.Tensor], float]:
         outs, drafted, accepted = [], 0, 0
@@ -402,9 +531,10 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         g = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             for p in prompts:
-                t_state, d_state = DecodeState(target, p, None, n), DecodeState(draft, p, None, n)
+                t_state = DecodeState(target, p, None, n, compile=args.spec_compile)
+                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile)
                 reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
-                stop = StopCriteria([], None, None, len(chars))
+                stop = StopCriteria([], None, None, vocab)
                 for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=g,
                                            reasons=reasons, lengths=lengths):  # fmt: skip
                     pass
@@ -413,12 +543,18 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
                 accepted += t_state.accepted
         return outs, accepted / max(1, drafted)
 
+    if args.spec_target_ckpt:
+        pair = f"Target {_shape(target)}, draft {_shape(draft)}, loaded from checkpoints (below)"
+    else:
+        pair = (
+            f"Target {_shape(target)}, draft {_shape(draft)}, both trained {args.spec_steps} steps (batch "
+            f"{args.spec_batch} x {block} characters) here"
+        )
     rows = [
-        f"Target {args.spec_target[0]}x{args.spec_target[1]}, draft {args.spec_draft[0]}x{args.spec_draft[1]}, both "
-        f"trained {args.spec_steps} steps (batch {args.spec_batch} x {block} characters) on "
-        f"{Path(args.spec_data).name}; {len(prompts)} prompts of {args.prompt_len} characters from the last 10% of "
-        f"the text, {n} new tokens each; median of {args.rounds} interleaved rounds. Sampled rows: the same seed, so "
-        "not the same tokens as the target alone (the distribution is the target's: tests/generation/"
+        f"{pair}, on {Path(args.spec_data).name}; {len(prompts)} prompts of {args.prompt_len} characters from the "
+        f"last 10% of the text, {n} new tokens each; {'compiled' if args.spec_compile else 'eager'}; median of "
+        f"{args.rounds} interleaved rounds. Sampled rows: the "
+        "same seed, so not the same tokens as the target alone (the distribution is the target's: tests/generation/"
         "test_speculative.py).",
         "",
         *[f"- {note}" for note in notes],
@@ -452,7 +588,26 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
                 f"{tps[f'k={k}'] / tps['alone']:.2f}x | {100 * rate:.0f}% | {'yes' if same else 'no'} |"
             )
             print(rows[-1], flush=True)
+    if args.spec_temperature > 0 and args.spec_check_samples > 0:
+        rows += [
+            "",
+            f"Sampled output against the target's distribution (T={args.spec_temperature}, first prompt; "
+            f"{args.spec_check_samples} generations of 3 new tokens with 2 drafts, so new tokens 1 and 2 are drafted "
+            "and checked in one round; exact marginals enumerated from the target; Pearson's chi-square "
+            "goodness-of-fit test, cells with an expected count below 5 pooled; passes at p > 0.001):",
+            "",
+            "| token | samples | target's top-token probability | observed top-token share | chi-square p | passes |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        rows += spec_distribution_check(
+            target, draft, prompts[0], vocab, args.spec_temperature, args.spec_check_samples
+        )
+        print("\n".join(rows[-5:]), flush=True)
     return rows
+
+
+def _shape(model: GPT) -> str:
+    return f"{model.config.n_layer}x{model.config.n_embd}"
 
 
 def main() -> None:
@@ -490,12 +645,20 @@ def main() -> None:
     parser.add_argument("--spec_temperature", type=float, default=0.8, help="also sampled rows (0: greedy only)")
     parser.add_argument("--spec_batch", type=int, default=12, help="training batch (sequences of prompt + new tokens)")
     parser.add_argument("--spec_cache", default="/tmp/lightning_gpt_spec_pair")
+    parser.add_argument("--spec_target_ckpt", default=None, help="target checkpoint (run folder); else trained here")
+    parser.add_argument("--spec_draft_ckpt", default=None, help="draft checkpoint (with --spec_target_ckpt)")
+    parser.add_argument("--spec_compile", action="store_true", help="speculative part: target and draft compiled")
+    parser.add_argument("--spec_check_samples", type=int, default=2000, help="sampled-distribution check (0: skip)")
     parser.add_argument("--out", default=None, help="directory for decode_speed.md")
     args = parser.parse_args()
     if args.only:
         args.skip = [part for part in PARTS if part != args.only]
     else:
-        args.skip = list(args.skip) + ["compiled", "speculative"]  # minutes each (compiling, training): with --only
+        args.skip = list(args.skip) + [
+            "compiled",
+            "layout",
+            "speculative",
+        ]  # minutes each (compiling, training): with --only
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
@@ -552,6 +715,14 @@ def main() -> None:
             "",
         ]
         lines += bench_compiled(args) + [""]
+    if "layout" not in args.skip:
+        lines += [
+            "## Decode-time weight layout (`decode_weights`) on and off: small (6 x 384, vocab 50257), greedy "
+            f"batch 1, {args.roof_new_tokens} new tokens after a {args.prompt_len}-token prompt, float32; median of "
+            f"{args.rounds} interleaved rounds",
+            "",
+        ]
+        lines += bench_layout(args) + [""]
     if "speculative" not in args.skip:
         lines += ["## Speculative decoding (`generate(..., draft_model=draft)`)", ""]
         lines += bench_speculative(args) + [""]
@@ -564,7 +735,11 @@ def main() -> None:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        name = f"decode_{args.only}.md" if args.only in ("roofline", "compiled", "speculative") else "decode_speed.md"
+        name = (
+            f"decode_{args.only}.md"
+            if args.only in ("roofline", "compiled", "layout", "speculative")
+            else "decode_speed.md"
+        )
         (out / name).write_text("\n".join(lines), encoding="utf-8")
         print(f"wrote {out / name}")
 

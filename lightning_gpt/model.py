@@ -231,7 +231,6 @@ class GPT(nn.Module):
         start_pos: Optional[int] = None,
         ignore_index: int = IGNORE_INDEX,
         logits_to_keep: int = 0,
-        return_hidden: bool = False,
     ) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """Logits for every position, and the mean cross-entropy when ``targets`` are given (over the targets that are
         not ``ignore_index``; ``0`` when there are none).
@@ -251,16 +250,14 @@ class GPT(nn.Module):
             ignore_index: target value excluded from the loss.
             logits_to_keep: compute logits for the last ``logits_to_keep`` positions only (0: all). Decoding needs
                 just the last one, which saves ``(T - 1) x n_embd x V`` multiply-adds of the LM head.
-            return_hidden: return the final hidden states ``ln_f(x)`` ``(B, T or logits_to_keep, n_embd)`` instead of
-                the logits (the LM head is left to the caller; not with ``targets``).
 
         Returns:
             ``logits`` of shape ``(B, T, V)`` with ``V = config.padded_vocab_size`` (ids from ``config.vocab_size``
             on are padding: decoding masks them), or ``(logits, loss)`` when ``targets`` is given.
 
         Raises:
-            ValueError: the positions run past ``block_size`` (without ``input_pos``), or ``logits_to_keep`` or
-                ``return_hidden`` is combined with ``targets``.
+            ValueError: the positions run past ``block_size`` (without ``input_pos``), or ``logits_to_keep`` is
+                combined with ``targets``.
         """
         T = idx.size(1)
         if input_pos is None:
@@ -294,14 +291,12 @@ class GPT(nn.Module):
             states: Sequence[Optional[State]] = cache if cache is not None else [None] * len(self.transformer.h)
             for block, state in zip(self.transformer.h, states):
                 x = block(x, key_mask, LayerStep(step_pos, state))
-        if logits_to_keep or return_hidden:
+        if logits_to_keep:
             if targets is not None:
-                what = "logits_to_keep" if logits_to_keep else "return_hidden"
-                raise ValueError(f"{what} cannot be combined with targets: the loss needs every position's logits.")
-            if logits_to_keep:
-                x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
-            if return_hidden:
-                return self.transformer.ln_f(x)
+                raise ValueError(
+                    "logits_to_keep cannot be combined with targets: the loss needs every position's logits."
+                )
+            x = x[:, -logits_to_keep:]  # (B, logits_to_keep, C)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         if targets is None:
             return logits

@@ -18,6 +18,7 @@ from typing import Any, Callable, Generator, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
@@ -27,7 +28,7 @@ __all__ = [
     "CacheBuffers",
     "DecodeState",
     "compiled_steps",
-    "decode_head",
+    "decode_weights",
     "decode_n_tokens",
     "model_logits",
     "sample_steps",
@@ -45,36 +46,29 @@ def model_logits(
     positions: Optional[Tensor],
     n_real: int,
     keep: int = 1,
-    head_t: Optional[Tensor] = None,
+    weights: Optional[dict[str, Tensor]] = None,
 ) -> Tensor:
     """Float32 logits ``(B, keep, V)`` of the last ``keep`` of the tokens ``idx`` ``(B, T)`` run at the buffer positions
     ``input_pos`` ``(T,)`` through ``cache`` (``cache=None``: ``idx`` is the whole sequence, run without a cache); ids
     from ``n_real`` on (a padded table's filler rows) get ``-inf``.
 
     ``mask`` ``(B, S)`` bool and ``positions`` ``(B, S)`` (position ids, for left padding) cover the whole buffer, so
-    no shape depends on the step. ``head_t`` ``(n_embd, V)``: a contiguous transposed copy of the LM head's weight
-    (``decode_head``), multiplied here instead of the model's ``lm_head``. ``cache`` may come wrapped in a
-    ``CacheBuffers`` (the compiled step: see there).
+    no shape depends on the step. ``weights``: the generation's decode-time layout of the model's linear weights
+    (``decode_weights``), used for this call in place of the model's own (``torch.func.functional_call``; the model
+    is not changed). ``cache`` may come wrapped in a ``CacheBuffers`` (the compiled step: see there).
     """
     if isinstance(cache, CacheBuffers):
         cache = cache.states
-    hidden = {} if head_t is None else {"return_hidden": True}
     if cache is None:  # no cache: the whole sequence, from position 0
         pos_ids = None if positions is None else positions[:, : idx.size(1)]
-        logits = model(idx, attention_mask=mask, position_ids=pos_ids, logits_to_keep=keep, **hidden)
+        kwargs: dict[str, Any] = dict(attention_mask=mask, position_ids=pos_ids, logits_to_keep=keep)
     else:
         pos_ids = None if positions is None else positions.index_select(1, input_pos)  # (B, T)
-        logits = model(
-            idx,
-            attention_mask=mask,
-            position_ids=pos_ids,
-            input_pos=input_pos,
-            cache=cache,
-            logits_to_keep=keep,
-            **hidden,
-        )
-    if head_t is not None:
-        logits = logits @ head_t  # (B, keep, V)
+        kwargs = dict(attention_mask=mask, position_ids=pos_ids, input_pos=input_pos, cache=cache, logits_to_keep=keep)
+    if weights is None:
+        logits = model(idx, **kwargs)
+    else:
+        logits = functional_call(model, weights, (idx,), kwargs, tie_weights=False)
     logits = logits.float()
     if logits.size(-1) > n_real:
         # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
@@ -132,25 +126,56 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def decode_head(model: nn.Module, batch_size: int) -> Optional[Tensor]:
-    """A contiguous ``(n_embd, V)`` copy of the LM head's weight when it speeds up decoding, else ``None``.
+#: No decode-time layout below this many bytes of linear weights (they sit in the CPU's caches, where the layout gains
+#: less than ``functional_call`` costs per eager step, ~50 us; a 2 x 128 model decodes a token in ~350 us) or for fewer
+#: new tokens (the copy, ~1.5 GB/s of weights on one thread, costs what ~25 tokens of faster mat-vecs save).
+DECODE_LAYOUT_MIN_BYTES, DECODE_LAYOUT_MIN_TOKENS = 8 << 20, 32
 
-    At batch 1 a decoded token is a matrix-vector product per layer. On CPU, for the LM head (``V`` outputs from
-    ``n_embd`` inputs, the largest matrix of a small model) that product streams about 2x faster from a contiguous
-    ``(in, out)`` copy than from ``nn.Linear``'s ``(out, in)`` layout (9 vs 20 GB/s for a 50257 x 384 head on one
-    thread; ``benchmarks/results/decode_roofline.md``). The copy is taken from the current weight when a generation
-    starts and belongs to it (a later training step is never missed); it costs one copy of the head in memory while
-    decoding. Float32 on CPU at batch <= 8 only (bfloat16 kernels and CUDA gain nothing from it).
+
+def decode_weights(
+    model: nn.Module, batch_size: int, new_tokens: int = DECODE_LAYOUT_MIN_TOKENS
+) -> Optional[dict[str, Tensor]]:
+    """The generation's own layout of the model's ``nn.Linear`` weights, when it speeds up decoding, else ``None``:
+    ``{"<module>.weight": W}`` where each ``W`` has the weight's shape ``(out, in)`` and values but is stored
+    transposed, ``(in, out)`` contiguous (``W = weight.t().contiguous().t()``).
+
+    At batch 1 a decoded token is one matrix-vector product per weight, and on CPU ``F.linear(x, W)`` with such a
+    ``W`` runs ``addmm(b, x, W.t())`` over a contiguous ``(in, out)`` matrix, which streams faster than from
+    ``nn.Linear``'s ``(out, in)`` layout (a 50257 x 384 LM head: 22-27 vs 13-14 GB/s on one thread here): a 6 x 384
+    model with GPT-2's vocabulary decodes a token 1.28x (eager) and 1.39x (compiled) faster
+    (``benchmarks/results/decode_layout.md``). ``model_logits`` runs the model with these weights in place of its own
+    (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched.
+
+    The copies are taken from the current weights when a generation starts and belong to it, so a training step
+    between two generations is never missed. Keeping them for the next generation does not pay: telling whether a
+    weight changed means comparing it with its transposed copy, which costs more than copying it (110 vs 78 ms for a
+    6 x 384 model with a 50257-token head, one thread). Cost: ~80 ms per generation for that model (a 128-token greedy
+    generation gains ~400 ms: ``benchmarks/results/decode_layout.md``) and one copy of the linear weights in memory
+    while it decodes. Float32 on CPU, batch <= 8, at least ``DECODE_LAYOUT_MIN_BYTES`` of linear weights (bfloat16
+    kernels and CUDA gain nothing from it) and at least ``DECODE_LAYOUT_MIN_TOKENS`` new tokens (a shorter generation
+    would not earn its copy back).
+
+    Args:
+        model: the model being decoded.
+        batch_size: rows decoded together.
+        new_tokens: the most tokens the generation will decode.
+
+    Returns:
+        The weights by ``named_parameters`` name, or ``None`` (the model's own weights are used).
     """
-    head = getattr(model, "lm_head", None)
-    weight = getattr(head, "weight", None)
-    if not isinstance(weight, Tensor) or type(weight.data) is not torch.Tensor or weight.dim() != 2:
-        return None  # not a plain tensor (a sharded DTensor) or no LM head
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or batch_size > 8:
+    if batch_size > 8 or new_tokens < DECODE_LAYOUT_MIN_TOKENS:
         return None
-    if getattr(head, "bias", None) is not None or "return_hidden" not in inspect.signature(model.forward).parameters:
+    linears: dict[str, Tensor] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, nn.Linear) or not isinstance(weight, Tensor):
+            continue
+        if type(weight.data) is not torch.Tensor or weight.device.type != "cpu" or weight.dtype != torch.float32:
+            return None  # a sharded DTensor, another device or dtype: the model's own layout
+        linears[f"{name}.weight" if name else "weight"] = weight.detach()
+    if sum(w.numel() * w.element_size() for w in linears.values()) < DECODE_LAYOUT_MIN_BYTES:
         return None
-    return weight.detach().t().contiguous()  # (n_embd, V)
+    return {key: weight.t().contiguous().t() for key, weight in linears.items()}  # shape (out, in), stored (in, out)
 
 
 def _uses_input_pos(model: nn.Module) -> bool:
@@ -218,7 +243,7 @@ class DecodeState:
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
         self.legacy = not _uses_input_pos(model)
         self.cache = self.model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
-        self.head_t = None if self.legacy else decode_head(model, B)
+        self.weights = None if self.legacy else decode_weights(model, B, max_new_tokens)
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
@@ -273,7 +298,7 @@ class DecodeState:
                 self.positions,
                 self.n_real,
                 keep,
-                self.head_t,
+                self.weights,
             )
         fn = self._decode_fn if end - start == 1 else self._prefill_fn
         input_pos = self.arange[start:end]
@@ -281,7 +306,7 @@ class DecodeState:
         if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
             input_pos, idx = input_pos.clone(), idx.clone()
         cache = self.cache if self.cache_module is None else self.cache_module
-        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, self.head_t)
+        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, self.weights)
         if fn is model_logits:
             return fn(*args)
         try:

@@ -23,3 +23,17 @@ def test_compiled_greedy_equals_eager():
     assert torch.equal(compiled, eager)
     with pytest.raises(ValueError, match="use_cache=True"):
         generate(model, prompt, max_new_tokens=2, compile=True, use_cache=False)
+
+
+def test_the_decode_weight_layout_is_captured_in_one_graph():
+    # A model above DECODE_LAYOUT_MIN_BYTES runs its one-token step through functional_call with the generation's
+    # weight layout; fullgraph capture (the "eager" backend: the capture without inductor's code generation) must take
+    # it whole and give the eager tokens.
+    from lightning_gpt.generation.sampling import DecodeState
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=256)).eval()
+    prompt = torch.randint(0, 4096, (1, 5))
+    assert DecodeState(model, prompt, None, 32).weights is not None
+    eager = generate(model, prompt, max_new_tokens=32)
+    assert torch.equal(generate(model, prompt, max_new_tokens=32, compile="eager"), eager)

@@ -67,29 +67,47 @@ def test_generate_cli_dtype(cli, saved):
     assert "int8" in bad.err and "Traceback" not in bad.err
 
 
-def test_transposed_head_copy_gives_the_same_logits_and_never_goes_stale():
-    # The generation's transposed LM-head copy (float32 on CPU: a faster mat-vec) gives the model's own logits, and is
-    # taken anew by each generation: after a weight change the next generation decodes with the new weights.
-    from lightning_gpt.generation.sampling import decode_head, model_logits
+# Above DECODE_LAYOUT_MIN_BYTES of linear weights (10.5 MB), so the generation takes its own weight layout.
+STREAMED = GPTConfig(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=256)
+
+
+def test_decode_weight_layout_gives_the_same_logits_leaves_the_model_alone_and_never_goes_stale():
+    # The generation's decode-time layout of the linear weights (float32 on CPU: stored (in, out), a faster mat-vec)
+    # gives the model's own logits, changes nothing in the model, and is taken anew by each generation: after a weight
+    # change the next generation decodes with the new weights.
+    from lightning_gpt.generation.sampling import DECODE_LAYOUT_MIN_TOKENS, decode_weights, model_logits
 
     torch.manual_seed(0)
-    model = GPT(TINY).eval()
-    x = torch.randint(0, TINY.vocab_size, (2, 8))
-    head_t = decode_head(model, batch_size=2)
-    assert head_t is not None and head_t.shape == (TINY.n_embd, TINY.padded_vocab_size) and head_t.is_contiguous()
-    bf16 = GPT(TINY).eval().to(torch.bfloat16)
-    assert decode_head(model, batch_size=9) is None and decode_head(bf16, batch_size=1) is None
+    model = GPT(STREAMED).eval()
+    before = {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()}
+    weights = decode_weights(model, batch_size=2)
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert weights is not None and sorted(weights) == sorted(f"{n}.weight" for n in linears) and len(linears) == 9
+    for name, w in weights.items():
+        own = model.get_parameter(name)
+        assert torch.equal(w, own) and w.t().is_contiguous() and w.data_ptr() != own.data_ptr()
+    bf16 = GPT(STREAMED).eval().to(torch.bfloat16)
+    assert decode_weights(model, batch_size=9) is None and decode_weights(bf16, batch_size=1) is None
+    assert decode_weights(GPT(TINY), batch_size=1) is None  # 0.1 MB: sits in cache, the layout does not pay
+    assert decode_weights(model, batch_size=1, new_tokens=8) is None  # too short to earn the copy back
+    x = torch.randint(0, STREAMED.vocab_size, (2, 8))
     with torch.inference_mode():
         cache = model.new_cache(2, 16)
-        with_copy = model_logits(model, x, torch.arange(8), cache, None, None, TINY.vocab_size, 8, head_t)
-        plain = model(x)[..., : TINY.vocab_size]
-    torch.testing.assert_close(with_copy[..., : TINY.vocab_size], plain.float(), rtol=1e-5, atol=1e-5)
+        with_layout = model_logits(model, x, torch.arange(8), cache, None, None, STREAMED.vocab_size, 8, weights)
+        plain = model(x)
+    torch.testing.assert_close(with_layout, plain.float(), rtol=1e-5, atol=1e-5)
+    assert {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()} == before
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    # Each generation takes its own copies (never kept: comparing would cost more than copying).
+    again = decode_weights(model, batch_size=1)
+    assert again is not None and all(again[k] is not weights[k] and torch.equal(again[k], weights[k]) for k in weights)
     ids = torch.tensor([[1, 2, 3]])
-    first = generate(model, ids, max_new_tokens=6)
+    first = generate(model, ids, max_new_tokens=DECODE_LAYOUT_MIN_TOKENS)
     with torch.no_grad():  # "a training step": the weights change after the generation
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    reference = GPT(TINY).eval()
+    reference = GPT(STREAMED).eval()
     reference.load_state_dict(model.state_dict())  # a fresh model: nothing of the first generation can reach it
-    assert torch.equal(generate(model, ids, max_new_tokens=6), generate(reference, ids, max_new_tokens=6))
-    assert first.shape == (1, 9)
+    n = DECODE_LAYOUT_MIN_TOKENS
+    assert torch.equal(generate(model, ids, max_new_tokens=n), generate(reference, ids, max_new_tokens=n))
+    assert first.shape == (1, 3 + n)
