@@ -32,16 +32,17 @@ os.environ.setdefault("LIGHTNING_GPT_CACHE", os.path.join(os.environ.get("TMPDIR
 # Measured with `python -m pytest -n 2 --durations=0` (per-file sums).
 SLOWEST_FILES = (
     "training/test_distributed.py",
-    "data/test_data_processes.py",
     "training/test_multinode.py",
-    "reliability/test_faults.py",
+    "data/test_data_processes.py",
     "data/test_prepared.py",
-    "reliability/test_full_disk.py",
+    "reliability/test_faults.py",
     "evaluation/test_harness.py",
-    "reliability/test_interrupted_writers.py",
-    "test_readme.py",
+    "reliability/test_full_disk.py",
+    "io/test_deploy.py",
+    "cli/test_cli.py",
     "test_gpu_check.py",
-    "training/test_meta_init.py",
+    "test_readme.py",
+    "reliability/test_interrupted_writers.py",
 )
 
 
