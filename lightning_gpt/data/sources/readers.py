@@ -164,7 +164,9 @@ def read_txt(path: str, skips: Skips, piece_chars: int = TXT_PIECE_CHARS) -> Ite
         skips.add("empty or whitespace-only files", path)
 
 
-def text_value(value: Any, where: Where, text_column: str, skips: Skips) -> Optional[str]:
+def text_value(
+    value: Any, where: Where, text_column: str, skips: Skips, skip_where: Optional[Where] = None
+) -> Optional[str]:
     """Check the ``text_column`` value of one row: a string with some text is returned; a null, an empty or a
     whitespace-only string is counted in ``skips`` and ``None`` is returned.
 
@@ -173,13 +175,14 @@ def text_value(value: Any, where: Where, text_column: str, skips: Skips) -> Opti
         where: ``file:row`` (or ``source row N``), for messages, or a function giving it.
         text_column: the column's name, for messages.
         skips: where skipped rows are counted.
+        skip_where: where a skipped row is, for the skip count's "first:" (``None``: ``where``).
 
     Raises:
         ValueError: the value is not a string (a number, bool, list, dict...), or holds a lone surrogate.
     """
     if isinstance(value, str):
         if not value or value.isspace():
-            skips.add("rows with empty or whitespace-only text", where)
+            skips.add("rows with empty or whitespace-only text", where if skip_where is None else skip_where)
             return None
         if _SURROGATE.search(value):
             raise ValueError(
@@ -188,7 +191,7 @@ def text_value(value: Any, where: Where, text_column: str, skips: Skips) -> Opti
             )
         return value
     if value is None:
-        skips.add("rows with null text", where)
+        skips.add("rows with null text", where if skip_where is None else skip_where)
         return None
     raise ValueError(
         f"{_at(where)}: text_column={text_column!r} holds a {type(value).__name__} ({_short(value)}), not a string; "
@@ -246,6 +249,7 @@ class _Lines:
         self.path, self.start, self.end, self.max_bytes = path, start, end, max_bytes
         self.count = 0  # lines given so far
         self.begin = start  # the byte offset of the range's first line (set when the reading starts)
+        self.pos = start  # the byte offset of the last line given
         self._first: Optional[int] = None  # the line number of the range's first line, found when a message needs it
 
     def lineno(self) -> int:
@@ -256,6 +260,14 @@ class _Lines:
 
     def where(self) -> str:
         return f"{self.path}:{self.lineno()}"
+
+    def place(self) -> str:
+        """Where the last line is, without a scan: ``file:line`` when the line number is known (the range starts the
+        file, or an error already counted it), else ``file (line at byte N)``. For counted skips, which every shard
+        of a large file may report: a scan to the range's start for each would read the file once per shard."""
+        if self.begin == 0 or self._first is not None:
+            return self.where()
+        return f"{self.path} (line at byte {self.pos})"
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         with open(self.path, "rb") as f:
@@ -275,6 +287,7 @@ class _Lines:
                         f"{self.where()}: the line is longer than {self.max_bytes >> 20} MiB; a JSONL line holds one "
                         "document. Split the document over several lines (rows)."
                     )
+                self.pos = pos
                 if pos == 0 and raw.startswith(codecs.BOM_UTF8):  # a byte-order mark starts the file: dropped
                     yield len(codecs.BOM_UTF8), raw[len(codecs.BOM_UTF8) :]
                 else:
@@ -305,7 +318,7 @@ def read_jsonl(path: str, text_column: str, skips: Skips, start: int = 0, end: O
         if not line.strip():
             continue
         value = jsonl_row_value(line, text_column, lines.where)
-        text = text_value(value, lines.where, text_column, skips)
+        text = text_value(value, lines.where, text_column, skips, skip_where=lines.place)
         if text is not None:
             yield text
 
