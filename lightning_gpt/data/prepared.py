@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "lightning_gpt_dataset.json"
 PREPARED_VERSION = 1
 _PREPARING = ".preparing"
+_ERRORS = "errors"  # <val_parts>/errors/<shard>: the message of a shard whose text was refused
 _OURS = {"train", "val", ".val-parts", ".nodes", _PREPARING, f".{MANIFEST}.tmp"}
 _BATCH_CHARS = 1 << 20  # encode ~1M characters at a time: bounded memory per worker whatever the shard size
 
@@ -138,7 +139,7 @@ def _encode_shard(
     documents' tokens to ``<val_parts>/<shard>.bin``.
 
     A shard whose text is refused (a ``ValueError`` naming ``file:row``) records the message in
-    ``<val_parts>/<shard>.error`` and yields no more; every worker then stops at its next piece, and
+    ``<val_parts>/errors/<shard>`` and yields no more; every worker then stops at its next piece, and
     ``prepare_dataset`` raises that one message (a worker's exception would reach the user as several processes'
     tracebacks, after the other workers finished the whole corpus)."""
     index, shard = item
@@ -174,10 +175,11 @@ def _encode_shard(
                 yield np.concatenate(train_ids).astype(dtype)
             docs, size = [], 0
     except ValueError as err:
-        tmp = os.path.join(val_parts, f".{index:08d}.error.tmp")
+        errors = os.path.join(val_parts, _ERRORS)
+        tmp = os.path.join(errors, f".{index:08d}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(str(err))
-        os.replace(tmp, os.path.join(val_parts, f"{index:08d}.error"))
+        os.replace(tmp, os.path.join(errors, f"{index:08d}"))
         return
     finally:
         if val_out is not None:
@@ -188,10 +190,13 @@ def _encode_shard(
 
 def _first_failure(val_parts: str) -> Optional[str]:
     """The message of the lowest-numbered shard that failed (``_encode_shard``), if any."""
-    failed = sorted(name for name in os.listdir(val_parts) if name.endswith(".error"))
+    # A folder of its own, empty unless a shard failed: it is listed at every ~1M-character piece, and the val parts
+    # beside it grow to one file per shard.
+    errors = os.path.join(val_parts, _ERRORS)
+    failed = sorted(name for name in os.listdir(errors) if not name.startswith("."))
     if not failed:
         return None
-    with open(os.path.join(val_parts, failed[0]), encoding="utf-8") as f:
+    with open(os.path.join(errors, failed[0]), encoding="utf-8") as f:
         return f.read()
 
 
@@ -355,12 +360,7 @@ def prepare_dataset(
     if manifest["splits"]["train"] is None:
         raise ValueError(f"source {source.name!r} has no text (it is empty or only whitespace); nothing to prepare.")
     shutil.rmtree(os.path.join(output_dir, ".val-parts" if nodes == 1 else nodes_.NODES), ignore_errors=True)
-    tmp = os.path.join(output_dir, f".{MANIFEST}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(output_dir, MANIFEST))
+    nodes_.write_json(os.path.join(output_dir, MANIFEST), manifest)  # its temporary: f".{MANIFEST}.tmp" (in _OURS)
     os.remove(os.path.join(output_dir, _PREPARING))
     return manifest
 
@@ -380,7 +380,7 @@ def _tokenize(
 ) -> None:
     """Encode ``items`` (``(shard index, shard)``) with litdata's ``optimize`` into ``train_dir``; the held-out
     documents of shard ``i`` go to ``<val_parts>/<i>.bin``."""
-    os.makedirs(val_parts, exist_ok=True)
+    os.makedirs(os.path.join(val_parts, _ERRORS), exist_ok=True)
     if not items:
         return
     fn = functools.partial(

@@ -81,15 +81,21 @@ def read_part(folder: str) -> Optional[dict[str, Any]]:
     return done if isinstance(done, dict) else None
 
 
-def write_part(folder: str, part: dict[str, Any]) -> None:
-    """Mark node's part finished: ``done.json`` written to a temporary, flushed, renamed into place."""
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{_DONE}.tmp")
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` whole or not at all: a hidden temporary beside it, flushed to disk, renamed
+    into place (the marker files of a prepare: a reader never sees half of one)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(part, f, sort_keys=True)
+        json.dump(obj, f, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(folder, _DONE))
+    os.replace(tmp, path)
+
+
+def write_part(folder: str, part: dict[str, Any]) -> None:
+    """Mark node's part finished: ``done.json`` (``write_json``)."""
+    os.makedirs(folder, exist_ok=True)
+    write_json(os.path.join(folder, _DONE), part)
 
 
 def wait_for_parts(output_dir: str, expected: dict[str, Any], wait_minutes: float, poll_s: float = 0.2) -> None:
@@ -168,10 +174,7 @@ def merge_train(output_dir: str, nodes: int) -> None:
     if config is None:
         os.rmdir(train)
         return
-    tmp = os.path.join(train, ".index.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"chunks": chunks, "config": config, "updated_at": str(time.time())}, f, sort_keys=True)
-    os.replace(tmp, os.path.join(train, "index.json"))
+    write_json(os.path.join(train, "index.json"), {"chunks": chunks, "config": config, "updated_at": str(time.time())})
 
 
 def val_parts(output_dir: str, nodes: int) -> list[str]:
