@@ -119,8 +119,11 @@ class InterruptCheckpoint(Callback):
             self._save(trainer)
         requested, sigterm = self._requested, self._sigterm or bool(getattr(trainer, "received_sigterm", False))
         if trainer.world_size > 1:  # every rank must agree, or the collective save would hang
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+            # One collective (a host sync) per step decides whether anyone stops; which signal, only then.
+            if not trainer.strategy.reduce_boolean_decision(requested or sigterm, all=False):
+                return
             sigterm = trainer.strategy.reduce_boolean_decision(sigterm, all=False)
+            requested = not sigterm
         if not (requested or sigterm):
             return
         path = self._save(trainer)
