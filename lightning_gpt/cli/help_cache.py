@@ -77,16 +77,16 @@ _PACKAGES: Optional[dict[str, str]] = None
 
 def versions() -> dict[str, Any]:
     """The environment an entry must have been written in: the entry layouts, the versions of Python and of the
-    libraries that build the parser (``"-"`` for one not installed), and the ``JSONARGPARSE_*`` environment
-    variables (``JSONARGPARSE_DEFAULT_ENV`` adds options)."""
+    libraries that build the parser (``"-"`` for one not installed; a build's local label such as ``+cpu`` left out),
+    and the ``JSONARGPARSE_*`` environment variables (``JSONARGPARSE_DEFAULT_ENV`` adds options)."""
     global _PACKAGES
     if _PACKAGES is None:
         from importlib.metadata import PackageNotFoundError, version
 
         _PACKAGES = {}
         for name in _VERSIONED:
-            try:
-                _PACKAGES[name] = version(name)
+            try:  # without a local label: torch 2.13.0+cpu and +cu128 share their Python sources
+                _PACKAGES[name] = version(name).split("+")[0]
             except PackageNotFoundError:
                 _PACKAGES[name] = "-"
     found: dict[str, Any] = {"layout": _LAYOUT, "record": RECORD_FORMAT, "python": sys.version.split()[0]}
