@@ -100,6 +100,8 @@ def digest(files: list[str]) -> Optional[str]:
     cannot be read (it was removed: nothing stored for it fits)."""
     h = hashlib.sha256()
     for rel in files:
+        if rel.startswith("/") or ".." in rel.split("/"):  # only files inside the package
+            return None
         try:
             with open(os.path.join(_PACKAGE, *rel.split("/")), "rb") as f:
                 content = f.read()
@@ -181,7 +183,7 @@ def write_entry(path: str, stored: Any) -> None:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(stored, f, indent=None, separators=(",", ":"), sort_keys=True)
+            json.dump(stored, f, indent=1, sort_keys=True)  # one value a line: a regenerated entry's diff is readable
             f.write("\n")
         os.replace(tmp, path)
     finally:
