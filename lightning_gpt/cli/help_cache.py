@@ -174,21 +174,17 @@ def lookup(subcommand: str) -> Optional[dict[str, Any]]:
 
 
 def write_entry(path: str, stored: Any) -> None:
-    """Write ``stored`` as JSON at ``path``, whole or not at all (a temporary renamed into place).
+    """Write ``stored`` as JSON at ``path``, whole or not at all, leaving no temporary even on SIGTERM
+    (``lightning_gpt.io.atomic.atomic_file``; a dead writer's temporary is swept).
 
     Raises:
-        OSError: the folder cannot be written.
+        OSError: the folder cannot be written (``StorageError`` for a full or read-only disk).
     """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(stored, f, indent=1, sort_keys=True)  # one value a line: a regenerated entry's diff is readable
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from lightning_gpt.io.atomic import atomic_file
+
+    with atomic_file(path, "the stored help", "the LIGHTNING_GPT_CACHE variable", mode="w") as f:
+        json.dump(stored, f, indent=1, sort_keys=True)  # one value a line: a regenerated entry's diff is readable
+        f.write("\n")
 
 
 def remember(parsers: dict[str, Any]) -> None:

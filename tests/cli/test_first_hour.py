@@ -215,6 +215,16 @@ def test_the_help_cache_leaves_what_it_cannot_judge_to_the_parser(tmp_path, monk
     with pytest.raises(SystemExit) as info:
         help_cache.answer("fit", ["--help"])
     assert info.value.code == 0 and capsys.readouterr().out == parser.format_help()
+    # A cache folder that cannot be written (its path runs through a file) only means nothing is stored.
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path / "a_file" / "cache"))
+    help_cache.remember({"fit": parser})
+    assert help_cache.lookup("fit") is None
+    monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path / "fresh"))
+    help_cache.remember({"fit": parser})
+    again = help_cache.lookup("fit")
+    assert again is not None and (again["help"], again["flags"]) == (stored["help"], stored["flags"])
+    assert not [p for p in (tmp_path / "fresh").rglob("*") if ".tmp" in p.name]
 
 
 def test_a_fit_says_each_warning_once(cli, run_yaml, caplog):
