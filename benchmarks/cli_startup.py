@@ -4,11 +4,13 @@ path, and ``generate``'s first token, for the code of an older checkout (``--bef
 Each case runs in a fresh process (``python -m lightning_gpt ...`` with ``PYTHONPATH`` set to the checkout), the
 cases interleaved, ``--rounds`` times; the figure is the median of that child's user+system CPU time
 (``getrusage(RUSAGE_CHILDREN)`` deltas), which the machine's load distorts little (wall time is not reported).
-``fit``'s help and flag errors are measured twice for this checkout: "cold" with an empty cache folder (the parser is
-built: Lightning is imported) and "warm" after one parser build has stored the help texts and flags
-(``lightning_gpt/cli/help_cache.py``). ``generate``'s first token is bounded by a whole run with ``--max_new_tokens
-1`` on a quickstart-sized checkpoint (``--run``; e.g. ``lightning-gpt fit --config recipes/quickstart.yaml
---trainer.max_steps 2`` makes one with the quickstart's architecture).
+``fit``'s help and flag errors are measured twice for this checkout: "cold" with an empty cache folder (a fresh
+install: what answers is the help shipped with the package, ``lightning_gpt/cli/help/``, when it fits the installed
+versions; otherwise the parser is built and Lightning imported, as before) and "warm" after one ``fit --help`` with
+the same cache folder (``lightning_gpt/cli/help_cache.py``). The "before" checkout always runs with an empty cache
+folder. ``generate``'s first token is bounded by a whole run with ``--max_new_tokens 1`` on a quickstart-sized
+checkpoint (``--run``; e.g. ``lightning-gpt fit --config recipes/quickstart.yaml --trainer.max_steps 2`` makes one
+with the quickstart's architecture).
 
 Goals (issue 22): ``--help``, ``generate --help`` and a bad flag to ``generate`` / ``export`` <= 1 CPU-second;
 ``fit --help`` and a bad ``fit`` flag <= 3; ``generate``'s first token <= 2.5.

@@ -12,8 +12,9 @@ lightning-gpt fit --help                                             # every opt
 
 Each subcommand is one line of ``COMMANDS`` (its module and its line of help); the module is imported only when that
 subcommand runs, so ``generate`` starts without Lightning, and ``--help`` and flag errors of the argparse commands
-without torch. ``fit | validate | test | predict --help`` and their mistyped flags are answered from what the last
-parser build stored (``help_cache``) before Lightning is imported; no flag is ever abbreviated (``flags``). ``fit |
+without torch. ``fit | validate | test | predict --help`` and their mistyped flags are answered from the parsers'
+help and flags shipped with the package, or stored by the last parser build (``help_cache``), before Lightning is
+imported; no flag is ever abbreviated (``flags``). ``fit |
 validate | test | predict`` are ``LightningCLI`` (``lightning_gpt.cli.fit``); what it adds on top of Lightning's:
 ``GPTModule``'s default callbacks with a flag group each, ``ModelCheckpoint(save_last=True)`` in
 ``<default_root_dir>/checkpoints``, a learning-rate monitor when a logger is on, a Ctrl-C checkpoint, atomic checkpoint

@@ -37,6 +37,7 @@ from lightning_gpt.training.callbacks.logger_version import LoggerVersion, resum
 from lightning_gpt.training.checkpoint_io import AtomicSaveConfigCallback
 
 __all__ = [
+    "COMMAND_PARSER_KWARGS",
     "DESCRIPTION",
     "GPTLightningCLI",
     "InterruptCheckpoint",
@@ -52,6 +53,8 @@ DESCRIPTION = (
     "TEXT` streams a completion (see `lightning-gpt generate --help`); `lightning-gpt export --ckpt_path RUN "
     "--output_dir DIR` writes a Hugging Face GPT-2 folder (see `lightning-gpt export --help`)."
 )
+COMMAND_PARSER_KWARGS = {"description": DESCRIPTION, "prog": "lightning-gpt"}
+"""The ``parser_kwargs`` of the ``lightning-gpt`` command's ``GPTLightningCLI`` (``help_cache`` builds the same)."""
 
 
 def lightning_command(subcommand: str, argv: list[str]) -> None:
@@ -63,7 +66,7 @@ def lightning_command(subcommand: str, argv: list[str]) -> None:
     """
     args = [subcommand, *argv]
     # The console script's own command line is read by LightningCLI itself (it warns when given both).
-    parser_kwargs = {"description": DESCRIPTION, "prog": "lightning-gpt"}
+    parser_kwargs = dict(COMMAND_PARSER_KWARGS)
     GPTLightningCLI(args=None if sys.argv[1:] == args else args, parser_kwargs=parser_kwargs, remember_help=True)
 
 
@@ -138,9 +141,9 @@ class GPTLightningCLI(LightningCLI):
         datamodule_class: the data module of fit/validate/test (default ``TextDataModule``).
         args: arguments to parse instead of ``sys.argv[1:]`` (a list of strings or a dict).
         run: whether to run the subcommand (``False`` only builds the classes).
-        remember_help: store each subcommand's help text and flags, from which the ``lightning-gpt`` command answers
-            ``--help`` and mistyped flags without importing Lightning (``lightning_gpt.cli.help_cache``); only that
-            command sets it.
+        remember_help: store each subcommand's help and flags (unless the shipped ones fit), from which the
+            ``lightning-gpt`` command answers ``--help`` and mistyped flags without importing Lightning
+            (``lightning_gpt.cli.help_cache``); only that command sets it.
         kwargs: forwarded to ``LightningCLI``.
     """
 
@@ -251,16 +254,12 @@ class GPTLightningCLI(LightningCLI):
             )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        """Parse as ``LightningCLI`` does; first, for the command, store the help texts and flags
-        (``help_cache.remember``: only when the stored ones are missing or stale)."""
+        """Parse as ``LightningCLI`` does; first, for the command, store the help and flags of each subcommand
+        (``help_cache.remember``: only when neither the shipped nor the cached ones fit)."""
         if self._remember_help and run_folder.is_launch_rank_zero():
-            from lightning_gpt.cli.help_cache import fingerprint, remember
+            from lightning_gpt.cli.help_cache import remember
 
-            key = fingerprint()
-            for name in self.subcommands():
-                sub = cli_subcommand_parser(self, name)
-                flags = [f for a in parser_actions(sub) for f in a.option_strings if f.startswith("--")]
-                remember(name, sub.format_help(), flags, key)
+            remember({name: cli_subcommand_parser(self, name) for name in self.subcommands()})
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:

@@ -157,12 +157,19 @@ def test_generate_says_why_only_the_prompt_was_printed(cli, trained):
 def test_fit_help_and_a_mistyped_fit_flag_are_answered_without_lightning_once_the_parser_was_built(
     cli, run_yaml, tmp_path, monkeypatch
 ):
-    """The first process that builds the LightningCLI parser stores the help texts and flags; the next ``fit --help``
-    and a flag no option accepts are answered from them, without importing torch or Lightning."""
+    """Where the shipped help entries do not fit (another environment: here a ``JSONARGPARSE_*`` variable, which
+    changes the parser), the first process that builds the LightningCLI parser stores each subcommand's entry in the
+    user's cache; the next ``fit --help`` and a flag no option accepts are answered from it, without importing torch
+    or Lightning (``tests/cli/test_help_cache.py``: the shipped entries)."""
+    from lightning_gpt.cli import help_cache
+
+    monkeypatch.setenv("JSONARGPARSE_LIGHTNING_GPT_TEST", "1")
     monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("COLUMNS", "100")  # help is wrapped to the terminal: the same width in both processes
+    assert help_cache.lookup("fit") is None
     live = cli("fit", "--help")  # builds the parser (here, where Lightning is imported already)
     assert live.code == 0 and "--trainer.max_steps" in live.out
+    assert all(os.path.isfile(help_cache.cache_file(name)) for name in ("fit", "validate", "test", "predict"))
     code, out, err, imported = _run_timed("fit", "--help")
     assert code == 0 and out == live.out, err[-2000:]
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
@@ -173,7 +180,9 @@ def test_fit_help_and_a_mistyped_fit_flag_are_answered_without_lightning_once_th
     assert cli("validate", "--help").out.startswith("usage: lightning-gpt [options] validate")  # every subcommand
 
 
-def test_the_help_cache_leaves_what_it_cannot_judge_to_the_parser(tmp_path, monkeypatch):
+def test_the_help_cache_leaves_what_it_cannot_judge_to_the_parser(tmp_path, monkeypatch, capsys):
+    from jsonargparse import ArgumentParser
+
     from lightning_gpt.cli import help_cache
 
     flags = ["--trainer", "--trainer.max_steps", "--trainer.logger", "--trainer.logger.help", "--model.config"]
@@ -183,14 +192,39 @@ def test_the_help_cache_leaves_what_it_cannot_judge_to_the_parser(tmp_path, monk
     assert (
         help_cache.unknown_flags(["--trainer.max_steps=3", "--trainer.logger+=x", "--", "--x"], flags, open_flags) == []
     )
-    # A file written for other versions or sources (another key) is ignored: the real parser answers.
+    # An entry written for other versions or other sources, or one that cannot be read, is ignored: the real parser
+    # answers (answer returns: nothing printed, no exit). The shipped entries do not fit either (another environment).
+    monkeypatch.setenv("JSONARGPARSE_LIGHTNING_GPT_TEST", "1")
     monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path))
-    help_cache.remember("fit", "STALE HELP", flags, key="another fingerprint")
-    help_cache.answer("fit", ["--help"])  # returns: nothing printed, no exit
-    help_cache.remember("fit", "HELP", flags)  # a current one
+    parser = ArgumentParser(prog="lightning-gpt [options] fit")
+    parser.add_argument("--trainer.max_steps", type=int, default=-1, help="optimizer steps")
+    stored = help_cache.entry(parser)
+    path = help_cache.cache_file("fit")
+    for unfit in (
+        {**stored, "versions": {**stored["versions"], "lightning": "2.0.0"}},
+        {**stored, "sources": {**stored["sources"], "sha256": "0" * 64}},
+        {**stored, "help": {**stored["help"], "events": [["no such event"]]}},
+    ):
+        help_cache.write_entry(path, unfit)
+        help_cache.answer("fit", ["--help"])
+    with open(path, "w") as f:
+        f.write('{"versions": ')  # cut short
+    help_cache.answer("fit", ["--help"])
+    assert capsys.readouterr().out == ""
+    help_cache.write_entry(path, stored)  # a current one
     with pytest.raises(SystemExit) as info:
         help_cache.answer("fit", ["--help"])
-    assert info.value.code == 0
+    assert info.value.code == 0 and capsys.readouterr().out == parser.format_help()
+    # A cache folder that cannot be written (its path runs through a file) only means nothing is stored.
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path / "a_file" / "cache"))
+    help_cache.remember({"fit": parser})
+    assert help_cache.lookup("fit") is None
+    monkeypatch.setenv("LIGHTNING_GPT_CACHE", str(tmp_path / "fresh"))
+    help_cache.remember({"fit": parser})
+    again = help_cache.lookup("fit")
+    assert again is not None and (again["help"], again["flags"]) == (stored["help"], stored["flags"])
+    assert not [p for p in (tmp_path / "fresh").rglob("*") if ".tmp" in p.name]
 
 
 def test_a_fit_says_each_warning_once(cli, run_yaml, caplog):

@@ -30,6 +30,12 @@ OTHER_LIBRARIES = {
     "_mergeable_ranks": "tiktoken Encoding: its merge ranks (data/tiktoken_tokenizer.py)",
     "_special_tokens": "tiktoken Encoding: its special tokens (data/tiktoken_tokenizer.py)",
     "_fingerprint": "datasets Dataset: the cache identity of a Hugging Face dataset (data/sources.py)",
+    # The standard library's argparse.HelpFormatter, whose help layout cli/help_render.py records and replays (it also
+    # overrides _format_usage, _format_action, _format_args, _expand_help, _format_action_invocation; keyed by the
+    # Python version, and tests/cli/test_help_cache.py compares the replay with the live help).
+    "_get_default_metavar_for_optional": "argparse HelpFormatter: an option's usage metavar (cli/help_render.py)",
+    "_get_default_metavar_for_positional": "argparse HelpFormatter: a positional's usage metavar (cli/help_render.py)",
+    "_iter_indented_subactions": "argparse HelpFormatter: an option's sub-actions, refused (cli/help_render.py)",
 }
 PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}  # namedtuple's public API
 
