@@ -3,25 +3,67 @@ thread of the test process, on a free port of 127.0.0.1. Skips cleanly where mot
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Optional
 
 import pytest
 
 
+class HoldPuts:
+    """WSGI middleware in front of moto: a ``PUT`` of a key ending in ``suffix`` is held (``arrived`` is set) until
+    ``released`` is set, then answered ``503 SlowDown`` without being stored: a slow store, to kill a client in the
+    middle of an upload at a known object."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.suffix: Optional[str] = None
+        self.arrived = threading.Event()
+        self.released = threading.Event()
+
+    def hold(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.arrived.clear()
+        self.released.clear()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        suffix = self.suffix
+        if suffix and environ.get("REQUEST_METHOD") == "PUT" and environ.get("PATH_INFO", "").endswith(suffix):
+            self.arrived.set()
+            self.released.wait(120)
+            start_response("503 Slow Down", [("Content-Type", "application/xml")])
+            return [b"<Error><Code>SlowDown</Code><Message>held by the test</Message></Error>"]
+        return self.app(environ, start_response)
+
+
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """``http://127.0.0.1:<port>`` of a moto S3 server started once per test session (per pytest-xdist worker)."""
-    server_module = pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+def s3_server() -> Iterator[dict[str, Any]]:
+    """A moto S3 server on a free port of 127.0.0.1, started once per test session (per pytest-xdist worker), as
+    moto's ``ThreadedMotoServer`` runs it (a thread per request), behind ``HoldPuts``: ``{"endpoint", "hold"}``."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request in every failure report
+    hold = HoldPuts(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, hold, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        yield f"http://{host}:{port}"
+        yield {"endpoint": f"http://127.0.0.1:{server.server_port}", "hold": hold}
     finally:
-        server.stop()
+        hold.released.set()
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server) -> str:
+    """``http://127.0.0.1:<port>`` of the session's moto S3 server."""
+    return s3_server["endpoint"]
 
 
 def store_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endpoint: str) -> None:

@@ -128,7 +128,7 @@ def test_fit_from_s3_resumed_midway_equals_fit_from_the_local_folder(pair, cli, 
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
 
 
-def test_fit_from_s3_checks_the_prepared_tokenizer(pair, cli, monkeypatch, tmp_path, s3_endpoint):
+def test_fit_from_s3_checks_the_prepared_tokenizer_and_the_manifest(pair, cli, monkeypatch, tmp_path, s3_endpoint):
     from lightning_gpt.data.tokenizers import build_tokenizer
 
     store_env(monkeypatch, tmp_path, s3_endpoint)
@@ -194,37 +194,46 @@ def test_prepare_and_fit_say_what_is_wrong_with_the_store_in_one_paragraph(
 
 @pytest.mark.slow
 def test_a_prepare_killed_during_the_upload_never_looks_complete_and_a_rerun_finishes_it(
-    s3_bucket, cli, tmp_path, run_yaml
+    s3_bucket, s3_server, cli, tmp_path, run_yaml, caplog
 ):
-    corpus = jsonl_corpus(tmp_path / "big.jsonl", 20000)
+    corpus = jsonl_corpus(tmp_path / "c.jsonl", 400)
     url = f"{s3_bucket}/ds"
     stage = tmp_path / "stage"
     config = run_yaml(**{"data.source": str(corpus), "data.val_fraction": 0.1})
     cmd = [PYTHON, "-m", "lightning_gpt", "prepare", "--config", str(config), "--output_dir", url]
-    cmd += ["--staging_dir", str(stage), "--num_workers", "1", "--chunk_bytes", "4KB"]  # ~500 chunks to upload
+    cmd += ["--staging_dir", str(stage), "--num_workers", "1"]
     env = {**python_env(), "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not any(k.startswith("train/") for k in objects(url)):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # in the middle of the upload
-    proc.wait()
+    hold = s3_server["hold"]
+    hold.hold(f"/{url[len('s3://') :]}/train/index.json")  # after the chunks, before the index files and manifest
+    try:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        arrived = False
+        while proc.poll() is None and not (arrived := hold.arrived.wait(0.2)):
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)  # in the middle of the upload
+        _, err = proc.communicate()
+        assert arrived, err[-2000:]
+    finally:
+        hold.released.set()
+        hold.hold("")
     left = objects(url)
-    assert any(k.startswith("train/chunk-") for k in left), "the kill came before the upload"
-    assert MANIFEST not in left and ".preparing" in left  # never looks complete
+    assert sorted(left) == [".preparing", "train/chunk-0-0.bin", "val/chunk-0-0.bin"]
     fit = cli("fit", "--config", config, "--data.source", url)
     user_error(fit, "holds an interrupted lightning-gpt prepare", "run the same prepare command again")
-    done = cli("prepare", "--config", config, "--output_dir", url, "--staging_dir", stage, "--num_workers", "1",
-               "--chunk_bytes", "4KB")  # fmt: skip
+    done = cli("prepare", "--config", config, "--output_dir", url, "--staging_dir", stage, "--num_workers", "1")
     assert done.code == 0, done
-    assert "files were uploaded by the interrupted prepare; uploading the rest" in done.err  # resumed, not redone
+    assert "2 of 4 files were uploaded by the interrupted prepare; uploading the rest" in caplog.text  # resumed
     remote = objects(url)
-    assert MANIFEST in remote and ".preparing" not in remote and not stage.exists()
-    manifest = json.loads(remote[MANIFEST])
+    assert sorted(remote) == [
+        MANIFEST,
+        "train/chunk-0-0.bin",
+        "train/index.json",
+        "val/chunk-0-0.bin",
+        "val/index.json",
+    ]
+    assert not stage.exists()
+    splits = json.loads(remote[MANIFEST])["splits"]
     chars = sum(len(json.loads(line)["text"]) + 1 for line in corpus.open())  # char ids + EOS per document
-    splits = manifest["splits"]
     assert splits["train"]["n_tokens"] + splits["val"]["n_tokens"] == chars
-    index = json.loads(remote["train/index.json"])
-    assert {f"train/{c['filename']}" for c in index["chunks"]} == {k for k in remote if k.startswith("train/chunk-")}
