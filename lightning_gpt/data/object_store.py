@@ -154,7 +154,7 @@ class StoreFolder:
             raise ValueError(f"{self.url}/{rel} is damaged (not JSON); run lightning-gpt prepare again.") from None
         return value if isinstance(value, dict) else {}
 
-    def list(self) -> dict[str, int]:
+    def listing(self) -> dict[str, int]:
         """``{path inside the folder: size in bytes}`` of every object under the prefix."""
         root = f"{self.prefix}/" if self.prefix else ""
         out: dict[str, int] = {}
@@ -310,7 +310,7 @@ def prepare_into_store(
             "add_bos or validation split). Prepare into another prefix, or delete that one first "
             f"(aws s3 rm --recursive {url})."
         )
-    existing = store.list()
+    existing = store.listing()
     names = {rel.split("/", 1)[0] for rel in existing}
     if existing and (not names <= _OURS or PREPARING not in names):
         raise ValueError(

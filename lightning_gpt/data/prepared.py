@@ -35,6 +35,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from lightning_gpt.data import object_store
 from lightning_gpt.data.encoding import check_separators, encode_documents, is_held_out, token_dtype
 from lightning_gpt.data.shards import plan_shards, read_shard
 from lightning_gpt.data.sources import TextSource, resolve_source
@@ -284,11 +285,10 @@ def prepare_dataset(
     settings = {"source": source.identity(), "tokenizer_fingerprint": tokenizer.fingerprint(), "add_bos": add_bos}
     settings.update(val_fraction=val_fraction, split_seed=split_seed)
     if "://" in output_dir:  # an object store: prepared in a local staging folder, then uploaded (manifest last)
-        from lightning_gpt.data.object_store import prepare_into_store
-
-        kw = dict(add_bos=add_bos, val_fraction=val_fraction, split_seed=split_seed, num_workers=num_workers)
-        local = functools.partial(prepare_dataset, source, source_spec, tokenizer, **kw, chunk_bytes=chunk_bytes)
-        return prepare_into_store(output_dir, settings, local, staging_dir, nodes, shard_bytes=shard_bytes)
+        kw: dict[str, Any] = dict(add_bos=add_bos, val_fraction=val_fraction, split_seed=split_seed)
+        kw.update(num_workers=num_workers, chunk_bytes=chunk_bytes, shard_bytes=shard_bytes)
+        local = functools.partial(prepare_dataset, source, source_spec, tokenizer)
+        return object_store.prepare_into_store(output_dir, settings, local, staging_dir, nodes, **kw)
     if is_prepared(output_dir):
         manifest = read_manifest(output_dir)
         if manifest.get("settings") == settings:

@@ -89,6 +89,7 @@ def pair(tmp_path_factory, s3_endpoint) -> Iterator[dict[str, Any]]:
         yield {"base": base, "config": config, "url": "s3://pair/ds", "local": base / "local", "stage": stage}
 
 
+@pytest.mark.slow
 def test_prepare_into_s3_writes_the_local_prepare_manifest_last_and_keeps_an_up_to_date_one(
     pair, cli, monkeypatch, tmp_path, s3_endpoint
 ):
@@ -128,6 +129,7 @@ def test_fit_from_s3_resumed_midway_equals_fit_from_the_local_folder(pair, cli, 
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_fit_from_s3_checks_the_prepared_tokenizer_and_the_manifest(pair, cli, monkeypatch, tmp_path, s3_endpoint):
     from lightning_gpt.data.tokenizers import build_tokenizer
 
