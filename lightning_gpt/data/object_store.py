@@ -15,10 +15,13 @@ the two ``index.json`` files, and ``lightning_gpt_dataset.json`` last, then ``.p
 without the manifest is never read by ``fit``. A rerun after a kill or a failed upload reuses the staged folder (the
 local prepare finds it complete) and skips the objects already uploaded from that same staged folder (same size, and
 the ``.preparing`` note names the staged folder's digest); objects of an earlier attempt that the new one does not
-have are deleted. Why not litdata's own upload (``optimize`` with an ``s3://`` output)? Its workers upload each chunk
-with a client that retries up to 1000 times, so an unreachable store hangs instead of failing, and a worker's failed
-upload surfaces as several processes' tracebacks; prepare's held-out documents and multi-node merge are local files
-anyway. The cost of staging: local disk for the whole dataset (~2 bytes per token) until the upload ends.
+have are deleted, and the multipart uploads a kill left open are aborted.
+
+Why not litdata's own upload (``optimize`` with an ``s3://`` output)? Its workers upload each chunk with a client that
+retries up to 1000 times, so an unreachable store hangs instead of failing, and a worker's failed upload surfaces as
+several processes' tracebacks; prepare's held-out documents and multi-node merge are local files anyway. The cost of
+staging: local disk for the whole dataset (~2 bytes per token) until the upload ends, and the upload follows the
+tokenization instead of overlapping it.
 """
 
 from __future__ import annotations
@@ -165,6 +168,22 @@ class StoreFolder:
         except Exception as err:  # noqa: BLE001
             raise ValueError(self.describe(err, "list")) from None
         return out
+
+    def abort_unfinished_uploads(self) -> int:
+        """Abort the multipart uploads under the prefix that a killed upload left open (the store keeps, and bills,
+        their parts until they are aborted); return how many."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        n = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=root):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    n += 1
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(self.describe(err, "clean up")) from None
+        return n
 
     def put_json(self, rel: str, value: dict[str, Any]) -> None:
         """Write ``value`` as the object ``rel``."""
@@ -320,6 +339,8 @@ def prepare_into_store(
     note = store.read_json(PREPARING) if existing else None
     if note is not None:
         log.warning("%s holds an interrupted prepare; finishing it.", url)
+        if store.abort_unfinished_uploads():
+            log.warning("aborted the multipart uploads a killed upload left open under %s.", url)
     staging = staging_dir or default_staging_dir(url)
     if staging_dir is None and _read_local_settings(staging) not in (None, settings):
         shutil.rmtree(staging)  # our own staging of an earlier prepare into this URL, with other settings

@@ -198,6 +198,8 @@ def test_prepare_and_fit_say_what_is_wrong_with_the_store_in_one_paragraph(
 def test_a_prepare_killed_during_the_upload_never_looks_complete_and_a_rerun_finishes_it(
     s3_bucket, s3_server, cli, tmp_path, run_yaml, caplog
 ):
+    import boto3
+
     corpus = jsonl_corpus(tmp_path / "c.jsonl", 400)
     url = f"{s3_bucket}/ds"
     stage = tmp_path / "stage"
@@ -224,6 +226,10 @@ def test_a_prepare_killed_during_the_upload_never_looks_complete_and_a_rerun_fin
     assert sorted(left) == [".preparing", "train/chunk-0-0.bin", "val/chunk-0-0.bin"]
     fit = cli("fit", "--config", config, "--data.source", url)
     user_error(fit, "holds an interrupted lightning-gpt prepare", "run the same prepare command again")
+    client, bucket = boto3.session.Session().client("s3"), s3_bucket[len("s3://") :]
+    key = f"{url[len(s3_bucket) + 1 :]}/train/chunk-0-9.bin"  # a large chunk's upload, killed between its parts
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"\0" * 1024)
     done = cli("prepare", "--config", config, "--output_dir", url, "--staging_dir", stage, "--num_workers", "1")
     assert done.code == 0, done
     assert "2 of 4 files were uploaded by the interrupted prepare; uploading the rest" in caplog.text  # resumed
@@ -235,7 +241,7 @@ def test_a_prepare_killed_during_the_upload_never_looks_complete_and_a_rerun_fin
         "val/chunk-0-0.bin",
         "val/index.json",
     ]
-    assert not stage.exists()
+    assert not stage.exists() and not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     splits = json.loads(remote[MANIFEST])["splits"]
     chars = sum(len(json.loads(line)["text"]) + 1 for line in corpus.open())  # char ids + EOS per document
     assert splits["train"]["n_tokens"] + splits["val"]["n_tokens"] == chars
