@@ -194,6 +194,27 @@ def test_prepare_and_fit_say_what_is_wrong_with_the_store_in_one_paragraph(
     assert time.monotonic() - started < 60  # our client gives up within seconds (litdata's retries 1000 times)
 
 
+@pytest.mark.parametrize("case", ["other objects", "other settings", "several nodes"])
+def test_prepare_never_overwrites_what_it_did_not_write(case, s3_bucket, cli, run_yaml, monkeypatch, tmp_path):
+    import boto3
+
+    client, bucket = boto3.session.Session().client("s3"), s3_bucket[len("s3://") :]
+    if case == "other objects":
+        client.put_object(Bucket=bucket, Key="ds/notes.txt", Body=b"mine")
+        needle = "is not empty and is not a prepared dataset (found: ['notes.txt'])"
+    elif case == "other settings":
+        client.put_object(Bucket=bucket, Key=f"ds/{MANIFEST}", Body=json.dumps({"version": 1, "settings": {}}).encode())
+        needle = "already holds a prepared dataset made with other settings"
+    else:
+        monkeypatch.setenv("DATA_OPTIMIZER_NUM_NODES", "2")
+        monkeypatch.setenv("DATA_OPTIMIZER_NODE_RANK", "0")
+        needle = "several machines prepare into one shared local folder"
+    before = objects(f"{s3_bucket}/ds")
+    result = cli("prepare", "--config", run_yaml(), "--output_dir", f"{s3_bucket}/ds", "--staging_dir", tmp_path / "s")
+    user_error(result, f"--output_dir '{s3_bucket}/ds'", needle)
+    assert objects(f"{s3_bucket}/ds") == before and not (tmp_path / "s").exists()
+
+
 @pytest.mark.slow
 def test_a_prepare_killed_during_the_upload_never_looks_complete_and_a_rerun_finishes_it(
     s3_bucket, s3_server, cli, tmp_path, run_yaml, caplog
