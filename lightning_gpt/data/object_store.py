@@ -201,8 +201,8 @@ class StoreFolder:
         except Exception as err:  # noqa: BLE001
             raise ValueError(self.describe(err, "delete from")) from None
 
-    def upload(self, local_dir: str, rels: list[str], resume_hint: str) -> None:
-        """Upload ``<local_dir>/<rel>`` to ``rel`` for each of ``rels`` in order, with a progress bar in bytes.
+    def upload(self, local_dir: str, rels: list[str], resume_hint: str, progress: bool = True) -> None:
+        """Upload ``<local_dir>/<rel>`` to ``rel`` for each of ``rels`` in order (a progress bar in bytes, ETA).
 
         Raises:
             ValueError: an upload failed (one paragraph ending with ``resume_hint``).
@@ -212,7 +212,9 @@ class StoreFolder:
 
         total = sum(os.path.getsize(os.path.join(local_dir, r)) for r in rels)
         config = TransferConfig(max_concurrency=8)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload to {self.url}", disable=not rels) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"upload to {self.url}", disable=not (rels and progress)
+        ) as bar:
             for rel in rels:
                 try:
                     self.client.upload_file(
@@ -367,7 +369,7 @@ def prepare_into_store(
     store.delete(sorted(set(existing) - set(files) - {PREPARING}))  # an earlier attempt's objects that are not ours now
     hint = f"Run the same prepare again: it uploads the rest (the tokenized folder stays in {staging!r})."
     store.upload(staging, todo, hint)
-    store.upload(staging, [_MANIFEST], hint)  # last: from here on the prefix is a complete dataset
+    store.upload(staging, [_MANIFEST], hint, progress=False)  # last: from here on the prefix is a complete dataset
     store.delete([PREPARING])
     shutil.rmtree(staging, ignore_errors=True)
     return local

@@ -266,3 +266,27 @@ def test_a_prepare_killed_during_the_upload_never_looks_complete_and_a_rerun_fin
     splits = json.loads(remote[MANIFEST])["splits"]
     chars = sum(len(json.loads(line)["text"]) + 1 for line in corpus.open())  # char ids + EOS per document
     assert splits["train"]["n_tokens"] + splits["val"]["n_tokens"] == chars
+
+
+@pytest.mark.slow
+def test_a_failed_upload_is_one_paragraph_and_the_rerun_uploads_the_rest(s3_bucket, s3_server, cli, tmp_path, run_yaml):
+    corpus = jsonl_corpus(tmp_path / "c.jsonl", 300)
+    url, stage = f"{s3_bucket}/ds", tmp_path / "stage"
+    args = ["prepare", "--config", run_yaml(**{"data.source": str(corpus)}), "--output_dir", url]
+    args += ["--staging_dir", stage, "--num_workers", "1"]
+    hold = s3_server["hold"]
+    hold.hold(f"/{url[len('s3://') :]}/val/index.json")
+    hold.released.set()  # every PUT of it is answered 503 at once: the store fails in the middle of the upload
+    try:
+        failed = cli(*args)
+    finally:
+        hold.hold("")
+    user_error(
+        failed, f"--output_dir {url!r} (endpoint ", "could not upload to the object store", "Run the same prepare"
+    )
+    left = objects(url)
+    assert MANIFEST not in left and "train/index.json" in left and stage.is_dir()
+    done = cli(*args)
+    assert done.code == 0, done
+    remote = objects(url)
+    assert MANIFEST in remote and "val/index.json" in remote and ".preparing" not in remote and not stage.exists()
