@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from lightning_gpt.data.object_store import read_store_manifest
 from lightning_gpt.data.prepared import PREPARED_VERSION, is_prepared, litdata_environment, read_manifest
 from lightning_gpt.data.tokenizers import Tokenizer, tokenizer_from_state_dict
 
@@ -63,8 +64,6 @@ def read_any_manifest(source: str) -> dict[str, Any]:
         return read_manifest(source)
     if not source.startswith("s3://"):
         raise ValueError(f"--data.source {source!r}: only s3:// object stores are read here; copy the folder locally.")
-    from lightning_gpt.data.object_store import read_store_manifest
-
     manifest = read_store_manifest(source)
     try:
         version = int(manifest["version"])
