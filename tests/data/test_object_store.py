@@ -190,7 +190,7 @@ def test_prepare_and_fit_say_what_is_wrong_with_the_store_in_one_paragraph(
     assert not (tmp_path / "stage").exists()  # checked before anything is tokenized
     fit = cli("fit", "--config", config, "--data.source", url)
     user_error(fit, f"--data.source {url!r} (endpoint ", needle)
-    assert not list(tmp_path.glob("run/**/*.ckpt"))
+    assert not (tmp_path / "run").exists()  # refused before the Trainer and the model are built
     assert time.monotonic() - started < 60  # our client gives up within seconds (litdata's retries 1000 times)
 
 
