@@ -35,6 +35,7 @@ SLOWEST_FILES = (
     "training/test_multinode.py",
     "data/test_data_processes.py",
     "data/test_prepared.py",
+    "data/test_object_store.py",
     "reliability/test_faults.py",
     "evaluation/test_harness.py",
     "reliability/test_full_disk.py",

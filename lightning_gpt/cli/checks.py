@@ -123,14 +123,16 @@ def check_clipping(cfg: Any) -> None:
 def check_data_paths(cfg: Any, subcommand: str) -> None:
     """A data file or folder that does not exist is named before the model and the Trainer are built (not seconds
     later, when the first batch is read): ``--data.source`` / ``--data.val_source`` of fit, validate and test when they
-    name a local path, ``--data.path`` (the prompts file) of predict.
+    name a local path, ``--data.path`` (the prompts file) of predict; an ``s3://`` ``--data.source``'s manifest is read.
 
     Args:
         cfg: the subcommand's parsed configuration (keys ``data.*``).
         subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
 
     Raises:
-        FileNotFoundError: nothing exists at a named local path (the message of the reader that would fail later).
+        FileNotFoundError: nothing exists at a named local path (the message of the reader that would fail later),
+            or no prepared dataset at an ``s3://`` source.
+        ValueError: an ``s3://`` source that cannot be read (``lightning_gpt.data.object_store``).
     """
     if subcommand == "predict":
         if cfg.get("data.path"):
@@ -140,6 +142,10 @@ def check_data_paths(cfg: Any, subcommand: str) -> None:
         return
     from lightning_gpt.data.sources.files import find_files
 
+    if isinstance(cfg.get("data.source"), str) and cfg["data.source"].startswith("s3://"):
+        from lightning_gpt.data.streaming import read_any_manifest
+
+        read_any_manifest(cfg["data.source"])  # a missing bucket or manifest, refused credentials: one paragraph now
     for key in ("data.source", "data.val_source"):
         source = cfg.get(key)
         # python-stdlib, hf://, s3:// and globs are resolved by their readers; a plain path must exist.

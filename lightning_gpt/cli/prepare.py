@@ -11,7 +11,9 @@ sample derive, as in ``fit``); ``--config`` reads a ``fit`` YAML and uses its ``
 entries. It runs on one machine (all its cores), or on several at once into a folder they all see: the same command
 on every machine with litdata's ``DATA_OPTIMIZER_NUM_NODES`` (the number of machines) and ``DATA_OPTIMIZER_NODE_RANK``
 (``0 .. N-1``) set (``lightning_gpt.data.prepared_nodes``); node 0 writes the manifest once every node's part is there.
-The folder is then read by any number of nodes.
+The folder is then read by any number of nodes. ``--output_dir s3://bucket/prefix`` (one machine) tokenizes into a
+local staging folder and uploads it, the manifest last (``lightning_gpt.data.object_store``; the endpoint and the
+credentials from the usual ``AWS_*`` variables).
 """
 
 from __future__ import annotations
@@ -38,7 +40,19 @@ def _parser() -> Any:
         allow_abbrev=False,  # --output_di is an error, not --output_dir (lightning_gpt.cli.flags)
     )
     parser.add_argument("--config", type=str, default=None, help="a fit YAML: its data and seed_everything entries")
-    parser.add_argument("--output_dir", type=str, required=True, help="the dataset folder to write (new or empty)")
+    parser.add_argument(
+        "--output_dir",
+        type=str,
+        required=True,
+        help="the dataset folder to write (new or empty), or s3://bucket/prefix",
+    )
+    parser.add_argument(
+        "--staging_dir",
+        type=str,
+        default=None,
+        help="with an s3:// --output_dir: the local folder it is tokenized into before the upload (room for the "
+        "whole dataset; default: under $TMPDIR; removed after the upload)",
+    )
     parser.add_argument("--num_workers", type=int, default=0, help="processes (0: every CPU of this machine)")
     parser.add_argument("--seed_everything", type=int, default=1337, help="the run seed fit will use (1337 in recipes)")
     parser.add_argument("--chunk_bytes", type=str, default="64MB", help="size of a dataset chunk (the streaming unit)")
@@ -123,6 +137,7 @@ def prepare_command(argv: list[str]) -> None:
         num_workers=cfg.num_workers or None,
         chunk_bytes=cfg.chunk_bytes,
         node_wait_minutes=cfg.node_wait_minutes,
+        staging_dir=cfg.staging_dir,
     )
     if "splits" not in manifest:  # a node other than 0 of a multi-machine prepare: its part is done
         first, end = manifest["shards"]

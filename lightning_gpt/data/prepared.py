@@ -17,7 +17,8 @@ each node tokenizes its share into ``.nodes/<rank>/`` and node 0 merges them (``
 A folder without the manifest is an interrupted prepare (killed, crashed): the next ``prepare`` into it deletes what
 it wrote (only files it recognises: ``train/``, ``val/``, ``.val-parts/``, the ``.preparing`` note; a node's finished
 part in ``.nodes/`` is kept and reused) and starts over;
-``fit`` never reads it (no manifest, no dataset).
+``fit`` never reads it (no manifest, no dataset). An ``s3://bucket/prefix`` output is prepared the same way in a local
+staging folder and uploaded, the manifest last (``lightning_gpt.data.object_store``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from lightning_gpt.data import object_store
 from lightning_gpt.data.encoding import check_separators, encode_documents, is_held_out, token_dtype
 from lightning_gpt.data.shards import plan_shards, read_shard
 from lightning_gpt.data.sources import TextSource, resolve_source
@@ -116,12 +118,8 @@ def read_manifest(path: str) -> dict[str, Any]:
     return manifest
 
 
-def _worker_tokenizer(state_json: str) -> Tokenizer:
-    return _tokenizer_memo(state_json)
-
-
 @functools.lru_cache(maxsize=2)
-def _tokenizer_memo(state_json: str) -> Tokenizer:
+def _worker_tokenizer(state_json: str) -> Tokenizer:
     return tokenizer_from_state_dict(json.loads(state_json))
 
 
@@ -246,6 +244,7 @@ def prepare_dataset(
     chunk_bytes: str = "64MB",
     shard_bytes: Optional[int] = None,
     node_wait_minutes: float = 24 * 60,
+    staging_dir: Optional[str] = None,
 ) -> dict[str, Any]:
     """Tokenize ``source`` into a litdata dataset folder; return its manifest (an up-to-date folder is kept).
 
@@ -259,7 +258,8 @@ def prepare_dataset(
         source_spec: the ``resolve_source`` keyword arguments that rebuild ``source`` in the worker processes.
         tokenizer: the tokenizer (with EOS; BOS too with ``add_bos``); saved in the manifest.
         output_dir: a new or empty local folder (or one holding an interrupted or identical prepare); across
-            machines, a folder every node sees (a shared filesystem).
+            machines, a folder every node sees (a shared filesystem); or ``s3://bucket/prefix`` (one machine;
+            ``lightning_gpt.data.object_store``).
         add_bos: start every document with BOS.
         val_fraction: expected share of documents held out for validation (a seeded random sample).
         split_seed: the seed of that sample.
@@ -268,30 +268,27 @@ def prepare_dataset(
         shard_bytes: bytes of text per work item (``None``: ``shards.DEFAULT_SHARD_BYTES``).
         node_wait_minutes: across machines, how long node 0 waits for the other nodes' parts (then one paragraph
             naming the missing nodes).
+        staging_dir: with ``s3://``, the local folder it is tokenized into before the upload (``None``: in $TMPDIR).
 
     Raises:
         ValueError: ``output_dir`` holds something else (never deleted), or a different prepared dataset; the
             source has no text; the tokenizer lacks EOS (or BOS with ``add_bos``); malformed node variables, or
-            nodes that prepared with other settings, or a node missing after ``node_wait_minutes``.
+            nodes that prepared with other settings, or a node missing after ``node_wait_minutes``; see also
+            ``object_store.prepare_into_store``.
     """
     litdata_environment()
     from lightning_gpt.data import prepared_nodes as nodes_
     from lightning_gpt.data.shards import DEFAULT_SHARD_BYTES
 
     check_separators(tokenizer, add_bos)
-    if "://" in output_dir:
-        raise ValueError(
-            f"--output_dir {output_dir!r}: prepare writes to a local folder (shared by every node when several prepare "
-            "together). Prepare into one, then copy it to the bucket; fit streams it from there."
-        )
     nodes, rank = nodes_.node_layout()
-    settings = {
-        "source": source.identity(),
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "add_bos": add_bos,
-        "val_fraction": val_fraction,
-        "split_seed": split_seed,
-    }
+    settings = {"source": source.identity(), "tokenizer_fingerprint": tokenizer.fingerprint(), "add_bos": add_bos}
+    settings.update(val_fraction=val_fraction, split_seed=split_seed)
+    if "://" in output_dir:  # an object store: prepared in a local staging folder, then uploaded (manifest last)
+        kw: dict[str, Any] = dict(add_bos=add_bos, val_fraction=val_fraction, split_seed=split_seed)
+        kw.update(num_workers=num_workers, chunk_bytes=chunk_bytes, shard_bytes=shard_bytes)
+        local = functools.partial(prepare_dataset, source, source_spec, tokenizer)
+        return object_store.prepare_into_store(output_dir, settings, local, staging_dir, nodes, **kw)
     if is_prepared(output_dir):
         manifest = read_manifest(output_dir)
         if manifest.get("settings") == settings:

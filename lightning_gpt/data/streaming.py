@@ -13,14 +13,14 @@ chunk (the last partial window of each chunk is dropped, a few hundred tokens pe
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from lightning_gpt.data.prepared import MANIFEST, PREPARED_VERSION, is_prepared, litdata_environment, read_manifest
+from lightning_gpt.data.object_store import read_store_manifest
+from lightning_gpt.data.prepared import PREPARED_VERSION, is_prepared, litdata_environment, read_manifest
 from lightning_gpt.data.tokenizers import Tokenizer, tokenizer_from_state_dict
 
 __all__ = [
@@ -56,25 +56,20 @@ def read_any_manifest(source: str) -> dict[str, Any]:
         source: the folder.
 
     Raises:
-        FileNotFoundError: no manifest there (not prepared, or an interrupted prepare).
-        ValueError: an unreadable manifest, or an object store other than S3 (local copies work for any).
+        FileNotFoundError: no manifest there (not prepared).
+        ValueError: an interrupted prepare; an unreadable manifest; an object store other than S3 (local copies
+            work for any), or one that cannot be read (missing bucket, refused credentials, unreachable endpoint).
     """
     if not is_remote(source):
         return read_manifest(source)
     if not source.startswith("s3://"):
         raise ValueError(f"--data.source {source!r}: only s3:// object stores are read here; copy the folder locally.")
-    import boto3  # installed with litdata
-
-    bucket, _, prefix = source[len("s3://") :].partition("/")
-    key = f"{prefix.rstrip('/')}/{MANIFEST}" if prefix else MANIFEST
+    manifest = read_store_manifest(source)
     try:
-        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    except Exception as err:  # noqa: BLE001 - botocore's errors come in many classes
-        raise FileNotFoundError(
-            f"--data.source {source!r}: could not read {key} ({type(err).__name__}: {err})."
-        ) from None
-    manifest = json.loads(body)
-    if int(manifest.get("version", -1)) != PREPARED_VERSION:
+        version = int(manifest["version"])
+    except (KeyError, TypeError, ValueError):
+        version = -1
+    if version != PREPARED_VERSION:
         raise ValueError(f"{source!r} was prepared by another version of lightning-gpt; prepare it again.")
     return manifest
 
@@ -116,6 +111,9 @@ def streaming_dataset(
     from litdata import StreamingDataset, TokensLoader
 
     folder = f"{source.rstrip('/')}/{split}" if is_remote(source) else os.path.join(source, split)
+    if is_remote(source) and os.environ.get("AWS_ENDPOINT_URL"):
+        # litdata downloads with s5cmd where it is installed, which reads the endpoint from S3_ENDPOINT_URL
+        os.environ.setdefault("S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL"])
     return StreamingDataset(
         folder,
         cache_dir=cache_dir if is_remote(source) else None,

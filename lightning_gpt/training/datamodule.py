@@ -14,6 +14,7 @@ Two paths, chosen by the source (README "Training at scale" says when each is us
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -191,9 +192,11 @@ class TextDataModule(TextPipeline, pl.LightningDataModule):
             if self.settings.batch.mode != "pack":
                 raise ValueError(f"mode='pad' needs the token cache; a prepared dataset ({self.source!r}) is packed.")
             val = self.manifest["splits"].get("val") and self.settings.validation.fraction > 0
-            self.train_dataset = streaming_dataset(self.source, "train", self.block_size, seed=self.seed, shuffle=True)
+            cache = os.path.join(self.cache_dir, "streamed")  # an object store's chunks, downloaded as needed
+            kw: dict[str, Any] = dict(seed=self.seed, cache_dir=cache)
+            self.train_dataset = streaming_dataset(self.source, "train", self.block_size, shuffle=True, **kw)
             self.val_dataset = (
-                streaming_dataset(self.source, "val", self.block_size, seed=self.seed, shuffle=False) if val else None
+                streaming_dataset(self.source, "val", self.block_size, shuffle=False, **kw) if val else None
             )
             return
         train, val, tail = self._local_caches()
