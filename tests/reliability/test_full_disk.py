@@ -18,6 +18,7 @@ from typing import Iterator
 import pytest
 import torch
 
+from tests import zygote
 from tests.helpers import (
     PYTHON,
     REPO,
@@ -174,7 +175,7 @@ def test_ctrl_c_save_on_a_full_disk(tmp_path, disk, corpus, trained):
     log = tmp_path / "fit.log"
     last = disk / "run" / "checkpoints" / "last.ckpt"
     with open(log, "w") as f:
-        proc = subprocess.Popen(
+        proc = zygote.popen(
             [PYTHON, "-m", "lightning_gpt", "fit", "--config", str(config)],
             cwd=REPO, env=python_env(), stdout=f, stderr=subprocess.STDOUT,
         )  # fmt: skip

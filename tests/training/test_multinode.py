@@ -11,6 +11,9 @@ the object store; the two "nodes" prepare that folder together (``DATA_OPTIMIZER
 - The same two nodes through the SLURM environment Lightning reads (``SLURM_NTASKS``, ``SLURM_PROCID``... set by hand
   on loopback, what ``srun`` sets on a cluster), i.e. the recipe's ``srun python -m lightning_gpt fit`` line, train to
   the same weights.
+
+The ``prepare`` nodes and the SLURM pair are ``python -m lightning_gpt`` processes forked from ``tests/zygote.py``
+(the command imported once); torchrun's agents and the workers they start are fresh interpreters.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
+from tests import zygote
 from tests.helpers import REPO, python_env
 
 pytestmark = [
@@ -125,14 +130,14 @@ def base(tmp_path_factory) -> Path:
     prepare = [sys.executable, "-m", "lightning_gpt", "prepare", "--config", "tiny-fsdp.yaml", "--output_dir",
                str(store), "--num_workers", "1", "--data.val_fraction", "0.2"]  # fmt: skip
     env = {**_env(base), "DATA_OPTIMIZER_NUM_NODES": "2"}
-    node0 = subprocess.Popen(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "0"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    node0 = zygote.popen(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "0"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and node0.poll() is None and not (store / ".nodes" / "0" / "done.json").exists():
         time.sleep(0.05)
     assert node0.poll() is None and not (store / "lightning_gpt_dataset.json").exists()  # waiting: nothing complete
-    node1 = subprocess.run(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "1"}, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+    node1 = zygote.run(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "1"}, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
     assert node1.returncode == 0 and "Node 1 of 2: shards 2 to 2 tokenized" in node1.stdout, node1.stderr[-3000:]
     log, _ = node0.communicate(timeout=300)
     assert node0.returncode == 0 and "Train on it: lightning-gpt fit" in log, log[-3000:]
@@ -185,7 +190,7 @@ def _torchrun(base: Path, run: str, *extra: str) -> list[subprocess.Popen]:
     ]
 
 
-def _wait(agents: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+def _wait(agents: list[Any], timeout: float = 300) -> list[tuple[int, str]]:
     out = []
     for agent in agents:
         try:
@@ -264,8 +269,8 @@ def test_the_same_two_nodes_under_slurm_variables(base, uninterrupted):
                    SLURM_NODELIST="node[0-1]", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
         for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
             env.pop(name, None)
-        processes.append(subprocess.Popen([sys.executable, *_fit_args(base, "slurm")], cwd=base, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+        processes.append(zygote.popen([sys.executable, *_fit_args(base, "slurm")], cwd=base, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
     for code, log in _wait(processes):
         assert code == 0, log[-3000:]
         assert "GLOBAL_RANK" in log or "MEMBER" in log  # Lightning set up the two-process group itself

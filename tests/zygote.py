@@ -1,0 +1,392 @@
+"""A test-only zygote: ``python -m lightning_gpt ...`` child processes forked from one that imported it already.
+
+Each ``python -m lightning_gpt`` child a test starts pays 4.5-5 CPU-seconds of imports (torch, Lightning, jsonargparse)
+before it runs a line of the command. Here one process per test process (each pytest-xdist worker) imports the
+command's modules once and waits; each ``popen``/``run`` asks it to ``fork``, and the fork becomes the command: a real
+process with its own pid, exit status, signals, session and the test's pipes or files as its stdin/stdout/stderr,
+running ``lightning_gpt.__main__`` as ``__main__`` (so Lightning starts a second rank the way it does for
+``python -m lightning_gpt``: a fresh interpreter) and ending through the interpreter's normal exit (``atexit``,
+threads joined, streams flushed; an uncaught exception's traceback and exit status 1, a signal's negative status).
+Before it runs, the fork takes the call's environment, working directory and ``PYTHONPATH`` (at the front of
+``sys.path``), reseeds ``random`` and NumPy from the OS, and forgets ``tempfile``'s cached folder.
+
+A call falls back to a plain ``subprocess.Popen`` (a fresh interpreter) when its command is not ``[sys.executable,
+"-m", "lightning_gpt", ...]``, when its environment differs from the zygote's in a variable read at import time
+(anything outside ``RUNTIME_VARIABLES``), or with ``LIGHTNING_GPT_TEST_ZYGOTE=0``: run a file with that to check
+that its tests pass the same with fresh interpreters. Tests that look at start-up itself (import times, which modules
+a command imports) keep using ``subprocess`` directly.
+
+The returned object has the ``subprocess.Popen`` methods the tests use (``pid``, ``returncode``, ``poll``, ``wait``,
+``communicate``, ``send_signal``, ``terminate``, ``kill``, ``stdout``/``stderr`` pipes); the zygote reaps the child and
+sends its exit status and CPU time (``children_cpu()``, read by ``benchmarks/pytest_cpu_times.py``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import IO, Any, Optional, Union
+
+PYTHON = sys.executable
+COMMAND = (PYTHON, "-m", "lightning_gpt")
+# What the zygote imports before it forks: the modules every command of the tests reaches.
+WARM = (
+    "lightning_gpt.cli",
+    "lightning_gpt.cli.fit",
+    "lightning_gpt.cli.generate",
+    "lightning_gpt.cli.export",
+    "lightning_gpt.training",
+    "lightning_gpt.training.module",
+    "lightning_gpt.io.checkpoint",
+)
+# Variables read when a command runs, not when its modules are imported: a call may set them to anything.
+RUNTIME_VARIABLES = ("PYTEST_CURRENT_TEST", "TMPDIR", "PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")
+RUNTIME_PREFIXES = ("LIGHTNING_GPT_", "DATA_OPTIMIZER_", "SLURM_", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+_lock = threading.Lock()
+_zygote: Optional[tuple[subprocess.Popen, socket.socket, dict[str, str]]] = None
+_child_cpu = 0.0
+
+
+def children_cpu() -> float:
+    """CPU-seconds (user + system) of the forked children that ended so far (the zygote reaps them, not this one)."""
+    return _child_cpu
+
+
+def _enabled() -> bool:
+    return os.environ.get("LIGHTNING_GPT_TEST_ZYGOTE", "1") != "0"
+
+
+def _zygote_env() -> dict[str, str]:
+    from tests.helpers import REPO, python_env
+
+    env = python_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _start() -> tuple[subprocess.Popen, socket.socket, dict[str, str]]:
+    global _zygote
+    if _zygote is None or _zygote[0].poll() is not None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = _zygote_env()
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "tests.zygote", str(theirs.fileno())], env=env, pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        theirs.close()
+        ready = ours.recv(64)
+        if ready != b"ready":
+            raise RuntimeError(f"the test zygote did not start (exit status {proc.wait()})")
+        _zygote = (proc, ours, env)
+        atexit.register(_stop)
+    return _zygote
+
+
+def _stop() -> None:
+    global _zygote
+    if _zygote is not None:
+        proc, sock, _ = _zygote
+        sock.close()  # the zygote exits when its socket closes
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _zygote = None
+
+
+def _forkable(args: list[str], cwd: str, env: dict[str, str], zygote_env: dict[str, str]) -> bool:
+    if tuple(str(a) for a in args[:3]) != COMMAND:
+        return False
+    # The zygote imported lightning_gpt from its PYTHONPATH: the child's path must find that same copy first.
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if not all(p in path or p == cwd for p in zygote_env["PYTHONPATH"].split(os.pathsep) if p):
+        return False
+    for key in set(env) | set(zygote_env):
+        if env.get(key) != zygote_env.get(key):
+            if key not in RUNTIME_VARIABLES and not key.startswith(RUNTIME_PREFIXES):
+                return False
+    return True
+
+
+class ZygoteProcess:
+    """A forked ``python -m lightning_gpt`` child, driven like a ``subprocess.Popen``."""
+
+    def __init__(self, args: list[str], pid: int, conn: socket.socket, pipes: dict[str, Optional[IO]], text: bool):
+        self.args, self.pid, self.returncode = args, pid, None
+        self._conn, self._text = conn, text
+        self.stdin, self.stdout, self.stderr = pipes["stdin"], pipes["stdout"], pipes["stderr"]
+        self._out: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+
+    def _status(self, timeout: Optional[float]) -> Optional[int]:
+        global _child_cpu
+        if self.returncode is None:
+            self._conn.settimeout(timeout)
+            try:
+                message = self._conn.recv(256)
+            except (TimeoutError, BlockingIOError):
+                return None
+            if not message:
+                raise RuntimeError(f"the test zygote ended before reporting child {self.pid}")
+            status = json.loads(message)
+            self.returncode = status["returncode"]
+            _child_cpu += status["cpu_s"]
+            self._conn.close()
+        return self.returncode
+
+    def poll(self) -> Optional[int]:
+        return self._status(0.0)
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        code = self._status(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return code
+
+    def communicate(self, input: Any = None, timeout: Optional[float] = None) -> tuple[Any, Any]:
+        """Read the pipes to their end (kept across a ``TimeoutExpired``), then wait for the exit status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.stdin is not None:
+            if input:
+                self.stdin.write(input)
+            self.stdin.close()
+            self.stdin = None
+        open_pipes = {name: getattr(self, name) for name in self._out if getattr(self, name) is not None}
+        with selectors.DefaultSelector() as sel:
+            for name, pipe in open_pipes.items():
+                sel.register(pipe.fileno(), selectors.EVENT_READ, name)
+            while sel.get_map():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                events = sel.select(left)
+                if not events and left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+                for key, _ in events:
+                    chunk = os.read(key.fd, 65536)
+                    if chunk:
+                        self._out[key.data] += chunk
+                    else:
+                        sel.unregister(key.fd)
+        for name, pipe in open_pipes.items():
+            pipe.close()
+            setattr(self, name, None)
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        results = [bytes(self._out[n]) if n in open_pipes else None for n in ("stdout", "stderr")]
+        if self._text:
+            results = [None if r is None else _translate(r) for r in results]
+        return results[0], results[1]
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> ZygoteProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            if pipe is not None:
+                pipe.close()
+        self.wait()
+
+
+def _translate(data: bytes) -> str:
+    """Bytes to text as ``subprocess`` does in text mode (the locale's encoding, universal newlines)."""
+    import locale
+
+    return data.decode(locale.getpreferredencoding(False)).replace("\r\n", "\n").replace("\r", "\n")
+
+
+Stream = Union[None, int, IO]
+
+
+def popen(
+    args: list[Any],
+    *,
+    cwd: Any = None,
+    env: Optional[dict[str, str]] = None,
+    stdin: Stream = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+    text: bool = False,
+    start_new_session: bool = False,
+) -> Union[ZygoteProcess, subprocess.Popen]:
+    """``subprocess.Popen(args, ...)`` for ``[sys.executable, "-m", "lightning_gpt", ...]``, forked from the zygote.
+
+    Args:
+        args: the command line (``str()`` of each item); ``cwd``: its working directory (default: this one);
+        env: its whole environment (default: this process's); ``stdin``/``stdout``/``stderr``: ``None`` (this
+        process's), ``subprocess.PIPE``, ``subprocess.DEVNULL``, ``subprocess.STDOUT`` (stderr only) or an open file;
+        text: pipes read as text; start_new_session: the child calls ``setsid()`` (its pid is its process group's).
+
+    Raises:
+        RuntimeError: the zygote died.
+    """
+    args = [str(a) for a in args]
+    env = dict(os.environ if env is None else env)
+    where = os.path.abspath(cwd or os.getcwd())
+    with _lock:
+        zygote = _start() if _enabled() else None
+        if zygote is None or not _forkable(args, where, env, zygote[2]):
+            return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+                                    start_new_session=start_new_session)  # fmt: skip
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        fds, close, pipes = [], [], {}
+        for name, spec, default in (("stdin", stdin, 0), ("stdout", stdout, 1), ("stderr", stderr, 2)):
+            pipes[name] = None
+            if spec is None:
+                fds.append(default)
+            elif spec == subprocess.DEVNULL:
+                fd = os.open(os.devnull, os.O_RDWR)
+                fds.append(fd), close.append(fd)
+            elif spec == subprocess.STDOUT:
+                fds.append(fds[1])
+            elif spec == subprocess.PIPE:
+                read, write = os.pipe()
+                child, mine = (read, write) if name == "stdin" else (write, read)
+                fds.append(child), close.append(child)
+                mode = ("w" if name == "stdin" else "r") if text else ("wb" if name == "stdin" else "rb")
+                pipes[name] = open(mine, mode)
+            else:
+                fds.append(spec if isinstance(spec, int) else spec.fileno())
+        request = {"argv": args[3:], "cwd": where, "env": env}
+        request["new_session"] = start_new_session
+        socket.send_fds(zygote[1], [json.dumps(request).encode()], [theirs.fileno(), *fds])
+        theirs.close()
+        for fd in close:
+            os.close(fd)
+        reply = ours.recv(256)
+        if not reply:
+            raise RuntimeError("the test zygote ended before it forked")
+        return ZygoteProcess(args, json.loads(reply)["pid"], ours, pipes, text)
+
+
+def run(
+    args: list[Any],
+    *,
+    cwd: Any = None,
+    env: Optional[dict[str, str]] = None,
+    capture_output: bool = False,
+    text: bool = False,
+    timeout: Optional[float] = None,
+    input: Any = None,
+    stdout: Stream = None,
+    stderr: Stream = None,
+) -> subprocess.CompletedProcess:
+    """``subprocess.run`` through ``popen``: on ``timeout`` the child is killed and ``TimeoutExpired`` raised."""
+    if capture_output:
+        stdout = stderr = subprocess.PIPE
+    stdin = subprocess.PIPE if input is not None else None
+    proc = popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.wait(), out, err)
+
+
+# --- the zygote process itself -----------------------------------------------------------------------------------
+
+
+def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """Fork one child per request; report each child's pid, then its exit status. Returns only in a child."""
+    sel = selectors.DefaultSelector()
+    sel.register(control, selectors.EVENT_READ, None)
+    control.send(b"ready")
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                message, fds, _, _ = socket.recv_fds(control, 1 << 20, 8)
+                if not message:
+                    os._exit(0)  # the test process is gone (or done)
+                conn_fd, stdio = fds[0], fds[1:]
+                pid = os.fork()
+                if pid == 0:  # the child: nothing of the zygote's stays open
+                    for other in list(sel.get_map().values()):
+                        if other.data is not None:
+                            os.close(other.fd)
+                            other.data[1].close()
+                    sel.close()
+                    control.close()
+                    os.close(conn_fd)
+                    return json.loads(message), stdio
+                for fd in fds[1:]:
+                    os.close(fd)
+                conn = socket.socket(fileno=conn_fd)
+                conn.send(json.dumps({"pid": pid}).encode())
+                sel.register(os.pidfd_open(pid), selectors.EVENT_READ, (pid, conn))
+            else:
+                pid, conn = key.data
+                _, status, usage = os.wait4(pid, 0)
+                sel.unregister(key.fd)
+                os.close(key.fd)
+                cpu = usage.ru_utime + usage.ru_stime
+                try:
+                    conn.send(json.dumps({"returncode": os.waitstatus_to_exitcode(status), "cpu_s": cpu}).encode())
+                except OSError:
+                    pass  # the test no longer listens
+                conn.close()
+
+
+def _become(request: dict[str, Any], stdio: list[int]) -> None:
+    """In the forked child: the call's session, streams, directory, environment, ``sys.path`` and ``sys.argv``."""
+    import random
+    import tempfile
+
+    if request["new_session"]:
+        os.setsid()
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)
+    for fd in set(stdio) - {0, 1, 2}:
+        os.close(fd)
+    os.chdir(request["cwd"])
+    old_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ.clear()
+    os.environ.update(request["env"])
+    new_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    rest = [p for p in sys.path[1:] if p not in old_path]
+    sys.path[:] = [request["cwd"], *new_path, *rest]  # as `python -m` builds it: the directory, PYTHONPATH, site
+    sys.argv[:] = ["-m", *request["argv"]]
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    tempfile.tempdir = None
+
+
+def _main() -> None:
+    import importlib
+
+    control = socket.socket(fileno=int(sys.argv[1]))
+    for name in WARM:
+        importlib.import_module(name)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the imported objects stay out of the children's collections (each would copy every page it touches)
+    if threading.active_count() != 1:  # a fork copies only the calling thread
+        raise RuntimeError(f"the zygote must not run threads before it forks: {threading.enumerate()}")
+    request, stdio = _serve(control)
+    _become(request, stdio)
+    import runpy
+
+    runpy.run_module("lightning_gpt", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    _main()
