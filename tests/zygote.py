@@ -179,9 +179,8 @@ class ZygoteProcess:
             pipe.close()
             setattr(self, name, None)
         self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        results = [bytes(self._out[n]) if n in open_pipes else None for n in ("stdout", "stderr")]
-        if self._text:
-            results = [None if r is None else _translate(r) for r in results]
+        raw = [bytes(self._out[n]) if n in open_pipes else None for n in ("stdout", "stderr")]
+        results: list[Any] = [None if r is None else _translate(r) for r in raw] if self._text else raw
         return results[0], results[1]
 
     def send_signal(self, sig: int) -> None:
@@ -245,26 +244,29 @@ def popen(
             return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
                                     start_new_session=start_new_session)  # fmt: skip
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        fds, close, pipes = [], [], {}
+        fds: list[int] = []
+        close: list[int] = []
+        pipes: dict[str, Optional[IO]] = {}
         for name, spec, default in (("stdin", stdin, 0), ("stdout", stdout, 1), ("stderr", stderr, 2)):
             pipes[name] = None
             if spec is None:
                 fds.append(default)
             elif spec == subprocess.DEVNULL:
                 fd = os.open(os.devnull, os.O_RDWR)
-                fds.append(fd), close.append(fd)
+                fds.append(fd)
+                close.append(fd)
             elif spec == subprocess.STDOUT:
                 fds.append(fds[1])
             elif spec == subprocess.PIPE:
                 read, write = os.pipe()
                 child, mine = (read, write) if name == "stdin" else (write, read)
-                fds.append(child), close.append(child)
+                fds.append(child)
+                close.append(child)
                 mode = ("w" if name == "stdin" else "r") if text else ("wb" if name == "stdin" else "rb")
                 pipes[name] = open(mine, mode)
             else:
                 fds.append(spec if isinstance(spec, int) else spec.fileno())
-        request = {"argv": args[3:], "cwd": where, "env": env}
-        request["new_session"] = start_new_session
+        request = {"argv": args[3:], "cwd": where, "env": env, "new_session": start_new_session}
         socket.send_fds(zygote[1], [json.dumps(request).encode()], [theirs.fileno(), *fds])
         theirs.close()
         for fd in close:

@@ -10,7 +10,7 @@ the object store; the two "nodes" prepare that folder together (``DATA_OPTIMIZER
   weights equal those of the uninterrupted launch, bit for bit.
 - The same two nodes through the SLURM environment Lightning reads (``SLURM_NTASKS``, ``SLURM_PROCID``... set by hand
   on loopback, what ``srun`` sets on a cluster), i.e. the recipe's ``srun python -m lightning_gpt fit`` line, train to
-  the same weights.
+  the same weights: that uninterrupted launch is the reference the torchrun launches resume to.
 
 The ``prepare`` nodes and the SLURM pair are ``python -m lightning_gpt`` processes forked from ``tests/zygote.py``
 (the command imported once); torchrun's agents and the workers they start are fresh interpreters.
@@ -218,10 +218,29 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(base) -> dict[str, torch.Tensor]:
-    for code, log in _wait(_torchrun(base, "full")):
+def slurm(base) -> list[tuple[int, str]]:
+    """The recipe's ``srun python -m lightning_gpt fit`` line on two "nodes", uninterrupted: the variables ``srun``
+    sets, by hand on loopback. Each process's exit status and output."""
+    port = str(_free_port())
+    processes = []
+    for rank in (0, 1):
+        env = _env(base)
+        env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_PROCID=str(rank), SLURM_LOCALID="0",
+                   SLURM_NODEID=str(rank), SLURM_JOB_ID="4242", SLURM_JOB_NAME="gpt2-fsdp",
+                   SLURM_NODELIST="node[0-1]", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
+            env.pop(name, None)
+        processes.append(zygote.popen([sys.executable, *_fit_args(base, "slurm")], cwd=base, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    return _wait(processes)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base, slurm) -> dict[str, torch.Tensor]:
+    """The final weights of the uninterrupted two-node run (the SLURM one: torchrun's launches must end on them)."""
+    for code, log in slurm:
         assert code == 0, log[-3000:]
-    return _final(base, "full")
+    return _final(base, "slurm")
 
 
 def test_two_torchrun_nodes_sigterm_to_one_agent_then_a_lost_node_resume_to_the_uninterrupted_weights(
@@ -235,7 +254,8 @@ def test_two_torchrun_nodes_sigterm_to_one_agent_then_a_lost_node_resume_to_the_
        exit 143, within torchrun's 30 s grace.
     2. Resumed with ``--ckpt_path last``, the node of rank 1 dies (SIGKILL to its agent and worker) after step 5; the
        survivor exits with an error; ``last.ckpt`` is the periodic step-4 folder.
-    3. Resumed again: the final weights equal the uninterrupted run's, bit for bit.
+    3. Resumed again: the final weights equal the uninterrupted run's (the SLURM launch, ``slurm``), bit for bit: the
+       torchrun line and the srun line train the same model, and the stops and resumes change nothing.
     """
     last = base / "stopped" / "checkpoints" / "last.ckpt"
     term = '{"class_path": "multinode_helpers.AgentTerminated", "init_args": {"rank": 1, "step": 3}}'
@@ -259,19 +279,10 @@ def test_two_torchrun_nodes_sigterm_to_one_agent_then_a_lost_node_resume_to_the_
     _equal(_final(base, "stopped"), uninterrupted)
 
 
-def test_the_same_two_nodes_under_slurm_variables(base, uninterrupted):
-    port = str(_free_port())
-    processes = []
-    for rank in (0, 1):
-        env = _env(base)
-        env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_PROCID=str(rank), SLURM_LOCALID="0",
-                   SLURM_NODEID=str(rank), SLURM_JOB_ID="4242", SLURM_JOB_NAME="gpt2-fsdp",
-                   SLURM_NODELIST="node[0-1]", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
-            env.pop(name, None)
-        processes.append(zygote.popen([sys.executable, *_fit_args(base, "slurm")], cwd=base, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
-    for code, log in _wait(processes):
+def test_the_same_two_nodes_under_slurm_variables(base, slurm, uninterrupted):
+    """The two SLURM processes (``slurm``) trained to step 6 and saved the recipe's sharded checkpoint (both checked
+    by ``uninterrupted``); that their weights equal torchrun's is checked by the torchrun test above, which resumes to
+    exactly them."""
+    for code, log in slurm:
         assert code == 0, log[-3000:]
         assert "GLOBAL_RANK" in log or "MEMBER" in log  # Lightning set up the two-process group itself
-    _equal(_final(base, "slurm"), uninterrupted)
