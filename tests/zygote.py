@@ -24,6 +24,7 @@ sends its exit status and CPU time (``children_cpu()``, read by ``benchmarks/pyt
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import selectors
@@ -48,8 +49,10 @@ WARM = (
     "lightning_gpt.io.checkpoint",
 )
 # Variables read when a command runs, not when its modules are imported: a call may set them to anything.
-RUNTIME_VARIABLES = ("PYTEST_CURRENT_TEST", "TMPDIR", "PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")
-RUNTIME_PREFIXES = ("LIGHTNING_GPT_", "DATA_OPTIMIZER_", "SLURM_", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+RUNTIME_VARIABLES = {"PYTEST_CURRENT_TEST", "TMPDIR", "PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE"}
+RUNTIME_VARIABLES |= {"RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"}
+# PL_: Lightning's own (PL_GLOBAL_SEED, which an in-process fit of an earlier test sets in this process).
+RUNTIME_PREFIXES = ("LIGHTNING_GPT_", "DATA_OPTIMIZER_", "SLURM_", "PL_")
 
 _lock = threading.Lock()
 _zygote: Optional[tuple[subprocess.Popen, socket.socket, dict[str, str]]] = None
@@ -105,17 +108,26 @@ def _stop() -> None:
 
 
 def _forkable(args: list[str], cwd: str, env: dict[str, str], zygote_env: dict[str, str]) -> bool:
+    """Whether the zygote can stand for a fresh interpreter here; a warning names what rules it out (except a command
+    other than ``python -m lightning_gpt``, which the zygote never runs)."""
     if tuple(str(a) for a in args[:3]) != COMMAND:
         return False
     # The zygote imported lightning_gpt from its PYTHONPATH: the child's path must find that same copy first.
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if not all(p in path or p == cwd for p in zygote_env["PYTHONPATH"].split(os.pathsep) if p):
-        return False
-    for key in set(env) | set(zygote_env):
+    why = (
+        [f"PYTHONPATH={env.get('PYTHONPATH')!r}"]
+        if not all(p in path or p == cwd for p in zygote_env["PYTHONPATH"].split(os.pathsep) if p)
+        else []
+    )
+    for key in sorted(set(env) | set(zygote_env)):
         if env.get(key) != zygote_env.get(key):
             if key not in RUNTIME_VARIABLES and not key.startswith(RUNTIME_PREFIXES):
-                return False
-    return True
+                why.append(f"{key}={env.get(key)!r} (the zygote has {zygote_env.get(key)!r})")
+    if why:
+        import warnings
+
+        warnings.warn(f"tests/zygote.py: a fresh interpreter for {args[3:5]}: {', '.join(why)}", stacklevel=3)
+    return not why
 
 
 class ZygoteProcess:
@@ -223,6 +235,7 @@ def popen(
     stderr: Stream = None,
     text: bool = False,
     start_new_session: bool = False,
+    file_size_limit: Optional[int] = None,
 ) -> Union[ZygoteProcess, subprocess.Popen]:
     """``subprocess.Popen(args, ...)`` for ``[sys.executable, "-m", "lightning_gpt", ...]``, forked from the zygote.
 
@@ -231,6 +244,8 @@ def popen(
         env: its whole environment (default: this process's); ``stdin``/``stdout``/``stderr``: ``None`` (this
         process's), ``subprocess.PIPE``, ``subprocess.DEVNULL``, ``subprocess.STDOUT`` (stderr only) or an open file;
         text: pipes read as text; start_new_session: the child calls ``setsid()`` (its pid is its process group's).
+        file_size_limit: bytes, the child's ``RLIMIT_FSIZE`` (``ulimit -f``) with ``SIGXFSZ`` ignored, so that a write
+        past it fails with ``EFBIG`` (``None``: no limit set).
 
     Raises:
         RuntimeError: the zygote died.
@@ -241,8 +256,9 @@ def popen(
     with _lock:
         zygote = _start() if _enabled() else None
         if zygote is None or not _forkable(args, where, env, zygote[2]):
+            limit = None if file_size_limit is None else functools.partial(_limit_file_size, file_size_limit)
             return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
-                                    start_new_session=start_new_session)  # fmt: skip
+                                    start_new_session=start_new_session, preexec_fn=limit)  # fmt: skip
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fds: list[int] = []
         close: list[int] = []
@@ -267,14 +283,15 @@ def popen(
             else:
                 fds.append(spec if isinstance(spec, int) else spec.fileno())
         request = {"argv": args[3:], "cwd": where, "env": env, "new_session": start_new_session}
+        request["file_size_limit"] = file_size_limit
         socket.send_fds(zygote[1], [json.dumps(request).encode()], [theirs.fileno(), *fds])
         theirs.close()
         for fd in close:
             os.close(fd)
-        reply = ours.recv(256)
-        if not reply:
-            raise RuntimeError("the test zygote ended before it forked")
-        return ZygoteProcess(args, json.loads(reply)["pid"], ours, pipes, text)
+        reply = json.loads(ours.recv(256) or b"{}")
+        if "pid" not in reply:  # the zygote died, or the child before it was set up (its status instead)
+            raise RuntimeError(f"the test zygote could not start {args[3:5]}: {reply}")
+        return ZygoteProcess(args, reply["pid"], ours, pipes, text)
 
 
 def run(
@@ -288,12 +305,14 @@ def run(
     input: Any = None,
     stdout: Stream = None,
     stderr: Stream = None,
+    file_size_limit: Optional[int] = None,
 ) -> subprocess.CompletedProcess:
     """``subprocess.run`` through ``popen``: on ``timeout`` the child is killed and ``TimeoutExpired`` raised."""
     if capture_output:
         stdout = stderr = subprocess.PIPE
     stdin = subprocess.PIPE if input is not None else None
-    proc = popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text)
+    proc = popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
+                 file_size_limit=file_size_limit)  # fmt: skip
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -306,8 +325,9 @@ def run(
 # --- the zygote process itself -----------------------------------------------------------------------------------
 
 
-def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """Fork one child per request; report each child's pid, then its exit status. Returns only in a child."""
+def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int], int]:
+    """Fork one child per request (which reports its pid once it is set up: ``_become``); report each child's exit
+    status when it ends. Returns only in a child: the request, its stdin/stdout/stderr and its reply socket."""
     sel = selectors.DefaultSelector()
     sel.register(control, selectors.EVENT_READ, None)
     control.send(b"ready")
@@ -326,12 +346,10 @@ def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int]]:
                             other.data[1].close()
                     sel.close()
                     control.close()
-                    os.close(conn_fd)
-                    return json.loads(message), stdio
+                    return json.loads(message), stdio, conn_fd
                 for fd in fds[1:]:
                     os.close(fd)
                 conn = socket.socket(fileno=conn_fd)
-                conn.send(json.dumps({"pid": pid}).encode())
                 sel.register(os.pidfd_open(pid), selectors.EVENT_READ, (pid, conn))
             else:
                 pid, conn = key.data
@@ -346,13 +364,24 @@ def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int]]:
                 conn.close()
 
 
-def _become(request: dict[str, Any], stdio: list[int]) -> None:
-    """In the forked child: the call's session, streams, directory, environment, ``sys.path`` and ``sys.argv``."""
+def _limit_file_size(max_bytes: int) -> None:
+    """``ulimit -f``: a write past ``max_bytes`` fails with ``EFBIG`` (``SIGXFSZ`` ignored, not the process killed)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
+def _become(request: dict[str, Any], stdio: list[int], reply: int) -> None:
+    """In the forked child: the call's session, streams, directory, environment, ``sys.path`` and ``sys.argv``; then
+    its pid to the caller (as ``Popen`` returns once the child is set up and ``exec`` succeeded)."""
     import random
     import tempfile
 
     if request["new_session"]:
         os.setsid()
+    if request["file_size_limit"] is not None:
+        _limit_file_size(request["file_size_limit"])
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
     for fd in set(stdio) - {0, 1, 2}:
@@ -369,6 +398,8 @@ def _become(request: dict[str, Any], stdio: list[int]) -> None:
     if "numpy" in sys.modules:
         sys.modules["numpy"].random.seed()
     tempfile.tempdir = None
+    with socket.socket(fileno=reply) as conn:
+        conn.send(json.dumps({"pid": os.getpid()}).encode())
 
 
 def _main() -> None:
@@ -383,8 +414,7 @@ def _main() -> None:
     gc.freeze()  # the imported objects stay out of the children's collections (each would copy every page it touches)
     if threading.active_count() != 1:  # a fork copies only the calling thread
         raise RuntimeError(f"the zygote must not run threads before it forks: {threading.enumerate()}")
-    request, stdio = _serve(control)
-    _become(request, stdio)
+    _become(*_serve(control))
     import runpy
 
     runpy.run_module("lightning_gpt", run_name="__main__", alter_sys=True)
