@@ -56,6 +56,7 @@ RUNTIME_PREFIXES = ("LIGHTNING_GPT_", "DATA_OPTIMIZER_", "SLURM_", "PL_")
 
 _lock = threading.Lock()
 _zygote: Optional[tuple[subprocess.Popen, socket.socket, dict[str, str]]] = None
+_retired: list[subprocess.Popen] = []  # zygotes replaced (or stopped) whose children may still run
 _child_cpu = 0.0
 
 
@@ -77,10 +78,17 @@ def _zygote_env() -> dict[str, str]:
 
 
 def _start() -> tuple[subprocess.Popen, socket.socket, dict[str, str]]:
+    """The zygote, started (again) when there is none or when this process's own environment has changed since in a
+    variable read at import time (an in-process test sets some: ``LITDATA_DISABLE_VERSION_CHECK``...). A replaced
+    zygote forks no more and ends once its running children have."""
     global _zygote
-    if _zygote is None or _zygote[0].poll() is not None:
+    env = _zygote_env()
+    if _zygote is not None and (_zygote[0].poll() is not None or _import_time_differences(env, _zygote[2])):
+        _zygote[1].close()
+        _retired.append(_zygote[0])
+        _zygote = None
+    if _zygote is None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = _zygote_env()
         proc = subprocess.Popen(
             [PYTHON, "-m", "tests.zygote", str(theirs.fileno())], env=env, pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
@@ -89,22 +97,35 @@ def _start() -> tuple[subprocess.Popen, socket.socket, dict[str, str]]:
         ready = ours.recv(64)
         if ready != b"ready":
             raise RuntimeError(f"the test zygote did not start (exit status {proc.wait()})")
+        if _zygote is None and not _retired:
+            atexit.register(_stop)
         _zygote = (proc, ours, env)
-        atexit.register(_stop)
     return _zygote
 
 
 def _stop() -> None:
+    """Close the zygotes' sockets (each ends once its children have) and wait for them (10 s each, then SIGKILL)."""
     global _zygote
     if _zygote is not None:
-        proc, sock, _ = _zygote
-        sock.close()  # the zygote exits when its socket closes
+        _zygote[1].close()
+        _retired.append(_zygote[0])
+        _zygote = None
+    while _retired:
+        proc = _retired.pop()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        _zygote = None
+
+
+def _import_time_differences(env: dict[str, str], zygote_env: dict[str, str]) -> list[str]:
+    """The variables of ``env`` outside ``RUNTIME_VARIABLES`` / ``RUNTIME_PREFIXES`` that differ from the zygote's."""
+    return [
+        f"{key}={env.get(key)!r} (the zygote has {zygote_env.get(key)!r})"
+        for key in sorted(set(env) | set(zygote_env))
+        if env.get(key) != zygote_env.get(key) and key not in RUNTIME_VARIABLES and not key.startswith(RUNTIME_PREFIXES)
+    ]
 
 
 def _forkable(args: list[str], cwd: str, env: dict[str, str], zygote_env: dict[str, str]) -> bool:
@@ -119,10 +140,7 @@ def _forkable(args: list[str], cwd: str, env: dict[str, str], zygote_env: dict[s
         if not all(p in path or p == cwd for p in zygote_env["PYTHONPATH"].split(os.pathsep) if p)
         else []
     )
-    for key in sorted(set(env) | set(zygote_env)):
-        if env.get(key) != zygote_env.get(key):
-            if key not in RUNTIME_VARIABLES and not key.startswith(RUNTIME_PREFIXES):
-                why.append(f"{key}={env.get(key)!r} (the zygote has {zygote_env.get(key)!r})")
+    why += _import_time_differences(env, zygote_env)
     if why:
         import warnings
 
@@ -335,8 +353,11 @@ def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int], int]:
         for key, _ in sel.select():
             if key.data is None:
                 message, fds, _, _ = socket.recv_fds(control, 1 << 20, 8)
-                if not message:
-                    os._exit(0)  # the test process is gone (or done)
+                if not message:  # the test process is done with this zygote (or gone): end after the children
+                    sel.unregister(control)
+                    if not sel.get_map():
+                        os._exit(0)
+                    continue
                 conn_fd, stdio = fds[0], fds[1:]
                 pid = os.fork()
                 if pid == 0:  # the child: nothing of the zygote's stays open
@@ -362,6 +383,8 @@ def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int], int]:
                 except OSError:
                     pass  # the test no longer listens
                 conn.close()
+                if not sel.get_map():  # the last child of a zygote no longer asked for more
+                    os._exit(0)
 
 
 def _limit_file_size(max_bytes: int) -> None:
