@@ -35,20 +35,21 @@ os.environ.setdefault("LIGHTNING_GPT_CACHE", os.path.join(os.environ.get("TMPDIR
 # --no-loadscope-reorder`, pyproject.toml) hands files to its workers in collection order, so these start first and
 # the many short files fill in at the end; by default xdist starts the files with the most tests first, which left
 # the two-node runs for last while the other worker sat idle. Only an order: a file missing here runs after them.
-# Measured with `python -m pytest -n 2 --durations=0` (per-file sums).
+# Measured with `python benchmarks/suite_times.py -- -n 2 --durations=0` (per-file sums of wall time, 2026-12-06,
+# with the command's children forked from tests/zygote.py; benchmarks/results/test_suite.md).
 SLOWEST_FILES = (
     "training/test_distributed.py",
     "training/test_multinode.py",
     "data/test_data_processes.py",
     "data/test_prepared.py",
-    "reliability/test_faults.py",
     "evaluation/test_harness.py",
-    "reliability/test_full_disk.py",
+    "training/test_module.py",
     "io/test_deploy.py",
-    "cli/test_cli.py",
-    "test_gpu_check.py",
+    "generation/test_compile.py",
+    "reliability/test_hostile_files.py",
     "test_readme.py",
-    "reliability/test_interrupted_writers.py",
+    "data/test_source_cli.py",
+    "test_gpu_check.py",
 )
 
 
