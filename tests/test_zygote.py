@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 import pytest
 
 from tests import zygote
