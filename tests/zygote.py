@@ -11,10 +11,14 @@ Before it runs, the fork takes the call's environment, working directory and ``P
 ``sys.path``), reseeds ``random`` and NumPy from the OS, and forgets ``tempfile``'s cached folder.
 
 A call falls back to a plain ``subprocess.Popen`` (a fresh interpreter) when its command is not ``[sys.executable,
-"-m", "lightning_gpt", ...]``, when its environment differs from the zygote's in a variable read at import time
-(anything outside ``RUNTIME_VARIABLES``), or with ``LIGHTNING_GPT_TEST_ZYGOTE=0``: run a file with that to check
-that its tests pass the same with fresh interpreters. Tests that look at start-up itself (import times, which modules
-a command imports) keep using ``subprocess`` directly.
+"-m", "lightning_gpt", ...]``, when its environment differs from the zygote's in a variable that may be read at import
+time (anything outside ``RUNTIME_VARIABLES`` / ``RUNTIME_PREFIXES``; a warning names it; when this process's own
+environment changed so, the zygote is started again with it first), without ``os.pidfd_open`` (not Linux), or with
+``LIGHTNING_GPT_TEST_ZYGOTE=0``: run a file with that to check that its tests pass the same with fresh interpreters.
+Tests that look at start-up itself (import times, which modules a command imports) keep using ``subprocess``.
+
+What differs from a fresh interpreter: the ``WARM`` modules are imported already (whatever the command), the string
+hash seed is the zygote's, and an uncaught exception's traceback starts with the zygote's frames.
 
 The returned object has the ``subprocess.Popen`` methods the tests use (``pid``, ``returncode``, ``poll``, ``wait``,
 ``communicate``, ``send_signal``, ``terminate``, ``kill``, ``stdout``/``stderr`` pipes); the zygote reaps the child and
@@ -66,7 +70,8 @@ def children_cpu() -> float:
 
 
 def _enabled() -> bool:
-    return os.environ.get("LIGHTNING_GPT_TEST_ZYGOTE", "1") != "0"
+    """On unless ``LIGHTNING_GPT_TEST_ZYGOTE=0``, where the zygote can wait on its children's pidfds (Linux 5.3+)."""
+    return os.environ.get("LIGHTNING_GPT_TEST_ZYGOTE", "1") != "0" and hasattr(os, "pidfd_open")
 
 
 def _zygote_env() -> dict[str, str]:
