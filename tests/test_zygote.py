@@ -13,7 +13,9 @@ import pytest
 from tests import zygote
 from tests.helpers import PYTHON, REPO, python_env
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the zygote waits on pidfds (Linux)")
+pytestmark = pytest.mark.skipif(
+    not zygote._enabled(), reason="the zygote is off (LIGHTNING_GPT_TEST_ZYGOTE=0, or no os.pidfd_open: not Linux)"
+)
 
 
 def test_a_forked_command_matches_a_fresh_interpreter(trained):
