@@ -5,9 +5,9 @@ the object store; the two "nodes" prepare that folder together (``DATA_OPTIMIZER
 ``DATA_OPTIMIZER_NODE_RANK``), and it holds every document once.
 
 - Two ``torchrun`` agents (``--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d``, rendezvous on 127.0.0.1) run the
-  recipe's torchrun line; in a second run one node's agent gets SIGTERM (both nodes save and stop), then, resumed,
-  a node dies (its agent and its worker get SIGKILL; the survivor exits with an error); resumed again, the final
-  weights equal those of the uninterrupted launch, bit for bit.
+  recipe's torchrun line: one node's agent gets SIGTERM (both nodes save and stop), then, resumed, a node dies (its
+  agent and its worker get SIGKILL; the survivor exits with an error); resumed again, the final weights equal those
+  of the uninterrupted launch (the SLURM one below), bit for bit.
 - The same two nodes through the SLURM environment Lightning reads (``SLURM_NTASKS``, ``SLURM_PROCID``... set by hand
   on loopback, what ``srun`` sets on a cluster), i.e. the recipe's ``srun python -m lightning_gpt fit`` line, train to
   the same weights: that uninterrupted launch is the reference the torchrun launches resume to.
