@@ -3,9 +3,10 @@
 Use: ``PYTEST_CPU_TIMES=/path/times.jsonl python -m pytest -p benchmarks.pytest_cpu_times ...``. Each test (setup, call
 and teardown together) appends one JSON line ``{"nodeid", "wall_s", "cpu_s", "children_cpu_s"}``: ``cpu_s`` is this
 process's user+system time (``time.process_time``), ``children_cpu_s`` that of child processes that ended and were
-waited for during the test (``resource.getrusage(RUSAGE_CHILDREN)``). Under pytest-xdist every worker appends its own
-lines (one ``write`` of one short line each, so lines do not interleave). Wall time on a loaded machine says little;
-CPU time is what a test costs whatever else runs.
+waited for during the test (``resource.getrusage(RUSAGE_CHILDREN)``, plus those that ``tests/zygote.py`` forked and
+reaped for it; not the orphans: the second rank Lightning starts is nobody's child once the first exits). Under
+pytest-xdist every worker appends its own lines (one ``write`` of one short line each, so lines do not interleave).
+Wall time on a loaded machine says little; CPU time is what a test costs whatever else runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 import time
 from typing import Any, Generator
 
@@ -21,7 +23,8 @@ import pytest
 
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    zygote = sys.modules.get("tests.zygote")  # children forked by tests/zygote.py: reaped there, not here
+    return usage.ru_utime + usage.ru_stime + (zygote.children_cpu() if zygote else 0.0)
 
 
 @pytest.hookimpl(hookwrapper=True)

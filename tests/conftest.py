@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 import torch
+import torch._inductor.config
 
 from tests.helpers import build_once, tiny_config, write_corpus, write_yaml, yaml_factory
 from tests.interrupt import pytest_configure, pytest_keyboard_interrupt, pytest_runtest_protocol  # noqa: F401 (hooks)
@@ -17,6 +18,11 @@ from tests.interrupt import pytest_configure, pytest_keyboard_interrupt, pytest_
 # The tests use tiny models: one thread is faster than several that wait on each other, and a CI machine has 2 cores.
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Inductor (the compile tests) compiles its kernels in this process instead of a pool of worker interpreters that each
+# import torch: test_compile.py's compiled-greedy test took 38.8 CPU-s instead of 46.6 (cold caches, load average 5).
+# The variable for child processes; the setting itself here (Lightning's import read the variable already).
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+torch._inductor.config.compile_threads = int(os.environ["TORCHINDUCTOR_COMPILE_THREADS"])
 # Token and tokenizer caches of a test run never land in the user's home directory.
 # One per pytest-xdist worker: tests that look at what the cache holds see only their own worker's entries.
 _CACHE = "lightning_gpt_test_cache" + (
@@ -29,21 +35,22 @@ os.environ.setdefault("LIGHTNING_GPT_CACHE", os.path.join(os.environ.get("TMPDIR
 # --no-loadscope-reorder`, pyproject.toml) hands files to its workers in collection order, so these start first and
 # the many short files fill in at the end; by default xdist starts the files with the most tests first, which left
 # the two-node runs for last while the other worker sat idle. Only an order: a file missing here runs after them.
-# Measured with `python -m pytest -n 2 --durations=0` (per-file sums).
+# Measured with `python benchmarks/suite_times.py -- -n 2 --durations=0` (per-file sums of wall time, 2026-12-06,
+# with the command's children forked from tests/zygote.py; benchmarks/results/test_suite.md).
 SLOWEST_FILES = (
     "training/test_distributed.py",
     "training/test_multinode.py",
     "data/test_data_processes.py",
     "data/test_prepared.py",
     "data/test_object_store.py",
-    "reliability/test_faults.py",
     "evaluation/test_harness.py",
-    "reliability/test_full_disk.py",
+    "training/test_module.py",
     "io/test_deploy.py",
-    "cli/test_cli.py",
-    "test_gpu_check.py",
+    "generation/test_compile.py",
+    "reliability/test_hostile_files.py",
     "test_readme.py",
-    "reliability/test_interrupted_writers.py",
+    "data/test_source_cli.py",
+    "test_gpu_check.py",
 )
 
 

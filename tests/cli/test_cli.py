@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import MORE_WORDS, write_corpus, yaml_factory
+from tests import zygote
+from tests.helpers import MORE_WORDS, python_env, write_corpus, yaml_factory
 
 # This file's runs: validation every 2 steps, dropout on, a short fixed schedule (on tests/helpers.tiny_config).
 CLI_RUN: dict[str, Any] = {
@@ -235,9 +236,8 @@ def test_ctrl_c_saves_a_resumable_checkpoint(run_yaml, tmp_path):
         **{"trainer.max_steps": 100000, "checkpoint.every_n_train_steps": 1, "trainer.limit_val_batches": 0},
         **{"trainer.logger": csv_logger, "trainer.log_every_n_steps": 1},
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("LIGHTNING_GPT_TRACEBACK", None)
-    proc = subprocess.Popen(
+    env = python_env()
+    proc = zygote.popen(
         [sys.executable, "-m", "lightning_gpt", "fit", "--config", cfg],
         env=env,
         stdout=subprocess.PIPE,
@@ -262,7 +262,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(run_yaml, tmp_path):
     # Resume two more steps and compare with an uninterrupted run of step + 2 steps (in this process).
     from lightning_gpt.cli import main
 
-    resumed = subprocess.run(
+    resumed = zygote.run(
         [sys.executable, "-m", "lightning_gpt", "fit", "--config", cfg, "--ckpt_path", "last"]
         + ["--trainer.max_steps", str(step + 2)],
         env=env,

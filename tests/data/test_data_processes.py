@@ -1,4 +1,5 @@
-"""Real multi-process runs through the ``lightning-gpt`` command (gloo on CPU):
+"""Real multi-process runs through the ``lightning-gpt`` command (gloo on CPU; the first rank forked from
+``tests/zygote.py``, the second a fresh interpreter that Lightning starts):
 
 - resuming on another number of devices (2 -> 1, 1 -> 2) continues the epoch exactly at the level of global samples;
 - a 2-process ``fit`` whose collective timeout is far below the tokenization time does not die waiting for it.
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
+from tests import zygote
+from tests.helpers import python_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -115,14 +119,13 @@ def _strategy(timeout_minutes: float = 5.0) -> str:
 
 
 def _fit(workdir: Path, name: str, devices: int, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env = python_env()
     env["PYTHONPATH"] = os.pathsep.join([str(workdir), env.get("PYTHONPATH", "")])
-    env.pop("LIGHTNING_GPT_TRACEBACK", None)
     args = [sys.executable, "-m", "lightning_gpt", "fit", "--config", str(workdir / "tiny.yaml")]
     args += ["--trainer.default_root_dir", str(workdir / name), "--trainer.devices", str(devices)]
     if devices > 1:
         args += ["--trainer.strategy", _strategy()]
-    return subprocess.run([*args, *extra], env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    return zygote.run([*args, *extra], env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
 
 
 def _ok(result: subprocess.CompletedProcess) -> None:

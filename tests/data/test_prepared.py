@@ -20,6 +20,7 @@ from lightning_gpt.data.prepared import MANIFEST, is_prepared, prepare_dataset, 
 from lightning_gpt.data.sources import resolve_source
 from lightning_gpt.data.tokenizers import build_tokenizer
 from lightning_gpt.training import TextDataModule
+from tests import zygote
 from tests.data.test_datamodule import Recorder, trainer
 from tests.helpers import PYTHON, REPO, python_env
 
@@ -126,7 +127,7 @@ def test_a_killed_prepare_is_detected_and_redone(tmp_path):
     cmd = [PYTHON, "-m", "lightning_gpt", "prepare", "--data.source", str(corpus), "--output_dir", str(out)]
     cmd += ["--data.cache_dir", str(cache), "--num_workers", "2"]
     env = {**python_env(), "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen(
+    proc = zygote.popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     deadline = time.time() + 120
@@ -137,7 +138,7 @@ def test_a_killed_prepare_is_detected_and_redone(tmp_path):
     assert not (out / MANIFEST).exists()  # never looks complete
     with pytest.raises(ValueError, match="interrupted lightning-gpt prepare"):
         TextDataModule(source=str(out), block_size=8).prepare_data()
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = zygote.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     manifest = read_manifest(str(out))
     docs = list(resolve_source(str(corpus)).documents())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from lightning_gpt.generation import generate
 from lightning_gpt.generation.text import generate_text
 from lightning_gpt.io.checkpoint import load_checkpoint
 from lightning_gpt.training import TextDataModule
+from tests import zygote
 from tests.helpers import (
     PYTHON,
     REPO,
@@ -357,7 +357,7 @@ def test_console_entry_point_prints_one_paragraph_not_a_traceback(tmp_path, corp
     """``python -m lightning_gpt`` (what the console script runs): a runtime user error is one message, exit 2."""
     missing = tmp_path / "missing.txt"
     cfg = write_yaml(tmp_path / "run.yaml", tiny_config(tmp_path / "run", missing, tmp_path / "cache"))
-    proc = subprocess.run(
+    proc = zygote.run(
         [PYTHON, "-m", "lightning_gpt", "fit", "--config", str(cfg)],
         capture_output=True,
         text=True,

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import pytest
 import torch
@@ -26,6 +26,7 @@ import torch
 from lightning_gpt.io.checkpoint import load_checkpoint
 from lightning_gpt.training.module import GPTModule
 from lightning_gpt.training.run_folder import resolve_last_checkpoint
+from tests import zygote
 from tests.helpers import PYTHON, REPO, assert_no_partial_files, python_env, tiny_config, write_yaml
 
 MAX_STEPS = 30
@@ -76,9 +77,9 @@ def check_checkpoint_dir(folder: Path) -> int:
     return step_of(Path(resume_from))
 
 
-def start_fit(config: Path, *extra: str, log: Path) -> subprocess.Popen:
+def start_fit(config: Path, *extra: str, log: Path) -> Any:
     with open(log, "w") as f:
-        return subprocess.Popen(
+        return zygote.popen(
             [PYTHON, "-m", "lightning_gpt", "fit", "--config", str(config), *extra],
             cwd=REPO,
             env=python_env(),
@@ -87,9 +88,7 @@ def start_fit(config: Path, *extra: str, log: Path) -> subprocess.Popen:
         )
 
 
-def wait_for_checkpoint_after(
-    folder: Path, step: int, proc: subprocess.Popen, log: Path, timeout: float = 240
-) -> float:
+def wait_for_checkpoint_after(folder: Path, step: int, proc: Any, log: Path, timeout: float = 240) -> float:
     """Block until the child has written checkpoints two steps past ``step`` (so it is training and saving).
 
     Returns the seconds per training step the child is taking (checkpoint write included).
@@ -130,7 +129,7 @@ def reference(tmp_path_factory, corpus) -> dict[str, Path]:
     return {"last": last, "cache": cache}
 
 
-def kill_while_writing(folder: Path, proc: subprocess.Popen, give_up_after: float) -> bool:
+def kill_while_writing(folder: Path, proc: Any, give_up_after: float) -> bool:
     """SIGKILL ``proc`` the moment a checkpoint is being written (its temporary file exists); True if caught so."""
     deadline = time.monotonic() + give_up_after
     while time.monotonic() < deadline and proc.poll() is None:
@@ -273,7 +272,7 @@ def test_sigterm_during_predict_stops_and_leaves_no_partial_results(tmp_path, tr
     argv = ["predict", "--ckpt_path", str(trained["ckpt"]), "--data.path", str(prompts), "--data.batch_size", "1"]
     argv += ["--model.generation.max_new_tokens", "4", "--writer.output_path", str(out)]
     with open(log, "w") as f:
-        proc = subprocess.Popen(
+        proc = zygote.popen(
             [PYTHON, "-m", "lightning_gpt", *argv], cwd=REPO, env=python_env(), stdout=f, stderr=subprocess.STDOUT
         )
     tmp = out.with_name(out.name + ".tmp")

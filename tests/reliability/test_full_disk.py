@@ -7,7 +7,6 @@ The tmpfs tests need root (or the mount capability); elsewhere they skip and say
 
 from __future__ import annotations
 
-import resource
 import shutil
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from typing import Iterator
 import pytest
 import torch
 
+from tests import zygote
 from tests.helpers import (
     PYTHON,
     REPO,
@@ -128,22 +128,15 @@ def test_config_yaml_and_loss_png_on_a_full_disk(cli, tmp_path, disk, corpus, tr
 # --------------------------------------------------------------------------------------------- RLIMIT_FSIZE
 
 
-def _limited(max_bytes: int):
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() then fails with EFBIG instead of killing the process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
-
-    return apply
-
-
 def _run_limited(argv: list, max_bytes: int) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    """The command under ``ulimit -f max_bytes``, ``SIGXFSZ`` ignored: a write past it fails with ``EFBIG``."""
+    return zygote.run(
         [PYTHON, "-m", "lightning_gpt", *map(str, argv)],
         cwd=REPO,
         env=python_env(),
         capture_output=True,
         text=True,
-        preexec_fn=_limited(max_bytes),
+        file_size_limit=max_bytes,
         timeout=300,
     )
 
@@ -174,7 +167,7 @@ def test_ctrl_c_save_on_a_full_disk(tmp_path, disk, corpus, trained):
     log = tmp_path / "fit.log"
     last = disk / "run" / "checkpoints" / "last.ckpt"
     with open(log, "w") as f:
-        proc = subprocess.Popen(
+        proc = zygote.popen(
             [PYTHON, "-m", "lightning_gpt", "fit", "--config", str(config)],
             cwd=REPO, env=python_env(), stdout=f, stderr=subprocess.STDOUT,
         )  # fmt: skip

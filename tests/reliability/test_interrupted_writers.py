@@ -12,11 +12,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from lightning_gpt import GPT, GPTConfig
+from tests import zygote
 from tests.helpers import PYTHON, REPO, python_env, tiny_config, write_yaml
 
 
@@ -34,9 +36,9 @@ def big_checkpoint(tmp_path_factory, trained) -> Path:
     return path
 
 
-def start(argv: list, log: Path) -> subprocess.Popen:
+def start(argv: list, log: Path) -> Any:
     with open(log, "w") as f:
-        return subprocess.Popen(
+        return zygote.popen(
             [PYTHON, "-m", "lightning_gpt", *map(str, argv)],
             cwd=REPO,
             env=python_env(),
@@ -45,7 +47,7 @@ def start(argv: list, log: Path) -> subprocess.Popen:
         )
 
 
-def wait_for(folder: Path, marker: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> Path:
+def wait_for(folder: Path, marker: str, proc: Any, log: Path, timeout: float = 120) -> Path:
     """Poll until an entry whose name contains ``marker`` exists in ``folder``; return it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -60,7 +62,7 @@ def wait_for(folder: Path, marker: str, proc: subprocess.Popen, log: Path, timeo
     pytest.fail(f"no {marker!r} in {folder} within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
-def finish(proc: subprocess.Popen, log: Path) -> str:
+def finish(proc: Any, log: Path) -> str:
     try:
         proc.wait(timeout=120)
     except subprocess.TimeoutExpired:

@@ -1,8 +1,9 @@
 """Real two-process runs on CPU (gloo) through the CLI: DDP and FSDP2 agree with one process, their checkpoints load
 into each other and into a single process, and a rank that dies makes the other exit with an error, not hang.
 
-Each run is a ``python -m lightning_gpt fit`` subprocess (Lightning starts the second rank itself), so the test process
-never joins a process group.
+Each run is a ``python -m lightning_gpt fit`` child process (forked from ``tests/zygote.py``, which imported the
+command once; Lightning starts the second rank itself, a fresh interpreter), so the test process never joins a
+process group.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import MORE_WORDS, tiny_config, write_corpus
+from tests import zygote
+from tests.helpers import MORE_WORDS, python_env, tiny_config, write_corpus
 
 pytestmark = [
     pytest.mark.slow,
@@ -136,15 +138,14 @@ def _strategy(kind: str, timeout_minutes: float = 5.0, **init_args: object) -> s
 
 
 def _fit(workdir: Path, name: str, *extra: str, devices: int = 2, timeout: float = 400) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env = python_env()
     env["PYTHONPATH"] = os.pathsep.join([str(workdir), env.get("PYTHONPATH", "")])
-    env.pop("LIGHTNING_GPT_TRACEBACK", None)
     # Half the per-device batch on two devices: the same global batch of 4 sequences as the single process.
     batch = str(4 // devices)
     args = [sys.executable, "-m", "lightning_gpt", "fit", "--config", str(workdir / "tiny.yaml")]
     args += ["--trainer.default_root_dir", str(workdir / name), "--trainer.devices", str(devices)]
     args += ["--data.batch_size", batch, *extra]
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    return zygote.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
 
 
 def _ok(result: subprocess.CompletedProcess) -> None:
@@ -376,15 +377,15 @@ def test_export_generate_and_evaluate_read_a_sharded_folder(workdir, sharded):
     assert checkpoint["global_step"] == 6 and "gpt_config" in checkpoint and "tokenizer" in checkpoint
     weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     _close({k: v for k, v in weights.items() if k in model.state_dict()}, model.state_dict(), tol=0.0)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = python_env()
     cli = [sys.executable, "-m", "lightning_gpt"]
     folder = _ckpt(workdir, "sharded", 6)
     out = workdir / "exported"
-    export = subprocess.run([*cli, "export", "--ckpt_path", str(folder), "--output_dir", str(out)], env=env,
+    export = zygote.run([*cli, "export", "--ckpt_path", str(folder), "--output_dir", str(out)], env=env,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert export.returncode == 0, export.stderr[-3000:]
     _close(_weights(out), _weights(folder), tol=0.0)
-    generate = subprocess.run(
+    generate = zygote.run(
         [*cli, "generate", "--ckpt_path", str(sharded), "--prompt", "the quick", "--max_new_tokens", "5"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -5,12 +5,15 @@ the object store; the two "nodes" prepare that folder together (``DATA_OPTIMIZER
 ``DATA_OPTIMIZER_NODE_RANK``), and it holds every document once.
 
 - Two ``torchrun`` agents (``--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d``, rendezvous on 127.0.0.1) run the
-  recipe's torchrun line; in a second run one node's agent gets SIGTERM (both nodes save and stop), then, resumed,
-  a node dies (its agent and its worker get SIGKILL; the survivor exits with an error); resumed again, the final
-  weights equal those of the uninterrupted launch, bit for bit.
+  recipe's torchrun line: one node's agent gets SIGTERM (both nodes save and stop), then, resumed, a node dies (its
+  agent and its worker get SIGKILL; the survivor exits with an error); resumed again, the final weights equal those
+  of the uninterrupted launch (the SLURM one below), bit for bit.
 - The same two nodes through the SLURM environment Lightning reads (``SLURM_NTASKS``, ``SLURM_PROCID``... set by hand
   on loopback, what ``srun`` sets on a cluster), i.e. the recipe's ``srun python -m lightning_gpt fit`` line, train to
-  the same weights.
+  the same weights: that uninterrupted launch is the reference the torchrun launches resume to.
+
+The ``prepare`` nodes and the SLURM pair are ``python -m lightning_gpt`` processes forked from ``tests/zygote.py``
+(the command imported once); torchrun's agents and the workers they start are fresh interpreters.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
+from tests import zygote
 from tests.helpers import REPO, python_env
 
 pytestmark = [
@@ -125,14 +130,14 @@ def base(tmp_path_factory) -> Path:
     prepare = [sys.executable, "-m", "lightning_gpt", "prepare", "--config", "tiny-fsdp.yaml", "--output_dir",
                str(store), "--num_workers", "1", "--data.val_fraction", "0.2"]  # fmt: skip
     env = {**_env(base), "DATA_OPTIMIZER_NUM_NODES": "2"}
-    node0 = subprocess.Popen(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "0"}, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    node0 = zygote.popen(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "0"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and node0.poll() is None and not (store / ".nodes" / "0" / "done.json").exists():
         time.sleep(0.05)
     assert node0.poll() is None and not (store / "lightning_gpt_dataset.json").exists()  # waiting: nothing complete
-    node1 = subprocess.run(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "1"}, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+    node1 = zygote.run(prepare, cwd=base, env={**env, "DATA_OPTIMIZER_NODE_RANK": "1"}, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
     assert node1.returncode == 0 and "Node 1 of 2: shards 2 to 2 tokenized" in node1.stdout, node1.stderr[-3000:]
     log, _ = node0.communicate(timeout=300)
     assert node0.returncode == 0 and "Train on it: lightning-gpt fit" in log, log[-3000:]
@@ -185,7 +190,7 @@ def _torchrun(base: Path, run: str, *extra: str) -> list[subprocess.Popen]:
     ]
 
 
-def _wait(agents: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+def _wait(agents: list[Any], timeout: float = 300) -> list[tuple[int, str]]:
     out = []
     for agent in agents:
         try:
@@ -213,10 +218,29 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(base) -> dict[str, torch.Tensor]:
-    for code, log in _wait(_torchrun(base, "full")):
+def slurm(base) -> list[tuple[int, str]]:
+    """The recipe's ``srun python -m lightning_gpt fit`` line on two "nodes", uninterrupted: the variables ``srun``
+    sets, by hand on loopback. Each process's exit status and output."""
+    port = str(_free_port())
+    processes = []
+    for rank in (0, 1):
+        env = _env(base)
+        env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_PROCID=str(rank), SLURM_LOCALID="0",
+                   SLURM_NODEID=str(rank), SLURM_JOB_ID="4242", SLURM_JOB_NAME="gpt2-fsdp",
+                   SLURM_NODELIST="node[0-1]", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
+            env.pop(name, None)
+        processes.append(zygote.popen([sys.executable, *_fit_args(base, "slurm")], cwd=base, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    return _wait(processes)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base, slurm) -> dict[str, torch.Tensor]:
+    """The final weights of the uninterrupted two-node run (the SLURM one: torchrun's launches must end on them)."""
+    for code, log in slurm:
         assert code == 0, log[-3000:]
-    return _final(base, "full")
+    return _final(base, "slurm")
 
 
 def test_two_torchrun_nodes_sigterm_to_one_agent_then_a_lost_node_resume_to_the_uninterrupted_weights(
@@ -230,7 +254,8 @@ def test_two_torchrun_nodes_sigterm_to_one_agent_then_a_lost_node_resume_to_the_
        exit 143, within torchrun's 30 s grace.
     2. Resumed with ``--ckpt_path last``, the node of rank 1 dies (SIGKILL to its agent and worker) after step 5; the
        survivor exits with an error; ``last.ckpt`` is the periodic step-4 folder.
-    3. Resumed again: the final weights equal the uninterrupted run's, bit for bit.
+    3. Resumed again: the final weights equal the uninterrupted run's (the SLURM launch, ``slurm``), bit for bit: the
+       torchrun line and the srun line train the same model, and the stops and resumes change nothing.
     """
     last = base / "stopped" / "checkpoints" / "last.ckpt"
     term = '{"class_path": "multinode_helpers.AgentTerminated", "init_args": {"rank": 1, "step": 3}}'
@@ -254,19 +279,10 @@ def test_two_torchrun_nodes_sigterm_to_one_agent_then_a_lost_node_resume_to_the_
     _equal(_final(base, "stopped"), uninterrupted)
 
 
-def test_the_same_two_nodes_under_slurm_variables(base, uninterrupted):
-    port = str(_free_port())
-    processes = []
-    for rank in (0, 1):
-        env = _env(base)
-        env.update(SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_PROCID=str(rank), SLURM_LOCALID="0",
-                   SLURM_NODEID=str(rank), SLURM_JOB_ID="4242", SLURM_JOB_NAME="gpt2-fsdp",
-                   SLURM_NODELIST="node[0-1]", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)  # fmt: skip
-        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "GROUP_RANK", "NODE_RANK", "TORCHELASTIC_RUN_ID"):
-            env.pop(name, None)
-        processes.append(subprocess.Popen([sys.executable, *_fit_args(base, "slurm")], cwd=base, env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
-    for code, log in _wait(processes):
+def test_the_same_two_nodes_under_slurm_variables(base, slurm, uninterrupted):
+    """The two SLURM processes (``slurm``) trained to step 6 and saved the recipe's sharded checkpoint (both checked
+    by ``uninterrupted``); that their weights equal torchrun's is checked by the torchrun test above, which resumes to
+    exactly them."""
+    for code, log in slurm:
         assert code == 0, log[-3000:]
         assert "GLOBAL_RANK" in log or "MEMBER" in log  # Lightning set up the two-process group itself
-    _equal(_final(base, "slurm"), uninterrupted)

@@ -4,7 +4,6 @@ re-running ``fit`` into a used folder, the folder lock, an unwritable folder, an
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import torch
 import yaml
 
 from lightning_gpt.training.run_folder import RunFolderLock, inspect_checkpoint, resolve_last_checkpoint
-from tests.helpers import MORE_WORDS, write_corpus, yaml_factory
+from tests import zygote
+from tests.helpers import MORE_WORDS, python_env, write_corpus, yaml_factory
 
 REPO = Path(__file__).resolve().parents[2]
 # This file's runs (on tests/helpers.tiny_config): no validation, a short fixed schedule.
@@ -127,11 +127,9 @@ def test_fit_twice_refuses_to_overwrite_the_first_run(cli, run_yaml, tmp_path):
     assert cli("fit", "--config", cfg).code == 0
     folder = tmp_path / "run" / "checkpoints"
     before = {p.name: p.read_bytes() for p in folder.glob("*.ckpt")}
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("LIGHTNING_GPT_TRACEBACK", None)
-    again = subprocess.run(
+    again = zygote.run(
         [sys.executable, "-m", "lightning_gpt", "fit", "--config", cfg, "--trainer.max_steps", "2"],
-        env=env,
+        env=python_env(),
         capture_output=True,
         text=True,
         timeout=300,
