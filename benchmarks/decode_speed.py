@@ -335,13 +335,14 @@ def bench_layout(args: argparse.Namespace) -> list[str]:
     import transformers
     from transformers.utils import logging as hf_logging
 
+    import lightning_gpt.generation.layout as layout
     import lightning_gpt.generation.sampling as sampling
 
     hf_logging.set_verbosity_error()
     n = args.roof_new_tokens
     hf, prompt = _random_hf_model(transformers, ROOF_CONFIGS["small"], args.prompt_len, n)
     model = from_hf_gpt2(hf, attention="standard").eval()
-    on = sampling.DECODE_LAYOUT_MIN_BYTES
+    on = layout.DECODE_LAYOUT_MIN_BYTES
 
     def steps(compile: bool) -> float:
         with torch.inference_mode():
@@ -356,17 +357,17 @@ def bench_layout(args: argparse.Namespace) -> list[str]:
         return timed(lambda: generate(model, prompt, max_new_tokens=n, compile=compile))
 
     outs = {}
-    for layout in (True, False):
-        sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
-        outs[layout] = [generate(model, prompt, max_new_tokens=n, compile=c) for c in (False, True)]  # warm-up
+    for layout_on in (True, False):
+        layout.DECODE_LAYOUT_MIN_BYTES = on if layout_on else 1 << 62
+        outs[layout_on] = [generate(model, prompt, max_new_tokens=n, compile=c) for c in (False, True)]  # warm-up
     times: dict[tuple[str, bool, bool], list[float]] = {}
     for r in range(args.rounds):
-        for layout in (True, False) if r % 2 == 0 else (False, True):
-            sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
+        for layout_on in (True, False) if r % 2 == 0 else (False, True):
+            layout.DECODE_LAYOUT_MIN_BYTES = on if layout_on else 1 << 62
             for compile in (False, True):
-                times.setdefault(("step", layout, compile), []).append(steps(compile))
-                times.setdefault(("generate", layout, compile), []).append(whole(compile))
-    sampling.DECODE_LAYOUT_MIN_BYTES = on
+                times.setdefault(("step", layout_on, compile), []).append(steps(compile))
+                times.setdefault(("generate", layout_on, compile), []).append(whole(compile))
+    layout.DECODE_LAYOUT_MIN_BYTES = on
     same = all(torch.equal(a, b) for a, b in zip(outs[True] + outs[False], outs[True][:1] * 4))
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [

@@ -21,10 +21,20 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_gpt.generation.config import GenerationConfig
+from lightning_gpt.generation.layout import (
+    DECODE_LAYOUT_MIN_BYTES,
+    DECODE_LAYOUT_MIN_TOKENS,
+    MatVecMode,
+    decode_weights,
+    release_decode_weights,
+)
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
 __all__ = [
+    "DECODE_LAYOUT_MIN_BYTES",
+    "DECODE_LAYOUT_MIN_TOKENS",
+    "DECODE_SKIP_GUARDS",
     "CacheBuffers",
     "DecodeState",
     "compiled_steps",
@@ -101,6 +111,11 @@ def _decode_logits(*args: object) -> Tensor:
     return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with static shapes
 
 
+def _decode_logits_matvec(*args: object) -> Tensor:
+    with MatVecMode():  # one-row linear layers as row-wise reductions over the model's own weights (see there)
+        return model_logits(*args)  # type: ignore[arg-type]
+
+
 def compiled_steps(device: torch.device, backend: str = "inductor") -> tuple[StepFn, StepFn]:
     """``(prefill, decode_one)``: ``model_logits`` compiled for the prompt (``dynamic=True``: any length, one
     compilation) and for a one-token step (``fullgraph=True``, static shapes; ``mode="reduce-overhead"`` on CUDA, i.e.
@@ -112,8 +127,30 @@ def compiled_steps(device: torch.device, backend: str = "inductor") -> tuple[Ste
     """
     mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
     prefill = torch.compile(_prefill_logits, dynamic=True, backend=backend)
-    decode = torch.compile(_decode_logits, fullgraph=True, mode=mode, backend=backend)
+    step = _decode_logits_matvec if device.type == "cpu" and DECODE_MATVEC else _decode_logits
+    decode = torch.compile(step, fullgraph=True, mode=mode, backend=backend)
     return prefill, decode
+
+
+#: On CPU, the compiled one-token step runs under ``MatVecMode`` (one-row float32 linear layers as reductions over the
+#: model's own weights), so a compiled batch-1 generation takes no ``decode_weights`` copy.
+DECODE_MATVEC = True
+
+
+#: Run the compiled one-token step without dynamo's guard check once a step of the same generation has passed it (the
+#: check reads ~600 guards over the model, its weights and the cache: ~0.1-0.3 ms of a ~6 ms step of a 6 x 384 model).
+DECODE_SKIP_GUARDS = True
+
+
+def _unguarded(fn: StepFn, args: tuple) -> Tensor:
+    """``fn(*args)`` with ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: dynamo runs only the guards that
+    tell its compiled variants apart, not the full check. Safe here because a variant made for exactly these inputs
+    exists and was chosen by the full check on this generation's first step (``DecodeState.feed`` compares what could
+    change its choice: the cache and weights objects, whether a mask and positions are given, ``keep``, the grad and
+    inference modes). The stance is process-wide while the step runs: another thread entering compiled code during it
+    would skip its guards too."""
+    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+        return fn(*args)
 
 
 _COMPILED: dict[str, tuple[StepFn, StepFn]] = {}
@@ -124,58 +161,6 @@ def _warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-#: No decode-time layout below this many bytes of linear weights (they sit in the CPU's caches, where the layout gains
-#: less than ``functional_call`` costs per eager step, ~50 us; a 2 x 128 model decodes a token in ~350 us) or for fewer
-#: new tokens (the copy, ~1.5 GB/s of weights on one thread, costs what ~25 tokens of faster mat-vecs save).
-DECODE_LAYOUT_MIN_BYTES, DECODE_LAYOUT_MIN_TOKENS = 8 << 20, 32
-
-
-def decode_weights(
-    model: nn.Module, batch_size: int, new_tokens: int = DECODE_LAYOUT_MIN_TOKENS
-) -> Optional[dict[str, Tensor]]:
-    """The generation's own layout of the model's ``nn.Linear`` weights, when it speeds up decoding, else ``None``:
-    ``{"<module>.weight": W}`` where each ``W`` has the weight's shape ``(out, in)`` and values but is stored
-    transposed, ``(in, out)`` contiguous (``W = weight.t().contiguous().t()``).
-
-    At batch 1 a decoded token is one matrix-vector product per weight, and on CPU ``F.linear(x, W)`` with such a
-    ``W`` runs ``addmm(b, x, W.t())`` over a contiguous ``(in, out)`` matrix, which streams faster than from
-    ``nn.Linear``'s ``(out, in)`` layout (a 50257 x 384 LM head: 22-27 vs 13-14 GB/s on one thread here): a 6 x 384
-    model with GPT-2's vocabulary decodes a token 1.28x (eager) and 1.39x (compiled) faster
-    (``benchmarks/results/decode_layout.md``). ``model_logits`` runs the model with these weights in place of its own
-    (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched.
-
-    The copies are taken from the current weights when a generation starts and belong to it, so a training step
-    between two generations is never missed. Keeping them for the next generation does not pay: telling whether a
-    weight changed means comparing it with its transposed copy, which costs more than copying it (110 vs 78 ms for a
-    6 x 384 model with a 50257-token head, one thread). Cost: ~80 ms per generation for that model (a 128-token greedy
-    generation gains ~400 ms: ``benchmarks/results/decode_layout.md``) and one copy of the linear weights in memory
-    while it decodes. Float32 on CPU, batch <= 8, at least ``DECODE_LAYOUT_MIN_BYTES`` of linear weights (bfloat16
-    kernels and CUDA gain nothing from it) and at least ``DECODE_LAYOUT_MIN_TOKENS`` new tokens (a shorter generation
-    would not earn its copy back).
-
-    Args:
-        model: the model being decoded.
-        batch_size: rows decoded together.
-        new_tokens: the most tokens the generation will decode.
-
-    Returns:
-        The weights by ``named_parameters`` name, or ``None`` (the model's own weights are used).
-    """
-    if batch_size > 8 or new_tokens < DECODE_LAYOUT_MIN_TOKENS:
-        return None
-    linears: dict[str, Tensor] = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, nn.Linear) or not isinstance(weight, Tensor):
-            continue
-        if type(weight.data) is not torch.Tensor or weight.device.type != "cpu" or weight.dtype != torch.float32:
-            return None  # a sharded DTensor, another device or dtype: the model's own layout
-        linears[f"{name}.weight" if name else "weight"] = weight.detach()
-    if sum(w.numel() * w.element_size() for w in linears.values()) < DECODE_LAYOUT_MIN_BYTES:
-        return None
-    return {key: weight.t().contiguous().t() for key, weight in linears.items()}  # shape (out, in), stored (in, out)
 
 
 def _uses_input_pos(model: nn.Module) -> bool:
@@ -243,16 +228,21 @@ class DecodeState:
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
         self.legacy = not _uses_input_pos(model)
         self.cache = self.model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
-        self.weights = None if self.legacy else decode_weights(model, B, max_new_tokens)
+        # Compiled at batch 1 on CPU, the step reads the model's own weights (``MatVecMode``); else the layout copy.
+        self.matvec = bool(compile) and use_cache and DECODE_MATVEC and device.type == "cpu" and B == 1
+        self.weights = None if self.legacy or self.matvec else decode_weights(model, B, max_new_tokens)
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
         self.compiled = bool(compile)
+        # The compiled one-token step skips dynamo's guards after its first guarded call (CPU: not measured on CUDA).
+        self.skip_guards = self.compiled and DECODE_SKIP_GUARDS and device.type == "cpu"
+        self._guarded: Optional[tuple] = None  # what that first call was checked with
         if compile:
             if not use_cache:
                 raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True.")
             backend = compile if isinstance(compile, str) else "inductor"
-            key = f"{device.type}:{backend}"
+            key = f"{device.type}:{backend}:{DECODE_MATVEC}"
             if key not in _COMPILED:
                 _COMPILED[key] = compiled_steps(device, backend)
             self._prefill_fn, self._decode_fn = _COMPILED[key]
@@ -310,7 +300,17 @@ class DecodeState:
         if fn is model_logits:
             return fn(*args)
         try:
-            return fn(*args)
+            if fn is not self._decode_fn or not self.skip_guards:
+                return fn(*args)
+            # The one-token step: its inputs are the same objects (or same-shaped fresh ones) at every step of this
+            # generation, so once a step of it has passed dynamo's guards the later ones skip them (``_unguarded``).
+            checked = (id(self.cache_module), id(self.weights), self.mask is None, self.positions is None, keep,
+                       torch.is_inference_mode_enabled(), torch.is_grad_enabled())  # fmt: skip
+            if checked == self._guarded:
+                return _unguarded(fn, args)
+            logits = fn(*args)
+            self._guarded = checked
+            return logits
         except Exception as err:
             # torch.compile's per-function limit of compiled variants (many models or shapes in one process): the
             # step fails before it runs, so decoding goes on eagerly, with the same tokens.
@@ -368,9 +368,13 @@ class DecodeState:
         self.fed = fed
 
     def close(self) -> None:
-        """Free this generation's decoding state (nothing else's)."""
+        """Free this generation's decoding state (nothing else's); its decode-time weights go back to the model's
+        spare set (``release_decode_weights``)."""
         self.cache = None
         self.cache_module = None
+        weights, self.weights = self.weights, None
+        if weights is not None:
+            release_decode_weights(self.model, weights)
 
 
 def decode_n_tokens(
