@@ -125,7 +125,7 @@ class MatVecMode(TorchFunctionMode):
     ``decode_weights`` copy. Eager, the same expression would materialize ``x * W``: not for eager use.
     """
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
             x, weight = args[0], args[1]

@@ -1,5 +1,5 @@
-"""The decoding engine, gpt-fast style: ``model_logits`` (one forward through a cache), ``DecodeState`` (its
-``prefill`` and ``decode_one_token``) and ``decode_n_tokens`` (the greedy/sampling loop).
+"""The decoding engine, gpt-fast style: ``model_logits`` (one forward through a cache: ``step.py``), ``DecodeState``
+(its ``prefill`` and ``decode_one_token``) and ``decode_n_tokens`` (the greedy/sampling loop).
 
 ``DecodeState`` owns the token buffer (preallocated), the padding mask, the positions and its own cache (one state per
 layer from ``model.new_cache``), and passes that cache to every forward call (``model(idx, input_pos=pos,
@@ -14,26 +14,26 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Callable, Generator, Optional, Union, cast
+from typing import Any, Generator, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.layout import (
     DECODE_LAYOUT_MIN_BYTES,
     DECODE_LAYOUT_MIN_TOKENS,
-    MatVecMode,
     decode_weights,
     release_decode_weights,
 )
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
+from lightning_gpt.generation.step import CacheBuffers, StepFn, _unguarded, compiled_steps, model_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
 __all__ = [
     "DECODE_LAYOUT_MIN_BYTES",
     "DECODE_LAYOUT_MIN_TOKENS",
+    "DECODE_MATVEC",
     "DECODE_SKIP_GUARDS",
     "CacheBuffers",
     "DecodeState",
@@ -43,94 +43,6 @@ __all__ = [
     "model_logits",
     "sample_steps",
 ]
-
-StepFn = Callable[..., Tensor]
-
-
-def model_logits(
-    model: nn.Module,
-    idx: Tensor,
-    input_pos: Tensor,
-    cache: Union[None, list, "CacheBuffers"],
-    mask: Optional[Tensor],
-    positions: Optional[Tensor],
-    n_real: int,
-    keep: int = 1,
-    weights: Optional[dict[str, Tensor]] = None,
-) -> Tensor:
-    """Float32 logits ``(B, keep, V)`` of the last ``keep`` of the tokens ``idx`` ``(B, T)`` run at the buffer positions
-    ``input_pos`` ``(T,)`` through ``cache`` (``cache=None``: ``idx`` is the whole sequence, run without a cache); ids
-    from ``n_real`` on (a padded table's filler rows) get ``-inf``.
-
-    ``mask`` ``(B, S)`` bool and ``positions`` ``(B, S)`` (position ids, for left padding) cover the whole buffer, so
-    no shape depends on the step. ``weights``: the generation's decode-time layout of the model's linear weights
-    (``decode_weights``), used for this call in place of the model's own (``torch.func.functional_call``; the model
-    is not changed). ``cache`` may come wrapped in a ``CacheBuffers`` (the compiled step: see there).
-    """
-    if isinstance(cache, CacheBuffers):
-        cache = cache.states
-    if cache is None:  # no cache: the whole sequence, from position 0
-        pos_ids = None if positions is None else positions[:, : idx.size(1)]
-        kwargs: dict[str, Any] = dict(attention_mask=mask, position_ids=pos_ids, logits_to_keep=keep)
-    else:
-        pos_ids = None if positions is None else positions.index_select(1, input_pos)  # (B, T)
-        kwargs = dict(attention_mask=mask, position_ids=pos_ids, input_pos=input_pos, cache=cache, logits_to_keep=keep)
-    if weights is None:
-        logits = model(idx, **kwargs)
-    else:
-        logits = functional_call(model, weights, (idx,), kwargs, tie_weights=False)
-    logits = logits.float()
-    if logits.size(-1) > n_real:
-        # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
-        logits = logits.masked_fill(torch.arange(logits.size(-1), device=logits.device) >= n_real, float("-inf"))
-    return logits
-
-
-class CacheBuffers(nn.Module):
-    """A generation's cache with its tensors registered as buffers, handed to the compiled step instead of the bare
-    list: ``torch.compile`` treats the buffers of a module it is given as static inputs, so the step's in-place cache
-    writes do not stop it from being replayed as a CUDA graph (``mode="reduce-overhead"``). Same tensors, no copy.
-
-    Args:
-        states: the cache, one dict of tensors per layer (``model.new_cache``).
-    """
-
-    def __init__(self, states: list) -> None:
-        super().__init__()
-        self.states = states
-        for i, state in enumerate(states):
-            for name, tensor in state.items():
-                self.register_buffer(f"layer{i}_{name}", tensor, persistent=False)
-
-
-def _prefill_logits(*args: object) -> Tensor:
-    return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with a dynamic length
-
-
-def _decode_logits(*args: object) -> Tensor:
-    return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with static shapes
-
-
-def _decode_logits_matvec(*args: object) -> Tensor:
-    with MatVecMode():  # one-row linear layers as row-wise reductions over the model's own weights (see there)
-        return model_logits(*args)  # type: ignore[arg-type]
-
-
-def compiled_steps(device: torch.device, backend: str = "inductor") -> tuple[StepFn, StepFn]:
-    """``(prefill, decode_one)``: ``model_logits`` compiled for the prompt (``dynamic=True``: any length, one
-    compilation) and for a one-token step (``fullgraph=True``, static shapes; ``mode="reduce-overhead"`` on CUDA, i.e.
-    replayed as a CUDA graph; inductor's C++ code on CPU).
-
-    The first call of each compiles (seconds to a minute; see ``benchmarks/decode_speed.py`` for measured times);
-    later generations of the same model, batch size and buffer length reuse the compiled code. ``backend``: the
-    ``torch.compile`` backend (``"eager"`` checks the graph capture quickly, without code generation).
-    """
-    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
-    prefill = torch.compile(_prefill_logits, dynamic=True, backend=backend)
-    step = _decode_logits_matvec if device.type == "cpu" and DECODE_MATVEC else _decode_logits
-    decode = torch.compile(step, fullgraph=True, mode=mode, backend=backend)
-    return prefill, decode
-
 
 #: On CPU, the compiled one-token step runs under ``MatVecMode`` (one-row float32 linear layers as reductions over the
 #: model's own weights), so a compiled batch-1 generation takes no ``decode_weights`` copy.
@@ -142,18 +54,7 @@ DECODE_MATVEC = True
 DECODE_SKIP_GUARDS = True
 
 
-def _unguarded(fn: StepFn, args: tuple) -> Tensor:
-    """``fn(*args)`` with ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: dynamo runs only the guards that
-    tell its compiled variants apart, not the full check. Safe here because a variant made for exactly these inputs
-    exists and was chosen by the full check on this generation's first step (``DecodeState.feed`` compares what could
-    change its choice: the cache and weights objects, whether a mask and positions are given, ``keep``, the grad and
-    inference modes). The stance is process-wide while the step runs: another thread entering compiled code during it
-    would skip its guards too."""
-    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-        return fn(*args)
-
-
-_COMPILED: dict[str, tuple[StepFn, StepFn]] = {}
+_COMPILED: dict[str, tuple[StepFn, StepFn, StepFn]] = {}
 _WARNED: set[str] = set()
 
 
@@ -237,18 +138,18 @@ class DecodeState:
         self.compiled = bool(compile)
         # The compiled one-token step skips dynamo's guards after its first guarded call (CPU: not measured on CUDA).
         self.skip_guards = self.compiled and DECODE_SKIP_GUARDS and device.type == "cpu"
-        self._guarded: Optional[tuple] = None  # what that first call was checked with
+        self._guarded: set[tuple] = set()  # what the guarded calls were checked with
         if compile:
             if not use_cache:
                 raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True.")
             backend = compile if isinstance(compile, str) else "inductor"
             key = f"{device.type}:{backend}:{DECODE_MATVEC}"
             if key not in _COMPILED:
-                _COMPILED[key] = compiled_steps(device, backend)
-            self._prefill_fn, self._decode_fn = _COMPILED[key]
+                _COMPILED[key] = compiled_steps(device, backend, DECODE_MATVEC)
+            self._prefill_fn, self._decode_fn, self._greedy_fn = _COMPILED[key]
             self.cache_module = None if self.cache is None else CacheBuffers(self.cache)
         else:
-            self._prefill_fn = self._decode_fn = model_logits
+            self._prefill_fn = self._decode_fn = self._greedy_fn = model_logits
             self.cache_module = None
 
     @property
@@ -260,10 +161,11 @@ class DecodeState:
         """``(B, length)`` bool, False at padding; ``None`` when there is no padding."""
         return None if self.mask is None else self.mask[:, : self.length]
 
-    def feed(self, end: int, keep: int = 1) -> Tensor:
+    def feed(self, end: int, keep: int = 1, greedy: bool = False) -> Tensor:
         """Run the tokens ``fed .. end - 1`` of the buffer (not yet in the cache) and return the float32 logits
         ``(B, keep, V)`` of the last ``keep`` of them; afterwards ``fed = end``. Without cache, the whole sequence
-        ``0 .. end - 1`` is rerun."""
+        ``0 .. end - 1`` is rerun. ``greedy``: return the argmax ids ``(B,)`` of the last token's logits instead
+        (the compiled one-token step takes them inside the compiled code)."""
         if self.use_cache and self.cache is None and not self.legacy:  # (closed)
             raise RuntimeError("This DecodeState was closed; start a new generation.")
         start = self.fed if self.use_cache else 0
@@ -276,10 +178,11 @@ class DecodeState:
                 start_pos=start if self.use_cache else None,
                 logits_to_keep=keep,
             )
-            return logits[:, -keep:].float()
+            logits = logits[:, -keep:].float()
+            return logits[:, -1].argmax(-1) if greedy else logits
         if not self.use_cache:
             mask = None if self.mask is None else self.mask[:, :end]
-            return model_logits(
+            logits = model_logits(
                 self.model,
                 self.tokens[:, :end],
                 self.arange[:end],
@@ -290,7 +193,12 @@ class DecodeState:
                 keep,
                 self.weights,
             )
-        fn = self._decode_fn if end - start == 1 else self._prefill_fn
+            return logits[:, -1].argmax(-1) if greedy else logits
+        if end - start > 1:
+            fn = self._prefill_fn
+        else:
+            fn = self._greedy_fn if greedy and keep == 1 else self._decode_fn
+        ids = fn is self._greedy_fn and fn is not model_logits  # fn returns the argmax ids itself
         input_pos = self.arange[start:end]
         idx = self.tokens[:, start:end]
         if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
@@ -298,28 +206,31 @@ class DecodeState:
         cache = self.cache if self.cache_module is None else self.cache_module
         args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, self.weights)
         if fn is model_logits:
-            return fn(*args)
-        try:
-            if fn is not self._decode_fn or not self.skip_guards:
-                return fn(*args)
-            # The one-token step: its inputs are the same objects (or same-shaped fresh ones) at every step of this
-            # generation, so once a step of it has passed dynamo's guards the later ones skip them (``_unguarded``).
-            checked = (id(self.cache_module), id(self.weights), self.mask is None, self.positions is None, keep,
-                       torch.is_inference_mode_enabled(), torch.is_grad_enabled())  # fmt: skip
-            if checked == self._guarded:
-                return _unguarded(fn, args)
             logits = fn(*args)
-            self._guarded = checked
-            return logits
+            return logits[:, -1].argmax(-1) if greedy else logits
+        try:
+            if fn is self._prefill_fn or not self.skip_guards:
+                out = fn(*args)
+            else:
+                # The one-token step: its inputs are the same objects (or same-shaped fresh ones) at every step of
+                # this generation, so once a step has passed dynamo's guards the later ones skip them (``_unguarded``).
+                checked = (fn, id(self.cache_module), id(self.weights), self.mask is None, self.positions is None,
+                           keep, torch.is_inference_mode_enabled(), torch.is_grad_enabled())  # fmt: skip
+                if checked in self._guarded:
+                    out = _unguarded(fn, args)
+                else:
+                    out = fn(*args)
+                    self._guarded.add(checked)
         except Exception as err:
             # torch.compile's per-function limit of compiled variants (many models or shapes in one process): the
             # step fails before it runs, so decoding goes on eagerly, with the same tokens.
             if "RecompileLimit" not in type(err).__name__:
                 raise
             _warn_once(f"compile=True: {err}".split("\n")[0] + " -- decoding eagerly from here.")
-            self._prefill_fn = self._decode_fn = model_logits
+            self._prefill_fn = self._decode_fn = self._greedy_fn = model_logits
             self.cache_module = None
-            return model_logits(*args)
+            out, ids = model_logits(*args), False
+        return out[:, -1].argmax(-1) if greedy and not ids else out
 
     def prefill(self) -> Tensor:
         """Run the prompt (one call); return the next-token logits ``(B, V)`` in float32."""
@@ -332,15 +243,17 @@ class DecodeState:
         self.tokens[:, self.length] = next_tokens
         self.length += 1
 
-    def decode_one_token(self, next_tokens: Optional[Tensor] = None) -> Tensor:
+    def decode_one_token(self, next_tokens: Optional[Tensor] = None, greedy: bool = False) -> Tensor:
         """Append ``next_tokens`` ``(B,)`` (if given), feed the last token through the cache (without cache: rerun the
-        whole sequence); return the next-token logits ``(B, V)`` in float32."""
+        whole sequence); return the next-token logits ``(B, V)`` in float32, or with ``greedy`` their argmax ids
+        ``(B,)`` (see ``feed``)."""
         if next_tokens is not None:  # (``append``, inlined: the hot path)
             if self.length >= self.max_len:
                 raise RuntimeError("DecodeState is full: max_new_tokens tokens were already appended.")
             self.tokens[:, self.length] = next_tokens
             self.length += 1
-        return self.feed(self.length)[:, -1]
+        out = self.feed(self.length, greedy=greedy)
+        return out if greedy else out[:, -1]
 
     def reorder(self, index: Tensor) -> None:
         """Row ``i`` becomes old row ``index[i]`` (beam search); the cache follows, in place (same storage, so a
@@ -410,9 +323,13 @@ def decode_n_tokens(
     process = penalize or do_sample
     active = stop.active
     logits = state.prefill()
+    # Greedy without logits processing: each step returns the next ids itself (compiled: argmax inside the step).
+    ready = None if process else logits.argmax(dim=-1)
     unfinished = torch.ones(state.batch_size, dtype=torch.bool, device=logits.device)
     for step in range(max_new_tokens):
-        if process:
+        if ready is not None:
+            next_tokens = ready
+        else:  # (process is true)
             logits = process_logits(
                 logits,
                 previous_ids=state.tokens[:, : state.length] if penalize else None,
@@ -424,7 +341,7 @@ def decode_n_tokens(
                 top_p=config.top_p,
                 min_p=config.min_p,
             )
-        next_tokens = sample_from_logits(logits, generator) if do_sample else logits.argmax(dim=-1)  # (B,)
+            next_tokens = sample_from_logits(logits, generator) if do_sample else logits.argmax(dim=-1)  # (B,)
         if active:
             next_tokens = torch.where(unfinished, next_tokens, pad_token_id)
         if active or step + 1 == max_new_tokens:
@@ -432,7 +349,10 @@ def decode_n_tokens(
             yield next_tokens
         else:  # the hot path: append and feed in one call
             yield next_tokens
-            logits = state.decode_one_token(next_tokens)
+            if ready is None:
+                logits = state.decode_one_token(next_tokens)
+            else:
+                ready = state.decode_one_token(next_tokens, greedy=True)
             continue
         if active:
             rows = unfinished.nonzero().flatten()
@@ -445,7 +365,10 @@ def decode_n_tokens(
                 if not bool(unfinished.any()):
                     return
         if step + 1 < max_new_tokens:
-            logits = state.decode_one_token()
+            if ready is None:
+                logits = state.decode_one_token()
+            else:
+                ready = state.decode_one_token(greedy=True)
 
 
 sample_steps = decode_n_tokens  # the 0.1 name
