@@ -53,7 +53,7 @@ def decode_weights(
     ``{"<module>.weight": W}`` where each ``W`` has the weight's shape ``(out, in)`` and current values but is stored
     transposed, ``(in, out)`` contiguous (like ``weight.t().contiguous().t()``).
 
-    ``sampling.model_logits`` runs the model with these weights in place of its own (``torch.func.functional_call``):
+    ``step.model_logits`` runs the model with these weights in place of its own (``torch.func.functional_call``):
     the model, its parameters and its ``state_dict`` are untouched. A 6 x 384 model with GPT-2's vocabulary decodes a
     token 1.28x (eager) and 1.39x (compiled) faster (``benchmarks/results/decode_layout.md``).
 
