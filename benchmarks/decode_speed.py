@@ -24,7 +24,8 @@ Three measurements, all greedy, in one process:
    compiled call (wall clock: inductor compiles in worker processes) reported apart, and the roofline share.
 
 6. **layout** (``--only layout``): the decode-time weight layout (``decode_weights``) on and off in one process, on
-   the ``small`` configuration: ms per one-token step and tokens/s of whole ``generate`` calls, eager and compiled.
+   the ``small`` configuration: ms per one-token step and tokens/s of whole ``generate`` calls, eager and compiled
+   (compiled at batch 1 no copy is taken: ``MatVecMode``).
 
 7. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
    trained ``--spec_steps`` steps on ``--spec_data`` (tiny Shakespeare, characters) by a plain PyTorch loop here (the
@@ -331,7 +332,9 @@ def bench_layout(args: argparse.Namespace) -> list[str]:
     """The decode-time weight layout (``decode_weights``) on and off in one process, on the ``small`` configuration
     (HF-converted random weights, batch 1, greedy): ms per one-token step (127 steps after the prefill) and tokens/s
     of whole ``generate`` calls (prefill and the layout's copy included), eager and compiled; interleaved rounds,
-    alternating which goes first, medians. "Off" runs the model's own ``(out, in)`` weights."""
+    alternating which goes first, medians. "Off" runs the model's own ``(out, in)`` weights. A compiled generation at
+    batch 1 takes no copy either way (``layout.MatVecMode``), so its rows compare the same code: both are what
+    ``generate(..., compile=True)`` runs."""
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -532,8 +535,8 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         g = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             for p in prompts:
-                t_state = DecodeState(target, p, None, n, compile=args.spec_compile)
-                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile)
+                t_state = DecodeState(target, p, None, n, compile=args.spec_compile, verify=True)
+                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile, verify=True)
                 reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
                 stop = StopCriteria([], None, None, vocab)
                 for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=g,

@@ -83,6 +83,9 @@ class DecodeState:
         compile: run the prefill and the one-token step compiled (``compiled_steps``); needs ``use_cache``. The
             cache is then sized to a power of two (at most ``block_size``) so that prompts of other lengths reuse the
             compiled step. ``True`` uses inductor; a string names another ``torch.compile`` backend.
+        verify: the state will feed several tokens at a time after the prefill (speculative decoding's verification
+            passes): compiled at batch 1 on CPU, those keep the decode-time weight copy (``decode_weights``), which
+            the one-token steps (``MatVecMode``) do without.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class DecodeState:
         max_new_tokens: int,
         use_cache: bool = True,
         compile: Union[bool, str] = False,
+        verify: bool = False,
     ) -> None:
         self.model: Any = cast(Any, model)  # duck-typed: the cache protocol above (nn.Module types attributes loosely)
         self.use_cache = use_cache
@@ -131,7 +135,7 @@ class DecodeState:
         self.cache = self.model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
         # Compiled at batch 1 on CPU, the step reads the model's own weights (``MatVecMode``); else the layout copy.
         self.matvec = bool(compile) and use_cache and DECODE_MATVEC and device.type == "cpu" and B == 1
-        self.weights = None if self.legacy or self.matvec else decode_weights(model, B, max_new_tokens)
+        self.weights = None if self.legacy or (self.matvec and not verify) else decode_weights(model, B, max_new_tokens)
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
@@ -204,7 +208,8 @@ class DecodeState:
         if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
             input_pos, idx = input_pos.clone(), idx.clone()
         cache = self.cache if self.cache_module is None else self.cache_module
-        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, self.weights)
+        weights = self.weights if fn is self._prefill_fn or not self.matvec else None  # (MatVecMode: the model's own)
+        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, weights)
         if fn is model_logits:
             logits = fn(*args)
             return logits[:, -1].argmax(-1) if greedy else logits
@@ -214,7 +219,7 @@ class DecodeState:
             else:
                 # The one-token step: its inputs are the same objects (or same-shaped fresh ones) at every step of
                 # this generation, so once a step has passed dynamo's guards the later ones skip them (``_unguarded``).
-                checked = (fn, id(self.cache_module), id(self.weights), self.mask is None, self.positions is None,
+                checked = (fn, id(self.cache_module), id(weights), self.mask is None, self.positions is None,
                            keep, torch.is_inference_mode_enabled(), torch.is_grad_enabled())  # fmt: skip
                 if checked in self._guarded:
                     out = _unguarded(fn, args)

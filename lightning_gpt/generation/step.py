@@ -112,8 +112,20 @@ def compiled_steps(
     prefill = torch.compile(_prefill_logits, dynamic=True, backend=backend)
     matvec = matvec and device.type == "cpu"
     steps = (_decode_logits_matvec, _decode_next_matvec) if matvec else (_decode_logits, _decode_next)
-    decode, greedy = (torch.compile(fn, fullgraph=True, mode=mode, backend=backend) for fn in steps)
+    how: dict[str, Any] = {"options": STEP_INDUCTOR_OPTIONS} if matvec and backend == "inductor" else {"mode": mode}
+    try:
+        decode, greedy = [torch.compile(fn, fullgraph=True, backend=backend, **how) for fn in steps]
+    except RuntimeError:  # an inductor without that option (torch.compile checks the names): its default fusion
+        decode, greedy = [torch.compile(fn, fullgraph=True, mode=mode, backend=backend) for fn in steps]
     return prefill, decode, greedy
+
+
+#: Inductor's options for the CPU one-token step under ``MatVecMode``: write every intermediate of more than one
+#: operation to its own buffer. By default inductor inlines a LayerNorm (and the residual adds before it) into the
+#: next matrix-vector reduction, so it is recomputed for each of the weight's rows (50257 times for a GPT-2 head) on
+#: top of streaming the weight; stored once (384 floats at batch 1) it is read back from L1. A 6 x 384 model with
+#: GPT-2's vocabulary decodes a token in 4.8 instead of 6.1 ms (``benchmarks/results/decode_compiled.md``).
+STEP_INDUCTOR_OPTIONS: dict[str, Any] = {"realize_opcount_threshold": 1}
 
 
 def _unguarded(fn: StepFn, args: tuple) -> Tensor:

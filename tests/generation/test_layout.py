@@ -44,6 +44,19 @@ def test_compiled_batch_one_takes_no_copy_and_gives_the_eager_tokens():
     assert torch.equal(generate(model, prompt, max_new_tokens=32, compile="eager"), eager)
 
 
+def test_a_speculative_target_keeps_the_copy_for_its_verification_passes():
+    # Speculative decoding's target feeds k + 1 tokens per round: compiled at batch 1 those passes keep the (in, out)
+    # copy (verify=True), while its one-token steps read the model's own weights; greedy output stays the target's own.
+    torch.manual_seed(0)
+    model = GPT(STREAMED).eval()
+    draft = GPT(GPTConfig(vocab_size=4096, block_size=64, n_layer=1, n_head=2, n_embd=32)).eval()
+    prompt = torch.randint(0, STREAMED.vocab_size, (1, 5))
+    assert DecodeState(model, prompt, None, 32, compile="eager", verify=True).weights is not None
+    alone = generate(model, prompt, max_new_tokens=32)
+    assisted = generate(model, prompt, max_new_tokens=32, draft_model=draft, num_draft_tokens=3, compile="eager")
+    assert torch.equal(assisted, alone)
+
+
 def test_a_released_copy_is_reused_with_the_current_values():
     # The memory of a finished generation's copies is the model's next generation's; the values are copied anew, so a
     # weight change in between is seen (never stale), and two live generations never share one set.
