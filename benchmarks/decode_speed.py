@@ -27,7 +27,10 @@ Three measurements, all greedy, in one process:
    the ``small`` configuration: ms per one-token step and tokens/s of whole ``generate`` calls, eager and compiled
    (compiled at batch 1 no copy is taken: ``MatVecMode``).
 
-7. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
+7. **ablation** (``--only ablation``): the compiled batch-1 step on the ``small`` configuration with each of its
+   speed-ups (``MatVecMode``, the guard skip, ``STEP_INDUCTOR_OPTIONS``) switched off alone, in one process.
+
+8. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
    trained ``--spec_steps`` steps on ``--spec_data`` (tiny Shakespeare, characters) by a plain PyTorch loop here (the
    pair is cached in ``--spec_cache``), or loaded from checkpoints trained by ``lightning-gpt fit``
    (``--spec_target_ckpt`` / ``--spec_draft_ckpt``), then the target's greedy decode alone vs with the draft
@@ -35,8 +38,8 @@ Three measurements, all greedy, in one process:
    chi-square check of sampled speculative output against the target's exact marginals (``--spec_check_samples``).
 
 Prints markdown tables and writes them to ``<out>/decode_speed.md`` (``--only roofline``: ``<out>/decode_roofline.md``;
-``--only compiled`` / ``layout`` / ``speculative``: ``<out>/decode_compiled.md`` / ``decode_layout.md`` /
-``decode_speculative.md``).
+``--only compiled`` / ``layout`` / ``ablation`` / ``speculative``: ``<out>/decode_compiled.md`` / ``decode_layout.md``
+/ ``decode_ablation.md`` / ``decode_speculative.md``).
 
 Usage::
 
@@ -172,7 +175,7 @@ def bench_context(args: argparse.Namespace) -> list[str]:
     return rows
 
 
-PARTS = ["hf", "cache", "context", "roofline", "compiled", "layout", "speculative"]
+PARTS = ["hf", "cache", "context", "roofline", "compiled", "layout", "ablation", "speculative"]
 
 ROOF_CONFIGS = {
     "tiny": dict(n_layer=2, n_embd=128, n_head=4, vocab_size=512),
@@ -385,6 +388,87 @@ def bench_layout(args: argparse.Namespace) -> list[str]:
             f"{g_on:.0f} | {g_off:.0f} | {g_on / g_off:.2f}x |"
         )
     rows += ["", f"Same tokens in all four modes: {'yes' if same else 'NO'}."]
+    print("\n".join(rows), flush=True)
+    return rows
+
+
+def bench_ablation(args: argparse.Namespace) -> list[str]:
+    """The compiled batch-1 step of this version with each of its speed-ups switched off alone, in one process, on the
+    ``small`` configuration (HF-converted random weights, greedy, 128 new tokens): tokens/s of whole ``generate`` calls
+    (CPU time; interleaved rounds, alternating the order; medians), the first call's wall time (compilation), and
+    whether every variant gives the same tokens. The switches: ``sampling.DECODE_MATVEC`` (off: the generation's
+    ``(in, out)`` weight copy, the previous version's path), ``sampling.DECODE_SKIP_GUARDS`` and
+    ``step.STEP_INDUCTOR_OPTIONS`` (off: inductor's default fusion; compiled from copies of the step functions, so the
+    variants do not share dynamo's cache)."""
+    import types
+
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    import lightning_gpt.generation.sampling as sampling
+    import lightning_gpt.generation.step as step
+
+    hf_logging.set_verbosity_error()
+    n = args.roof_new_tokens
+    hf, prompt = _random_hf_model(transformers, ROOF_CONFIGS["small"], args.prompt_len, n)
+    model = from_hf_gpt2(hf, attention="standard").eval()
+    key = "cpu:inductor:True"
+
+    def fresh(fn: Callable, tag: str) -> Callable:  # the same function with its own code object (own dynamo cache)
+        return types.FunctionType(fn.__code__.replace(co_name=f"{fn.__name__}_{tag}"), fn.__globals__, fn.__name__)
+
+    default_fusion = (
+        torch.compile(fresh(step._prefill_logits, "ablation"), dynamic=True),
+        torch.compile(fresh(step._decode_logits_matvec, "ablation"), fullgraph=True),
+        torch.compile(fresh(step._decode_next_matvec, "ablation"), fullgraph=True),
+    )
+    variants = {
+        "this version (all on)": dict(matvec=True, skip=True, fns=None),
+        "without MatVecMode: the (in, out) weight copy": dict(matvec=False, skip=True, fns=None),
+        "without skipping the guard check": dict(matvec=True, skip=False, fns=None),
+        "without STEP_INDUCTOR_OPTIONS (default fusion)": dict(matvec=True, skip=True, fns=default_fusion),
+    }
+    own = sampling._COMPILED.get(key)
+
+    def use(v: dict) -> None:
+        sampling.DECODE_MATVEC, sampling.DECODE_SKIP_GUARDS = v["matvec"], v["skip"]
+        if v["fns"] is not None:
+            sampling._COMPILED[key] = v["fns"]
+        elif own is not None:
+            sampling._COMPILED[key] = own
+        else:
+            sampling._COMPILED.pop(key, None)
+
+    def run() -> torch.Tensor:
+        return generate(model, prompt, max_new_tokens=n, compile=True)
+
+    outs, first = {}, {}
+    for name, v in variants.items():
+        use(v)
+        start = time.perf_counter()
+        outs[name] = run()
+        first[name] = time.perf_counter() - start
+        if v["fns"] is None and v["matvec"]:
+            own = sampling._COMPILED[key]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
+            use(variants[name])
+            times[name].append(timed(run))
+    use(variants["this version (all on)"])
+    tps = {name: n / statistics.median(t) for name, t in times.items()}
+    base = tps["this version (all on)"]
+    same = all(torch.equal(o, outs["this version (all on)"]) for o in outs.values())
+    rows = [
+        "| compiled step | tok/s | ms/token | vs all on | first call (wall s) |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {name} | {tps[name]:.0f} | {1e3 / tps[name]:.2f} | {tps[name] / base:.2f}x | {first[name]:.0f} |"
+            for name in variants
+        ],
+        "",
+        f"Same tokens in every variant: {'yes' if same else 'NO'}.",
+    ]
     print("\n".join(rows), flush=True)
     return rows
 
@@ -661,6 +745,7 @@ def main() -> None:
         args.skip = list(args.skip) + [
             "compiled",
             "layout",
+            "ablation",
             "speculative",
         ]  # minutes each (compiling, training): with --only
     if args.threads:
@@ -727,6 +812,14 @@ def main() -> None:
             "",
         ]
         lines += bench_layout(args) + [""]
+    if "ablation" not in args.skip:
+        lines += [
+            "## The compiled batch-1 step with each speed-up switched off alone: small (6 x 384, vocab 50257), greedy "
+            f"batch 1, {args.roof_new_tokens} new tokens after a {args.prompt_len}-token prompt, float32; median of "
+            f"{args.rounds} interleaved rounds",
+            "",
+        ]
+        lines += bench_ablation(args) + [""]
     if "speculative" not in args.skip:
         lines += ["## Speculative decoding (`generate(..., draft_model=draft)`)", ""]
         lines += bench_speculative(args) + [""]
@@ -741,7 +834,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         name = (
             f"decode_{args.only}.md"
-            if args.only in ("roofline", "compiled", "layout", "speculative")
+            if args.only in ("roofline", "compiled", "layout", "ablation", "speculative")
             else "decode_speed.md"
         )
         (out / name).write_text("\n".join(lines), encoding="utf-8")
