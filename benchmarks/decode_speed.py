@@ -28,7 +28,8 @@ Three measurements, all greedy, in one process:
    (compiled at batch 1 no copy is taken: ``MatVecMode``).
 
 7. **ablation** (``--only ablation``): the compiled batch-1 step on the ``small`` configuration with each of its
-   speed-ups (``MatVecMode``, the guard skip, ``STEP_INDUCTOR_OPTIONS``) switched off alone, in one process.
+   speed-ups (``MatVecMode``, ``STEP_INDUCTOR_OPTIONS``) switched off alone, in one process, and the mat-vecs alone
+   (compiled reductions, MKL on the copies and on the model's own weights, the roofline's probe).
 
 8. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
    trained ``--spec_steps`` steps on ``--spec_data`` (tiny Shakespeare, characters) by a plain PyTorch loop here (the
@@ -397,9 +398,9 @@ def bench_ablation(args: argparse.Namespace) -> list[str]:
     ``small`` configuration (HF-converted random weights, greedy, 128 new tokens): tokens/s of whole ``generate`` calls
     (CPU time; interleaved rounds, alternating the order; medians), the first call's wall time (compilation), and
     whether every variant gives the same tokens. The switches: ``sampling.DECODE_MATVEC`` (off: the generation's
-    ``(in, out)`` weight copy, the previous version's path), ``sampling.DECODE_SKIP_GUARDS`` and
-    ``step.STEP_INDUCTOR_OPTIONS`` (off: inductor's default fusion; compiled from copies of the step functions, so the
-    variants do not share dynamo's cache)."""
+    ``(in, out)`` weight copy, the previous version's path) and ``step.STEP_INDUCTOR_OPTIONS`` (off: inductor's default
+    fusion; compiled from copies of the step functions, so the variants do not share dynamo's cache). Then the
+    mat-vecs alone (``_matvec_streams``)."""
     import types
 
     import transformers
@@ -423,15 +424,14 @@ def bench_ablation(args: argparse.Namespace) -> list[str]:
         torch.compile(fresh(step._decode_next_matvec, "ablation"), fullgraph=True),
     )
     variants = {
-        "this version (all on)": dict(matvec=True, skip=True, fns=None),
-        "without MatVecMode: the (in, out) weight copy": dict(matvec=False, skip=True, fns=None),
-        "without skipping the guard check": dict(matvec=True, skip=False, fns=None),
-        "without STEP_INDUCTOR_OPTIONS (default fusion)": dict(matvec=True, skip=True, fns=default_fusion),
+        "this version (all on)": dict(matvec=True, fns=None),
+        "without MatVecMode: the (in, out) weight copy": dict(matvec=False, fns=None),
+        "without STEP_INDUCTOR_OPTIONS (default fusion)": dict(matvec=True, fns=default_fusion),
     }
     own = sampling._COMPILED.get(key)
 
     def use(v: dict) -> None:
-        sampling.DECODE_MATVEC, sampling.DECODE_SKIP_GUARDS = v["matvec"], v["skip"]
+        sampling.DECODE_MATVEC = v["matvec"]
         if v["fns"] is not None:
             sampling._COMPILED[key] = v["fns"]
         elif own is not None:
@@ -457,6 +457,7 @@ def bench_ablation(args: argparse.Namespace) -> list[str]:
             times[name].append(timed(run))
     use(variants["this version (all on)"])
     tps = {name: n / statistics.median(t) for name, t in times.items()}
+    streams = _matvec_streams(model, args)
     base = tps["this version (all on)"]
     same = all(torch.equal(o, outs["this version (all on)"]) for o in outs.values())
     rows = [
@@ -468,9 +469,59 @@ def bench_ablation(args: argparse.Namespace) -> list[str]:
         ],
         "",
         f"Same tokens in every variant: {'yes' if same else 'NO'}.",
+        "",
+        "The mat-vecs alone, one pass over all the model's linear weights "
+        f"({sum(w.numel() * 4 for w in _linear_weights(model)) / 1e6:.1f} MB; x fixed; median of 9, CPU time):",
+        "",
+        "| kernel | ms per pass | GB/s |",
+        "|---|---:|---:|",
+        *[f"| {name} | {1e3 * sec:.2f} | {gbs:.1f} |" for name, (sec, gbs) in streams.items()],
     ]
     print("\n".join(rows), flush=True)
     return rows
+
+
+def _linear_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def _matvec_streams(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Seconds and GB/s of one pass of one-row mat-vecs over every linear weight of ``model``: compiled under
+    ``MatVecMode`` (the model's own ``(out, in)`` weights), MKL ``x @ W`` over ``(in, out)`` copies, MKL
+    ``F.linear`` over the own weights; and the roofline's probe (``measure_bandwidth``)."""
+    import torch.nn.functional as F
+
+    from lightning_gpt.generation.layout import MatVecMode
+
+    weights = _linear_weights(model)
+    nbytes = sum(w.numel() * w.element_size() for w in weights)
+    xs = {w.size(1): torch.randn(1, 1, w.size(1)) for w in weights}
+
+    def reductions(xs: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        with MatVecMode():
+            return [F.linear(xs[w.size(1)], w) for w in weights]
+
+    compiled = torch.compile(reductions, fullgraph=True)
+    copies = [w.t().contiguous() for w in weights]
+    runs = {
+        "compiled reductions (MatVecMode), own (out, in) weights": lambda: compiled(xs),
+        "MKL x @ W, (in, out) copies": lambda: [xs[w.size(0)] @ w for w in copies],
+        "MKL F.linear, own (out, in) weights": lambda: [F.linear(xs[w.size(1)], w) for w in weights],
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for fn in runs.values():
+            fn()
+        for r in range(9):
+            for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                times[name].append(timed(runs[name]))
+    out = {name: (statistics.median(t), nbytes / statistics.median(t) / 1e9) for name, t in times.items()}
+    bandwidth = measure_bandwidth(args.bw_size)
+    out[f"the roofline's probe: torch.mv, {args.bw_size} x {args.bw_size}"] = (
+        args.bw_size**2 * 4 / bandwidth,
+        bandwidth / 1e9,
+    )
+    return out
 
 
 def _train_char(model: GPT, data: torch.Tensor, steps: int, lr: float, batch: int, seed: int) -> float:

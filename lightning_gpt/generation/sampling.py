@@ -27,14 +27,13 @@ from lightning_gpt.generation.layout import (
     release_decode_weights,
 )
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
-from lightning_gpt.generation.step import CacheBuffers, StepFn, _unguarded, compiled_steps, model_logits
+from lightning_gpt.generation.step import CacheBuffers, StepFn, compiled_steps, model_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
 __all__ = [
     "DECODE_LAYOUT_MIN_BYTES",
     "DECODE_LAYOUT_MIN_TOKENS",
     "DECODE_MATVEC",
-    "DECODE_SKIP_GUARDS",
     "CacheBuffers",
     "DecodeState",
     "compiled_steps",
@@ -47,11 +46,6 @@ __all__ = [
 #: On CPU, the compiled one-token step runs under ``MatVecMode`` (one-row float32 linear layers as reductions over the
 #: model's own weights), so a compiled batch-1 generation takes no ``decode_weights`` copy.
 DECODE_MATVEC = True
-
-
-#: Run the compiled one-token step without dynamo's guard check once a step of the same generation has passed it (the
-#: check reads ~600 guards over the model, its weights and the cache: ~0.1-0.3 ms of a ~6 ms step of a 6 x 384 model).
-DECODE_SKIP_GUARDS = True
 
 
 _COMPILED: dict[str, tuple[StepFn, StepFn, StepFn]] = {}
@@ -140,9 +134,6 @@ class DecodeState:
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
         self.compiled = bool(compile)
-        # The compiled one-token step skips dynamo's guards after its first guarded call (CPU: not measured on CUDA).
-        self.skip_guards = self.compiled and DECODE_SKIP_GUARDS and device.type == "cpu"
-        self._guarded: set[tuple] = set()  # what the guarded calls were checked with
         if compile:
             if not use_cache:
                 raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True.")
@@ -214,18 +205,7 @@ class DecodeState:
             logits = fn(*args)
             return logits[:, -1].argmax(-1) if greedy else logits
         try:
-            if fn is self._prefill_fn or not self.skip_guards:
-                out = fn(*args)
-            else:
-                # The one-token step: its inputs are the same objects (or same-shaped fresh ones) at every step of
-                # this generation, so once a step has passed dynamo's guards the later ones skip them (``_unguarded``).
-                checked = (fn, id(self.cache_module), id(weights), self.mask is None, self.positions is None,
-                           keep, torch.is_inference_mode_enabled(), torch.is_grad_enabled())  # fmt: skip
-                if checked in self._guarded:
-                    out = _unguarded(fn, args)
-                else:
-                    out = fn(*args)
-                    self._guarded.add(checked)
+            out = fn(*args)
         except Exception as err:
             # torch.compile's per-function limit of compiled variants (many models or shapes in one process): the
             # step fails before it runs, so decoding goes on eagerly, with the same tokens.

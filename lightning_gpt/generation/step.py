@@ -126,14 +126,3 @@ def compiled_steps(
 #: top of streaming the weight; stored once (384 floats at batch 1) it is read back from L1. A 6 x 384 model with
 #: GPT-2's vocabulary decodes a token in 4.8 instead of 6.1 ms (``benchmarks/results/decode_compiled.md``).
 STEP_INDUCTOR_OPTIONS: dict[str, Any] = {"realize_opcount_threshold": 1}
-
-
-def _unguarded(fn: StepFn, args: tuple) -> Tensor:
-    """``fn(*args)`` with ``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``: dynamo runs only the guards that
-    tell its compiled variants apart, not the full check. Safe here because a variant made for exactly these inputs
-    exists and was chosen by the full check on this generation's first step (``DecodeState.feed`` compares what could
-    change its choice: the cache and weights objects, whether a mask and positions are given, ``keep``, the grad and
-    inference modes). The stance is process-wide while the step runs: another thread entering compiled code during it
-    would skip its guards too."""
-    with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-        return fn(*args)

@@ -40,30 +40,3 @@ def test_the_decode_weight_layout_is_captured_in_one_graph():
     assert DecodeState(model, prompt, None, 32).weights is not None
     eager = generate(model, prompt, max_new_tokens=32)
     assert torch.equal(generate(model, prompt, max_new_tokens=32, compile="eager"), eager)
-
-
-def test_steps_that_skip_the_guard_check_still_pick_each_models_compiled_step(monkeypatch):
-    # After the first guarded step of a generation, the compiled one-token step runs without dynamo's full guard check
-    # (sampling.DECODE_SKIP_GUARDS). Streams of two different models and two batch sizes, stepped in turn, each give
-    # their eager tokens: every step still runs the compiled variant made for its own model and shapes.
-    import lightning_gpt.generation.sampling as sampling
-    from lightning_gpt.generation import stream_generate
-
-    calls = []
-    unguarded = sampling._unguarded
-    monkeypatch.setattr(sampling, "_unguarded", lambda fn, args: calls.append(1) or unguarded(fn, args))
-    torch.manual_seed(0)
-    small = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
-    other = GPT(GPTConfig(vocab_size=80, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
-    runs = [(small, torch.randint(0, 64, (1, 4))), (other, torch.randint(0, 80, (1, 4))),
-            (small, torch.randint(0, 64, (2, 4)))]  # fmt: skip
-    n = 10
-    streams = [stream_generate(m, p, max_new_tokens=n, compile="eager") for m, p in runs]
-    got: list[list[torch.Tensor]] = [[] for _ in runs]
-    for _ in range(n):
-        for i, stream in enumerate(streams):
-            got[i].append(next(stream))
-    for (model, prompt), tokens in zip(runs, got):
-        eager = generate(model, prompt, max_new_tokens=n)[:, prompt.size(1) :]
-        assert torch.equal(torch.stack(tokens, dim=1), eager)
-    assert len(calls) >= 3 * (n - 3)  # the unguarded path ran for most steps of every stream
