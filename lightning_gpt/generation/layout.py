@@ -121,8 +121,8 @@ class MatVecMode(TorchFunctionMode):
     For the compiled one-token step (``step.compiled_steps``): traced by dynamo, this is not a matrix multiply but a
     row-wise reduction, which inductor compiles to vectorized C++ that streams ``W`` in ``nn.Linear``'s own
     ``(out, in)`` layout faster than MKL streams the transposed copy: the 25 weights of a 6 x 384 model with GPT-2's
-    vocabulary in 4.10 ms as compiled reductions against 5.39 ms for ``x @ W`` on ``(in, out)`` copies (one thread,
-    one process, load ~3; the head alone 2.5-3.1 ms against 5.3 ms for ``F.linear`` on its own layout). So a compiled
+    vocabulary in 4.0-4.2 ms as compiled reductions against 5.1-5.6 ms for ``x @ W`` on ``(in, out)`` copies and
+    8.2 ms for ``F.linear`` on the own layout (one thread; ``benchmarks/results/decode_ablation.md``). So a compiled
     batch-1 generation needs no ``decode_weights`` copy. Eager, the same expression would materialize ``x * W``: not
     for eager use.
     """
