@@ -24,9 +24,14 @@ Three measurements, all greedy, in one process:
    compiled call (wall clock: inductor compiles in worker processes) reported apart, and the roofline share.
 
 6. **layout** (``--only layout``): the decode-time weight layout (``decode_weights``) on and off in one process, on
-   the ``small`` configuration: ms per one-token step and tokens/s of whole ``generate`` calls, eager and compiled.
+   the ``small`` configuration: ms per one-token step and tokens/s of whole ``generate`` calls, eager and compiled
+   (compiled at batch 1 no copy is taken: ``MatVecMode``).
 
-7. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
+7. **ablation** (``--only ablation``): the compiled batch-1 step on the ``small`` configuration with each of its
+   speed-ups (``MatVecMode``, ``STEP_INDUCTOR_OPTIONS``) switched off alone, in one process, and the mat-vecs alone
+   (compiled reductions, MKL on the copies and on the model's own weights, the roofline's probe).
+
+8. **speculative** (``--only speculative``): a target (``--spec_target``, default 6x384) and a draft (2x128), both
    trained ``--spec_steps`` steps on ``--spec_data`` (tiny Shakespeare, characters) by a plain PyTorch loop here (the
    pair is cached in ``--spec_cache``), or loaded from checkpoints trained by ``lightning-gpt fit``
    (``--spec_target_ckpt`` / ``--spec_draft_ckpt``), then the target's greedy decode alone vs with the draft
@@ -34,8 +39,8 @@ Three measurements, all greedy, in one process:
    chi-square check of sampled speculative output against the target's exact marginals (``--spec_check_samples``).
 
 Prints markdown tables and writes them to ``<out>/decode_speed.md`` (``--only roofline``: ``<out>/decode_roofline.md``;
-``--only compiled`` / ``layout`` / ``speculative``: ``<out>/decode_compiled.md`` / ``decode_layout.md`` /
-``decode_speculative.md``).
+``--only compiled`` / ``layout`` / ``ablation`` / ``speculative``: ``<out>/decode_compiled.md`` / ``decode_layout.md``
+/ ``decode_ablation.md`` / ``decode_speculative.md``).
 
 Usage::
 
@@ -171,7 +176,7 @@ def bench_context(args: argparse.Namespace) -> list[str]:
     return rows
 
 
-PARTS = ["hf", "cache", "context", "roofline", "compiled", "layout", "speculative"]
+PARTS = ["hf", "cache", "context", "roofline", "compiled", "layout", "ablation", "speculative"]
 
 ROOF_CONFIGS = {
     "tiny": dict(n_layer=2, n_embd=128, n_head=4, vocab_size=512),
@@ -331,17 +336,20 @@ def bench_layout(args: argparse.Namespace) -> list[str]:
     """The decode-time weight layout (``decode_weights``) on and off in one process, on the ``small`` configuration
     (HF-converted random weights, batch 1, greedy): ms per one-token step (127 steps after the prefill) and tokens/s
     of whole ``generate`` calls (prefill and the layout's copy included), eager and compiled; interleaved rounds,
-    alternating which goes first, medians. "Off" runs the model's own ``(out, in)`` weights."""
+    alternating which goes first, medians. "Off" runs the model's own ``(out, in)`` weights. A compiled generation at
+    batch 1 takes no copy either way (``layout.MatVecMode``), so its rows compare the same code: both are what
+    ``generate(..., compile=True)`` runs."""
     import transformers
     from transformers.utils import logging as hf_logging
 
+    import lightning_gpt.generation.layout as layout
     import lightning_gpt.generation.sampling as sampling
 
     hf_logging.set_verbosity_error()
     n = args.roof_new_tokens
     hf, prompt = _random_hf_model(transformers, ROOF_CONFIGS["small"], args.prompt_len, n)
     model = from_hf_gpt2(hf, attention="standard").eval()
-    on = sampling.DECODE_LAYOUT_MIN_BYTES
+    on = layout.DECODE_LAYOUT_MIN_BYTES
 
     def steps(compile: bool) -> float:
         with torch.inference_mode():
@@ -356,17 +364,17 @@ def bench_layout(args: argparse.Namespace) -> list[str]:
         return timed(lambda: generate(model, prompt, max_new_tokens=n, compile=compile))
 
     outs = {}
-    for layout in (True, False):
-        sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
-        outs[layout] = [generate(model, prompt, max_new_tokens=n, compile=c) for c in (False, True)]  # warm-up
+    for layout_on in (True, False):
+        layout.DECODE_LAYOUT_MIN_BYTES = on if layout_on else 1 << 62
+        outs[layout_on] = [generate(model, prompt, max_new_tokens=n, compile=c) for c in (False, True)]  # warm-up
     times: dict[tuple[str, bool, bool], list[float]] = {}
     for r in range(args.rounds):
-        for layout in (True, False) if r % 2 == 0 else (False, True):
-            sampling.DECODE_LAYOUT_MIN_BYTES = on if layout else 1 << 62
+        for layout_on in (True, False) if r % 2 == 0 else (False, True):
+            layout.DECODE_LAYOUT_MIN_BYTES = on if layout_on else 1 << 62
             for compile in (False, True):
-                times.setdefault(("step", layout, compile), []).append(steps(compile))
-                times.setdefault(("generate", layout, compile), []).append(whole(compile))
-    sampling.DECODE_LAYOUT_MIN_BYTES = on
+                times.setdefault(("step", layout_on, compile), []).append(steps(compile))
+                times.setdefault(("generate", layout_on, compile), []).append(whole(compile))
+    layout.DECODE_LAYOUT_MIN_BYTES = on
     same = all(torch.equal(a, b) for a, b in zip(outs[True] + outs[False], outs[True][:1] * 4))
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [
@@ -383,6 +391,137 @@ def bench_layout(args: argparse.Namespace) -> list[str]:
     rows += ["", f"Same tokens in all four modes: {'yes' if same else 'NO'}."]
     print("\n".join(rows), flush=True)
     return rows
+
+
+def bench_ablation(args: argparse.Namespace) -> list[str]:
+    """The compiled batch-1 step of this version with each of its speed-ups switched off alone, in one process, on the
+    ``small`` configuration (HF-converted random weights, greedy, 128 new tokens): tokens/s of whole ``generate`` calls
+    (CPU time; interleaved rounds, alternating the order; medians), the first call's wall time (compilation), and
+    whether every variant gives the same tokens. The switches: ``sampling.DECODE_MATVEC`` (off: the generation's
+    ``(in, out)`` weight copy, the previous version's path) and ``step.STEP_INDUCTOR_OPTIONS`` (off: inductor's default
+    fusion; compiled from copies of the step functions, so the variants do not share dynamo's cache). Then the
+    mat-vecs alone (``_matvec_streams``)."""
+    import types
+
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    import lightning_gpt.generation.sampling as sampling
+    import lightning_gpt.generation.step as step
+
+    hf_logging.set_verbosity_error()
+    n = args.roof_new_tokens
+    hf, prompt = _random_hf_model(transformers, ROOF_CONFIGS["small"], args.prompt_len, n)
+    model = from_hf_gpt2(hf, attention="standard").eval()
+    key = "cpu:inductor:True"
+
+    def fresh(fn: Callable, tag: str) -> Callable:  # the same function with its own code object (own dynamo cache)
+        return types.FunctionType(fn.__code__.replace(co_name=f"{fn.__name__}_{tag}"), fn.__globals__, fn.__name__)
+
+    default_fusion = (
+        torch.compile(fresh(step._prefill_logits, "ablation"), dynamic=True),
+        torch.compile(fresh(step._decode_logits_matvec, "ablation"), fullgraph=True),
+        torch.compile(fresh(step._decode_next_matvec, "ablation"), fullgraph=True),
+    )
+    variants = {
+        "this version (all on)": dict(matvec=True, fns=None),
+        "without MatVecMode: the (in, out) weight copy": dict(matvec=False, fns=None),
+        "without STEP_INDUCTOR_OPTIONS (default fusion)": dict(matvec=True, fns=default_fusion),
+    }
+    own = sampling._COMPILED.get(key)
+
+    def use(v: dict) -> None:
+        sampling.DECODE_MATVEC = v["matvec"]
+        if v["fns"] is not None:
+            sampling._COMPILED[key] = v["fns"]
+        elif own is not None:
+            sampling._COMPILED[key] = own
+        else:
+            sampling._COMPILED.pop(key, None)
+
+    def run() -> torch.Tensor:
+        return generate(model, prompt, max_new_tokens=n, compile=True)
+
+    outs, first = {}, {}
+    for name, v in variants.items():
+        use(v)
+        start = time.perf_counter()
+        outs[name] = run()
+        first[name] = time.perf_counter() - start
+        if v["fns"] is None and v["matvec"]:
+            own = sampling._COMPILED[key]
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.rounds):
+        for name in list(variants) if r % 2 == 0 else list(variants)[::-1]:
+            use(variants[name])
+            times[name].append(timed(run))
+    use(variants["this version (all on)"])
+    tps = {name: n / statistics.median(t) for name, t in times.items()}
+    streams = _matvec_streams(model, args)
+    base = tps["this version (all on)"]
+    same = all(torch.equal(o, outs["this version (all on)"]) for o in outs.values())
+    rows = [
+        "| compiled step | tok/s | ms/token | vs all on | first call (wall s) |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {name} | {tps[name]:.0f} | {1e3 / tps[name]:.2f} | {tps[name] / base:.2f}x | {first[name]:.0f} |"
+            for name in variants
+        ],
+        "",
+        f"Same tokens in every variant: {'yes' if same else 'NO'}.",
+        "",
+        "The mat-vecs alone, one pass over all the model's linear weights "
+        f"({sum(w.numel() * 4 for w in _linear_weights(model)) / 1e6:.1f} MB; x fixed; median of 9, CPU time):",
+        "",
+        "| kernel | ms per pass | GB/s |",
+        "|---|---:|---:|",
+        *[f"| {name} | {1e3 * sec:.2f} | {gbs:.1f} |" for name, (sec, gbs) in streams.items()],
+    ]
+    print("\n".join(rows), flush=True)
+    return rows
+
+
+def _linear_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def _matvec_streams(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """Seconds and GB/s of one pass of one-row mat-vecs over every linear weight of ``model``: compiled under
+    ``MatVecMode`` (the model's own ``(out, in)`` weights), MKL ``x @ W`` over ``(in, out)`` copies, MKL
+    ``F.linear`` over the own weights; and the roofline's probe (``measure_bandwidth``)."""
+    import torch.nn.functional as F
+
+    from lightning_gpt.generation.layout import MatVecMode
+
+    weights = _linear_weights(model)
+    nbytes = sum(w.numel() * w.element_size() for w in weights)
+    xs = {w.size(1): torch.randn(1, 1, w.size(1)) for w in weights}
+
+    def reductions(xs: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        with MatVecMode():
+            return [F.linear(xs[w.size(1)], w) for w in weights]
+
+    compiled = torch.compile(reductions, fullgraph=True)
+    copies = [w.t().contiguous() for w in weights]
+    runs = {
+        "compiled reductions (MatVecMode), own (out, in) weights": lambda: compiled(xs),
+        "MKL x @ W, (in, out) copies": lambda: [xs[w.size(0)] @ w for w in copies],
+        "MKL F.linear, own (out, in) weights": lambda: [F.linear(xs[w.size(1)], w) for w in weights],
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for fn in runs.values():
+            fn()
+        for r in range(9):
+            for name in list(runs) if r % 2 == 0 else list(runs)[::-1]:
+                times[name].append(timed(runs[name]))
+    out = {name: (statistics.median(t), nbytes / statistics.median(t) / 1e9) for name, t in times.items()}
+    bandwidth = measure_bandwidth(args.bw_size)
+    out[f"the roofline's probe: torch.mv, {args.bw_size} x {args.bw_size}"] = (
+        args.bw_size**2 * 4 / bandwidth,
+        bandwidth / 1e9,
+    )
+    return out
 
 
 def _train_char(model: GPT, data: torch.Tensor, steps: int, lr: float, batch: int, seed: int) -> float:
@@ -531,8 +670,8 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         g = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             for p in prompts:
-                t_state = DecodeState(target, p, None, n, compile=args.spec_compile)
-                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile)
+                t_state = DecodeState(target, p, None, n, compile=args.spec_compile, verify=True)
+                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile, verify=True)
                 reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
                 stop = StopCriteria([], None, None, vocab)
                 for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=g,
@@ -657,6 +796,7 @@ def main() -> None:
         args.skip = list(args.skip) + [
             "compiled",
             "layout",
+            "ablation",
             "speculative",
         ]  # minutes each (compiling, training): with --only
     if args.threads:
@@ -723,6 +863,14 @@ def main() -> None:
             "",
         ]
         lines += bench_layout(args) + [""]
+    if "ablation" not in args.skip:
+        lines += [
+            "## The compiled batch-1 step with each speed-up switched off alone: small (6 x 384, vocab 50257), greedy "
+            f"batch 1, {args.roof_new_tokens} new tokens after a {args.prompt_len}-token prompt, float32; median of "
+            f"{args.rounds} interleaved rounds",
+            "",
+        ]
+        lines += bench_ablation(args) + [""]
     if "speculative" not in args.skip:
         lines += ["## Speculative decoding (`generate(..., draft_model=draft)`)", ""]
         lines += bench_speculative(args) + [""]
@@ -737,7 +885,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         name = (
             f"decode_{args.only}.md"
-            if args.only in ("roofline", "compiled", "layout", "speculative")
+            if args.only in ("roofline", "compiled", "layout", "ablation", "speculative")
             else "decode_speed.md"
         )
         (out / name).write_text("\n".join(lines), encoding="utf-8")

@@ -237,8 +237,11 @@ def _decoding(model: nn.Module, run: _Decoding) -> Iterator[tuple[DecodeState, O
     prompt, mask, n, draft_model = run.input_ids, run.attention_mask, run.max_new_tokens, run.draft_model
     with _eval_mode(model), _eval_mode(draft_model):
         with torch.inference_mode():  # allocated as inference tensors even where the steps run outside the mode
-            state = DecodeState(model, prompt, mask, n, run.config.use_cache, run.compile)
-            draft = None if draft_model is None else DecodeState(draft_model, prompt, mask, n, True, run.compile)
+            verify = draft_model is not None  # (speculative: multi-token verification passes)
+            state = DecodeState(model, prompt, mask, n, run.config.use_cache, run.compile, verify)
+            draft = None
+            if draft_model is not None:
+                draft = DecodeState(draft_model, prompt, mask, n, True, run.compile, verify)
         try:
             yield state, draft
         finally:

@@ -1,5 +1,5 @@
-"""The decoding engine, gpt-fast style: ``model_logits`` (one forward through a cache), ``DecodeState`` (its
-``prefill`` and ``decode_one_token``) and ``decode_n_tokens`` (the greedy/sampling loop).
+"""The decoding engine, gpt-fast style: ``model_logits`` (one forward through a cache: ``step.py``), ``DecodeState``
+(its ``prefill`` and ``decode_one_token``) and ``decode_n_tokens`` (the greedy/sampling loop).
 
 ``DecodeState`` owns the token buffer (preallocated), the padding mask, the positions and its own cache (one state per
 layer from ``model.new_cache``), and passes that cache to every forward call (``model(idx, input_pos=pos,
@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Callable, Generator, Optional, Union, cast
+from typing import Any, Generator, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from lightning_gpt.generation.config import GenerationConfig
+from lightning_gpt.generation.layout import (
+    DECODE_LAYOUT_MIN_BYTES,
+    DECODE_LAYOUT_MIN_TOKENS,
+    decode_weights,
+    release_decode_weights,
+)
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
+from lightning_gpt.generation.step import CacheBuffers, StepFn, compiled_steps, model_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
 __all__ = [
+    "DECODE_LAYOUT_MIN_BYTES",
+    "DECODE_LAYOUT_MIN_TOKENS",
+    "DECODE_MATVEC",
     "CacheBuffers",
     "DecodeState",
     "compiled_steps",
@@ -34,89 +43,12 @@ __all__ = [
     "sample_steps",
 ]
 
-StepFn = Callable[..., Tensor]
+#: On CPU, the compiled one-token step runs under ``MatVecMode`` (one-row float32 linear layers as reductions over the
+#: model's own weights), so a compiled batch-1 generation takes no ``decode_weights`` copy.
+DECODE_MATVEC = True
 
 
-def model_logits(
-    model: nn.Module,
-    idx: Tensor,
-    input_pos: Tensor,
-    cache: Union[None, list, "CacheBuffers"],
-    mask: Optional[Tensor],
-    positions: Optional[Tensor],
-    n_real: int,
-    keep: int = 1,
-    weights: Optional[dict[str, Tensor]] = None,
-) -> Tensor:
-    """Float32 logits ``(B, keep, V)`` of the last ``keep`` of the tokens ``idx`` ``(B, T)`` run at the buffer positions
-    ``input_pos`` ``(T,)`` through ``cache`` (``cache=None``: ``idx`` is the whole sequence, run without a cache); ids
-    from ``n_real`` on (a padded table's filler rows) get ``-inf``.
-
-    ``mask`` ``(B, S)`` bool and ``positions`` ``(B, S)`` (position ids, for left padding) cover the whole buffer, so
-    no shape depends on the step. ``weights``: the generation's decode-time layout of the model's linear weights
-    (``decode_weights``), used for this call in place of the model's own (``torch.func.functional_call``; the model
-    is not changed). ``cache`` may come wrapped in a ``CacheBuffers`` (the compiled step: see there).
-    """
-    if isinstance(cache, CacheBuffers):
-        cache = cache.states
-    if cache is None:  # no cache: the whole sequence, from position 0
-        pos_ids = None if positions is None else positions[:, : idx.size(1)]
-        kwargs: dict[str, Any] = dict(attention_mask=mask, position_ids=pos_ids, logits_to_keep=keep)
-    else:
-        pos_ids = None if positions is None else positions.index_select(1, input_pos)  # (B, T)
-        kwargs = dict(attention_mask=mask, position_ids=pos_ids, input_pos=input_pos, cache=cache, logits_to_keep=keep)
-    if weights is None:
-        logits = model(idx, **kwargs)
-    else:
-        logits = functional_call(model, weights, (idx,), kwargs, tie_weights=False)
-    logits = logits.float()
-    if logits.size(-1) > n_real:
-        # The one place the padding rows of a padded table are removed from decoding (sampling and beam search).
-        logits = logits.masked_fill(torch.arange(logits.size(-1), device=logits.device) >= n_real, float("-inf"))
-    return logits
-
-
-class CacheBuffers(nn.Module):
-    """A generation's cache with its tensors registered as buffers, handed to the compiled step instead of the bare
-    list: ``torch.compile`` treats the buffers of a module it is given as static inputs, so the step's in-place cache
-    writes do not stop it from being replayed as a CUDA graph (``mode="reduce-overhead"``). Same tensors, no copy.
-
-    Args:
-        states: the cache, one dict of tensors per layer (``model.new_cache``).
-    """
-
-    def __init__(self, states: list) -> None:
-        super().__init__()
-        self.states = states
-        for i, state in enumerate(states):
-            for name, tensor in state.items():
-                self.register_buffer(f"layer{i}_{name}", tensor, persistent=False)
-
-
-def _prefill_logits(*args: object) -> Tensor:
-    return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with a dynamic length
-
-
-def _decode_logits(*args: object) -> Tensor:
-    return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled with static shapes
-
-
-def compiled_steps(device: torch.device, backend: str = "inductor") -> tuple[StepFn, StepFn]:
-    """``(prefill, decode_one)``: ``model_logits`` compiled for the prompt (``dynamic=True``: any length, one
-    compilation) and for a one-token step (``fullgraph=True``, static shapes; ``mode="reduce-overhead"`` on CUDA, i.e.
-    replayed as a CUDA graph; inductor's C++ code on CPU).
-
-    The first call of each compiles (seconds to a minute; see ``benchmarks/decode_speed.py`` for measured times);
-    later generations of the same model, batch size and buffer length reuse the compiled code. ``backend``: the
-    ``torch.compile`` backend (``"eager"`` checks the graph capture quickly, without code generation).
-    """
-    mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
-    prefill = torch.compile(_prefill_logits, dynamic=True, backend=backend)
-    decode = torch.compile(_decode_logits, fullgraph=True, mode=mode, backend=backend)
-    return prefill, decode
-
-
-_COMPILED: dict[str, tuple[StepFn, StepFn]] = {}
+_COMPILED: dict[str, tuple[StepFn, StepFn, StepFn]] = {}
 _WARNED: set[str] = set()
 
 
@@ -124,58 +56,6 @@ def _warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-#: No decode-time layout below this many bytes of linear weights (they sit in the CPU's caches, where the layout gains
-#: less than ``functional_call`` costs per eager step, ~50 us; a 2 x 128 model decodes a token in ~350 us) or for fewer
-#: new tokens (the copy, ~1.5 GB/s of weights on one thread, costs what ~25 tokens of faster mat-vecs save).
-DECODE_LAYOUT_MIN_BYTES, DECODE_LAYOUT_MIN_TOKENS = 8 << 20, 32
-
-
-def decode_weights(
-    model: nn.Module, batch_size: int, new_tokens: int = DECODE_LAYOUT_MIN_TOKENS
-) -> Optional[dict[str, Tensor]]:
-    """The generation's own layout of the model's ``nn.Linear`` weights, when it speeds up decoding, else ``None``:
-    ``{"<module>.weight": W}`` where each ``W`` has the weight's shape ``(out, in)`` and values but is stored
-    transposed, ``(in, out)`` contiguous (``W = weight.t().contiguous().t()``).
-
-    At batch 1 a decoded token is one matrix-vector product per weight, and on CPU ``F.linear(x, W)`` with such a
-    ``W`` runs ``addmm(b, x, W.t())`` over a contiguous ``(in, out)`` matrix, which streams faster than from
-    ``nn.Linear``'s ``(out, in)`` layout (a 50257 x 384 LM head: 22-27 vs 13-14 GB/s on one thread here): a 6 x 384
-    model with GPT-2's vocabulary decodes a token 1.28x (eager) and 1.39x (compiled) faster
-    (``benchmarks/results/decode_layout.md``). ``model_logits`` runs the model with these weights in place of its own
-    (``torch.func.functional_call``): the model, its parameters and its ``state_dict`` are untouched.
-
-    The copies are taken from the current weights when a generation starts and belong to it, so a training step
-    between two generations is never missed. Keeping them for the next generation does not pay: telling whether a
-    weight changed means comparing it with its transposed copy, which costs more than copying it (110 vs 78 ms for a
-    6 x 384 model with a 50257-token head, one thread). Cost: ~80 ms per generation for that model (a 128-token greedy
-    generation gains ~400 ms: ``benchmarks/results/decode_layout.md``) and one copy of the linear weights in memory
-    while it decodes. Float32 on CPU, batch <= 8, at least ``DECODE_LAYOUT_MIN_BYTES`` of linear weights (bfloat16
-    kernels and CUDA gain nothing from it) and at least ``DECODE_LAYOUT_MIN_TOKENS`` new tokens (a shorter generation
-    would not earn its copy back).
-
-    Args:
-        model: the model being decoded.
-        batch_size: rows decoded together.
-        new_tokens: the most tokens the generation will decode.
-
-    Returns:
-        The weights by ``named_parameters`` name, or ``None`` (the model's own weights are used).
-    """
-    if batch_size > 8 or new_tokens < DECODE_LAYOUT_MIN_TOKENS:
-        return None
-    linears: dict[str, Tensor] = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, nn.Linear) or not isinstance(weight, Tensor):
-            continue
-        if type(weight.data) is not torch.Tensor or weight.device.type != "cpu" or weight.dtype != torch.float32:
-            return None  # a sharded DTensor, another device or dtype: the model's own layout
-        linears[f"{name}.weight" if name else "weight"] = weight.detach()
-    if sum(w.numel() * w.element_size() for w in linears.values()) < DECODE_LAYOUT_MIN_BYTES:
-        return None
-    return {key: weight.t().contiguous().t() for key, weight in linears.items()}  # shape (out, in), stored (in, out)
 
 
 def _uses_input_pos(model: nn.Module) -> bool:
@@ -197,6 +77,9 @@ class DecodeState:
         compile: run the prefill and the one-token step compiled (``compiled_steps``); needs ``use_cache``. The
             cache is then sized to a power of two (at most ``block_size``) so that prompts of other lengths reuse the
             compiled step. ``True`` uses inductor; a string names another ``torch.compile`` backend.
+        verify: the state will feed several tokens at a time after the prefill (speculative decoding's verification
+            passes): compiled at batch 1 on CPU, those keep the decode-time weight copy (``decode_weights``), which
+            the one-token steps (``MatVecMode``) do without.
     """
 
     def __init__(
@@ -207,6 +90,7 @@ class DecodeState:
         max_new_tokens: int,
         use_cache: bool = True,
         compile: Union[bool, str] = False,
+        verify: bool = False,
     ) -> None:
         self.model: Any = cast(Any, model)  # duck-typed: the cache protocol above (nn.Module types attributes loosely)
         self.use_cache = use_cache
@@ -243,7 +127,9 @@ class DecodeState:
         self.prompt_valid = None if attention_mask is None else attention_mask.bool()
         self.legacy = not _uses_input_pos(model)
         self.cache = self.model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
-        self.weights = None if self.legacy else decode_weights(model, B, max_new_tokens)
+        # Compiled at batch 1 on CPU, the step reads the model's own weights (``MatVecMode``); else the layout copy.
+        self.matvec = bool(compile) and use_cache and DECODE_MATVEC and device.type == "cpu" and B == 1
+        self.weights = None if self.legacy or (self.matvec and not verify) else decode_weights(model, B, max_new_tokens)
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
@@ -252,13 +138,13 @@ class DecodeState:
             if not use_cache:
                 raise ValueError("compile=True compiles the cached one-token step; it needs use_cache=True.")
             backend = compile if isinstance(compile, str) else "inductor"
-            key = f"{device.type}:{backend}"
+            key = f"{device.type}:{backend}:{DECODE_MATVEC}"
             if key not in _COMPILED:
-                _COMPILED[key] = compiled_steps(device, backend)
-            self._prefill_fn, self._decode_fn = _COMPILED[key]
+                _COMPILED[key] = compiled_steps(device, backend, DECODE_MATVEC)
+            self._prefill_fn, self._decode_fn, self._greedy_fn = _COMPILED[key]
             self.cache_module = None if self.cache is None else CacheBuffers(self.cache)
         else:
-            self._prefill_fn = self._decode_fn = model_logits
+            self._prefill_fn = self._decode_fn = self._greedy_fn = model_logits
             self.cache_module = None
 
     @property
@@ -270,10 +156,11 @@ class DecodeState:
         """``(B, length)`` bool, False at padding; ``None`` when there is no padding."""
         return None if self.mask is None else self.mask[:, : self.length]
 
-    def feed(self, end: int, keep: int = 1) -> Tensor:
+    def feed(self, end: int, keep: int = 1, greedy: bool = False) -> Tensor:
         """Run the tokens ``fed .. end - 1`` of the buffer (not yet in the cache) and return the float32 logits
         ``(B, keep, V)`` of the last ``keep`` of them; afterwards ``fed = end``. Without cache, the whole sequence
-        ``0 .. end - 1`` is rerun."""
+        ``0 .. end - 1`` is rerun. ``greedy``: return the argmax ids ``(B,)`` of the last token's logits instead
+        (the compiled one-token step takes them inside the compiled code)."""
         if self.use_cache and self.cache is None and not self.legacy:  # (closed)
             raise RuntimeError("This DecodeState was closed; start a new generation.")
         start = self.fed if self.use_cache else 0
@@ -286,10 +173,11 @@ class DecodeState:
                 start_pos=start if self.use_cache else None,
                 logits_to_keep=keep,
             )
-            return logits[:, -keep:].float()
+            logits = logits[:, -keep:].float()
+            return logits[:, -1].argmax(-1) if greedy else logits
         if not self.use_cache:
             mask = None if self.mask is None else self.mask[:, :end]
-            return model_logits(
+            logits = model_logits(
                 self.model,
                 self.tokens[:, :end],
                 self.arange[:end],
@@ -300,26 +188,34 @@ class DecodeState:
                 keep,
                 self.weights,
             )
-        fn = self._decode_fn if end - start == 1 else self._prefill_fn
+            return logits[:, -1].argmax(-1) if greedy else logits
+        if end - start > 1:
+            fn = self._prefill_fn
+        else:
+            fn = self._greedy_fn if greedy and keep == 1 else self._decode_fn
+        ids = fn is self._greedy_fn and fn is not model_logits  # fn returns the argmax ids itself
         input_pos = self.arange[start:end]
         idx = self.tokens[:, start:end]
         if self.compiled:  # fresh inputs: a view's storage offset would be one more thing to specialize on
             input_pos, idx = input_pos.clone(), idx.clone()
         cache = self.cache if self.cache_module is None else self.cache_module
-        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, self.weights)
+        weights = self.weights if fn is self._prefill_fn or not self.matvec else None  # (MatVecMode: the model's own)
+        args = (self.model, idx, input_pos, cache, self.mask, self.positions, self.n_real, keep, weights)
         if fn is model_logits:
-            return fn(*args)
+            logits = fn(*args)
+            return logits[:, -1].argmax(-1) if greedy else logits
         try:
-            return fn(*args)
+            out = fn(*args)
         except Exception as err:
             # torch.compile's per-function limit of compiled variants (many models or shapes in one process): the
             # step fails before it runs, so decoding goes on eagerly, with the same tokens.
             if "RecompileLimit" not in type(err).__name__:
                 raise
             _warn_once(f"compile=True: {err}".split("\n")[0] + " -- decoding eagerly from here.")
-            self._prefill_fn = self._decode_fn = model_logits
+            self._prefill_fn = self._decode_fn = self._greedy_fn = model_logits
             self.cache_module = None
-            return model_logits(*args)
+            out, ids = model_logits(*args), False
+        return out[:, -1].argmax(-1) if greedy and not ids else out
 
     def prefill(self) -> Tensor:
         """Run the prompt (one call); return the next-token logits ``(B, V)`` in float32."""
@@ -332,15 +228,17 @@ class DecodeState:
         self.tokens[:, self.length] = next_tokens
         self.length += 1
 
-    def decode_one_token(self, next_tokens: Optional[Tensor] = None) -> Tensor:
+    def decode_one_token(self, next_tokens: Optional[Tensor] = None, greedy: bool = False) -> Tensor:
         """Append ``next_tokens`` ``(B,)`` (if given), feed the last token through the cache (without cache: rerun the
-        whole sequence); return the next-token logits ``(B, V)`` in float32."""
+        whole sequence); return the next-token logits ``(B, V)`` in float32, or with ``greedy`` their argmax ids
+        ``(B,)`` (see ``feed``)."""
         if next_tokens is not None:  # (``append``, inlined: the hot path)
             if self.length >= self.max_len:
                 raise RuntimeError("DecodeState is full: max_new_tokens tokens were already appended.")
             self.tokens[:, self.length] = next_tokens
             self.length += 1
-        return self.feed(self.length)[:, -1]
+        out = self.feed(self.length, greedy=greedy)
+        return out if greedy else out[:, -1]
 
     def reorder(self, index: Tensor) -> None:
         """Row ``i`` becomes old row ``index[i]`` (beam search); the cache follows, in place (same storage, so a
@@ -368,9 +266,13 @@ class DecodeState:
         self.fed = fed
 
     def close(self) -> None:
-        """Free this generation's decoding state (nothing else's)."""
+        """Free this generation's decoding state (nothing else's); its decode-time weights go back to the model's
+        spare set (``release_decode_weights``)."""
         self.cache = None
         self.cache_module = None
+        weights, self.weights = self.weights, None
+        if weights is not None:
+            release_decode_weights(self.model, weights)
 
 
 def decode_n_tokens(
@@ -406,9 +308,13 @@ def decode_n_tokens(
     process = penalize or do_sample
     active = stop.active
     logits = state.prefill()
+    # Greedy without logits processing: each step returns the next ids itself (compiled: argmax inside the step).
+    ready = None if process else logits.argmax(dim=-1)
     unfinished = torch.ones(state.batch_size, dtype=torch.bool, device=logits.device)
     for step in range(max_new_tokens):
-        if process:
+        if ready is not None:
+            next_tokens = ready
+        else:  # (process is true)
             logits = process_logits(
                 logits,
                 previous_ids=state.tokens[:, : state.length] if penalize else None,
@@ -420,7 +326,7 @@ def decode_n_tokens(
                 top_p=config.top_p,
                 min_p=config.min_p,
             )
-        next_tokens = sample_from_logits(logits, generator) if do_sample else logits.argmax(dim=-1)  # (B,)
+            next_tokens = sample_from_logits(logits, generator) if do_sample else logits.argmax(dim=-1)  # (B,)
         if active:
             next_tokens = torch.where(unfinished, next_tokens, pad_token_id)
         if active or step + 1 == max_new_tokens:
@@ -428,7 +334,10 @@ def decode_n_tokens(
             yield next_tokens
         else:  # the hot path: append and feed in one call
             yield next_tokens
-            logits = state.decode_one_token(next_tokens)
+            if ready is None:
+                logits = state.decode_one_token(next_tokens)
+            else:
+                ready = state.decode_one_token(next_tokens, greedy=True)
             continue
         if active:
             rows = unfinished.nonzero().flatten()
@@ -441,7 +350,10 @@ def decode_n_tokens(
                 if not bool(unfinished.any()):
                     return
         if step + 1 < max_new_tokens:
-            logits = state.decode_one_token()
+            if ready is None:
+                logits = state.decode_one_token()
+            else:
+                ready = state.decode_one_token(greedy=True)
 
 
 sample_steps = decode_n_tokens  # the 0.1 name

@@ -21,6 +21,9 @@ def test_compiled_greedy_equals_eager():
     eager = generate(model, prompt, attention_mask=mask, max_new_tokens=12)
     compiled = generate(model, prompt, attention_mask=mask, max_new_tokens=12, compile=True)
     assert torch.equal(compiled, eager)
+    # Batch 1: the greedy step with its argmax inside, MatVecMode and STEP_INDUCTOR_OPTIONS (inductor's C++ code).
+    one = generate(model, prompt[:1], max_new_tokens=12, compile=True)
+    assert torch.equal(one, generate(model, prompt[:1], max_new_tokens=12))
     with pytest.raises(ValueError, match="use_cache=True"):
         generate(model, prompt, max_new_tokens=2, compile=True, use_cache=False)
 
