@@ -140,6 +140,7 @@ LAYERS = (
             "lightning_gpt.seeding",
             "lightning_gpt.batch",
             "lightning_gpt.errors",
+            "lightning_gpt.jsonfile",
         ),
     ),
     ("data", ("lightning_gpt.data",)),

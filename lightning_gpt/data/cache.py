@@ -28,6 +28,7 @@ import numpy as np
 from lightning_gpt.data.encoding import check_separators, encode_documents, token_dtype
 from lightning_gpt.data.tokenizers import Tokenizer, tokenizer_from_state_dict
 from lightning_gpt.errors import storage_error
+from lightning_gpt.jsonfile import read_json
 
 __all__ = [
     "TokenArray",
@@ -142,8 +143,7 @@ def verify_token_cache(path: str) -> dict[str, Any]:
             ``offsets.npy`` is missing, unreadable or does not match the metadata.
     """
     try:
-        with open(os.path.join(path, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = read_json(os.path.join(path, "meta.json"))
         n_tokens, n_docs, dtype = int(meta["n_tokens"]), int(meta["n_docs"]), np.dtype(meta["dtype"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise _damaged(path, f"meta.json is unreadable: {type(err).__name__}: {err}") from None
@@ -340,9 +340,8 @@ def cached_tokenizer(cache_dir: Optional[str], key_obj: dict[str, Any], build: C
     path = os.path.join(root, cache_key(key_obj) + ".json")
     if os.path.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                return tokenizer_from_state_dict(json.load(f))
-        except (ValueError, KeyError, TypeError) as err:  # a damaged file: train again rather than fail
+            return tokenizer_from_state_dict(read_json(path))
+        except (OSError, ValueError, KeyError, TypeError) as err:  # a damaged file: train again rather than fail
             log.warning("Cached tokenizer %r is damaged (%s: %s); rebuilding it now.", path, type(err).__name__, err)
     tok = build()
     tmp = ""

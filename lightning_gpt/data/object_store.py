@@ -34,6 +34,8 @@ import shutil
 import tempfile
 from typing import Any, Callable, Optional
 
+from lightning_gpt.jsonfile import check_json_size, max_json_bytes, read_json
+
 __all__ = ["PREPARING", "StoreFolder", "is_s3", "prepare_into_store", "read_store_manifest"]
 
 log = logging.getLogger(__name__)
@@ -142,15 +144,23 @@ class StoreFolder:
         """The JSON object ``rel`` (``None`` when absent).
 
         Raises:
-            ValueError: any other failure (one paragraph), or ``rel`` is not JSON.
+            ValueError: any other failure (one paragraph), ``rel`` is over the JSON size limit
+                (``lightning_gpt.jsonfile``; checked before its body is read) or is not JSON.
         """
+        where = f"{self.url}/{rel}"
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))["Body"].read()
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key(rel))
         except Exception as err:  # noqa: BLE001
             code = str((getattr(err, "response", None) or {}).get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404"):
                 return None
             raise ValueError(self.describe(err, "read")) from None
+        check_json_size(int(got.get("ContentLength") or 0), where)
+        try:
+            body = got["Body"].read(max_json_bytes() + 1)
+        except Exception as err:  # noqa: BLE001
+            raise ValueError(self.describe(err, "read")) from None
+        check_json_size(len(body), where)
         try:
             value = json.loads(body)
         except ValueError:
@@ -274,8 +284,7 @@ def _digest(staging: str) -> str:
 def _read_local_settings(staging: str) -> Optional[Any]:
     """The settings in a staged folder's manifest, if it has one."""
     try:
-        with open(os.path.join(staging, _MANIFEST), encoding="utf-8") as f:
-            return json.load(f).get("settings")
+        return read_json(os.path.join(staging, _MANIFEST)).get("settings")
     except (OSError, ValueError, AttributeError):
         return None
 

@@ -40,6 +40,7 @@ from lightning_gpt.data.encoding import check_separators, encode_documents, is_h
 from lightning_gpt.data.shards import plan_shards, read_shard
 from lightning_gpt.data.sources import TextSource, resolve_source
 from lightning_gpt.data.tokenizers import Tokenizer, tokenizer_from_state_dict
+from lightning_gpt.jsonfile import read_json
 
 __all__ = ["MANIFEST", "PREPARED_VERSION", "is_prepared", "prepare_dataset", "read_manifest"]
 
@@ -104,8 +105,7 @@ def read_manifest(path: str) -> dict[str, Any]:
             f"--data.source <your text> --output_dir {path} (a folder without it is an interrupted prepare)."
         )
     try:
-        with open(file, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = read_json(file)
         version = int(manifest["version"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(
@@ -444,6 +444,5 @@ def _split_info(folder: str) -> Optional[dict[str, Any]]:
     index = os.path.join(folder, "index.json")
     if not os.path.isfile(index):
         return None
-    with open(index, encoding="utf-8") as f:
-        chunks = json.load(f).get("chunks", [])
+    chunks = read_json(index).get("chunks", [])
     return {"n_tokens": int(sum(int(c.get("dim") or 0) for c in chunks)), "n_chunks": len(chunks)}

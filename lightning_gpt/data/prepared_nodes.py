@@ -26,6 +26,8 @@ import shutil
 import time
 from typing import Any, Optional
 
+from lightning_gpt.jsonfile import read_json
+
 __all__ = ["NODES", "merge_train", "node_layout", "node_shards", "part_dir", "read_part", "val_parts", "write_part"]
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,7 @@ def part_dir(output_dir: str, rank: int) -> str:
 def read_part(folder: str) -> Optional[dict[str, Any]]:
     """A finished part's ``done.json`` (``None`` when the part is absent or unfinished)."""
     try:
-        with open(os.path.join(folder, _DONE), encoding="utf-8") as f:
-            done = json.load(f)
+        done = read_json(os.path.join(folder, _DONE))
     except (OSError, ValueError):
         return None
     return done if isinstance(done, dict) else None
@@ -157,8 +158,7 @@ def merge_train(output_dir: str, nodes: int) -> None:
         index = os.path.join(source, "index.json")
         if not os.path.isfile(index):  # no shard, or every document of its shards held out
             continue
-        with open(index, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(index)
         if config is None:
             config = data["config"]
         elif data["config"] != config:

@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from lightning_gpt.jsonfile import read_json
+
 __all__ = [
     "UnsafeCheckpointError",
     "is_pretrained_path",
@@ -212,9 +214,8 @@ def _folder(path: Union[str, Path]) -> tuple[Path, Optional[Path]]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
+        data = read_json(path)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not readable JSON ({type(err).__name__}: {err}).") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object, got {type(data).__name__}.")

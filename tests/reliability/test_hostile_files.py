@@ -478,3 +478,17 @@ def test_a_checkpoint_whose_saved_arguments_alone_claim_a_huge_model_is_refused_
     result, seconds = timed(cli, "validate", "--ckpt_path", path, *argv, "--trainer.accelerator", "cpu")
     user_error(result, "n_layer: checkpoint 2 vs given 100000")
     assert seconds < FAST
+
+
+# ------------------------------------------------------------------------ JSON files: size and kind checked first
+
+
+def test_a_config_json_over_the_json_limit_is_refused_with_the_fix(cli, exported, tmp_path, monkeypatch):
+    """A real file over the (lowered) limit: refused before it is parsed, naming the file and the variable."""
+    model = copy_of(exported["hf-only"], tmp_path)
+    size = (model / "config.json").stat().st_size
+    monkeypatch.setenv("LIGHTNING_GPT_MAX_JSON_MB", str(size / 2e6))
+    message = user_error(generate(cli, model)[0], "config.json", "LIGHTNING_GPT_MAX_JSON_MB=")
+    assert "MB" in message
+    monkeypatch.setenv("LIGHTNING_GPT_MAX_JSON_MB", str(size * 2 / 1e6))
+    assert generate(cli, model)[0].code == 0
