@@ -23,19 +23,16 @@ staging folder and uploaded, the manifest last (``lightning_gpt.data.object_stor
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import tempfile
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from lightning_gpt.data import object_store
+from lightning_gpt.data import litdata_run, object_store
 from lightning_gpt.data.encoding import check_separators, encode_documents, is_held_out, token_dtype
 from lightning_gpt.data.shards import plan_shards, read_shard
 from lightning_gpt.data.sources import TextSource, resolve_source
@@ -55,9 +52,8 @@ _BATCH_CHARS = 1 << 20  # encode ~1M characters at a time: bounded memory per wo
 
 
 def litdata_environment() -> None:
-    """Settings litdata reads from the environment, set before it is imported: no PyPI version check over the network
-    at every dataset construction (litdata >= 0.2.5x reads this; 0.2.44 still asks PyPI once per process, and its
-    "newer version available" warning is silenced: the version is pinned on purpose, see pyproject.toml).
+    """Settings litdata reads from the environment, set before it is imported: no PyPI version check at every dataset
+    (0.2.44 still asks once per process; its "newer version" warning is silenced: the pin is on purpose, pyproject).
 
     Raises:
         ValueError: litdata is not installed (with the install command).
@@ -336,8 +332,8 @@ def prepare_dataset(
         parts = nodes_.val_parts(output_dir, nodes)
     dtype = token_dtype(tokenizer.vocab_size)
     if parts:
-        with _litdata_scratch(1):
-            _litdata_optimize(
+        with litdata_run.scratch(1):
+            litdata_run.optimize_tokens(
                 fn=functools.partial(_read_val_part, dtype=dtype.name),
                 inputs=parts,
                 output_dir=os.path.join(output_dir, "val"),
@@ -390,8 +386,10 @@ def _tokenize(
         val_parts=val_parts,
     )
     workers = max(1, min(num_workers or os.cpu_count() or 1, len(items)))
-    with _litdata_scratch(workers):
-        _litdata_optimize(fn=fn, inputs=items, output_dir=train_dir, num_workers=workers, chunk_bytes=chunk_bytes)
+    with litdata_run.scratch(workers):
+        litdata_run.optimize_tokens(
+            fn=fn, inputs=items, output_dir=train_dir, num_workers=workers, chunk_bytes=chunk_bytes
+        )
     failure = _first_failure(val_parts)
     if failure is not None:
         raise _RefusedText(failure)
@@ -401,48 +399,8 @@ class _RefusedText(ValueError):
     """A shard's text was refused (``_encode_shard`` recorded the message); the caller removes what was written."""
 
 
-def _litdata_optimize(**kwargs: Any) -> None:
-    """``litdata.optimize`` of token arrays (``TokensLoader``, items kept in order), on this machine alone: litdata's
-    multi-node variables are hidden from it (``prepared_nodes`` splits the work between nodes and merges)."""
-    import litdata
-    from litdata import TokensLoader
-
-    hidden = {k: os.environ.pop(k) for k in ("DATA_OPTIMIZER_NUM_NODES", "DATA_OPTIMIZER_NODE_RANK") if k in os.environ}
-    try:
-        # reorder_files=False: shards keep their order (each worker takes a fixed slice of them)
-        litdata.optimize(**kwargs, item_loader=TokensLoader(), reorder_files=False)
-    finally:
-        os.environ.update(hidden)
-
-
-@contextlib.contextmanager
-def _litdata_scratch(workers: int) -> Iterator[None]:
-    """Private scratch folders for litdata (it deletes and recreates ``$TMPDIR/chunks`` and ``$TMPDIR/data`` by
-    default!), encoder threads shared among ``workers``, and the process start method restored afterwards."""
-    scratch = tempfile.mkdtemp(prefix="lightning-gpt-prepare-")
-    keys = ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER", "LIGHTNING_GPT_ENCODE_THREADS")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["DATA_OPTIMIZER_CACHE_FOLDER"] = os.path.join(scratch, "chunks")
-    os.environ["DATA_OPTIMIZER_DATA_CACHE_FOLDER"] = os.path.join(scratch, "data")
-    os.environ["LIGHTNING_GPT_ENCODE_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    start_method = multiprocessing.get_start_method(allow_none=True)
-    try:
-        yield
-    finally:
-        # litdata's optimize sets "spawn" for the whole process: later DataLoader workers here would each start a new
-        # interpreter (and import torch) instead of forking.
-        multiprocessing.set_start_method(start_method, force=True)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def _split_info(folder: str) -> Optional[dict[str, Any]]:
-    index = os.path.join(folder, "index.json")
-    if not os.path.isfile(index):
+    if not os.path.isfile(index := os.path.join(folder, "index.json")):
         return None
     chunks = read_json(index).get("chunks", [])
     return {"n_tokens": int(sum(int(c.get("dim") or 0) for c in chunks)), "n_chunks": len(chunks)}

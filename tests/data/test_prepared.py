@@ -203,3 +203,31 @@ def test_node_variables_and_the_split_of_the_shards(monkeypatch):
             runs = [node_shards(n_shards, nodes, r) for r in range(nodes)]
             assert [i for run in runs for i in run] == list(range(n_shards))  # every shard once, in order
             assert max(map(len, runs)) - min(map(len, runs)) <= 1
+
+
+def test_litdata_workers_fork_only_from_a_one_thread_process():
+    """Forked workers start at once (spawned ones import torch anew); a fork beside another thread could inherit a
+    lock held forever, so then litdata's own choice stands. tqdm's monitor thread is stopped, not counted."""
+    import sys
+    import threading
+
+    from tqdm import tqdm
+
+    from lightning_gpt.data import litdata_run
+
+    if not sys.platform.startswith("linux"):
+        assert litdata_run.start_method() is None
+        return
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    with tqdm(total=1, disable=False, file=open(os.devnull, "w")):
+        pass
+    expected = "fork" if not [t for t in others if t.name != "tqdm_monitor"] else None  # pytest-xdist may run threads
+    assert litdata_run.start_method() == expected
+    other.start()
+    try:
+        assert litdata_run.start_method() is None
+    finally:
+        stop.set()
+        other.join()
