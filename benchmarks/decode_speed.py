@@ -670,8 +670,8 @@ def bench_speculative(args: argparse.Namespace) -> list[str]:
         g = torch.Generator().manual_seed(0)
         with torch.inference_mode():
             for p in prompts:
-                t_state = DecodeState(target, p, None, n, compile=args.spec_compile, verify=True)
-                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile, verify=True)
+                t_state = DecodeState(target, p, None, n, compile=args.spec_compile, verify=k + 1)
+                d_state = DecodeState(draft, p, None, n, compile=args.spec_compile)
                 reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
                 stop = StopCriteria([], None, None, vocab)
                 for _ in speculative_steps(t_state, d_state, config, max_new_tokens=n, stop=stop, generator=g,

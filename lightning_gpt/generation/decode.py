@@ -237,11 +237,12 @@ def _decoding(model: nn.Module, run: _Decoding) -> Iterator[tuple[DecodeState, O
     prompt, mask, n, draft_model = run.input_ids, run.attention_mask, run.max_new_tokens, run.draft_model
     with _eval_mode(model), _eval_mode(draft_model):
         with torch.inference_mode():  # allocated as inference tensors even where the steps run outside the mode
-            verify = draft_model is not None  # (speculative: multi-token verification passes)
+            # Speculative: the target's verification passes feed num_draft_tokens + 1 tokens at a time.
+            verify = 0 if draft_model is None else int(run.config.num_draft_tokens) + 1
             state = DecodeState(model, prompt, mask, n, run.config.use_cache, run.compile, verify)
             draft = None
             if draft_model is not None:
-                draft = DecodeState(draft_model, prompt, mask, n, True, run.compile, verify)
+                draft = DecodeState(draft_model, prompt, mask, n, True, run.compile)
         try:
             yield state, draft
         finally:

@@ -24,6 +24,7 @@ __all__ = [
     "DECODE_LAYOUT_MIN_BYTES",
     "DECODE_LAYOUT_MIN_TOKENS",
     "DECODE_LAYOUT_REUSE",
+    "MATVEC_MAX_ROWS",
     "MatVecMode",
     "decode_weights",
     "free_decode_weights",
@@ -113,18 +114,25 @@ def free_decode_weights(model: nn.Module) -> None:
         _SPARE.pop(model, None)
 
 
+#: The most rows (``x.numel() // in``) ``MatVecMode`` computes as a reduction: speculative decoding's verification
+#: pass feeds ``num_draft_tokens + 1`` tokens, and each weight row is reused from L1 for all of them.
+MATVEC_MAX_ROWS = 8
+
+
 class MatVecMode(TorchFunctionMode):
-    """Inside it, ``F.linear(x, W, b)`` of a single row ``x`` (``x.numel() == in``) in float32 on CPU is computed as
-    ``(x.unsqueeze(-2) * W).sum(-1) + b``: shape ``(..., in)`` -> ``(..., out)``, the same values up to the order of
-    the additions (float32 rounding, ~1e-6 relative). Other calls run unchanged.
+    """Inside it, ``F.linear(x, W, b)`` of at most ``MATVEC_MAX_ROWS`` rows ``x`` (``R = x.numel() // in``) in float32
+    on CPU is computed as ``(W.unsqueeze(1) * x.reshape(R, in)).sum(-1)`` ``(out, R)``, transposed back and plus
+    ``b``: shape ``(..., in)`` -> ``(..., out)``, the same values up to the order of the additions (float32 rounding,
+    ~1e-6 relative). Other calls run unchanged.
 
     For the compiled one-token step (``step.compiled_steps``): traced by dynamo, this is not a matrix multiply but a
     row-wise reduction, which inductor compiles to vectorized C++ that streams ``W`` in ``nn.Linear``'s own
     ``(out, in)`` layout faster than MKL streams the transposed copy: the 25 weights of a 6 x 384 model with GPT-2's
     vocabulary in 4.0-4.2 ms as compiled reductions against 5.1-5.6 ms for ``x @ W`` on ``(in, out)`` copies and
     8.2 ms for ``F.linear`` on the own layout (one thread; ``benchmarks/results/decode_ablation.md``). So a compiled
-    batch-1 generation needs no ``decode_weights`` copy. Eager, the same expression would materialize ``x * W``: not
-    for eager use.
+    batch-1 generation needs no ``decode_weights`` copy. With several rows (speculative decoding's verification pass,
+    ``step.compiled_steps``' ``verify``) the rows are the inner loop: each weight row is read from memory once and
+    reused from L1 for all ``R`` rows. Eager, the same expression would materialize ``x * W``: not for eager use.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -132,7 +140,25 @@ class MatVecMode(TorchFunctionMode):
         if func is F.linear:
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
-            if x.numel() == x.size(-1) and weight.dtype == torch.float32 and weight.device.type == "cpu":
-                y = (x.unsqueeze(-2) * weight).sum(-1)  # (..., out)
+            n_in = x.size(-1)
+            rows = x.numel() // max(1, n_in)
+            if 1 <= rows <= MATVEC_MAX_ROWS and weight.dtype == torch.float32 and weight.device.type == "cpu":
+                if rows == 1:
+                    y = (x.unsqueeze(-2) * weight).sum(-1)  # (..., out)
+                else:  # (out, R): the R rows innermost, so each weight row is streamed once
+                    x2 = _stored(x.reshape(rows, n_in))  # (R, in), a buffer: the product stays two loads
+                    y = _stored((weight.unsqueeze(1) * x2).sum(-1).t()).reshape(*x.shape[:-1], -1)  # (..., out)
                 return y if bias is None else y + bias
         return func(*args, **kwargs)
+
+
+def _stored(t: Tensor) -> Tensor:
+    """``t`` as a contiguous tensor that inductor writes to a buffer of its own (``prims.inductor_force_stride_order``;
+    eager: a contiguous copy): then what follows reads it with unit stride, and nothing before it is inlined into a
+    several-row ``MatVecMode`` reduction (which makes inductor write out the whole ``(out, R, in)`` product)."""
+    if not torch.compiler.is_compiling():
+        return t.contiguous()
+    strides = [1]
+    for size in reversed(t.shape[1:]):
+        strides.insert(0, strides[0] * size)
+    return torch.ops.prims.inductor_force_stride_order(t, strides)  # (registered once dynamo runs)

@@ -23,11 +23,12 @@ from lightning_gpt.generation.config import GenerationConfig
 from lightning_gpt.generation.layout import (
     DECODE_LAYOUT_MIN_BYTES,
     DECODE_LAYOUT_MIN_TOKENS,
+    MATVEC_MAX_ROWS,
     decode_weights,
     release_decode_weights,
 )
 from lightning_gpt.generation.processors import process_logits, sample_from_logits
-from lightning_gpt.generation.step import CacheBuffers, StepFn, compiled_steps, model_logits
+from lightning_gpt.generation.step import CacheBuffers, StepFn, compiled_steps, compiled_verify, model_logits
 from lightning_gpt.generation.stopping import NOT_STOPPED, StopCriteria
 
 __all__ = [
@@ -49,6 +50,7 @@ DECODE_MATVEC = True
 
 
 _COMPILED: dict[str, tuple[StepFn, StepFn, StepFn]] = {}
+_VERIFY: dict[str, Optional[StepFn]] = {}
 _WARNED: set[str] = set()
 
 
@@ -77,9 +79,10 @@ class DecodeState:
         compile: run the prefill and the one-token step compiled (``compiled_steps``); needs ``use_cache``. The
             cache is then sized to a power of two (at most ``block_size``) so that prompts of other lengths reuse the
             compiled step. ``True`` uses inductor; a string names another ``torch.compile`` backend.
-        verify: the state will feed several tokens at a time after the prefill (speculative decoding's verification
-            passes): compiled at batch 1 on CPU, those keep the decode-time weight copy (``decode_weights``), which
-            the one-token steps (``MatVecMode``) do without.
+        verify: the tokens each of speculative decoding's verification passes feeds after the prefill
+            (``num_draft_tokens + 1``; 0: none). Compiled at batch 1 on CPU, passes of up to ``MATVEC_MAX_ROWS``
+            tokens run their own compiled step on the model's own weights (``step.compiled_verify``); longer ones
+            (or ``True``: length unknown) run the prefill step on the decode-time weight copy (``decode_weights``).
     """
 
     def __init__(
@@ -90,7 +93,7 @@ class DecodeState:
         max_new_tokens: int,
         use_cache: bool = True,
         compile: Union[bool, str] = False,
-        verify: bool = False,
+        verify: Union[bool, int] = 0,
     ) -> None:
         self.model: Any = cast(Any, model)  # duck-typed: the cache protocol above (nn.Module types attributes loosely)
         self.use_cache = use_cache
@@ -129,7 +132,11 @@ class DecodeState:
         self.cache = self.model.new_cache(B, self.size, device=device) if use_cache and not self.legacy else None
         # Compiled at batch 1 on CPU, the step reads the model's own weights (``MatVecMode``); else the layout copy.
         self.matvec = bool(compile) and use_cache and DECODE_MATVEC and device.type == "cpu" and B == 1
-        self.weights = None if self.legacy or (self.matvec and not verify) else decode_weights(model, B, max_new_tokens)
+        # Verification passes of a known length up to MATVEC_MAX_ROWS: the compiled verify step, on the own weights.
+        self.verify_len = 0 if verify is True else int(verify)
+        fast_verify = self.matvec and 1 < self.verify_len <= MATVEC_MAX_ROWS
+        copy = not self.matvec or (bool(verify) and not fast_verify)
+        self.weights = decode_weights(model, B, max_new_tokens) if copy and not self.legacy else None
         self.fed = 0  # tokens already run through the cache
         # Whether forgetting the last fed tokens needs no work (speculative decoding; see AttentionCore.rollback_free).
         self.rollback_free = bool(getattr(model, "rollback_free", False))
@@ -142,9 +149,13 @@ class DecodeState:
             if key not in _COMPILED:
                 _COMPILED[key] = compiled_steps(device, backend, DECODE_MATVEC)
             self._prefill_fn, self._decode_fn, self._greedy_fn = _COMPILED[key]
+            if fast_verify and key not in _VERIFY:
+                _VERIFY[key] = compiled_verify(device, backend)
+            self._verify_fn: Optional[StepFn] = _VERIFY.get(key) if fast_verify else None
             self.cache_module = None if self.cache is None else CacheBuffers(self.cache)
         else:
             self._prefill_fn = self._decode_fn = self._greedy_fn = model_logits
+            self._verify_fn = None
             self.cache_module = None
 
     @property
@@ -190,7 +201,8 @@ class DecodeState:
             )
             return logits[:, -1].argmax(-1) if greedy else logits
         if end - start > 1:
-            fn = self._prefill_fn
+            verify_fn = self._verify_fn
+            fn = verify_fn if verify_fn is not None and end - start == keep == self.verify_len else self._prefill_fn
         else:
             fn = self._greedy_fn if greedy and keep == 1 else self._decode_fn
         ids = fn is self._greedy_fn and fn is not model_logits  # fn returns the argmax ids itself
@@ -213,6 +225,7 @@ class DecodeState:
                 raise
             _warn_once(f"compile=True: {err}".split("\n")[0] + " -- decoding eagerly from here.")
             self._prefill_fn = self._decode_fn = self._greedy_fn = model_logits
+            self._verify_fn = None
             self.cache_module = None
             out, ids = model_logits(*args), False
         return out[:, -1].argmax(-1) if greedy and not ids else out

@@ -117,6 +117,7 @@ def speculative_steps(
     Records ``target.drafted`` / ``target.accepted`` (counts of drafts proposed and kept) for the acceptance rate.
     """
     sampling = config.sampling
+    plain_greedy = not sampling and float(config.repetition_penalty) == 1.0
     K = int(config.num_draft_tokens)
     target.drafted = target.accepted = 0  # type: ignore[attr-defined]
     logits = target.prefill()  # (1, V)
@@ -143,15 +144,20 @@ def speculative_steps(
         d_saved = None if draft.cache is None or draft.rollback_free else (draft.snapshot(), draft.fed)
         t_saved = None if target.cache is None or target.rollback_free else (target.snapshot(), target.fed)
         drafts, q_rows = [], []
+        if k and draft.length - draft.fed > 1:  # (all drafts kept last round) one-token steps only: the compiled ones
+            draft.feed(draft.length - 1)
         for _ in range(k):
-            d_logits = draft.feed(draft.length)[:, -1]  # (1, V): predicts position draft.length
-            d_scores = _scores(draft, d_logits, draft.length, config)
-            if sampling:
-                q_i = d_scores.softmax(-1)
-                d = torch.multinomial(q_i, 1, generator=generator).view(1)
-                q_rows.append(q_i)
+            if plain_greedy:  # the argmax ids (1,), taken inside the (compiled) step
+                d = draft.feed(draft.length, greedy=True)
             else:
-                d = d_scores.argmax(dim=-1)
+                d_logits = draft.feed(draft.length)[:, -1]  # (1, V): predicts position draft.length
+                d_scores = _scores(draft, d_logits, draft.length, config)
+                if sampling:
+                    q_i = d_scores.softmax(-1)
+                    d = torch.multinomial(q_i, 1, generator=generator).view(1)
+                    q_rows.append(q_i)
+                else:
+                    d = d_scores.argmax(dim=-1)
             drafts.append(d)
             draft.append(d)
             target.append(d)

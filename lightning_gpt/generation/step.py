@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from lightning_gpt.generation.layout import MatVecMode
 
-__all__ = ["CacheBuffers", "StepFn", "compiled_steps", "model_logits"]
+__all__ = ["CacheBuffers", "StepFn", "VERIFY_INDUCTOR_OPTIONS", "compiled_steps", "compiled_verify", "model_logits"]
 
 StepFn = Callable[..., Tensor]
 
@@ -86,6 +86,11 @@ def _decode_logits_matvec(*args: object) -> Tensor:
         return model_logits(*args)  # type: ignore[arg-type]
 
 
+def _verify_logits_matvec(*args: object) -> Tensor:
+    with MatVecMode():  # a few rows (k + 1 tokens): each weight row streamed once for all of them (see there)
+        return model_logits(*args)  # type: ignore[arg-type]  # a separate code object: compiled for one length
+
+
 def _decode_next(*args: object) -> Tensor:
     return model_logits(*args)[:, -1].argmax(-1)  # type: ignore[arg-type]  # greedy: the ids (B,), argmax compiled in
 
@@ -126,3 +131,29 @@ def compiled_steps(
 #: top of streaming the weight; stored once (384 floats at batch 1) it is read back from L1. A 6 x 384 model with
 #: GPT-2's vocabulary decodes a token in 4.4 instead of 5.9 ms (``benchmarks/results/decode_ablation.md``).
 STEP_INDUCTOR_OPTIONS: dict[str, Any] = {"realize_opcount_threshold": 1}
+
+
+#: Inductor's options for the CPU verification step (``compiled_verify``): like ``STEP_INDUCTOR_OPTIONS``, but an
+#: intermediate of up to 3 operations (a product ``W * x`` of two loads, a residual add) stays inlined. With a
+#: threshold of 1 the product of a several-row ``MatVecMode`` reduction is written out as an ``(out, R, in)`` buffer
+#: (17.5 instead of 2.1 ms for the 24 linear layers of a 6 x 384 model at 5 rows, one thread); a LayerNorm (more
+#: operations) is still stored once.
+VERIFY_INDUCTOR_OPTIONS: dict[str, Any] = {"realize_opcount_threshold": 3}
+
+
+def compiled_verify(device: torch.device, backend: str = "inductor") -> Optional[StepFn]:
+    """``model_logits`` compiled for speculative decoding's verification pass at batch 1 on CPU: a few tokens
+    (``num_draft_tokens + 1 <= layout.MATVEC_MAX_ROWS``) fed at once, with static shapes (one compilation per length,
+    ``fullgraph=True``), under ``MatVecMode``: each linear layer is a reduction over the model's own ``(out, in)``
+    weight rows with the tokens as the inner loop, so each weight is streamed from memory once per pass (18 linear
+    layers of a 6 x 384 model with LayerNorm and GELU between them, 5 rows, one thread: 2.38 ms, against 3.07 ms for
+    MKL on the ``(in, out)`` copy; ``benchmarks/results/decode_speculative.md``).
+    ``None`` off CPU (the prefill step verifies there).
+    """
+    if device.type != "cpu":
+        return None
+    how: dict[str, Any] = {"options": VERIFY_INDUCTOR_OPTIONS} if backend == "inductor" else {}
+    try:
+        return torch.compile(_verify_logits_matvec, fullgraph=True, dynamic=False, backend=backend, **how)
+    except RuntimeError:  # an inductor without that option: its default fusion
+        return torch.compile(_verify_logits_matvec, fullgraph=True, dynamic=False, backend=backend)

@@ -11,24 +11,42 @@ from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.generation import generate
 from lightning_gpt.generation.layout import MatVecMode, decode_weights, free_decode_weights, release_decode_weights
 from lightning_gpt.generation.sampling import DecodeState
+from lightning_gpt.generation.step import VERIFY_INDUCTOR_OPTIONS
 
 # Above DECODE_LAYOUT_MIN_BYTES of linear weights (10.5 MB), so an eager generation takes its own weight layout.
 STREAMED = GPTConfig(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=256)
 
 
-def test_matvec_mode_gives_linear_values_for_one_row_and_leaves_other_calls_alone():
+def test_matvec_mode_gives_linear_values_for_up_to_eight_rows_and_leaves_other_calls_alone():
     torch.manual_seed(0)
     w, b = torch.randn(300, 64), torch.randn(300)
-    one, rows = torch.randn(1, 1, 64), torch.randn(3, 64)
+    one, few, many = torch.randn(1, 1, 64), torch.randn(1, 5, 64), torch.randn(9, 64)
     with MatVecMode():
         got = F.linear(one, w, b)
         got_no_bias = F.linear(one, w)
-        got_rows = F.linear(rows, w, bias=b)
-    assert got.shape == (1, 1, 300)
+        got_few = F.linear(few, w, bias=b)
+        got_many = F.linear(many, w, bias=b)
+    assert got.shape == (1, 1, 300) and got_few.shape == (1, 5, 300)
     # Against float64 (an independent reference): the reduction differs from MKL's only in the order of the additions.
     torch.testing.assert_close(got.double(), (one.double() @ w.double().T) + b.double(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_no_bias.double(), one.double() @ w.double().T, rtol=1e-5, atol=1e-5)
-    assert torch.equal(got_rows, F.linear(rows, w, b))  # several rows: F.linear itself, bit for bit
+    torch.testing.assert_close(got_few.double(), (few.double() @ w.double().T) + b.double(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(got_many, F.linear(many, w, b))  # more than MATVEC_MAX_ROWS rows: F.linear itself, bit for bit
+
+
+def test_matvec_mode_compiled_for_five_rows_matches_float64():
+    # The verification step's form: compiled (inductor) with VERIFY_INDUCTOR_OPTIONS, five rows through two layers.
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(96, 64), torch.randn(64, 96)
+
+    def two_layers(x: torch.Tensor) -> torch.Tensor:
+        with MatVecMode():
+            return F.linear(F.gelu(F.linear(F.layer_norm(x, (64,)), w1)), w2)
+
+    x = torch.randn(1, 5, 64)
+    got = torch.compile(two_layers, fullgraph=True, dynamic=False, options=VERIFY_INDUCTOR_OPTIONS)(x)
+    want = F.linear(F.gelu(F.linear(F.layer_norm(x.double(), (64,)), w1.double())), w2.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 
 
 def test_compiled_batch_one_takes_no_copy_and_gives_the_eager_tokens():
@@ -44,13 +62,17 @@ def test_compiled_batch_one_takes_no_copy_and_gives_the_eager_tokens():
     assert torch.equal(generate(model, prompt, max_new_tokens=32, compile="eager"), eager)
 
 
-def test_a_speculative_target_keeps_the_copy_for_its_verification_passes():
-    # Speculative decoding's target feeds k + 1 tokens per round: compiled at batch 1 those passes keep the (in, out)
-    # copy (verify=True), while its one-token steps read the model's own weights; greedy output stays the target's own.
+def test_a_speculative_target_verifies_on_its_own_weights_up_to_eight_tokens():
+    # Speculative decoding's target feeds k + 1 tokens per round: compiled at batch 1, passes of up to MATVEC_MAX_ROWS
+    # tokens run their own compiled step on the model's own weights (no copy); longer or unknown lengths keep the
+    # (in, out) copy. Greedy output stays the target's own.
     torch.manual_seed(0)
     model = GPT(STREAMED).eval()
     draft = GPT(GPTConfig(vocab_size=4096, block_size=64, n_layer=1, n_head=2, n_embd=32)).eval()
     prompt = torch.randint(0, STREAMED.vocab_size, (1, 5))
+    state = DecodeState(model, prompt, None, 32, compile="eager", verify=4)
+    assert state.weights is None and state._verify_fn is not None
+    assert DecodeState(model, prompt, None, 32, compile="eager", verify=9).weights is not None
     assert DecodeState(model, prompt, None, 32, compile="eager", verify=True).weights is not None
     alone = generate(model, prompt, max_new_tokens=32)
     assisted = generate(model, prompt, max_new_tokens=32, draft_model=draft, num_draft_tokens=3, compile="eager")
