@@ -551,7 +551,7 @@ def _train_char(model: GPT, data: torch.Tensor, steps: int, lr: float, batch: in
 
 def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """p-value of Pearson's chi-square goodness-of-fit test of ``counts`` against ``probs`` (cells with an expected
-    count below 5 pooled into one); the same test as ``tests/generation/test_speculative.py``."""
+    count below 5 pooled into one); ``tests/generation/test_speculative.py`` uses this one too."""
     n = counts.sum()
     expected = probs.double() * n
     big = expected >= 5

@@ -16,11 +16,24 @@ import os
 import stat
 from typing import Any
 
-__all__ = ["MAX_JSON_MB_ENV", "check_json_size", "max_json_bytes", "read_json"]
+__all__ = ["MAX_JSON_MB_ENV", "check_json_size", "env_megabytes", "max_json_bytes", "read_json"]
 
 MAX_JSON_MB_ENV = "LIGHTNING_GPT_MAX_JSON_MB"
 """Environment variable: the largest JSON file (in MB) that is read; 256 by default (as for a ``tokenizer.json``)."""
 _DEFAULT_MAX_JSON_MB = 256
+
+
+def env_megabytes(variable: str, default_mb: float) -> int:
+    """A size limit in bytes read from the environment variable ``variable`` (in MB; ``default_mb`` when unset).
+
+    Raises:
+        ValueError: the variable is set to something that is not a number.
+    """
+    text = os.environ.get(variable, "").strip()
+    try:
+        return int(float(text) * 1e6) if text else int(default_mb * 1_000_000)
+    except ValueError:
+        raise ValueError(f"${variable}={text!r} is not a number of megabytes (e.g. 512).") from None
 
 
 def max_json_bytes() -> int:
@@ -29,11 +42,7 @@ def max_json_bytes() -> int:
     Raises:
         ValueError: the variable is set to something that is not a number.
     """
-    text = os.environ.get(MAX_JSON_MB_ENV, "").strip()
-    try:
-        return int(float(text) * 1e6) if text else _DEFAULT_MAX_JSON_MB * 1_000_000
-    except ValueError:
-        raise ValueError(f"${MAX_JSON_MB_ENV}={text!r} is not a number of megabytes (e.g. 512).") from None
+    return env_megabytes(MAX_JSON_MB_ENV, _DEFAULT_MAX_JSON_MB)
 
 
 def check_json_size(n_bytes: int, where: object) -> None:

@@ -38,6 +38,7 @@ from lightning_gpt.cli.flags import did_you_mean
 from lightning_gpt.cli.help_render import FORMAT as RECORD_FORMAT
 from lightning_gpt.cli.help_render import Unsupported, render
 from lightning_gpt.cli.help_render import record as record_help
+from lightning_gpt.jsonfile import read_json
 
 __all__ = [
     "REGENERATE",
@@ -158,8 +159,7 @@ def fits(stored: Any) -> bool:
 
 def _read(path: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(path)
     except (OSError, ValueError):
         return None
 

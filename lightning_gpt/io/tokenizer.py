@@ -12,6 +12,7 @@ from typing import Any, Iterable, Optional, Union
 from lightning_gpt.data.tokenizers import HFTokenizer, Tokenizer, build_tokenizer, tokenizer_from_state_dict
 from lightning_gpt.io.nanogpt import from_nanogpt, is_nanogpt_checkpoint
 from lightning_gpt.io.serialization import NATIVE_FILE, _folder, _read_json, is_pretrained_path, read_checkpoint
+from lightning_gpt.jsonfile import env_megabytes
 
 __all__ = [
     "MAX_TOKENIZER_MB_ENV",
@@ -32,11 +33,7 @@ _PROBE = "Hello, world! 123 \u00e9\u00fc \u4e2d\u6587 \U0001f642 \x00\ttab\n"
 
 def max_tokenizer_bytes() -> int:
     """The size limit of a tokenizer file, in bytes (``$LIGHTNING_GPT_MAX_TOKENIZER_MB`` MB, default 256)."""
-    text = os.environ.get(MAX_TOKENIZER_MB_ENV, "").strip()
-    try:
-        return int(float(text) * 1e6) if text else _DEFAULT_MAX_TOKENIZER_MB * 1_000_000
-    except ValueError:
-        raise ValueError(f"${MAX_TOKENIZER_MB_ENV}={text!r} is not a number of megabytes (e.g. 512).") from None
+    return env_megabytes(MAX_TOKENIZER_MB_ENV, _DEFAULT_MAX_TOKENIZER_MB)
 
 
 def _check_size(n_bytes: int, where: object) -> None:

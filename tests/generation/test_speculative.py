@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.decode_speed import chi_square_p  # Pearson goodness of fit, pooled cells: one definition
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.attention import available_attention
 from lightning_gpt.generation import generate, stream_generate
@@ -25,19 +26,6 @@ def tiny(attention: str = "standard", seed: int = 0, layers: int = 2, width: int
     with torch.no_grad():
         model.lm_head.weight.mul_(10.0)  # peaked, varied next-token distributions
     return model
-
-
-def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """p-value of Pearson's chi-square goodness-of-fit test (cells with expected count < 5 pooled into one)."""
-    n = counts.sum()
-    expected = probs.double() * n
-    big = expected >= 5
-    obs = torch.cat([counts[big].double(), counts[~big].double().sum().view(1)])
-    exp = torch.cat([expected[big], expected[~big].sum().view(1)])
-    keep = exp > 0
-    stat = ((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum()
-    df = int(keep.sum()) - 1
-    return float(torch.special.gammaincc(torch.tensor(df / 2.0, dtype=torch.float64), stat / 2))
 
 
 @pytest.mark.parametrize("attention", available_attention())

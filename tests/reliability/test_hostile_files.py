@@ -314,13 +314,18 @@ def test_malformed_tokenizer_state_in_a_checkpoint(cli, trained, tmp_path, run_y
     user_error(cli("validate", "--config", run_yaml(), "--ckpt_path", path), "tok.ckpt", needles[1])
 
 
-def test_a_tokenizer_file_over_the_size_limit_is_refused_with_the_fix(cli, exported, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "name, variable",
+    [("tokenizer.json", "LIGHTNING_GPT_MAX_TOKENIZER_MB"), ("config.json", "LIGHTNING_GPT_MAX_JSON_MB")],
+)
+def test_a_file_over_its_size_limit_is_refused_with_the_fix(cli, exported, tmp_path, monkeypatch, name, variable):
+    """A real file over the (lowered) limit: refused before it is parsed, naming the file and the variable."""
     model = copy_of(exported["hf-only"], tmp_path)
-    size = (model / "tokenizer.json").stat().st_size
-    monkeypatch.setenv("LIGHTNING_GPT_MAX_TOKENIZER_MB", str(size / 2e6))
-    message = user_error(generate(cli, model)[0], "tokenizer.json", "LIGHTNING_GPT_MAX_TOKENIZER_MB=")
+    size = (model / name).stat().st_size
+    monkeypatch.setenv(variable, str(size / 2e6))
+    message = user_error(generate(cli, model)[0], name, f"{variable}=")
     assert "MB" in message
-    monkeypatch.setenv("LIGHTNING_GPT_MAX_TOKENIZER_MB", str(size * 2 / 1e6))
+    monkeypatch.setenv(variable, str(size * 2 / 1e6))
     assert generate(cli, model)[0].code == 0
 
 
@@ -478,17 +483,3 @@ def test_a_checkpoint_whose_saved_arguments_alone_claim_a_huge_model_is_refused_
     result, seconds = timed(cli, "validate", "--ckpt_path", path, *argv, "--trainer.accelerator", "cpu")
     user_error(result, "n_layer: checkpoint 2 vs given 100000")
     assert seconds < FAST
-
-
-# ------------------------------------------------------------------------ JSON files: size and kind checked first
-
-
-def test_a_config_json_over_the_json_limit_is_refused_with_the_fix(cli, exported, tmp_path, monkeypatch):
-    """A real file over the (lowered) limit: refused before it is parsed, naming the file and the variable."""
-    model = copy_of(exported["hf-only"], tmp_path)
-    size = (model / "config.json").stat().st_size
-    monkeypatch.setenv("LIGHTNING_GPT_MAX_JSON_MB", str(size / 2e6))
-    message = user_error(generate(cli, model)[0], "config.json", "LIGHTNING_GPT_MAX_JSON_MB=")
-    assert "MB" in message
-    monkeypatch.setenv("LIGHTNING_GPT_MAX_JSON_MB", str(size * 2 / 1e6))
-    assert generate(cli, model)[0].code == 0
