@@ -200,9 +200,16 @@ class DecodeState:
                 self.weights,
             )
             return logits[:, -1].argmax(-1) if greedy else logits
+        wanted = keep
         if end - start > 1:
-            verify_fn = self._verify_fn
-            fn = verify_fn if verify_fn is not None and end - start == keep == self.verify_len else self._prefill_fn
+            fn = self._prefill_fn
+            if self._verify_fn is not None and end - start == keep <= self.verify_len <= end:
+                if keep < self.verify_len and self.rollback_free:
+                    # A shorter pass (the last round drafts fewer tokens): the compiled length, by re-feeding the
+                    # tokens before it, whose cache entries (written by index) are rewritten with the same values.
+                    start, keep = end - self.verify_len, self.verify_len
+                if keep == self.verify_len:
+                    fn = self._verify_fn
         else:
             fn = self._greedy_fn if greedy and keep == 1 else self._decode_fn
         ids = fn is self._greedy_fn and fn is not model_logits  # fn returns the argmax ids itself
@@ -228,7 +235,9 @@ class DecodeState:
             self._verify_fn = None
             self.cache_module = None
             out, ids = model_logits(*args), False
-        return out[:, -1].argmax(-1) if greedy and not ids else out
+        if greedy and not ids:
+            return out[:, -1].argmax(-1)
+        return out if keep == wanted else out[:, -wanted:]
 
     def prefill(self) -> Tensor:
         """Run the prompt (one call); return the next-token logits ``(B, V)`` in float32."""
