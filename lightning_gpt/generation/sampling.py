@@ -83,6 +83,8 @@ class DecodeState:
             (``num_draft_tokens + 1``; 0: none). Compiled at batch 1 on CPU, passes of up to ``MATVEC_MAX_ROWS``
             tokens run their own compiled step on the model's own weights (``step.compiled_verify``); longer ones
             (or ``True``: length unknown) run the prefill step on the decode-time weight copy (``decode_weights``).
+            A shorter pass (the last round) on a key/value cache (``rollback_free``) re-feeds the cached tokens
+            before it up to that length, so it runs the same compiled step (see ``feed``).
     """
 
     def __init__(
@@ -171,7 +173,11 @@ class DecodeState:
         """Run the tokens ``fed .. end - 1`` of the buffer (not yet in the cache) and return the float32 logits
         ``(B, keep, V)`` of the last ``keep`` of them; afterwards ``fed = end``. Without cache, the whole sequence
         ``0 .. end - 1`` is rerun. ``greedy``: return the argmax ids ``(B,)`` of the last token's logits instead
-        (the compiled one-token step takes them inside the compiled code)."""
+        (the compiled one-token step takes them inside the compiled code).
+
+        A pass of ``keep = end - fed`` tokens shorter than ``verify_len`` on a key/value cache starts earlier, at
+        ``end - verify_len``: the tokens before ``fed`` are fed again and their cache entries, written by index, get
+        the same values again (up to float32 rounding), so the pass runs the compiled verification step."""
         if self.use_cache and self.cache is None and not self.legacy:  # (closed)
             raise RuntimeError("This DecodeState was closed; start a new generation.")
         start = self.fed if self.use_cache else 0
@@ -200,9 +206,16 @@ class DecodeState:
                 self.weights,
             )
             return logits[:, -1].argmax(-1) if greedy else logits
+        wanted = keep
         if end - start > 1:
-            verify_fn = self._verify_fn
-            fn = verify_fn if verify_fn is not None and end - start == keep == self.verify_len else self._prefill_fn
+            fn = self._prefill_fn
+            if self._verify_fn is not None and end - start == keep <= self.verify_len <= end:
+                if keep < self.verify_len and self.rollback_free:
+                    # A shorter pass (the last round drafts fewer tokens): the compiled length, by re-feeding the
+                    # tokens before it, whose cache entries (written by index) are rewritten with the same values.
+                    start, keep = end - self.verify_len, self.verify_len
+                if keep == self.verify_len:
+                    fn = self._verify_fn
         else:
             fn = self._greedy_fn if greedy and keep == 1 else self._decode_fn
         ids = fn is self._greedy_fn and fn is not model_logits  # fn returns the argmax ids itself
@@ -228,7 +241,9 @@ class DecodeState:
             self._verify_fn = None
             self.cache_module = None
             out, ids = model_logits(*args), False
-        return out[:, -1].argmax(-1) if greedy and not ids else out
+        if greedy and not ids:
+            return out[:, -1].argmax(-1)
+        return out if keep == wanted else out[:, -wanted:]
 
     def prefill(self) -> Tensor:
         """Run the prompt (one call); return the next-token logits ``(B, V)`` in float32."""

@@ -160,18 +160,19 @@ def speculative_steps(
                     d = d_scores.argmax(dim=-1)
             drafts.append(d)
             draft.append(d)
-            target.append(d)
+        target.tokens[:, L : L + k] = draft.tokens[:, L : L + k]  # (the drafts, in one copy)
+        target.length += k
         # ... the target scores the k drafts and one more position in one forward pass ...
         t_logits = target.feed(target.length, keep=k + 1)[0]  # (k + 1, V): predicts positions L .. L + k
         p = _scores(target, t_logits, L, config)
         p = p.softmax(-1) if sampling else p
-        d_ids = torch.cat(drafts) if drafts else torch.zeros(0, dtype=torch.long, device=p.device)
+        d_ids = draft.tokens[0, L : L + k]  # (k,)
         n, token = accept_drafts(p, torch.cat(q_rows) if sampling and q_rows else None, d_ids, generator)
         if sampling and not q_rows:  # no drafts (one token left): sample the target directly
             token = int(torch.multinomial(p[0], 1, generator=generator))
         target.drafted += k  # type: ignore[attr-defined]
         target.accepted += n  # type: ignore[attr-defined]
-        # Roll both states back to the L + n committed tokens (the accepted drafts are re-yielded below).
+        # Roll both states back to the L + n committed tokens: the accepted drafts are in both buffers already.
         target.length = draft.length = L
         target.fed, draft.fed = min(target.fed, L + n), min(draft.fed, L + n)
         if n < k:
@@ -180,11 +181,9 @@ def speculative_steps(
             if d_saved is not None:
                 draft.restore(*d_saved)
         for i in range(n):
-            d = drafts[i]
-            target.append(d)
-            draft.append(d)
+            target.length = draft.length = L + i + 1
             produced += 1
-            yield d
+            yield drafts[i]
             code = int(stop(target.new_tokens)[0]) if stop.active else NOT_STOPPED
             if code != NOT_STOPPED:
                 reasons[0], lengths[0] = code, produced

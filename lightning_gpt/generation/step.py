@@ -145,7 +145,7 @@ def compiled_verify(device: torch.device, backend: str = "inductor") -> Optional
     """``model_logits`` compiled for speculative decoding's verification pass at batch 1 on CPU: a few tokens
     (``num_draft_tokens + 1 <= layout.MATVEC_MAX_ROWS``) fed at once, with static shapes (one compilation per length,
     ``fullgraph=True``), under ``MatVecMode``: each linear layer is a reduction over the model's own ``(out, in)``
-    weight rows with the tokens as the inner loop, so each weight is streamed from memory once per pass (18 linear
+    weight rows, one accumulator per token, so each weight is streamed from memory once per pass (18 linear
     layers of a 6 x 384 model with LayerNorm and GELU between them, 5 rows, one thread: 2.38 ms, against 3.07 ms for
     MKL on the ``(in, out)`` copy; ``benchmarks/results/decode_speculative.md``).
     ``None`` off CPU (the prefill step verifies there).

@@ -4,14 +4,18 @@ misuse is one clear error."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 
 from benchmarks.decode_speed import chi_square_p  # Pearson goodness of fit, pooled cells: one definition
 from lightning_gpt import GPT, GPTConfig
 from lightning_gpt.attention import available_attention
-from lightning_gpt.generation import generate, stream_generate
-from lightning_gpt.generation.speculative import accept_drafts
+from lightning_gpt.generation import GenerationConfig, generate, stream_generate
+from lightning_gpt.generation.sampling import DecodeState
+from lightning_gpt.generation.speculative import accept_drafts, speculative_steps
+from lightning_gpt.generation.stopping import StopCriteria
 
 VOCAB = 64
 
@@ -130,3 +134,30 @@ def test_misuse_is_one_clear_error():
         generate(model, two[:1], max_new_tokens=4, draft_model=tiny(vocab=32, layers=1, width=16))
     with pytest.raises(ValueError, match="num_draft_tokens"):
         generate(model, two[:1], max_new_tokens=4, draft_model=draft, num_draft_tokens=0)
+
+
+@pytest.mark.parametrize("attention", ["standard", "linear"])
+def test_compiled_the_last_short_round_keeps_the_verification_length(attention):
+    # A perfect draft (the target itself) with 3 drafts per round: 1 + 4 + 4 tokens, then a last round of 1 draft.
+    # On a key/value cache (rollback-free) that pass re-feeds 2 cached tokens and runs the compiled verification step
+    # of 4 tokens, so the dynamic-length prefill step runs the prompt only; a state that folds tokens in (linear)
+    # keeps the prefill step for it. The tokens are the target's own either way.
+    model = tiny(attention)
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    n = 11
+    target = DecodeState(model, prompt, None, n, compile="eager", verify=4)
+    draft = DecodeState(model, prompt, None, n, compile="eager")
+    calls: Counter[str] = Counter()
+    for name in ("_prefill_fn", "_verify_fn"):
+        fn = getattr(target, name)
+        setattr(target, name, lambda *args, fn=fn, name=name: calls.update([name]) or fn(*args))
+    config = GenerationConfig(max_new_tokens=n, num_draft_tokens=3)
+    reasons, lengths = torch.zeros(1, dtype=torch.long), torch.full((1,), n)
+    stop = StopCriteria([], None, None, VOCAB)
+    with torch.no_grad():
+        got = list(speculative_steps(target, draft, config, max_new_tokens=n, stop=stop, generator=None,
+                                     reasons=reasons, lengths=lengths))  # fmt: skip
+    assert torch.equal(torch.cat(got), generate(model, prompt, max_new_tokens=n)[0, 5:])
+    assert target.drafted == target.accepted == 3 + 3 + 1
+    expected = {"_prefill_fn": 1, "_verify_fn": 3} if attention == "standard" else {"_prefill_fn": 2, "_verify_fn": 2}
+    assert calls == expected
