@@ -322,7 +322,11 @@ def popen(
 
 
 def _request(
-    channel: socket.socket, request: dict[str, Any], fds: list[int], args: list[str], pipes: dict[str, Optional[IO]],
+    channel: socket.socket,
+    request: dict[str, Any],
+    fds: list[int],
+    args: list[str],
+    pipes: dict[str, Optional[IO]],
     text: bool,
 ) -> ZygoteProcess:
     """Send one fork request (and the child's stdin/stdout/stderr ``fds``) over ``channel``; the forked child."""
