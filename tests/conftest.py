@@ -31,26 +31,31 @@ _CACHE = "lightning_gpt_test_cache" + (
 os.environ.setdefault("LIGHTNING_GPT_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), _CACHE))
 
 
-# The files that take longest (real multi-process runs), longest first: pytest-xdist (`--dist loadfile
-# --no-loadscope-reorder`, pyproject.toml) hands files to its workers in collection order, so these start first and
-# the many short files fill in at the end; by default xdist starts the files with the most tests first, which left
-# the two-node runs for last while the other worker sat idle. Only an order: a file missing here runs after them.
-# Measured with `python benchmarks/suite_times.py -- -n 2 --durations=0` (per-file sums of wall time, 2026-12-06,
-# with the command's children forked from tests/zygote.py; benchmarks/results/test_suite.md).
+# The files that take longest (real multi-process runs, inductor compiles), longest first: pytest-xdist (`--dist
+# loadfile --no-loadscope-reorder`, pyproject.toml) hands files to its workers in collection order, so these start
+# first and the many short files fill in at the end; by default xdist starts the files with the most tests first, which
+# left the two-node runs for last while the other worker sat idle. Only an order: a file missing here runs after them.
+# Measured with `python benchmarks/suite_times.py -- -n 2` (per-file sums of wall time, 2026-12-06, with both ranks of
+# a two-device fit forked from tests/zygote.py; benchmarks/results/test_suite.md); the two compile tests are placed by
+# their cost with a cold inductor cache (a fresh machine: ~35 s each instead of ~5).
 SLOWEST_FILES = (
-    "training/test_distributed.py",
     "training/test_multinode.py",
-    "data/test_data_processes.py",
-    "data/test_prepared.py",
-    "data/test_object_store.py",
-    "evaluation/test_harness.py",
-    "training/test_module.py",
-    "io/test_deploy.py",
     "generation/test_compile.py",
-    "reliability/test_hostile_files.py",
-    "test_readme.py",
-    "data/test_source_cli.py",
+    "training/test_module.py",
+    "training/test_distributed.py",
+    "evaluation/test_harness.py",
+    "data/test_object_store.py",
+    "io/test_deploy.py",
+    "data/test_data_processes.py",
+    "cli/test_cli.py",
+    "serve/test_server.py",
     "test_gpu_check.py",
+    "test_readme.py",
+    "generation/test_speculative.py",
+    "reliability/test_hostile_files.py",
+    "training/test_meta_init.py",
+    "data/test_prepared.py",
+    "data/test_source_cli.py",
 )
 
 

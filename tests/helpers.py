@@ -197,10 +197,14 @@ def assert_no_partial_files(folder: Path) -> None:
 
 
 def python_env() -> dict[str, str]:
-    """Environment for a child ``python -m lightning_gpt`` process: one thread, offline, no traceback override."""
+    """Environment for a child ``python -m lightning_gpt`` process: one thread, offline, no traceback override, and
+    this checkout first on ``PYTHONPATH`` (the child runs the code beside these tests whatever its working directory,
+    as the forked children of ``tests/zygote.py`` do)."""
     env = dict(os.environ)
     env.pop("LIGHTNING_GPT_TRACEBACK", None)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO)]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *path])
     return env
 
 

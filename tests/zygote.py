@@ -4,9 +4,12 @@ Each ``python -m lightning_gpt`` child a test starts pays 4.5-5 CPU-seconds of i
 before it runs a line of the command. Here one process per test process (each pytest-xdist worker) imports the
 command's modules once and waits; each ``popen``/``run`` asks it to ``fork``, and the fork becomes the command: a real
 process with its own pid, exit status, signals, session and the test's pipes or files as its stdin/stdout/stderr,
-running ``lightning_gpt.__main__`` as ``__main__`` (so Lightning starts a second rank the way it does for
-``python -m lightning_gpt``: a fresh interpreter) and ending through the interpreter's normal exit (``atexit``,
+running ``lightning_gpt.__main__`` as ``__main__`` and ending through the interpreter's normal exit (``atexit``,
 threads joined, streams flushed; an uncaught exception's traceback and exit status 1, a signal's negative status).
+A forked command that starts more ranks (Lightning's ``_SubprocessScriptLauncher``: ``python -m lightning_gpt.__main__
+...`` with ``LOCAL_RANK`` set) asks the same zygote to fork them too (``_fork_ranks``): rank 1 of a two-device fit costs
+no second import of torch and Lightning. Each is still its own process, with the environment, directory and standard
+streams Lightning gives it, in rank 0's process group (a fresh interpreter stands in where rank 0 left that group).
 Before it runs, the fork takes the call's environment, working directory and ``PYTHONPATH`` (at the front of
 ``sys.path``), reseeds ``random`` and NumPy from the OS, and forgets ``tempfile``'s cached folder.
 
@@ -55,8 +58,11 @@ WARM = (
 # Variables read when a command runs, not when its modules are imported: a call may set them to anything.
 RUNTIME_VARIABLES = {"PYTEST_CURRENT_TEST", "TMPDIR", "PYTHONPATH", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE"}
 RUNTIME_VARIABLES |= {"RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"}
-# PL_: Lightning's own (PL_GLOBAL_SEED, which an in-process fit of an earlier test sets in this process).
-RUNTIME_PREFIXES = ("LIGHTNING_GPT_", "DATA_OPTIMIZER_", "SLURM_", "PL_")
+# PL_: Lightning's own (PL_GLOBAL_SEED, which an in-process fit of an earlier test sets in this process); AWS_: read by
+# botocore when a session or client is made (the object-store tests' endpoint and credentials).
+RUNTIME_PREFIXES = ("LIGHTNING_GPT_", "DATA_OPTIMIZER_", "SLURM_", "PL_", "AWS_")
+
+RANK_MODULES = ("lightning_gpt", "lightning_gpt.__main__")  # `python -m` of either runs the command
 
 _lock = threading.Lock()
 _zygote: Optional[tuple[subprocess.Popen, socket.socket, dict[str, str]]] = None
@@ -75,11 +81,9 @@ def _enabled() -> bool:
 
 
 def _zygote_env() -> dict[str, str]:
-    from tests.helpers import REPO, python_env
+    from tests.helpers import python_env
 
-    env = python_env()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
+    return python_env()
 
 
 def _start() -> tuple[subprocess.Popen, socket.socket, dict[str, str]]:
@@ -94,8 +98,9 @@ def _start() -> tuple[subprocess.Popen, socket.socket, dict[str, str]]:
         _zygote = None
     if _zygote is None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        address = f"@lightning_gpt_test_zygote_{os.getpid()}_{len(_retired)}_{time.monotonic_ns()}"
         proc = subprocess.Popen(
-            [PYTHON, "-m", "tests.zygote", str(theirs.fileno())], env=env, pass_fds=[theirs.fileno()],
+            [PYTHON, "-m", "tests.zygote", str(theirs.fileno()), address], env=env, pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         theirs.close()
@@ -133,10 +138,10 @@ def _import_time_differences(env: dict[str, str], zygote_env: dict[str, str]) ->
     ]
 
 
-def _forkable(args: list[str], cwd: str, env: dict[str, str], zygote_env: dict[str, str]) -> bool:
+def _forkable(args: list[str], cwd: str, env: dict[str, str], zygote_env: dict[str, str], warn: bool = True) -> bool:
     """Whether the zygote can stand for a fresh interpreter here; a warning names what rules it out (except a command
     other than ``python -m lightning_gpt``, which the zygote never runs)."""
-    if tuple(str(a) for a in args[:3]) != COMMAND:
+    if len(args) < 3 or (args[0], args[1]) != (PYTHON, "-m") or args[2] not in RANK_MODULES:
         return False
     # The zygote imported lightning_gpt from its PYTHONPATH: the child's path must find that same copy first.
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -146,7 +151,7 @@ def _forkable(args: list[str], cwd: str, env: dict[str, str], zygote_env: dict[s
         else []
     )
     why += _import_time_differences(env, zygote_env)
-    if why:
+    if why and warn:
         import warnings
 
         warnings.warn(f"tests/zygote.py: a fresh interpreter for {args[3:5]}: {', '.join(why)}", stacklevel=3)
@@ -220,7 +225,10 @@ class ZygoteProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, sig)
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:  # it ended (reaped by the zygote) before its status reached us: as Popen does
+                pass
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -282,7 +290,6 @@ def popen(
             limit = None if file_size_limit is None else functools.partial(_limit_file_size, file_size_limit)
             return subprocess.Popen(args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, text=text,
                                     start_new_session=start_new_session, preexec_fn=limit)  # fmt: skip
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fds: list[int] = []
         close: list[int] = []
         pipes: dict[str, Optional[IO]] = {}
@@ -307,14 +314,29 @@ def popen(
                 fds.append(spec if isinstance(spec, int) else spec.fileno())
         request = {"argv": args[3:], "cwd": where, "env": env, "new_session": start_new_session}
         request["file_size_limit"] = file_size_limit
-        socket.send_fds(zygote[1], [json.dumps(request).encode()], [theirs.fileno(), *fds])
-        theirs.close()
-        for fd in close:
-            os.close(fd)
-        reply = json.loads(ours.recv(256) or b"{}")
-        if "pid" not in reply:  # the zygote died, or the child before it was set up (its status instead)
-            raise RuntimeError(f"the test zygote could not start {args[3:5]}: {reply}")
-        return ZygoteProcess(args, reply["pid"], ours, pipes, text)
+        try:
+            return _request(zygote[1], request, fds, args, pipes, text)
+        finally:
+            for fd in close:
+                os.close(fd)
+
+
+def _request(
+    channel: socket.socket,
+    request: dict[str, Any],
+    fds: list[int],
+    args: list[str],
+    pipes: dict[str, Optional[IO]],
+    text: bool,
+) -> ZygoteProcess:
+    """Send one fork request (and the child's stdin/stdout/stderr ``fds``) over ``channel``; the forked child."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    socket.send_fds(channel, [json.dumps(request).encode()], [theirs.fileno(), *fds])
+    theirs.close()
+    reply = json.loads(ours.recv(256) or b"{}")
+    if "pid" not in reply:  # the zygote died, or the child before it was set up (its status instead)
+        raise RuntimeError(f"the test zygote could not start {args[3:5]}: {reply}")
+    return ZygoteProcess(args, reply["pid"], ours, pipes, text)
 
 
 def run(
@@ -353,25 +375,35 @@ def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int], int]:
     status when it ends. Returns only in a child: the request, its stdin/stdout/stderr and its reply socket."""
     sel = selectors.DefaultSelector()
     sel.register(control, selectors.EVENT_READ, None)
+    # Forked commands ask here for their other ranks (one connection, one request each).
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(sys.argv[2].replace("@", "\0", 1))
+    listener.listen(16)
+    sel.register(listener, selectors.EVENT_READ, "listen")
     control.send(b"ready")
     while True:
         for key, _ in sel.select():
-            if key.data is None:
-                message, fds, _, _ = socket.recv_fds(control, 1 << 20, 8)
-                if not message:  # the test process is done with this zygote (or gone): end after the children
-                    sel.unregister(control)
-                    if not sel.get_map():
-                        os._exit(0)
+            if key.data is None or key.data == "listen":
+                asker = control if key.data is None else listener.accept()[0]
+                message, fds, _, _ = socket.recv_fds(asker, 1 << 20, 8)
+                if asker is not control:
+                    asker.close()
+                if not message:
+                    if asker is control:  # the test process is done with this zygote (or gone): end after the children
+                        sel.unregister(control)
+                        if not _busy(sel):
+                            os._exit(0)
                     continue
                 conn_fd, stdio = fds[0], fds[1:]
                 pid = os.fork()
                 if pid == 0:  # the child: nothing of the zygote's stays open
                     for other in list(sel.get_map().values()):
-                        if other.data is not None:
+                        if isinstance(other.data, tuple):
                             os.close(other.fd)
                             other.data[1].close()
                     sel.close()
                     control.close()
+                    listener.close()
                     return json.loads(message), stdio, conn_fd
                 for fd in fds[1:]:
                     os.close(fd)
@@ -388,8 +420,49 @@ def _serve(control: socket.socket) -> tuple[dict[str, Any], list[int], int]:
                 except OSError:
                     pass  # the test no longer listens
                 conn.close()
-                if not sel.get_map():  # the last child of a zygote no longer asked for more
+                if not _busy(sel):  # the last child of a zygote no longer asked for more
                     os._exit(0)
+
+
+class _RankSubprocess:
+    """The ``subprocess`` module as Lightning's launchers see it in a forked command: a ``Popen`` of another rank of
+    the same command (``python -m lightning_gpt.__main__ ...``, Lightning's ``_basic_subprocess_cmd``) is forked from
+    the zygote that forked this one; anything else, or a rank whose environment rules the zygote out (``_forkable``),
+    or a command that left the zygote's process group (a test's ``killpg`` must reach every rank), is a plain
+    ``subprocess.Popen``."""
+
+    def __init__(self, address: str, zygote_env: dict[str, str], pgid: int) -> None:
+        self.address, self.zygote_env, self.pgid = address, zygote_env, pgid
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    def Popen(self, args: list[Any], env: Optional[dict[str, str]] = None, cwd: Any = None, **kwargs: Any) -> Any:
+        args = [str(a) for a in args]
+        env = dict(os.environ if env is None else env)
+        where = os.path.abspath(cwd or os.getcwd())
+        if kwargs or os.getpgid(0) != self.pgid or not _forkable(args, where, env, self.zygote_env, warn=False):
+            return subprocess.Popen(args, env=env, cwd=cwd, **kwargs)
+        request = {"argv": args[3:], "cwd": where, "env": env, "new_session": False, "file_size_limit": None}
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
+            channel.connect(self.address.replace("@", "\0", 1))
+            return _request(channel, request, [0, 1, 2], args, {"stdin": None, "stdout": None, "stderr": None}, False)
+
+
+def _fork_ranks(address: str, zygote_env: dict[str, str], pgid: int) -> None:
+    """In a forked command: Lightning's launchers start the command's other ranks through ``_RankSubprocess``."""
+    from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
+    from lightning.pytorch.strategies.launchers import subprocess_script as pytorch_launcher
+
+    shim = _RankSubprocess(address, zygote_env, pgid)
+    for module in (fabric_launcher, pytorch_launcher):
+        module.subprocess = shim  # type: ignore[attr-defined]
+
+
+def _busy(sel: selectors.BaseSelector) -> bool:
+    """Whether the zygote still has work: the test process may ask for more, or a child runs (and may ask for its
+    other ranks)."""
+    return any(key.data is None or isinstance(key.data, tuple) for key in sel.get_map().values())
 
 
 def _limit_file_size(max_bytes: int) -> None:
@@ -436,6 +509,10 @@ def _main() -> None:
     control = socket.socket(fileno=int(sys.argv[1]))
     for name in WARM:
         importlib.import_module(name)
+    for name in ("lightning.fabric.strategies.launchers.subprocess_script",
+                 "lightning.pytorch.strategies.launchers.subprocess_script"):  # fmt: skip
+        importlib.import_module(name)
+    zygote_env, address, pgid = dict(os.environ), sys.argv[2], os.getpgid(0)
     import gc
 
     gc.collect()
@@ -443,6 +520,7 @@ def _main() -> None:
     if threading.active_count() != 1:  # a fork copies only the calling thread
         raise RuntimeError(f"the zygote must not run threads before it forks: {threading.enumerate()}")
     _become(*_serve(control))
+    _fork_ranks(address, zygote_env, pgid)
     import runpy
 
     runpy.run_module("lightning_gpt", run_name="__main__", alter_sys=True)

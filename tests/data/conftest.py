@@ -1,63 +1,44 @@
 """A real S3 API on loopback for the object-store tests: moto's server (``moto[server]``, the ``dev`` extra) in a
-thread of the test process, on a free port of 127.0.0.1. Skips cleanly where moto is not installed."""
+process of its own (``tests/data/s3_server.py``), on a free port of 127.0.0.1. Skips cleanly where moto is not
+installed."""
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
+import subprocess
+import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import pytest
 
 
-class HoldPuts:
-    """WSGI middleware in front of moto: a ``PUT`` of a key ending in ``suffix`` is held (``arrived`` is set) until
-    ``released`` is set, then answered ``503 SlowDown`` without being stored: a slow store, to kill a client in the
-    middle of an upload at a known object."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.suffix: Optional[str] = None
-        self.arrived = threading.Event()
-        self.released = threading.Event()
-
-    def hold(self, suffix: str) -> None:
-        self.suffix = suffix
-        self.arrived.clear()
-        self.released.clear()
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        suffix = self.suffix
-        if suffix and environ.get("REQUEST_METHOD") == "PUT" and environ.get("PATH_INFO", "").endswith(suffix):
-            self.arrived.set()
-            self.released.wait(120)
-            start_response("503 Slow Down", [("Content-Type", "application/xml")])
-            return [b"<Error><Code>SlowDown</Code><Message>held by the test</Message></Error>"]
-        return self.app(environ, start_response)
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[dict[str, Any]]:
-    """A moto S3 server on a free port of 127.0.0.1, started once per test session (per pytest-xdist worker), as
-    moto's ``ThreadedMotoServer`` runs it (a thread per request), behind ``HoldPuts``: ``{"endpoint", "hold"}``."""
+    """moto's S3 server on a free port of 127.0.0.1 (``tests/data/s3_server.py``, its own process), started once per
+    test session (per pytest-xdist worker): ``{"endpoint", "hold"}`` (``hold``: a ``HoldClient``)."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
+    from tests.data.s3_server import HoldClient
+    from tests.helpers import REPO, python_env
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request in every failure report
-    hold = HoldPuts(DomainDispatcherApplication(create_backend_app))
-    server = make_server("127.0.0.1", 0, hold, threaded=True, request_handler=MotoRequestHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    proc = subprocess.Popen([sys.executable, "-m", "tests.data.s3_server"], cwd=REPO, env=python_env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        yield {"endpoint": f"http://127.0.0.1:{server.server_port}", "hold": hold}
+        assert proc.stdout is not None
+        port = proc.stdout.readline().strip()
+        if not port.isdigit():
+            raise RuntimeError(f"the moto S3 server did not start (exit status {proc.wait()})")
+        endpoint = f"http://127.0.0.1:{port}"
+        yield {"endpoint": endpoint, "hold": HoldClient(endpoint)}
     finally:
-        hold.released.set()
-        server.shutdown()
-        thread.join()
+        assert proc.stdin is not None
+        proc.stdin.close()  # the server stops
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lightning_gpt.data.prepared import MANIFEST
+from tests import zygote
 from tests.data.conftest import store_env
 from tests.helpers import PYTHON, REPO, python_env, tiny_config, user_error, write_yaml
 
@@ -231,7 +232,7 @@ def test_a_prepare_killed_during_the_upload_never_looks_complete_and_a_rerun_fin
     hold = s3_server["hold"]
     hold.hold(f"/{url[len('s3://') :]}/train/index.json")  # after the chunks, before the index files and manifest
     try:
-        proc = subprocess.Popen(
+        proc = zygote.popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
         arrived = False
