@@ -4,7 +4,8 @@ Use: ``PYTEST_CPU_TIMES=/path/times.jsonl python -m pytest -p benchmarks.pytest_
 and teardown together) appends one JSON line ``{"nodeid", "wall_s", "cpu_s", "children_cpu_s"}``: ``cpu_s`` is this
 process's user+system time (``time.process_time``), ``children_cpu_s`` that of child processes that ended and were
 waited for during the test (``resource.getrusage(RUSAGE_CHILDREN)``, plus those that ``tests/zygote.py`` forked and
-reaped for it; not the orphans: the second rank Lightning starts is nobody's child once the first exits). Under
+reaped for it; not the second rank Lightning starts: the zygote forks it and reports it to the first rank, and
+without the zygote it is nobody's child once the first exits; ``suite_times.py``'s whole-tree total has it). Under
 pytest-xdist every worker appends its own lines (one ``write`` of one short line each, so lines do not interleave).
 Wall time on a loaded machine says little; CPU time is what a test costs whatever else runs.
 """

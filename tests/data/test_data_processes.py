@@ -1,5 +1,5 @@
-"""Real multi-process runs through the ``lightning-gpt`` command (gloo on CPU; the first rank forked from
-``tests/zygote.py``, the second a fresh interpreter that Lightning starts):
+"""Real multi-process runs through the ``lightning-gpt`` command (gloo on CPU; both ranks forked from
+``tests/zygote.py``: the second is the one Lightning starts):
 
 - resuming on another number of devices (2 -> 1, 1 -> 2) continues the epoch exactly at the level of global samples;
 - a 2-process ``fit`` whose collective timeout is far below the tokenization time does not die waiting for it.

@@ -207,7 +207,10 @@ def test_node_variables_and_the_split_of_the_shards(monkeypatch):
 
 def test_litdata_workers_fork_only_from_a_one_thread_process():
     """Forked workers start at once (spawned ones import torch anew); a fork beside another thread could inherit a
-    lock held forever, so then litdata's own choice stands. tqdm's monitor thread is stopped, not counted."""
+    lock held forever, so then litdata's own choice stands. tqdm's monitor thread is stopped, not counted.
+
+    Checked in a child forked from this test (it has this thread only, whatever other threads a pytest worker runs at
+    the moment: a count taken here could change between two lines)."""
     import sys
     import threading
 
@@ -218,16 +221,21 @@ def test_litdata_workers_fork_only_from_a_one_thread_process():
     if not sys.platform.startswith("linux"):
         assert litdata_run.start_method() is None
         return
-    stop = threading.Event()
-    other = threading.Thread(target=stop.wait, daemon=True)
-    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
-    with tqdm(total=1, disable=False, file=open(os.devnull, "w")):
-        pass
-    expected = "fork" if not [t for t in others if t.name != "tqdm_monitor"] else None  # pytest-xdist may run threads
-    assert litdata_run.start_method() == expected
-    other.start()
-    try:
-        assert litdata_run.start_method() is None
-    finally:
-        stop.set()
-        other.join()
+    pid = os.fork()
+    if pid == 0:  # the child: one thread; exit status 0 only if both answers are right
+        code = 3
+        try:
+            with tqdm(total=1, disable=False, file=open(os.devnull, "w")):  # starts tqdm's monitor thread
+                pass
+            alone = litdata_run.start_method()
+            stop = threading.Event()
+            other = threading.Thread(target=stop.wait, daemon=True)
+            other.start()
+            beside = litdata_run.start_method()
+            stop.set()
+            other.join()
+            code = 0 if (alone, beside) == ("fork", None) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # 1: a wrong answer; 3: an exception in the child

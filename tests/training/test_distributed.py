@@ -2,8 +2,8 @@
 into each other and into a single process, and a rank that dies makes the other exit with an error, not hang.
 
 Each run is a ``python -m lightning_gpt fit`` child process (forked from ``tests/zygote.py``, which imported the
-command once; Lightning starts the second rank itself, a fresh interpreter), so the test process never joins a
-process group.
+command once; the second rank, which Lightning starts as ``python -m lightning_gpt.__main__ ...``, is forked by the
+same zygote), so the test process never joins a process group.
 """
 
 from __future__ import annotations
