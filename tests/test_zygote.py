@@ -46,7 +46,7 @@ def test_a_forked_command_is_a_process_of_its_own(trained):
 
 
 RECORD_RANK = """
-import json, os, sys
+import json, os, resource, sys
 import lightning.pytorch as pl
 
 
@@ -59,7 +59,8 @@ class RecordRank(pl.Callback):
             cmdline = open("/proc/self/cmdline", "rb").read().decode().split("\\0")
             json.dump({"pid": os.getpid(), "ppid": os.getppid(), "pgid": os.getpgid(0), "sid": os.getsid(0),
                        "cmdline": cmdline, "argv": sys.argv[1:], "cwd": os.getcwd(),
-                       "local_rank": os.environ.get("LOCAL_RANK"), "world_size": trainer.world_size}, f)
+                       "local_rank": os.environ.get("LOCAL_RANK"), "world_size": trainer.world_size,
+                       "fsize": resource.getrlimit(resource.RLIMIT_FSIZE)[0]}, f)
 """
 
 
@@ -79,7 +80,7 @@ def test_the_second_rank_of_a_forked_fit_is_forked_too_unless_the_fit_left_the_p
     env = python_env()
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
     proc = zygote.popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                        start_new_session=new_session)  # fmt: skip
+                        start_new_session=new_session, file_size_limit=1 << 30)  # fmt: skip
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
@@ -87,6 +88,7 @@ def test_the_second_rank_of_a_forked_fit_is_forked_too_unless_the_fit_left_the_p
     assert rank0["world_size"] == rank1["world_size"] == 2 and rank1["local_rank"] == "1"
     assert rank1["argv"] == rank0["argv"] and rank1["cwd"] == rank0["cwd"] == str(tmp_path)
     assert rank1["pgid"] == rank0["pgid"]  # one process group: a signal to it reaches both ranks
+    assert rank0["fsize"] == rank1["fsize"] == 1 << 30  # rank 0's `ulimit -f`, as a fresh rank inherits it
     if new_session:  # a fresh interpreter, rank 0's child (as without the zygote)
         assert rank1["ppid"] == rank0["pid"] and rank1["cmdline"][1:3] == ["-m", "lightning_gpt.__main__"]
     else:  # forked from the zygote, as rank 0 was

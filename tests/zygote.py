@@ -443,7 +443,11 @@ class _RankSubprocess:
         where = os.path.abspath(cwd or os.getcwd())
         if kwargs or os.getpgid(0) != self.pgid or not _forkable(args, where, env, self.zygote_env, warn=False):
             return subprocess.Popen(args, env=env, cwd=cwd, **kwargs)
-        request = {"argv": args[3:], "cwd": where, "env": env, "new_session": False, "file_size_limit": None}
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]  # a fresh rank inherits rank 0's `ulimit -f`: so here
+        request = {"argv": args[3:], "cwd": where, "env": env, "new_session": False}
+        request["file_size_limit"] = None if limit == resource.RLIM_INFINITY else limit
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as channel:
             channel.connect(self.address.replace("@", "\0", 1))
             return _request(channel, request, [0, 1, 2], args, {"stdin": None, "stdout": None, "stderr": None}, False)
