@@ -28,17 +28,23 @@ def start_method() -> Optional[str]:
     (~5 CPU-seconds each, ~10 processes for 2 workers); forked, they start at once: a 2-worker prepare of a 1 MB corpus
     costs 5 CPU-seconds instead of 15 and writes the same bytes. The workers read files, encode and write chunks (no
     torch kernels, no CUDA). Fork copies only the calling thread: a lock another thread held at that moment (logging,
-    a stream) would stay held in the child forever, so a process with other threads spawns. tqdm's monitor thread
-    (started by the first progress bar) is stopped first: it only tunes bars' refresh rates.
+    a stream) would stay held in the child forever, so a process with other threads spawns. tqdm's monitor threads
+    (started by the first progress bar of each tqdm class) are stopped first: they only tune bars' refresh rates. A
+    subclass keeps its own (a ``tqdm.auto`` bar, as torch's inductor and many libraries draw, starts one that
+    ``tqdm.monitor`` does not show), so every running one is found.
     """
     if not sys.platform.startswith("linux"):
         return None
     from tqdm import tqdm
+    from tqdm._monitor import TMonitor
 
-    tqdm.monitor_interval = 0  # no monitor thread for later bars
-    if tqdm.monitor is not None:
-        tqdm.monitor.exit()
-        tqdm.monitor = None
+    tqdm.monitor_interval = 0  # no monitor thread for later bars (subclasses read the attribute from tqdm)
+    for thread in threading.enumerate():
+        if isinstance(thread, TMonitor):
+            thread.exit()  # sets its event and joins it
+            if getattr(thread.tqdm_cls, "monitor", None) is thread:
+                thread.tqdm_cls.monitor = None
+            thread.tqdm_cls.monitor_interval = 0
     return "fork" if threading.active_count() == 1 else None
 
 

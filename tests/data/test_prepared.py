@@ -207,7 +207,8 @@ def test_node_variables_and_the_split_of_the_shards(monkeypatch):
 
 def test_litdata_workers_fork_only_from_a_one_thread_process():
     """Forked workers start at once (spawned ones import torch anew); a fork beside another thread could inherit a
-    lock held forever, so then litdata's own choice stands. tqdm's monitor thread is stopped, not counted.
+    lock held forever, so then litdata's own choice stands. tqdm's monitor threads are stopped, not counted: the base
+    class's and a subclass's (``tqdm.auto``, which inductor's compile draws: a worker that had compiled spawned).
 
     Checked in a child forked from this test (it has this thread only, whatever other threads a pytest worker runs at
     the moment: a count taken here could change between two lines)."""
@@ -215,6 +216,7 @@ def test_litdata_workers_fork_only_from_a_one_thread_process():
     import threading
 
     from tqdm import tqdm
+    from tqdm.auto import tqdm as tqdm_auto
 
     from lightning_gpt.data import litdata_run
 
@@ -225,8 +227,11 @@ def test_litdata_workers_fork_only_from_a_one_thread_process():
     if pid == 0:  # the child: one thread; exit status 0 only if both answers are right
         code = 3
         try:
-            with tqdm(total=1, disable=False, file=open(os.devnull, "w")):  # starts tqdm's monitor thread
+            with tqdm_auto(total=1, disable=False, file=open(os.devnull, "w")):  # a subclass's monitor thread
                 pass
+            with tqdm(total=1, disable=False, file=open(os.devnull, "w")):  # and tqdm's own
+                pass
+            assert threading.active_count() == 3
             alone = litdata_run.start_method()
             stop = threading.Event()
             other = threading.Thread(target=stop.wait, daemon=True)
