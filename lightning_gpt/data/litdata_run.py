@@ -36,12 +36,13 @@ def start_method() -> Optional[str]:
     if not sys.platform.startswith("linux"):
         return None
     from tqdm import tqdm
-    from tqdm._monitor import TMonitor
 
     tqdm.monitor_interval = 0  # no monitor thread for later bars (subclasses read the attribute from tqdm)
     for thread in threading.enumerate():
-        if isinstance(thread, TMonitor):
-            thread.exit()  # sets its event and joins it
+        # tqdm's monitor (tqdm/_monitor.py, a private module): a thread named so, with its bar class and an exit()
+        stop = getattr(thread, "exit", None)
+        if thread.name == "tqdm_monitor" and hasattr(thread, "tqdm_cls") and callable(stop):
+            stop()  # sets its event and joins it
             if getattr(thread.tqdm_cls, "monitor", None) is thread:
                 thread.tqdm_cls.monitor = None
             thread.tqdm_cls.monitor_interval = 0

@@ -227,6 +227,8 @@ def test_litdata_workers_fork_only_from_a_one_thread_process():
     if pid == 0:  # the child: one thread; exit status 0 only if both answers are right
         code = 3
         try:
+            for cls in (tqdm, tqdm_auto):  # (an earlier prepare in this worker turned the monitors off)
+                cls.monitor_interval, cls.monitor = 10, None
             with tqdm_auto(total=1, disable=False, file=open(os.devnull, "w")):  # a subclass's monitor thread
                 pass
             with tqdm(total=1, disable=False, file=open(os.devnull, "w")):  # and tqdm's own
