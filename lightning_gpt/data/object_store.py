@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 
 from lightning_gpt.jsonfile import check_json_size, max_json_bytes, read_json
 
-__all__ = ["PREPARING", "StoreFolder", "is_s3", "prepare_into_store", "read_store_manifest"]
+__all__ = ["PREPARING", "StoreFolder", "is_s3", "prepare_into_store", "read_store_manifest", "reuse_prepared"]
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +296,23 @@ def default_staging_dir(url: str) -> str:
     return os.path.join(tempfile.gettempdir(), "lightning-gpt-staging", f"{bucket}-{tag}")
 
 
+def reuse_prepared(manifest: dict[str, Any], settings: dict[str, Any], output_dir: str, remedy: str) -> dict[str, Any]:
+    """``manifest`` of an ``output_dir`` (a local folder, ``prepared.prepare_dataset``, or an ``s3://`` prefix, here)
+    that holds a finished prepare: returned when it was made with ``settings`` (nothing to redo). Here rather than in
+    ``prepared``, which imports this module.
+
+    Raises:
+        ValueError: it was made with other settings; ``remedy`` ends the message ("Prepare into ...").
+    """
+    if manifest.get("settings") == settings:
+        log.info("%s is already prepared with these settings.", output_dir)
+        return manifest
+    raise ValueError(
+        f"--output_dir {output_dir!r} already holds a prepared dataset made with other settings (source, tokenizer, "
+        f"add_bos or validation split). Prepare into {remedy}"
+    )
+
+
 def prepare_into_store(
     url: str,
     settings: dict[str, Any],
@@ -332,14 +349,8 @@ def prepare_into_store(
     store.check_bucket()
     manifest = store.read_json(_MANIFEST)
     if manifest is not None:
-        if manifest.get("settings") == settings:
-            log.info("%s is already prepared with these settings.", url)
-            return manifest
-        raise ValueError(
-            f"--output_dir {url!r} already holds a prepared dataset made with other settings (source, tokenizer, "
-            "add_bos or validation split). Prepare into another prefix, or delete that one first "
-            f"(aws s3 rm --recursive {url})."
-        )
+        remedy = f"another prefix, or delete that one first (aws s3 rm --recursive {url})."
+        return reuse_prepared(manifest, settings, url, remedy)
     existing = store.listing()
     names = {rel.split("/", 1)[0] for rel in existing}
     if existing and (not names <= _OURS or PREPARING not in names):

@@ -286,13 +286,8 @@ def prepare_dataset(
         local = functools.partial(prepare_dataset, source, source_spec, tokenizer)
         return object_store.prepare_into_store(output_dir, settings, local, staging_dir, nodes, **kw)
     if is_prepared(output_dir):
-        manifest = read_manifest(output_dir)
-        if manifest.get("settings") == settings:
-            log.info("%s is already prepared with these settings.", output_dir)
-            return manifest
-        raise ValueError(
-            f"--output_dir {output_dir!r} already holds a prepared dataset made with other settings (source, "
-            "tokenizer, add_bos or validation split). Prepare into another folder, or delete that one first."
+        return object_store.reuse_prepared(
+            read_manifest(output_dir), settings, output_dir, "another folder, or delete that one first."
         )
     shards = plan_shards(source, shard_bytes or DEFAULT_SHARD_BYTES)
     if nodes == 1 or rank == 0:  # the other nodes' parts (.nodes/<rank>/) are theirs
